@@ -1,0 +1,444 @@
+//! The sans-IO core: one WireGuard peer ([`boringtun::noise::Tunn`]) and one smoltcp [`Interface`].
+//!
+//! The caller owns every socket and clock. It feeds the core UDP datagrams with [`Core::handle_datagram`], calls
+//! [`Core::poll`] after input and whenever [`Core::poll_at`] comes due, and moves TCP payload through the smoltcp
+//! sockets the core holds. Outgoing datagrams leave through the [`DatagramSink`] the caller passes in.
+
+use crate::device::{DatagramSink, RxQueue, WgDevice};
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use std::net::{IpAddr, SocketAddr};
+
+/// How often boringtun's timers (handshake retries, keepalives, rekeying) are serviced, as boringtun's own
+/// device does. This is the only periodic wake-up of an idle tunnel.
+pub const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// WireGuard's default MTU for a 1500-byte path, right for both IPv4 and IPv6 outer headers.
+pub const DEFAULT_MTU: usize = 1420;
+
+/// Most decrypted packets held before smoltcp must consume them.
+const RX_QUEUE_PACKETS: usize = 256;
+
+/// Tuning for each TCP connection carried by the tunnel.
+#[derive(Debug, Clone)]
+pub struct TcpTuning {
+    /// Receive buffer per connection. Above 64 KiB smoltcp uses window scaling; the window bounds throughput
+    /// (window / RTT), the buffers bound memory per connection.
+    pub rx_buffer: usize,
+    /// Send buffer per connection.
+    pub tx_buffer: usize,
+    /// Delayed-ACK timer; `None` acknowledges every segment at once.
+    pub ack_delay: Option<Duration>,
+    /// Congestion control. Cubic keeps a lossy path from collapsing; on a clean path it costs little.
+    pub congestion: tcp::CongestionControl,
+    /// Keep-alive probes on idle connections, so a vanished peer frees its sockets.
+    pub keep_alive: Option<Duration>,
+}
+
+impl Default for TcpTuning {
+    fn default() -> Self {
+        TcpTuning {
+            rx_buffer: 512 * 1024,
+            tx_buffer: 512 * 1024,
+            ack_delay: Some(Duration::from_millis(1)),
+            congestion: tcp::CongestionControl::Cubic,
+            keep_alive: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// Everything one end of a tunnel needs to know.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Our static key.
+    pub private_key: PrivateKey,
+    /// The one peer's static key.
+    pub peer_public_key: PublicKey,
+    /// Optional preshared key; both ends must agree.
+    pub preshared_key: Option<PresharedKey>,
+    /// Seconds between keepalives when idle; set it on the side behind NAT.
+    pub persistent_keepalive: Option<u16>,
+    /// Our addresses inside the tunnel with their prefix, e.g. `10.88.0.1/30` and `fd88::1/64`.
+    pub addresses: Vec<IpCidr>,
+    /// Source addresses accepted from the peer (WireGuard's AllowedIPs); anything else is dropped.
+    pub peer_allowed_ips: Vec<IpCidr>,
+    /// The peer's outer UDP address, if known in advance. The core follows the peer when it roams.
+    pub endpoint: Option<SocketAddr>,
+    /// Tunnel MTU: the largest IP packet inside the tunnel.
+    pub mtu: usize,
+    /// Per-connection TCP tuning.
+    pub tcp: TcpTuning,
+}
+
+/// A configuration the core cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No tunnel address was given.
+    NoAddress,
+    /// More tunnel addresses than the interface holds (one IPv4 and one IPv6).
+    TooManyAddresses(usize),
+    /// The MTU is below IPv6's minimum of 1280 or above 65535.
+    BadMtu(usize),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::NoAddress => f.write_str("the tunnel needs at least one address, e.g. 10.88.0.1/30"),
+            ConfigError::TooManyAddresses(n) => {
+                write!(f, "{n} tunnel addresses given; at most 2 (one IPv4, one IPv6) are supported")
+            }
+            ConfigError::BadMtu(m) => write!(f, "tunnel MTU {m} is out of range 1280..=65535"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Counters of the core, all monotonic.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// UDP datagrams received.
+    pub datagrams_in: u64,
+    /// UDP datagrams sent.
+    pub datagrams_out: u64,
+    /// Outer bytes received.
+    pub bytes_in: u64,
+    /// Outer bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams that were not valid WireGuard messages for this peer (garbage, truncated, wrong key).
+    pub dropped_invalid: u64,
+    /// Data messages whose counter was already seen or too old (replays).
+    pub dropped_replay: u64,
+    /// Decrypted packets from a source outside the peer's allowed IPs.
+    pub dropped_source: u64,
+    /// Packets that could not be sent because the peer's endpoint is not known yet.
+    pub dropped_no_endpoint: u64,
+    /// Packets boringtun refused to encrypt.
+    pub dropped_encrypt: u64,
+    /// Times the peer's outer address changed (roaming, NAT rebinding, or first contact).
+    pub endpoint_changes: u64,
+}
+
+/// What is known about the peer right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerStatus {
+    /// The peer's current outer address.
+    pub endpoint: Option<SocketAddr>,
+    /// Time since the last completed handshake, if there was one.
+    pub last_handshake: Option<std::time::Duration>,
+    /// Payload bytes sent through the tunnel.
+    pub tx_bytes: u64,
+    /// Payload bytes received through the tunnel.
+    pub rx_bytes: u64,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The address family of the target has no tunnel address on our side.
+    NoSourceAddress(IpAddress),
+    /// smoltcp refused the endpoint (port 0, unspecified address).
+    Unaddressable,
+    /// Every ephemeral port is in use.
+    NoFreePort,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::NoSourceAddress(a) => {
+                write!(f, "cannot reach {a}: the tunnel has no address of that family")
+            }
+            ConnectError::Unaddressable => f.write_str("target address or port is not usable"),
+            ConnectError::NoFreePort => f.write_str("all ephemeral tunnel ports are in use"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+const MSG_HANDSHAKE_RESPONSE: u8 = 2;
+const MSG_COOKIE_REPLY: u8 = 3;
+
+/// One end of a WireGuard tunnel with a TCP/IP stack on the inside. See the module docs.
+pub struct Core {
+    tunn: Tunn,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    rx: RxQueue,
+    plain: Box<[u8]>,
+    cipher: Box<[u8]>,
+    endpoint: Option<SocketAddr>,
+    allowed: Vec<IpCidr>,
+    has_v4: bool,
+    has_v6: bool,
+    next_timer: Instant,
+    next_port: u16,
+    tcp: TcpTuning,
+    stats: Stats,
+}
+
+impl Core {
+    /// Builds a core. `index` tells several cores of one process apart in WireGuard's session indices.
+    pub fn new(config: CoreConfig, index: u32, now: Instant) -> Result<Core, ConfigError> {
+        if config.addresses.is_empty() {
+            return Err(ConfigError::NoAddress);
+        }
+        if config.addresses.len() > 2 {
+            return Err(ConfigError::TooManyAddresses(config.addresses.len()));
+        }
+        if !(1280..=65535).contains(&config.mtu) {
+            return Err(ConfigError::BadMtu(config.mtu));
+        }
+        let tunn = Tunn::new(
+            config.private_key.secret(),
+            config.peer_public_key.to_x25519(),
+            config.preshared_key.as_ref().map(PresharedKey::to_bytes),
+            config.persistent_keepalive,
+            index,
+            None,
+        );
+        let mut tunn = tunn;
+        let mut rx = RxQueue::new(config.mtu + 64, RX_QUEUE_PACKETS);
+        let mut plain = vec![0; config.mtu].into_boxed_slice();
+        // boringtun needs room for its 32 bytes of header and tag, and never less than a handshake (148).
+        let mut cipher = vec![0; (config.mtu + 32).max(148)].into_boxed_slice();
+        let mut stats = Stats::default();
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = u64::from_le_bytes(random_seed());
+        // The interface reads the device's capabilities once, here; nothing is sent through it yet.
+        let mut device = WgDevice {
+            rx: &mut rx,
+            tunn: &mut tunn,
+            plain: &mut plain,
+            cipher: &mut cipher,
+            endpoint: None,
+            sink: &mut |_: SocketAddr, _: &[u8]| {},
+            stats: &mut stats,
+        };
+        let mut iface = Interface::new(iface_config, &mut device, now);
+        let mut has_v4 = false;
+        let mut has_v6 = false;
+        iface.update_ip_addrs(|addrs| {
+            for cidr in &config.addresses {
+                match cidr.address() {
+                    IpAddress::Ipv4(_) => has_v4 = true,
+                    IpAddress::Ipv6(_) => has_v6 = true,
+                }
+                addrs.push(*cidr).expect("address count checked above");
+            }
+        });
+        let mut allowed = config.peer_allowed_ips;
+        if allowed.is_empty() {
+            // Without explicit AllowedIPs accept the peer from anywhere in our own tunnel subnets.
+            allowed = config.addresses.clone();
+        }
+        let port_seed = u16::from_le_bytes([random_seed()[0], random_seed()[1]]);
+        Ok(Core {
+            tunn,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            rx,
+            plain,
+            cipher,
+            endpoint: config.endpoint,
+            allowed,
+            has_v4,
+            has_v6,
+            next_timer: now,
+            next_port: EPHEMERAL_PORTS.start() + port_seed % 16384,
+            tcp: config.tcp,
+            stats,
+        })
+    }
+
+    /// Takes one UDP datagram from `from`. Replies the protocol needs (handshake responses, cookies, queued
+    /// packets) go out through `sink` at once; decrypted packets wait for the next [`Core::poll`].
+    /// Invalid datagrams are counted in [`Stats`] and otherwise ignored.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], sink: &mut impl DatagramSink) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        if self.rx.is_full() {
+            self.poll(now, sink);
+        }
+        let mut buffer = self.rx.take_buffer();
+        let mut decrypted = None;
+        let authentic = match self.tunn.decapsulate(Some(from.ip()), datagram, &mut buffer) {
+            TunnResult::Done => true,
+            TunnResult::Err(e) => {
+                match e {
+                    WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => self.stats.dropped_replay += 1,
+                    _ => self.stats.dropped_invalid += 1,
+                }
+                false
+            }
+            TunnResult::WriteToNetwork(reply) => {
+                let is_cookie = reply.first() == Some(&MSG_COOKIE_REPLY);
+                let is_response = reply.first() == Some(&MSG_HANDSHAKE_RESPONSE);
+                self.stats.datagrams_out += 1;
+                self.stats.bytes_out += reply.len() as u64;
+                sink.send_to(from, reply);
+                // A handshake response proves the initiator holds the peer's key; a cookie reply proves nothing.
+                is_response || !is_cookie
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                decrypted = Some((packet.len(), IpAddress::Ipv4(src)));
+                true
+            }
+            TunnResult::WriteToTunnelV6(packet, src) => {
+                decrypted = Some((packet.len(), IpAddress::Ipv6(src)));
+                true
+            }
+        };
+        match decrypted {
+            Some((len, src)) if self.allowed.iter().any(|cidr| cidr.contains_addr(&src)) => self.rx.push(buffer, len),
+            Some(_) => {
+                self.stats.dropped_source += 1;
+                self.rx.give_back(buffer);
+            }
+            None => self.rx.give_back(buffer),
+        }
+        if !authentic {
+            return;
+        }
+        if datagram.first() != Some(&MSG_COOKIE_REPLY) && self.endpoint != Some(from) {
+            self.endpoint = Some(from);
+            self.stats.endpoint_changes += 1;
+        }
+        // After a handshake completes boringtun releases the packets it queued meanwhile.
+        while let TunnResult::WriteToNetwork(queued) = self.tunn.decapsulate(None, &[], &mut self.cipher) {
+            self.stats.datagrams_out += 1;
+            self.stats.bytes_out += queued.len() as u64;
+            sink.send_to(from, queued);
+        }
+    }
+
+    /// Runs WireGuard timers when due and moves packets between smoltcp and WireGuard. Returns true when some
+    /// socket's state may have changed (data arrived, buffer space freed, connection opened or closed).
+    pub fn poll(&mut self, now: Instant, sink: &mut impl DatagramSink) -> bool {
+        if now >= self.next_timer {
+            self.next_timer = now + TIMER_TICK;
+            if let TunnResult::WriteToNetwork(datagram) = self.tunn.update_timers(&mut self.cipher) {
+                match self.endpoint {
+                    Some(endpoint) => {
+                        self.stats.datagrams_out += 1;
+                        self.stats.bytes_out += datagram.len() as u64;
+                        sink.send_to(endpoint, datagram);
+                    }
+                    None => self.stats.dropped_no_endpoint += 1,
+                }
+            }
+        }
+        let mut device = WgDevice {
+            rx: &mut self.rx,
+            tunn: &mut self.tunn,
+            plain: &mut self.plain,
+            cipher: &mut self.cipher,
+            endpoint: self.endpoint,
+            sink,
+            stats: &mut self.stats,
+        };
+        self.iface.poll(now, &mut device, &mut self.sockets) == PollResult::SocketStateChanged
+    }
+
+    /// When [`Core::poll`] must run next, at the latest: smoltcp's next timer or WireGuard's next tick.
+    pub fn poll_at(&mut self, now: Instant) -> Instant {
+        match self.iface.poll_at(now, &self.sockets) {
+            Some(at) => at.min(self.next_timer),
+            None => self.next_timer,
+        }
+    }
+
+    /// Opens one listening socket on a tunnel port. A smoltcp socket takes one connection, so a listener keeps
+    /// a few of these and opens a fresh one as each is taken.
+    pub fn listen(&mut self, port: u16) -> SocketHandle {
+        let mut socket = self.new_tcp_socket();
+        socket.listen(port).expect("a fresh socket with a non-zero port can always listen");
+        self.sockets.add(socket)
+    }
+
+    /// Starts a connection to `remote` inside the tunnel, from an ephemeral port of ours.
+    pub fn connect(&mut self, remote: IpEndpoint) -> Result<SocketHandle, ConnectError> {
+        let family_ok = match remote.addr {
+            IpAddress::Ipv4(_) => self.has_v4,
+            IpAddress::Ipv6(_) => self.has_v6,
+        };
+        if !family_ok {
+            return Err(ConnectError::NoSourceAddress(remote.addr));
+        }
+        let port = self.free_port().ok_or(ConnectError::NoFreePort)?;
+        let mut socket = self.new_tcp_socket();
+        socket.connect(self.iface.context(), remote, port).map_err(|_| ConnectError::Unaddressable)?;
+        Ok(self.sockets.add(socket))
+    }
+
+    /// The TCP socket behind `handle`.
+    pub fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(handle)
+    }
+
+    /// Frees a socket. Call it once the socket is closed (or after `abort` and a poll to send the reset).
+    pub fn remove(&mut self, handle: SocketHandle) {
+        self.sockets.remove(handle);
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The peer's address, last handshake and byte counts.
+    pub fn peer(&self) -> PeerStatus {
+        let (last_handshake, tx, rx, _, _) = self.tunn.stats();
+        PeerStatus { endpoint: self.endpoint, last_handshake, tx_bytes: tx as u64, rx_bytes: rx as u64 }
+    }
+
+    /// Our first tunnel address of the given family.
+    pub fn address(&self, v6: bool) -> Option<IpAddr> {
+        self.iface.ip_addrs().iter().map(|c| IpAddr::from(c.address())).find(|a| a.is_ipv6() == v6)
+    }
+
+    fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+        let t = &self.tcp;
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; t.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; t.tx_buffer]),
+        );
+        socket.set_nagle_enabled(false);
+        socket.set_ack_delay(t.ack_delay);
+        socket.set_congestion_control(t.congestion);
+        socket.set_keep_alive(t.keep_alive);
+        socket
+    }
+
+    fn free_port(&mut self) -> Option<u16> {
+        let span = EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start() + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if port == *EPHEMERAL_PORTS.end() { *EPHEMERAL_PORTS.start() } else { port + 1 };
+            let taken = self.sockets.iter().any(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(tcp) => {
+                    tcp.local_endpoint().is_some_and(|e| e.port == port) || tcp.listen_endpoint().port == port
+                }
+            });
+            if !taken {
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+fn random_seed() -> [u8; 8] {
+    let mut seed = [0u8; 8];
+    // Only for smoltcp's initial sequence numbers and port choice; a short read leaves zeros, which is harmless.
+    let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
+    seed
+}

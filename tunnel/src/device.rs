@@ -1,0 +1,170 @@
+//! The smoltcp [`Device`] that sits between smoltcp and boringtun.
+//!
+//! Receive side: [`RxQueue`] holds decrypted IP packets in pooled buffers; the core decrypts straight into a
+//! buffer taken from the pool and smoltcp hands it back after reading it, so the steady state allocates nothing.
+//!
+//! Transmit side: smoltcp writes each IP packet into one scratch buffer, which is encrypted at once into a
+//! second scratch buffer and handed to the caller's [`DatagramSink`]: no queue, no copy, no allocation.
+
+use crate::core::Stats;
+use boringtun::noise::{Tunn, TunnResult};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+/// Where the core's outgoing UDP datagrams go: a socket in the driver, a simulated link in tests.
+pub trait DatagramSink {
+    /// Sends one encrypted datagram to the peer's outer address.
+    fn send_to(&mut self, dst: SocketAddr, datagram: &[u8]);
+}
+
+impl<F: FnMut(SocketAddr, &[u8])> DatagramSink for F {
+    fn send_to(&mut self, dst: SocketAddr, datagram: &[u8]) {
+        self(dst, datagram)
+    }
+}
+
+/// Decrypted packets waiting for smoltcp, in buffers recycled through a free list.
+pub(crate) struct RxQueue {
+    ready: VecDeque<(Vec<u8>, usize)>,
+    free: Vec<Vec<u8>>,
+    buffer_size: usize,
+    capacity: usize,
+}
+
+impl RxQueue {
+    pub(crate) fn new(buffer_size: usize, capacity: usize) -> Self {
+        RxQueue { ready: VecDeque::with_capacity(capacity), free: Vec::new(), buffer_size, capacity }
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.ready.len() >= self.capacity
+    }
+
+    /// A buffer to decrypt into: from the free list, or new while the pool is still growing.
+    pub(crate) fn take_buffer(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| vec![0; self.buffer_size])
+    }
+
+    pub(crate) fn give_back(&mut self, buffer: Vec<u8>) {
+        self.free.push(buffer);
+    }
+
+    pub(crate) fn push(&mut self, buffer: Vec<u8>, len: usize) {
+        self.ready.push_back((buffer, len));
+    }
+}
+
+/// Borrows the core's parts for the length of one `Interface::poll`.
+pub(crate) struct WgDevice<'a, S: DatagramSink> {
+    pub rx: &'a mut RxQueue,
+    pub tunn: &'a mut Tunn,
+    pub plain: &'a mut [u8],
+    pub cipher: &'a mut [u8],
+    pub endpoint: Option<SocketAddr>,
+    pub sink: &'a mut S,
+    pub stats: &'a mut Stats,
+}
+
+pub(crate) struct RxToken<'a> {
+    buffer: Vec<u8>,
+    len: usize,
+    free: &'a mut Vec<Vec<u8>>,
+}
+
+pub(crate) struct TxToken<'a, S: DatagramSink> {
+    tunn: &'a mut Tunn,
+    plain: &'a mut [u8],
+    cipher: &'a mut [u8],
+    endpoint: Option<SocketAddr>,
+    sink: &'a mut S,
+    stats: &'a mut Stats,
+}
+
+impl<S: DatagramSink> phy::Device for WgDevice<'_, S> {
+    type RxToken<'b>
+        = RxToken<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = TxToken<'b, S>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_, S>)> {
+        let (buffer, len) = self.rx.ready.pop_front()?;
+        let rx = RxToken { buffer, len, free: &mut self.rx.free };
+        let tx = TxToken {
+            tunn: self.tunn,
+            plain: self.plain,
+            cipher: self.cipher,
+            endpoint: self.endpoint,
+            sink: self.sink,
+            stats: self.stats,
+        };
+        Some((rx, tx))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_, S>> {
+        Some(TxToken {
+            tunn: self.tunn,
+            plain: self.plain,
+            cipher: self.cipher,
+            endpoint: self.endpoint,
+            sink: self.sink,
+            stats: self.stats,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        capabilities(self.plain.len())
+    }
+}
+
+/// What the interface is told about the device. Received packets were authenticated by WireGuard's AEAD, so
+/// their IP/TCP checksums need no second check; sent ones must carry checksums for the peer's kernel stack.
+pub(crate) fn capabilities(mtu: usize) -> DeviceCapabilities {
+    let mut checksum = ChecksumCapabilities::default();
+    checksum.ipv4 = Checksum::Tx;
+    checksum.tcp = Checksum::Tx;
+    checksum.udp = Checksum::Tx;
+    checksum.icmpv4 = Checksum::Tx;
+    checksum.icmpv6 = Checksum::Tx;
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ip;
+    caps.max_transmission_unit = mtu;
+    caps.checksum = checksum;
+    caps
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let result = f(&self.buffer[..self.len]);
+        self.free.push(self.buffer);
+        result
+    }
+}
+
+impl<S: DatagramSink> phy::TxToken for TxToken<'_, S> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let packet = &mut self.plain[..len];
+        let result = f(packet);
+        let Some(endpoint) = self.endpoint else {
+            // Nowhere to send until the peer has shown up (agent side) or been configured (client side).
+            self.stats.dropped_no_endpoint += 1;
+            return result;
+        };
+        match self.tunn.encapsulate(packet, self.cipher) {
+            TunnResult::WriteToNetwork(datagram) => {
+                self.stats.datagrams_out += 1;
+                self.stats.bytes_out += datagram.len() as u64;
+                self.sink.send_to(endpoint, datagram);
+            }
+            TunnResult::Err(_) => self.stats.dropped_encrypt += 1,
+            // No session yet: boringtun queued the packet and sends it once the handshake completes.
+            _ => {}
+        }
+        result
+    }
+}

@@ -1,0 +1,131 @@
+//! Splicing one smoltcp TCP socket with one kernel stream socket (TCP or Unix), both ways, with backpressure
+//! and half-close.
+//!
+//! Backpressure comes for free from the buffers: we read the kernel socket only while the smoltcp send buffer
+//! has room (so the kernel's receive window closes when the tunnel is slow), and drain the smoltcp receive
+//! buffer only as fast as the kernel socket takes it (so smoltcp's advertised window closes when the local side
+//! is slow). The kernel socket is registered edge-triggered; `readable`/`writable` remember readiness until a
+//! call returns `EAGAIN`.
+
+use rustix::io::Errno;
+use rustix::net::Shutdown;
+use smoltcp::socket::tcp::{self, State};
+use std::os::fd::OwnedFd;
+
+/// How a splice ended, reported to whoever attached the kernel socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceOutcome {
+    /// Bytes carried from the kernel socket into the tunnel.
+    pub to_tunnel: u64,
+    /// Bytes carried from the tunnel to the kernel socket.
+    pub from_tunnel: u64,
+    /// True when both directions finished with a FIN; false after a reset or error on either side.
+    pub clean: bool,
+}
+
+/// A kernel socket attached to a tunnel connection.
+pub(crate) struct Bridge {
+    pub fd: OwnedFd,
+    pub readable: bool,
+    pub writable: bool,
+    /// The kernel side sent EOF and we passed it on as FIN.
+    read_closed: bool,
+    /// The tunnel side sent FIN and we passed it on with `shutdown(SHUT_WR)`.
+    write_closed: bool,
+    to_tunnel: u64,
+    from_tunnel: u64,
+}
+
+/// What one pass over a bridge did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pump {
+    /// Still going; `moved` says whether any byte or FIN moved (worth another smoltcp poll).
+    Open { moved: bool },
+    /// Done: remove the connection.
+    Finished(SpliceOutcome),
+}
+
+impl Bridge {
+    pub(crate) fn new(fd: OwnedFd) -> Bridge {
+        Bridge {
+            fd,
+            readable: true,
+            writable: true,
+            read_closed: false,
+            write_closed: false,
+            to_tunnel: 0,
+            from_tunnel: 0,
+        }
+    }
+
+    fn outcome(&self, clean: bool) -> SpliceOutcome {
+        SpliceOutcome { to_tunnel: self.to_tunnel, from_tunnel: self.from_tunnel, clean }
+    }
+
+    /// Moves what can move in both directions without blocking.
+    pub(crate) fn pump(&mut self, socket: &mut tcp::Socket) -> Pump {
+        let mut moved = false;
+        // Kernel -> tunnel.
+        while self.readable && !self.read_closed && socket.may_send() && socket.can_send() {
+            let fd = &self.fd;
+            match socket.send(|buf| match rustix::io::read(fd, buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            }) {
+                Ok(Ok(0)) => {
+                    socket.close();
+                    self.read_closed = true;
+                    moved = true;
+                }
+                Ok(Ok(n)) => {
+                    self.to_tunnel += n as u64;
+                    moved = true;
+                }
+                Ok(Err(Errno::AGAIN)) => self.readable = false,
+                Ok(Err(Errno::INTR)) => {}
+                Ok(Err(_)) | Err(_) => {
+                    socket.abort();
+                    return Pump::Finished(self.outcome(false));
+                }
+            }
+        }
+        // Tunnel -> kernel.
+        while self.writable && socket.can_recv() {
+            let fd = &self.fd;
+            match socket.recv(|buf| match rustix::io::write(fd, buf) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            }) {
+                Ok(Ok(n)) => {
+                    self.from_tunnel += n as u64;
+                    moved = true;
+                }
+                Ok(Err(Errno::AGAIN)) => self.writable = false,
+                Ok(Err(Errno::INTR)) => {}
+                Ok(Err(_)) | Err(_) => {
+                    socket.abort();
+                    return Pump::Finished(self.outcome(false));
+                }
+            }
+        }
+        // The peer's FIN, once every byte before it is delivered.
+        if !self.write_closed && !socket.may_recv() && !socket.can_recv() && fin_received(socket.state()) {
+            let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
+            self.write_closed = true;
+            moved = true;
+        }
+        if self.read_closed && self.write_closed {
+            return Pump::Finished(self.outcome(true));
+        }
+        // A reset or timeout on the tunnel side: dropping the kernel socket tells the local end.
+        if socket.state() == State::Closed && !socket.can_recv() {
+            return Pump::Finished(self.outcome(false));
+        }
+        Pump::Open { moved }
+    }
+}
+
+/// States in which the peer has sent its FIN.
+fn fin_received(state: State) -> bool {
+    matches!(state, State::CloseWait | State::LastAck | State::Closing | State::TimeWait | State::Closed)
+}

@@ -1,0 +1,227 @@
+//! The I/O driver: one thread that owns the outer UDP socket and a [`Core`], and carries TCP streams between
+//! the tunnel and kernel sockets.
+//!
+//! The thread sleeps in `epoll_wait` until a datagram arrives, a kernel socket it bridges becomes ready, a
+//! command comes from a handle, or the core's next deadline ([`Core::poll_at`]) is due. An idle tunnel wakes
+//! only for WireGuard's timer tick (4 times a second).
+//!
+//! [`Tunnel`] is the owner's handle; [`Listener`] accepts streams on a tunnel port; a [`TunnelStream`] is one
+//! connection, which the caller either splices with a kernel socket ([`TunnelStream::splice`]: the bytes then
+//! never leave the driver thread) or turns into a plain blocking [`UnixStream`] ([`TunnelStream::into_io`]).
+
+mod bridge;
+mod event_loop;
+mod udp;
+
+pub use bridge::SpliceOutcome;
+
+use crate::core::{Core, CoreConfig, PeerStatus, Stats};
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A tunnel: the core's configuration plus the outer socket's address.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// WireGuard and smoltcp settings.
+    pub core: CoreConfig,
+    /// Where the outer UDP socket binds, e.g. `0.0.0.0:51820`, `[::]:51820`, or port 0 for any (client side).
+    pub listen: SocketAddr,
+}
+
+/// Live state of a tunnel, as [`Tunnel::status`] reports it.
+#[derive(Debug, Clone)]
+pub struct TunnelStatus {
+    /// The peer: endpoint, last handshake, bytes.
+    pub peer: PeerStatus,
+    /// The core's counters.
+    pub stats: Stats,
+    /// Datagrams the outer socket failed to send.
+    pub send_errors: u64,
+    /// Open tunnel connections (spliced or waiting to be).
+    pub connections: usize,
+    /// Times the driver thread woke up.
+    pub wakeups: u64,
+}
+
+pub(crate) enum Command {
+    Listen { port: u16, accepted: Sender<TunnelStream>, reply: Sender<io::Result<()>> },
+    Unlisten { port: u16 },
+    Connect { remote: SocketAddr, timeout: Duration, reply: Sender<io::Result<TunnelStream>> },
+    Attach { id: u64, fd: OwnedFd, done: Sender<SpliceOutcome> },
+    Drop { id: u64 },
+    Status { reply: Sender<TunnelStatus> },
+    Shutdown,
+}
+
+/// What handles share with the driver thread.
+pub(crate) struct Shared {
+    commands: Sender<Command>,
+    wake: OwnedFd,
+}
+
+impl Shared {
+    fn send(&self, command: Command) -> io::Result<()> {
+        self.commands.send(command).map_err(|_| stopped())?;
+        rustix::io::write(&self.wake, &1u64.to_ne_bytes()).map_err(io::Error::from)?;
+        Ok(())
+    }
+
+    fn ask<T>(&self, command: impl FnOnce(Sender<T>) -> Command) -> io::Result<T> {
+        let (tx, rx) = mpsc::channel();
+        self.send(command(tx))?;
+        rx.recv().map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the tunnel driver has stopped")
+}
+
+/// The owner's handle of a running tunnel. Dropping it stops the driver thread and closes every stream.
+pub struct Tunnel {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Tunnel {
+    /// Binds the outer socket and starts the driver thread.
+    pub fn start(config: TunnelConfig) -> io::Result<Tunnel> {
+        let socket = udp::bind(config.listen)?;
+        let local_addr = socket.local_addr()?;
+        let start = std::time::Instant::now();
+        let core =
+            Core::new(config.core, rustix::process::getpid().as_raw_nonzero().get() as u32, event_loop::elapsed(start))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let wake =
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?;
+        let (commands, inbox) = mpsc::channel();
+        let shared = Arc::new(Shared { commands, wake });
+        let driver = event_loop::Driver::new(core, socket, Arc::clone(&shared), inbox, start)?;
+        let thread = std::thread::Builder::new().name("tunnel".into()).spawn(move || driver.run())?;
+        Ok(Tunnel { shared, local_addr, thread: Some(thread) })
+    }
+
+    /// The outer UDP socket's address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Accepts connections to `port` on our tunnel addresses.
+    pub fn listen(&self, port: u16) -> io::Result<Listener> {
+        let (accepted, incoming) = mpsc::channel();
+        self.shared.ask(|reply| Command::Listen { port, accepted, reply })??;
+        Ok(Listener { port, incoming, shared: Arc::clone(&self.shared) })
+    }
+
+    /// Opens a connection to `remote` inside the tunnel; waits until it is established, refused, or `timeout`.
+    pub fn connect(&self, remote: SocketAddr, timeout: Duration) -> io::Result<TunnelStream> {
+        self.shared.ask(|reply| Command::Connect { remote, timeout, reply })?
+    }
+
+    /// The peer, counters and connection count, read from the driver thread.
+    pub fn status(&self) -> io::Result<TunnelStatus> {
+        self.shared.ask(|reply| Command::Status { reply })
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.shared.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Streams accepted on one tunnel port. Dropping it stops listening.
+pub struct Listener {
+    port: u16,
+    incoming: Receiver<TunnelStream>,
+    shared: Arc<Shared>,
+}
+
+impl Listener {
+    /// The tunnel port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Waits for the next established connection.
+    pub fn accept(&self) -> io::Result<TunnelStream> {
+        self.incoming.recv().map_err(|_| stopped())
+    }
+
+    /// Like [`Listener::accept`], giving up after `timeout`.
+    pub fn accept_timeout(&self, timeout: Duration) -> io::Result<TunnelStream> {
+        self.incoming.recv_timeout(timeout).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => io::Error::new(io::ErrorKind::TimedOut, "no connection arrived in time"),
+            mpsc::RecvTimeoutError::Disconnected => stopped(),
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.shared.send(Command::Unlisten { port: self.port });
+    }
+}
+
+/// One established TCP connection inside the tunnel, not yet attached to anything. Dropping it resets the
+/// connection.
+pub struct TunnelStream {
+    id: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+    shared: Option<Arc<Shared>>,
+}
+
+impl TunnelStream {
+    /// Our end's tunnel address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The other end's tunnel address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Splices the connection with a kernel TCP socket inside the driver thread; the returned receiver yields
+    /// once, when both directions are done.
+    pub fn splice(self, stream: TcpStream) -> io::Result<Receiver<SpliceOutcome>> {
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        self.attach(stream.into())
+    }
+
+    /// The connection as a blocking [`UnixStream`] (the driver splices the other end of a socket pair).
+    /// `shutdown(Write)` on it sends FIN; EOF means the peer sent FIN.
+    pub fn into_io(self) -> io::Result<UnixStream> {
+        let (ours, theirs) = UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        self.attach(ours.into())?;
+        Ok(theirs)
+    }
+
+    fn attach(mut self, fd: OwnedFd) -> io::Result<Receiver<SpliceOutcome>> {
+        let shared = self.shared.take().ok_or_else(stopped)?;
+        let (done, outcome) = mpsc::channel();
+        shared.send(Command::Attach { id: self.id, fd, done })?;
+        Ok(outcome)
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let _ = shared.send(Command::Drop { id: self.id });
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! TCP streams through WireGuard entirely in userspace, for both halves of POLAREDGE.
+//!
+//! No TUN device, no kernel WireGuard, no privileges: WireGuard is boringtun's `noise::Tunn`, the TCP/IP stack
+//! is smoltcp, and the only kernel socket is one UDP socket.
+//!
+//! Module map:
+//! - [`keys`]: WireGuard keys in `wg`'s base64 text form.
+//! - [`core`]: the sans-IO core (one peer + one smoltcp interface): datagrams and time in, datagrams and socket
+//!   readiness out. Everything protocol-shaped lives here and is tested without sockets or clocks.
+//! - `device` (private): the smoltcp device between the interface and boringtun, allocation-free per packet.
+//! - [`sim`]: an in-memory link between two cores with loss, duplication and reordering, for tests and fuzzing.
+//! - [`driver`]: the one-thread I/O driver (epoll + timerfd) that owns the UDP socket and splices tunnel
+//!   streams with kernel sockets; [`Tunnel`] is its handle.
+
+pub mod core;
+mod device;
+pub mod driver;
+pub mod keys;
+pub mod sim;
+
+pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning};
+pub use device::DatagramSink;
+pub use driver::{Listener, Tunnel, TunnelConfig, TunnelStream};
+pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use smoltcp::wire::{IpCidr, IpEndpoint};
