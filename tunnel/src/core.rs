@@ -265,6 +265,11 @@ impl Core {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], sink: &mut impl DatagramSink) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
+        if datagram.is_empty() {
+            // boringtun reads an empty datagram as "send what you queued", never as input from the network.
+            self.stats.dropped_invalid += 1;
+            return;
+        }
         if self.rx.is_full() {
             self.poll(now, sink);
         }

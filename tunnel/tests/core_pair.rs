@@ -1,0 +1,308 @@
+//! Two sans-IO cores wired together in memory (no sockets, virtual time): bulk TCP both ways over IPv4 and
+//! IPv6, over a clean link and over one that drops, duplicates and reorders; bad datagrams; roaming.
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::State;
+use smoltcp::time::Duration;
+use smoltcp::wire::{IpAddress, IpCidr, IpEndpoint};
+use std::net::SocketAddr;
+use tunnel::sim::{Conditions, Pair};
+use tunnel::{Core, CoreConfig, PrivateKey, TcpTuning};
+
+const AGENT_V4: IpAddress = IpAddress::v4(10, 88, 0, 1);
+const CLIENT_V4: IpAddress = IpAddress::v4(10, 88, 0, 2);
+const AGENT_V6: IpAddress = IpAddress::v6(0xfd88, 0, 0, 0, 0, 0, 0, 1);
+const CLIENT_V6: IpAddress = IpAddress::v6(0xfd88, 0, 0, 0, 0, 0, 0, 2);
+
+/// Core A plays the client (knows the agent's endpoint, keepalive on); core B plays the agent.
+fn pair(conditions: Conditions) -> Pair {
+    let a_key = PrivateKey::generate();
+    let b_key = PrivateKey::generate();
+    let config =
+        |own: &PrivateKey, peer: &PrivateKey, v4: IpAddress, v6: IpAddress, endpoint: Option<SocketAddr>| CoreConfig {
+            private_key: own.clone(),
+            peer_public_key: peer.public_key(),
+            preshared_key: None,
+            persistent_keepalive: endpoint.map(|_| 25),
+            addresses: vec![IpCidr::new(v4, 30), IpCidr::new(v6, 64)],
+            peer_allowed_ips: vec![],
+            endpoint,
+            mtu: 1420,
+            tcp: TcpTuning::default(),
+        };
+    let now = smoltcp::time::Instant::from_millis(0);
+    let a = Core::new(config(&a_key, &b_key, CLIENT_V4, CLIENT_V6, Some(Pair::B_ADDR)), 1, now).unwrap();
+    let b = Core::new(config(&b_key, &a_key, AGENT_V4, AGENT_V6, None), 2, now).unwrap();
+    Pair::new(a, b, conditions)
+}
+
+fn pattern(seed: u64, i: usize) -> u8 {
+    ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(seed) >> 29) as u8
+}
+
+/// One direction of a transfer: what was written into one socket and checked out of the other.
+struct Flow {
+    seed: u64,
+    total: usize,
+    sent: usize,
+    received: usize,
+}
+
+impl Flow {
+    fn new(seed: u64, total: usize) -> Flow {
+        Flow { seed, total, sent: 0, received: 0 }
+    }
+
+    fn write(&mut self, core: &mut Core, handle: SocketHandle) {
+        let socket = core.tcp(handle);
+        while self.sent < self.total && socket.can_send() {
+            let (seed, start, left) = (self.seed, self.sent, self.total - self.sent);
+            let n = socket
+                .send(|buf| {
+                    let n = buf.len().min(left);
+                    for (k, b) in buf[..n].iter_mut().enumerate() {
+                        *b = pattern(seed, start + k);
+                    }
+                    (n, n)
+                })
+                .unwrap();
+            self.sent += n;
+        }
+        if self.sent == self.total && socket.may_send() {
+            socket.close();
+        }
+    }
+
+    fn read(&mut self, core: &mut Core, handle: SocketHandle) {
+        let socket = core.tcp(handle);
+        while socket.can_recv() {
+            let (seed, start) = (self.seed, self.received);
+            let n = socket
+                .recv(|buf| {
+                    for (k, b) in buf.iter().enumerate() {
+                        assert_eq!(*b, pattern(seed, start + k), "corrupted byte at offset {}", start + k);
+                    }
+                    (buf.len(), buf.len())
+                })
+                .unwrap();
+            self.received += n;
+        }
+    }
+}
+
+/// Connects A to B's listener at `agent`, moves `total` bytes each way at once, and checks both FINs arrive.
+fn bulk_both_ways(pair: &mut Pair, agent: IpAddress, total: usize, timeout_s: u64) {
+    let listener = pair.b.listen(9000);
+    let client = pair.a.connect(IpEndpoint::new(agent, 9000)).unwrap();
+    let mut up = Flow::new(7, total);
+    let mut down = Flow::new(11, total);
+    let finished = pair.run_until(Duration::from_secs(timeout_s), |p| {
+        up.write(&mut p.a, client);
+        if p.b.tcp(listener).may_send() {
+            down.write(&mut p.b, listener);
+        }
+        up.read(&mut p.b, listener);
+        down.read(&mut p.a, client);
+        up.received == total && down.received == total && !p.a.tcp(client).may_recv() && !p.b.tcp(listener).may_recv()
+    });
+    assert!(finished, "transfer stalled: up {}/{total}, down {}/{total} at {}", up.received, down.received, pair.now);
+    assert!(pair.a.peer().last_handshake.is_some());
+}
+
+#[test]
+fn bulk_tcp_both_ways_over_ipv4() {
+    let mut p = pair(Conditions::default());
+    bulk_both_ways(&mut p, AGENT_V4, 8 << 20, 60);
+    assert_eq!(p.b.peer().endpoint, Some(Pair::A_ADDR), "agent learned the client's endpoint from the handshake");
+    assert_eq!(p.b.stats().dropped_invalid + p.a.stats().dropped_invalid, 0);
+}
+
+#[test]
+fn bulk_tcp_both_ways_over_ipv6() {
+    let mut p = pair(Conditions::default());
+    bulk_both_ways(&mut p, AGENT_V6, 4 << 20, 60);
+}
+
+#[test]
+fn bulk_tcp_survives_loss_duplication_and_reordering() {
+    for (seed, agent) in [(3, AGENT_V4), (5, AGENT_V6)] {
+        let conditions = Conditions {
+            loss: 0.02,
+            duplicate: 0.02,
+            latency: Duration::from_millis(5),
+            jitter: Duration::from_millis(4),
+            seed,
+            ..Conditions::default()
+        };
+        let mut p = pair(conditions);
+        bulk_both_ways(&mut p, agent, 2 << 20, 600);
+        let (lost, duplicated) = p.impairments();
+        assert!(
+            lost > 20 && duplicated > 20,
+            "the link must really have impaired traffic: {lost} lost, {duplicated} duplicated"
+        );
+        let replays = p.a.stats().dropped_replay + p.b.stats().dropped_replay;
+        assert!(replays > 0, "duplicated datagrams are caught by WireGuard's replay window");
+    }
+}
+
+/// Captures what core `from` sends while polled, without delivering it.
+fn capture(core: &mut Core, now: smoltcp::time::Instant) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    core.poll(now, &mut |_: SocketAddr, d: &[u8]| out.push(d.to_vec()));
+    out
+}
+
+fn established_pair() -> (Pair, SocketHandle, SocketHandle) {
+    let mut p = pair(Conditions::default());
+    let listener = p.b.listen(9000);
+    let client = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    assert!(p.run_until(Duration::from_secs(5), |p| p.b.tcp(listener).state() == State::Established));
+    (p, client, listener)
+}
+
+#[test]
+fn garbage_truncated_replayed_and_wrong_key_datagrams_are_dropped_and_counted() {
+    let (mut p, client, listener) = established_pair();
+    // Genuine data datagrams, captured for replaying, truncating and forging.
+    p.a.tcp(client).send_slice(b"hello").unwrap();
+    let first = capture(&mut p.a, p.now).pop().expect("the client sent its data");
+    p.a.tcp(client).send_slice(b"world").unwrap();
+    let second = capture(&mut p.a, p.now).pop().expect("the client sent more data");
+    let now = p.now;
+    let sink = &mut |_: SocketAddr, _: &[u8]| panic!("bad input must not make the core answer");
+    p.b.handle_datagram(now, Pair::A_ADDR, &first, &mut |_: SocketAddr, _: &[u8]| {});
+    let before = p.b.stats();
+    p.b.handle_datagram(now, Pair::A_ADDR, &first, sink); // replay
+    p.b.handle_datagram(now, Pair::A_ADDR, &second[..second.len() - 7], sink); // truncated
+    p.b.handle_datagram(now, Pair::A_ADDR, b"", sink);
+    p.b.handle_datagram(now, Pair::A_ADDR, &[0xff; 200], sink); // garbage
+    let mut forged = second.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1; // a tag that does not verify, as from a wrong key
+    p.b.handle_datagram(now, Pair::A_ADDR, &forged, sink);
+    // The genuine datagram behind the failed forgeries still counts.
+    p.b.handle_datagram(now, Pair::A_ADDR, &second, &mut |_: SocketAddr, _: &[u8]| {});
+    // A handshake initiation from a stranger's key is refused without a reply.
+    let mut stranger = pair(Conditions::default());
+    stranger.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    let init = capture(&mut stranger.a, now).pop().expect("stranger starts a handshake");
+    p.b.handle_datagram(now, Pair::A_ADDR, &init, sink);
+    let after = p.b.stats();
+    assert_eq!(after.dropped_replay - before.dropped_replay, 1);
+    assert_eq!(after.dropped_invalid - before.dropped_invalid, 5);
+    // The session is undisturbed: the data got through once, and more flows.
+    let mut got = Vec::new();
+    assert!(p.run_until(Duration::from_secs(2), |p| {
+        let mut buf = [0u8; 16];
+        let n = p.b.tcp(listener).recv_slice(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        got.len() >= 10
+    }));
+    assert_eq!(got, b"helloworld");
+    bulk_more(&mut p, client, listener);
+}
+
+fn bulk_more(p: &mut Pair, client: SocketHandle, listener: SocketHandle) {
+    let mut flow = Flow::new(1, 256 << 10);
+    assert!(p.run_until(Duration::from_secs(10), |p| {
+        flow.write(&mut p.a, client);
+        flow.read(&mut p.b, listener);
+        flow.received == flow.total
+    }));
+}
+
+#[test]
+fn agent_follows_a_roaming_client_but_not_forged_or_replayed_datagrams() {
+    let (mut p, client, listener) = established_pair();
+    let roamed: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+    let now = p.now;
+    p.a.tcp(client).send_slice(b"x").unwrap();
+    let genuine = capture(&mut p.a, now).pop().unwrap();
+    // Forged and replayed datagrams from elsewhere do not move the endpoint.
+    p.b.handle_datagram(
+        now,
+        roamed,
+        &[4, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9],
+        &mut |_: SocketAddr, _: &[u8]| {},
+    );
+    assert_eq!(p.b.peer().endpoint, Some(Pair::A_ADDR));
+    p.b.handle_datagram(now, Pair::A_ADDR, &genuine, &mut |_: SocketAddr, _: &[u8]| {});
+    p.b.handle_datagram(now, roamed, &genuine, &mut |_: SocketAddr, _: &[u8]| {});
+    assert_eq!(p.b.peer().endpoint, Some(Pair::A_ADDR), "a replay from a new address must not redirect traffic");
+    // A fresh authentic datagram from the new address moves it, and replies follow.
+    p.a.tcp(client).send_slice(b"y").unwrap();
+    let fresh = capture(&mut p.a, now).pop().unwrap();
+    p.b.handle_datagram(now, roamed, &fresh, &mut |_: SocketAddr, _: &[u8]| {});
+    assert_eq!(p.b.peer().endpoint, Some(roamed));
+    let mut destinations = Vec::new();
+    p.b.tcp(listener).send_slice(b"reply").unwrap();
+    p.b.poll(now, &mut |to: SocketAddr, _: &[u8]| destinations.push(to));
+    assert!(!destinations.is_empty() && destinations.iter().all(|d| *d == roamed));
+    assert!(p.b.stats().endpoint_changes >= 2);
+}
+
+#[test]
+fn preshared_keys_must_match() {
+    let psk = tunnel::PresharedKey::generate();
+    let a_key = PrivateKey::generate();
+    let b_key = PrivateKey::generate();
+    let mk =
+        |own: &PrivateKey, peer: &PrivateKey, v4, endpoint: Option<SocketAddr>, psk: Option<tunnel::PresharedKey>| {
+            CoreConfig {
+                private_key: own.clone(),
+                peer_public_key: peer.public_key(),
+                preshared_key: psk,
+                persistent_keepalive: None,
+                addresses: vec![IpCidr::new(v4, 30)],
+                peer_allowed_ips: vec![],
+                endpoint,
+                mtu: 1420,
+                tcp: TcpTuning::default(),
+            }
+        };
+    let now = smoltcp::time::Instant::from_millis(0);
+    for (a_psk, b_psk, works) in [(Some(psk.clone()), Some(psk.clone()), true), (Some(psk.clone()), None, false)] {
+        let a = Core::new(mk(&a_key, &b_key, CLIENT_V4, Some(Pair::B_ADDR), a_psk), 1, now).unwrap();
+        let b = Core::new(mk(&b_key, &a_key, AGENT_V4, None, b_psk), 2, now).unwrap();
+        let mut p = Pair::new(a, b, Conditions::default());
+        let listener = p.b.listen(9000);
+        p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+        let connected = p.run_until(Duration::from_secs(3), |p| p.b.tcp(listener).state() == State::Established);
+        assert_eq!(connected, works);
+    }
+}
+
+#[test]
+fn packets_from_outside_the_peers_allowed_ips_are_dropped() {
+    // B accepts only 10.88.0.3 from its peer, so A's packets from 10.88.0.2 never reach B's stack.
+    let a_key = PrivateKey::generate();
+    let b_key = PrivateKey::generate();
+    let now = smoltcp::time::Instant::from_millis(0);
+    let base = |own: &PrivateKey, peer: &PrivateKey, v4| CoreConfig {
+        private_key: own.clone(),
+        peer_public_key: peer.public_key(),
+        preshared_key: None,
+        persistent_keepalive: None,
+        addresses: vec![IpCidr::new(v4, 30)],
+        peer_allowed_ips: vec![],
+        endpoint: None,
+        mtu: 1420,
+        tcp: TcpTuning::default(),
+    };
+    let a = Core::new(CoreConfig { endpoint: Some(Pair::B_ADDR), ..base(&a_key, &b_key, CLIENT_V4) }, 1, now).unwrap();
+    let b = Core::new(
+        CoreConfig {
+            peer_allowed_ips: vec![IpCidr::new(IpAddress::v4(10, 88, 0, 3), 32)],
+            ..base(&b_key, &a_key, AGENT_V4)
+        },
+        2,
+        now,
+    )
+    .unwrap();
+    let mut p = Pair::new(a, b, Conditions::default());
+    let listener = p.b.listen(9000);
+    p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    assert!(!p.run_until(Duration::from_secs(2), |p| p.b.tcp(listener).state() != State::Listen));
+    assert!(p.b.stats().dropped_source > 0);
+}
