@@ -18,6 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 /// device does. This is the only periodic wake-up of an idle tunnel.
 pub const TIMER_TICK: Duration = Duration::from_millis(250);
 
+/// How often a side that keeps the tunnel up retries a handshake nobody answers (WireGuard's REKEY_TIMEOUT).
+const FORCED_HANDSHAKE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// WireGuard's default MTU for a 1500-byte path, right for both IPv4 and IPv6 outer headers.
 pub const DEFAULT_MTU: usize = 1420;
 
@@ -73,6 +76,24 @@ pub struct CoreConfig {
     pub mtu: usize,
     /// Per-connection TCP tuning.
     pub tcp: TcpTuning,
+}
+
+impl CoreConfig {
+    /// A configuration with defaults for everything but the keys and our tunnel addresses: no preshared key,
+    /// no keepalive, the peer accepted from our own subnets, endpoint unknown, MTU 1420, default TCP tuning.
+    pub fn new(private_key: PrivateKey, peer_public_key: PublicKey, addresses: Vec<IpCidr>) -> CoreConfig {
+        CoreConfig {
+            private_key,
+            peer_public_key,
+            preshared_key: None,
+            persistent_keepalive: None,
+            addresses,
+            peer_allowed_ips: Vec::new(),
+            endpoint: None,
+            mtu: DEFAULT_MTU,
+            tcp: TcpTuning::default(),
+        }
+    }
 }
 
 /// A configuration the core cannot run with.
@@ -180,6 +201,8 @@ pub struct Core {
     has_v4: bool,
     has_v6: bool,
     next_timer: Instant,
+    keepalive: bool,
+    next_forced_handshake: Instant,
     next_port: u16,
     tcp: TcpTuning,
     stats: Stats,
@@ -253,6 +276,8 @@ impl Core {
             has_v4,
             has_v6,
             next_timer: now,
+            keepalive: config.persistent_keepalive.is_some_and(|k| k > 0),
+            next_forced_handshake: now,
             next_port: EPHEMERAL_PORTS.start() + port_seed % 16384,
             tcp: config.tcp,
             stats,
@@ -330,16 +355,7 @@ impl Core {
     pub fn poll(&mut self, now: Instant, sink: &mut impl DatagramSink) -> bool {
         if now >= self.next_timer {
             self.next_timer = now + TIMER_TICK;
-            if let TunnResult::WriteToNetwork(datagram) = self.tunn.update_timers(&mut self.cipher) {
-                match self.endpoint {
-                    Some(endpoint) => {
-                        self.stats.datagrams_out += 1;
-                        self.stats.bytes_out += datagram.len() as u64;
-                        sink.send_to(endpoint, datagram);
-                    }
-                    None => self.stats.dropped_no_endpoint += 1,
-                }
-            }
+            self.service_timers(now, sink);
         }
         let mut device = WgDevice {
             rx: &mut self.rx,
@@ -351,6 +367,28 @@ impl Core {
             stats: &mut self.stats,
         };
         self.iface.poll(now, &mut device, &mut self.sockets) == PollResult::SocketStateChanged
+    }
+
+    fn service_timers(&mut self, now: Instant, sink: &mut impl DatagramSink) {
+        let expired = match self.tunn.update_timers(&mut self.cipher) {
+            TunnResult::WriteToNetwork(datagram) => {
+                send_or_count(&mut self.stats, self.endpoint, sink, datagram);
+                false
+            }
+            TunnResult::Err(WireGuardError::ConnectionExpired) => true,
+            _ => false,
+        };
+        // boringtun starts a handshake only when there is something to send, and gives up for good after 90 s
+        // of failures. The side with a persistent keepalive (the client behind NAT) must keep the tunnel up so
+        // the agent can reach it, so it (re)starts the handshake itself, at boringtun's retry pace.
+        let keep_up = self.keepalive && self.endpoint.is_some();
+        let never_connected = self.tunn.time_since_last_handshake().is_none();
+        if keep_up && (never_connected || expired) && now >= self.next_forced_handshake {
+            self.next_forced_handshake = now + FORCED_HANDSHAKE_INTERVAL;
+            if let TunnResult::WriteToNetwork(init) = self.tunn.format_handshake_initiation(&mut self.cipher, false) {
+                send_or_count(&mut self.stats, self.endpoint, sink, init);
+            }
+        }
     }
 
     /// When [`Core::poll`] must run next, at the latest: smoltcp's next timer or WireGuard's next tick.
@@ -438,6 +476,17 @@ impl Core {
             }
         }
         None
+    }
+}
+
+fn send_or_count(stats: &mut Stats, endpoint: Option<SocketAddr>, sink: &mut impl DatagramSink, datagram: &[u8]) {
+    match endpoint {
+        Some(endpoint) => {
+            stats.datagrams_out += 1;
+            stats.bytes_out += datagram.len() as u64;
+            sink.send_to(endpoint, datagram);
+        }
+        None => stats.dropped_no_endpoint += 1,
     }
 }
 

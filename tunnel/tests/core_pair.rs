@@ -306,3 +306,14 @@ fn packets_from_outside_the_peers_allowed_ips_are_dropped() {
     assert!(!p.run_until(Duration::from_secs(2), |p| p.b.tcp(listener).state() != State::Listen));
     assert!(p.b.stats().dropped_source > 0);
 }
+
+#[test]
+fn the_keepalive_side_brings_the_tunnel_up_without_traffic() {
+    // The client behind NAT must be reachable by the agent before it has anything to send itself.
+    let mut p = pair(Conditions::default());
+    assert!(p.run_until(Duration::from_secs(2), |p| p.b.peer().last_handshake.is_some()));
+    assert_eq!(p.b.peer().endpoint, Some(Pair::A_ADDR));
+    let client_side = p.a.listen(7000);
+    p.b.connect(IpEndpoint::new(CLIENT_V4, 7000)).unwrap();
+    assert!(p.run_until(Duration::from_secs(2), |p| p.a.tcp(client_side).state() == State::Established));
+}
