@@ -9,6 +9,7 @@
 //!   readiness out. Everything protocol-shaped lives here and is tested without sockets or clocks.
 //! - `device` (private): the smoltcp device between the interface and boringtun, allocation-free per packet.
 //! - [`sim`]: an in-memory link between two cores with loss, duplication and reordering, for tests and fuzzing.
+//! - [`testbed`]: network namespaces, veth pairs and `wireguard-go` for interop tests and benchmarks (root).
 //! - [`driver`]: the one-thread I/O driver (epoll + timerfd) that owns the UDP socket and splices tunnel
 //!   streams with kernel sockets; [`Tunnel`] is its handle.
 
@@ -17,6 +18,7 @@ mod device;
 pub mod driver;
 pub mod keys;
 pub mod sim;
+pub mod testbed;
 
 pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning};
 pub use device::DatagramSink;
