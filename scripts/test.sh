@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs what it needs, then runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests (the wireguard-go interop test needs root: it creates and removes its own network namespaces)"
+cargo test --workspace --locked
+
+echo "== static release builds"
+scripts/build-static.sh
