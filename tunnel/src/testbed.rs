@@ -193,6 +193,23 @@ impl WireguardGo {
         Ok(wg)
     }
 
+    /// Adds another peer to the interface.
+    pub fn add_peer(&self, peer: &PublicKey, allowed_ips: &str, endpoint: Option<SocketAddr>) -> io::Result<()> {
+        let peer = peer.to_string();
+        let endpoint = endpoint.map(|e| e.to_string());
+        let mut wg =
+            vec!["netns", "exec", &self.ns, "wg", "set", &self.iface, "peer", &peer, "allowed-ips", allowed_ips];
+        if let Some(e) = &endpoint {
+            wg.extend(["endpoint", e]);
+        }
+        run("ip", &wg)
+    }
+
+    /// The process id of `wireguard-go` (for CPU and memory readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(mut self) {
         self.stop();
