@@ -4,7 +4,7 @@
 //! [`Core::poll`] after input and whenever [`Core::poll_at`] comes due, and moves TCP payload through the smoltcp
 //! sockets the core holds. Outgoing datagrams leave through the [`DatagramSink`] the caller passes in.
 
-use crate::device::{DatagramSink, RxQueue, WgDevice};
+use crate::device::{DatagramSink, RxQueue, TxPath, WgDevice};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
@@ -239,12 +239,14 @@ impl Core {
         // The interface reads the device's capabilities once, here; nothing is sent through it yet.
         let mut device = WgDevice {
             rx: &mut rx,
-            tunn: &mut tunn,
-            plain: &mut plain,
-            cipher: &mut cipher,
-            endpoint: None,
-            sink: &mut |_: SocketAddr, _: &[u8]| {},
-            stats: &mut stats,
+            tx: TxPath {
+                tunn: &mut tunn,
+                plain: &mut plain,
+                cipher: &mut cipher,
+                endpoint: None,
+                sink: &mut |_: SocketAddr, _: &[u8]| {},
+                stats: &mut stats,
+            },
         };
         let mut iface = Interface::new(iface_config, &mut device, now);
         let mut has_v4 = false;
@@ -359,12 +361,14 @@ impl Core {
         }
         let mut device = WgDevice {
             rx: &mut self.rx,
-            tunn: &mut self.tunn,
-            plain: &mut self.plain,
-            cipher: &mut self.cipher,
-            endpoint: self.endpoint,
-            sink,
-            stats: &mut self.stats,
+            tx: TxPath {
+                tunn: &mut self.tunn,
+                plain: &mut self.plain,
+                cipher: &mut self.cipher,
+                endpoint: self.endpoint,
+                sink,
+                stats: &mut self.stats,
+            },
         };
         self.iface.poll(now, &mut device, &mut self.sockets) == PollResult::SocketStateChanged
     }

@@ -59,6 +59,11 @@ impl RxQueue {
 /// Borrows the core's parts for the length of one `Interface::poll`.
 pub(crate) struct WgDevice<'a, S: DatagramSink> {
     pub rx: &'a mut RxQueue,
+    pub tx: TxPath<'a, S>,
+}
+
+/// Everything sending one packet touches: encrypt with `tunn`, hand the datagram to `sink`.
+pub(crate) struct TxPath<'a, S: DatagramSink> {
     pub tunn: &'a mut Tunn,
     pub plain: &'a mut [u8],
     pub cipher: &'a mut [u8],
@@ -73,52 +78,31 @@ pub(crate) struct RxToken<'a> {
     free: &'a mut Vec<Vec<u8>>,
 }
 
-pub(crate) struct TxToken<'a, S: DatagramSink> {
-    tunn: &'a mut Tunn,
-    plain: &'a mut [u8],
-    cipher: &'a mut [u8],
-    endpoint: Option<SocketAddr>,
-    sink: &'a mut S,
-    stats: &'a mut Stats,
+pub(crate) struct TxToken<'b, 'a, S: DatagramSink> {
+    path: &'b mut TxPath<'a, S>,
 }
 
-impl<S: DatagramSink> phy::Device for WgDevice<'_, S> {
+impl<'a, S: DatagramSink> phy::Device for WgDevice<'a, S> {
     type RxToken<'b>
         = RxToken<'b>
     where
         Self: 'b;
     type TxToken<'b>
-        = TxToken<'b, S>
+        = TxToken<'b, 'a, S>
     where
         Self: 'b;
 
-    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_, S>)> {
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_, 'a, S>)> {
         let (buffer, len) = self.rx.ready.pop_front()?;
-        let rx = RxToken { buffer, len, free: &mut self.rx.free };
-        let tx = TxToken {
-            tunn: self.tunn,
-            plain: self.plain,
-            cipher: self.cipher,
-            endpoint: self.endpoint,
-            sink: self.sink,
-            stats: self.stats,
-        };
-        Some((rx, tx))
+        Some((RxToken { buffer, len, free: &mut self.rx.free }, TxToken { path: &mut self.tx }))
     }
 
-    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_, S>> {
-        Some(TxToken {
-            tunn: self.tunn,
-            plain: self.plain,
-            cipher: self.cipher,
-            endpoint: self.endpoint,
-            sink: self.sink,
-            stats: self.stats,
-        })
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_, 'a, S>> {
+        Some(TxToken { path: &mut self.tx })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        capabilities(self.plain.len())
+        capabilities(self.tx.plain.len())
     }
 }
 
@@ -146,22 +130,23 @@ impl phy::RxToken for RxToken<'_> {
     }
 }
 
-impl<S: DatagramSink> phy::TxToken for TxToken<'_, S> {
+impl<S: DatagramSink> phy::TxToken for TxToken<'_, '_, S> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let packet = &mut self.plain[..len];
+        let path = self.path;
+        let packet = &mut path.plain[..len];
         let result = f(packet);
-        let Some(endpoint) = self.endpoint else {
+        let Some(endpoint) = path.endpoint else {
             // Nowhere to send until the peer has shown up (agent side) or been configured (client side).
-            self.stats.dropped_no_endpoint += 1;
+            path.stats.dropped_no_endpoint += 1;
             return result;
         };
-        match self.tunn.encapsulate(packet, self.cipher) {
+        match path.tunn.encapsulate(packet, path.cipher) {
             TunnResult::WriteToNetwork(datagram) => {
-                self.stats.datagrams_out += 1;
-                self.stats.bytes_out += datagram.len() as u64;
-                self.sink.send_to(endpoint, datagram);
+                path.stats.datagrams_out += 1;
+                path.stats.bytes_out += datagram.len() as u64;
+                path.sink.send_to(endpoint, datagram);
             }
-            TunnResult::Err(_) => self.stats.dropped_encrypt += 1,
+            TunnResult::Err(_) => path.stats.dropped_encrypt += 1,
             // No session yet: boringtun queued the packet and sends it once the handshake completes.
             _ => {}
         }
