@@ -1,6 +1,8 @@
 //! polaredge-agent: the edge half of POLAREDGE. This first cut only handles keys; the upload API, Traefik
 //! supervision and forwarders arrive with their own issue.
 
+mod dynamic;
+
 use std::io::Read;
 use std::process::ExitCode;
 

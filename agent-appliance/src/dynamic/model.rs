@@ -1,0 +1,347 @@
+//! A typed model of the part of Traefik's dynamic configuration (file provider) that POLAREDGE accepts.
+//!
+//! Every struct denies unknown fields, so a typo or an unsupported feature is an error at upload time instead
+//! of a route that silently does something else. Field names follow Traefik's YAML (camelCase).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A whole dynamic configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicConfig {
+    /// HTTP routers, services and middlewares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Http>,
+    /// TCP routers and services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Tcp>,
+    /// UDP routers and services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<Udp>,
+    /// TLS options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+/// `http:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Http {
+    /// Routers by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routers: BTreeMap<String, HttpRouter>,
+    /// Services by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, HttpService>,
+    /// Middlewares by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub middlewares: BTreeMap<String, Middleware>,
+    /// Transports (TLS settings towards backends) by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers_transports: BTreeMap<String, ServersTransport>,
+}
+
+/// An HTTP router.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouter {
+    /// Matcher expression, e.g. `Host(`a.example`) && PathPrefix(`/`)`.
+    pub rule: String,
+    /// Name of a service in the same file.
+    pub service: String,
+    /// Entrypoints; empty means every public entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_points: Vec<String>,
+    /// Names of middlewares in the same file, applied in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub middlewares: Vec<String>,
+    /// Explicit priority; higher wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// TLS termination at the edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouterTls>,
+}
+
+/// TLS settings of a router.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouterTls {
+    /// ACME resolver for the router's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_resolver: Option<String>,
+    /// Name of TLS options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<String>,
+    /// Explicit certificate domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<Domain>,
+    /// TCP only: pass TLS through to the backend untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<bool>,
+}
+
+/// A certificate's domains.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Domain {
+    /// Main name.
+    pub main: String,
+    /// Alternative names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sans: Vec<String>,
+}
+
+/// An HTTP service: POLAREDGE supports load balancers over pod endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpService {
+    /// The load balancer.
+    pub load_balancer: HttpLoadBalancer,
+}
+
+/// Servers of an HTTP service and how to balance them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpLoadBalancer {
+    /// Backend servers. Empty is allowed: Traefik answers 503, as for a Service with no ready endpoint.
+    #[serde(default)]
+    pub servers: Vec<HttpServer>,
+    /// Forward the client's Host header (Traefik's default: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_host_header: Option<bool>,
+    /// Sticky sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
+    /// Active health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Name of a servers transport in the same file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers_transport: Option<String>,
+}
+
+/// One backend of an HTTP service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpServer {
+    /// `http://IP:port` or `https://IP:port` of a pod.
+    pub url: String,
+    /// Relative weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+/// Sticky sessions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Sticky {
+    /// Cookie-based stickiness.
+    pub cookie: StickyCookie,
+}
+
+/// The sticky cookie.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StickyCookie {
+    /// Cookie name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Secure flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+    /// HttpOnly flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_only: Option<bool>,
+    /// SameSite value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<String>,
+}
+
+/// Active health checks of a service's servers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Request path.
+    pub path: String,
+    /// Interval, e.g. `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Timeout, e.g. `3s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A middleware: exactly one of the supported kinds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Middleware {
+    /// Removes path prefixes before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<StripPrefix>,
+    /// Redirects to another scheme (http -> https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_scheme: Option<RedirectScheme>,
+    /// Adds request or response headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+}
+
+impl Middleware {
+    /// How many kinds are set (a valid middleware has exactly one).
+    pub fn kinds(&self) -> usize {
+        usize::from(self.strip_prefix.is_some())
+            + usize::from(self.redirect_scheme.is_some())
+            + usize::from(self.headers.is_some())
+    }
+}
+
+/// `stripPrefix` middleware.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StripPrefix {
+    /// Prefixes to remove.
+    pub prefixes: Vec<String>,
+}
+
+/// `redirectScheme` middleware.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedirectScheme {
+    /// Target scheme.
+    pub scheme: String,
+    /// 301/308 instead of 302/307.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permanent: Option<bool>,
+    /// Target port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+}
+
+/// `headers` middleware (custom headers only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Headers {
+    /// Headers added to the request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom_request_headers: BTreeMap<String, String>,
+    /// Headers added to the response.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom_response_headers: BTreeMap<String, String>,
+}
+
+/// TLS towards backends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServersTransport {
+    /// SNI and verification name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Skip certificate verification (self-signed pod certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// `tcp:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tcp {
+    /// Routers by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routers: BTreeMap<String, TcpRouter>,
+    /// Services by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, TcpService>,
+}
+
+/// A TCP router.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpRouter {
+    /// Matcher, e.g. `HostSNI(`*`)`.
+    pub rule: String,
+    /// Name of a TCP service in the same file.
+    pub service: String,
+    /// Entrypoints; empty means every public entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_points: Vec<String>,
+    /// Explicit priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// TLS termination or passthrough.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouterTls>,
+}
+
+/// A TCP service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpService {
+    /// The load balancer.
+    pub load_balancer: TcpLoadBalancer,
+}
+
+/// Servers of a TCP or UDP service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpLoadBalancer {
+    /// Backends as `IP:port`.
+    #[serde(default)]
+    pub servers: Vec<TcpServer>,
+}
+
+/// One TCP or UDP backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpServer {
+    /// `IP:port` of a pod.
+    pub address: String,
+}
+
+/// `udp:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Udp {
+    /// Routers by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routers: BTreeMap<String, UdpRouter>,
+    /// Services by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, TcpService>,
+}
+
+/// A UDP router.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UdpRouter {
+    /// Name of a UDP service in the same file.
+    pub service: String,
+    /// Entrypoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entry_points: Vec<String>,
+}
+
+/// `tls:` section (options only; certificates come from ACME).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tls {
+    /// TLS options by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, TlsOptions>,
+}
+
+/// One set of TLS options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsOptions {
+    /// e.g. `VersionTLS12`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+    /// e.g. `VersionTLS13`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<String>,
+    /// Refuse clients without SNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni_strict: Option<bool>,
+}
