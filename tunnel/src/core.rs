@@ -41,6 +41,9 @@ pub struct TcpTuning {
     pub congestion: tcp::CongestionControl,
     /// Keep-alive probes on idle connections, so a vanished peer frees its sockets.
     pub keep_alive: Option<Duration>,
+    /// A connection whose sent data, SYN or keep-alive goes unanswered this long is reset. Must exceed
+    /// `keep_alive`.
+    pub timeout: Option<Duration>,
 }
 
 impl Default for TcpTuning {
@@ -50,7 +53,8 @@ impl Default for TcpTuning {
             tx_buffer: 512 * 1024,
             ack_delay: Some(Duration::from_millis(1)),
             congestion: tcp::CongestionControl::Cubic,
-            keep_alive: Some(Duration::from_secs(60)),
+            keep_alive: Some(Duration::from_secs(20)),
+            timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -462,6 +466,7 @@ impl Core {
         socket.set_ack_delay(t.ack_delay);
         socket.set_congestion_control(t.congestion);
         socket.set_keep_alive(t.keep_alive);
+        socket.set_timeout(t.timeout);
         socket
     }
 

@@ -8,6 +8,7 @@
 //! - [`core`]: the sans-IO core (one peer + one smoltcp interface): datagrams and time in, datagrams and socket
 //!   readiness out. Everything protocol-shaped lives here and is tested without sockets or clocks.
 //! - `device` (private): the smoltcp device between the interface and boringtun, allocation-free per packet.
+//! - [`relay`]: the tiny preamble naming the pod endpoint of each forwarded stream.
 //! - [`sim`]: an in-memory link between two cores with loss, duplication and reordering, for tests and fuzzing.
 //! - [`testbed`]: network namespaces, veth pairs and `wireguard-go` for interop tests and benchmarks (root).
 //! - [`driver`]: the one-thread I/O driver (epoll + timerfd) that owns the UDP socket and splices tunnel
@@ -17,6 +18,7 @@ pub mod core;
 mod device;
 pub mod driver;
 pub mod keys;
+pub mod relay;
 pub mod sim;
 pub mod testbed;
 

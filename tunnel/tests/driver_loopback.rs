@@ -126,3 +126,47 @@ fn an_idle_tunnel_does_not_poll() {
     let per_second = ((after.0 - before.0 - 1) as f64 / 2.0, (after.1 - before.1 - 1) as f64 / 2.0);
     assert!(per_second.0 <= 10.0 && per_second.1 <= 10.0, "idle wake-ups per second: {per_second:?}");
 }
+
+#[test]
+fn forward_sends_the_preamble_then_splices_and_reports_a_refused_target() {
+    let (agent, client) = tunnels();
+    let relay = client.listen(7000).unwrap();
+    let pod: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+    let relay_side = std::thread::spawn(move || {
+        let mut io = relay.accept_timeout(Duration::from_secs(5)).unwrap().into_io().unwrap();
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        let (target, _) = loop {
+            io.read_exact(&mut byte).unwrap();
+            buf.push(byte[0]);
+            if let Some(found) = tunnel::relay::decode(&buf).unwrap() {
+                break found;
+            }
+        };
+        let mut rest = [0u8; 5];
+        io.read_exact(&mut rest).unwrap();
+        io.write_all(&rest.to_ascii_uppercase()).unwrap();
+        target
+    });
+    let local = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut user = TcpStream::connect(local.local_addr().unwrap()).unwrap();
+    let (accepted, _) = local.accept().unwrap();
+    let (done, outcome) = std::sync::mpsc::channel();
+    agent.forward(accepted, tunnel_addr("10.88.0.2", 7000), tunnel::relay::encode(pod), done.clone()).unwrap();
+    user.write_all(b"hello").unwrap();
+    let mut reply = [0u8; 5];
+    user.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"HELLO");
+    assert_eq!(relay_side.join().unwrap(), pod);
+
+    // Nobody listens on tunnel port 7001: the forward ends unclean and the local connection is closed.
+    let mut user = TcpStream::connect(local.local_addr().unwrap()).unwrap();
+    let (accepted, _) = local.accept().unwrap();
+    agent.forward(accepted, tunnel_addr("10.88.0.2", 7001), tunnel::relay::encode(pod), done).unwrap();
+    let refused = outcome.recv_timeout(Duration::from_secs(5)).unwrap();
+    let refused = if refused.clean { outcome.recv_timeout(Duration::from_secs(5)).unwrap() } else { refused };
+    assert!(!refused.clean);
+    let mut buf = [0u8; 1];
+    user.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(user.read(&mut buf), Ok(0) | Err(_)), "the local side sees the connection end");
+}

@@ -47,7 +47,10 @@ pub struct Policy {
 pub fn parse(text: &str, policy: &Policy) -> Result<DynamicConfig, Vec<Problem>> {
     if text.contains("{{") {
         // Traefik runs the file through Go templating; a literal `{{` breaks the whole file.
-        return Err(vec![problem("", "the document contains `{{`, which Traefik's file provider treats as a template")]);
+        return Err(vec![problem(
+            "",
+            "the document contains `{{`, which Traefik's file provider treats as a template",
+        )]);
     }
     if text.trim().is_empty() {
         return Err(vec![problem("", "empty document: an empty file would drop every route, so it is refused")]);
@@ -64,7 +67,8 @@ pub fn parse(text: &str, policy: &Policy) -> Result<DynamicConfig, Vec<Problem>>
 fn check_name(problems: &mut Vec<Problem>, path: &str, name: &str) {
     let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        problems.push(problem(path, "names may use only letters, digits, '-', '_' and '.' (no '@' provider references)"));
+        problems
+            .push(problem(path, "names may use only letters, digits, '-', '_' and '.' (no '@' provider references)"));
     } else if name.starts_with(MARKER_PREFIX) {
         problems.push(problem(path, format!("names starting with '{MARKER_PREFIX}' are reserved for the agent")));
     }
@@ -79,13 +83,21 @@ fn check_entry_points(problems: &mut Vec<Problem>, path: &str, names: &[String],
     }
 }
 
-fn check_tls(problems: &mut Vec<Problem>, path: &str, tls: &Option<model::RouterTls>, policy: &Policy, options: &BTreeSet<&String>) {
+fn check_tls(
+    problems: &mut Vec<Problem>,
+    path: &str,
+    tls: &Option<model::RouterTls>,
+    policy: &Policy,
+    options: &BTreeSet<&String>,
+) {
     let Some(tls) = tls else { return };
     if let Some(resolver) = &tls.cert_resolver {
         if !policy.cert_resolvers.contains(resolver) {
             problems.push(problem(
                 format!("{path}.tls.certResolver"),
-                format!("unknown resolver {resolver:?} (an ACME resolver exists only when the agent has an ACME email)"),
+                format!(
+                    "unknown resolver {resolver:?} (an ACME resolver exists only when the agent has an ACME email)"
+                ),
             ));
         }
     }
@@ -110,7 +122,8 @@ pub fn validate(config: &DynamicConfig, policy: &Policy) -> Vec<Problem> {
                 problems.push(problem(format!("{path}.rule"), "empty rule"));
             }
             if !http.services.contains_key(&router.service) {
-                problems.push(problem(format!("{path}.service"), format!("no http service named {:?}", router.service)));
+                problems
+                    .push(problem(format!("{path}.service"), format!("no http service named {:?}", router.service)));
             }
             for m in &router.middlewares {
                 if !http.middlewares.contains_key(m) {
@@ -142,7 +155,10 @@ pub fn validate(config: &DynamicConfig, policy: &Policy) -> Vec<Problem> {
             let path = format!("http.middlewares.{name}");
             check_name(&mut problems, &path, name);
             if middleware.kinds() != 1 {
-                problems.push(problem(path, "a middleware must have exactly one kind (stripPrefix, redirectScheme or headers)"));
+                problems.push(problem(
+                    path,
+                    "a middleware must have exactly one kind (stripPrefix, redirectScheme or headers)",
+                ));
             }
         }
         for name in http.servers_transports.keys() {
@@ -206,7 +222,9 @@ pub fn parse_http_backend(url: &str) -> Result<(&str, SocketAddr), String> {
             // A URL without a port uses the scheme's.
             let host = rest.trim_start_matches('[').trim_end_matches(']');
             let ip: IpAddr = host.parse().map_err(|_| {
-                format!("{url:?}: backends must be pod IP addresses, not host names (the agent cannot resolve cluster DNS)")
+                format!(
+                    "{url:?}: backends must be pod IP addresses, not host names (the agent cannot resolve cluster DNS)"
+                )
             })?;
             SocketAddr::new(ip, if scheme == "https" { 443 } else { 80 })
         }
@@ -219,7 +237,9 @@ pub fn backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
     let mut out = BTreeSet::new();
     if let Some(http) = &config.http {
         for service in http.services.values() {
-            out.extend(service.load_balancer.servers.iter().filter_map(|s| parse_http_backend(&s.url).ok().map(|(_, a)| a)));
+            out.extend(
+                service.load_balancer.servers.iter().filter_map(|s| parse_http_backend(&s.url).ok().map(|(_, a)| a)),
+            );
         }
     }
     if let Some(tcp) = &config.tcp {
@@ -232,7 +252,11 @@ pub fn backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
 
 /// The document Traefik gets: every pod backend replaced by its local forwarder, plus the marker middleware
 /// `gen-<generation>` that tells the agent, through Traefik's API, that this exact file is live.
-pub fn rewrite(config: &DynamicConfig, forwarders: &BTreeMap<SocketAddr, SocketAddr>, generation: &str) -> DynamicConfig {
+pub fn rewrite(
+    config: &DynamicConfig,
+    forwarders: &BTreeMap<SocketAddr, SocketAddr>,
+    generation: &str,
+) -> DynamicConfig {
     let mut out = config.clone();
     let local = |addr: SocketAddr| forwarders.get(&addr).copied();
     let http = out.http.get_or_insert_with(Default::default);
@@ -247,8 +271,10 @@ pub fn rewrite(config: &DynamicConfig, forwarders: &BTreeMap<SocketAddr, SocketA
     }
     let mut headers = model::Headers::default();
     headers.custom_response_headers.insert("X-Polaredge-Generation".into(), generation.into());
-    http.middlewares
-        .insert(format!("{MARKER_PREFIX}{generation}"), model::Middleware { headers: Some(headers), ..Default::default() });
+    http.middlewares.insert(
+        format!("{MARKER_PREFIX}{generation}"),
+        model::Middleware { headers: Some(headers), ..Default::default() },
+    );
     if let Some(tcp) = &mut out.tcp {
         for service in tcp.services.values_mut() {
             for server in &mut service.load_balancer.servers {
@@ -345,7 +371,10 @@ tcp:
         );
         assert_eq!(
             p,
-            ["http.routers.a.service: no http service named \"missing\"", "http.routers.a.middlewares: no middleware named \"nope\""]
+            [
+                "http.routers.a.service: no http service named \"missing\"",
+                "http.routers.a.middlewares: no middleware named \"nope\""
+            ]
         );
     }
 
@@ -375,7 +404,9 @@ tcp:
         assert!(p.iter().any(|m| m.contains("reserved")), "{p:?}");
         assert!(p.iter().any(|m| m.contains("no http service named \"api@internal\"")), "{p:?}");
         assert!(p.iter().any(|m| m.contains("unknown entrypoint \"traefik\"")), "{p:?}");
-        assert!(problems("http:\n  routers:\n    a: {rule: \"Host(`{{ .X }}`)\", service: s}\n")[0].contains("template"));
+        assert!(
+            problems("http:\n  routers:\n    a: {rule: \"Host(`{{ .X }}`)\", service: s}\n")[0].contains("template")
+        );
     }
 
     #[test]

@@ -23,11 +23,19 @@ pub struct SpliceOutcome {
     pub clean: bool,
 }
 
+impl SpliceOutcome {
+    /// A splice that never started.
+    pub const FAILED: SpliceOutcome = SpliceOutcome { to_tunnel: 0, from_tunnel: 0, clean: false };
+}
+
 /// A kernel socket attached to a tunnel connection.
 pub(crate) struct Bridge {
     pub fd: OwnedFd,
     pub readable: bool,
     pub writable: bool,
+    /// Bytes to send into the tunnel before anything read from the kernel socket (the relay preamble).
+    preamble: Vec<u8>,
+    preamble_sent: usize,
     /// The kernel side sent EOF and we passed it on as FIN.
     read_closed: bool,
     /// The tunnel side sent FIN and we passed it on with `shutdown(SHUT_WR)`.
@@ -46,11 +54,13 @@ pub(crate) enum Pump {
 }
 
 impl Bridge {
-    pub(crate) fn new(fd: OwnedFd) -> Bridge {
+    pub(crate) fn new(fd: OwnedFd, preamble: Vec<u8>) -> Bridge {
         Bridge {
             fd,
             readable: true,
             writable: true,
+            preamble,
+            preamble_sent: 0,
             read_closed: false,
             write_closed: false,
             to_tunnel: 0,
@@ -65,8 +75,14 @@ impl Bridge {
     /// Moves what can move in both directions without blocking.
     pub(crate) fn pump(&mut self, socket: &mut tcp::Socket) -> Pump {
         let mut moved = false;
+        if self.preamble_sent < self.preamble.len() && socket.may_send() {
+            let n = socket.send_slice(&self.preamble[self.preamble_sent..]).unwrap_or(0);
+            self.preamble_sent += n;
+            moved |= n > 0;
+        }
+        let preamble_done = self.preamble_sent == self.preamble.len();
         // Kernel -> tunnel.
-        while self.readable && !self.read_closed && socket.may_send() && socket.can_send() {
+        while preamble_done && self.readable && !self.read_closed && socket.may_send() && socket.can_send() {
             let fd = &self.fd;
             match socket.send(|buf| match rustix::io::read(fd, buf) {
                 Ok(n) => (n, Ok(n)),

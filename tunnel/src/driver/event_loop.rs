@@ -210,22 +210,15 @@ impl Driver {
                     let _ = reply.send(Err(io::Error::new(io::ErrorKind::AddrNotAvailable, e.to_string())));
                 }
             },
-            Command::Attach { id, fd, done } => match self.connections.get_mut(&id) {
-                Some(connection) => {
-                    let flags = epoll::EventFlags::IN
-                        | epoll::EventFlags::OUT
-                        | epoll::EventFlags::RDHUP
-                        | epoll::EventFlags::ET;
-                    if let Err(e) = epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(id), flags) {
-                        log::warn!("tunnel driver: cannot watch a spliced socket ({e}); resetting the connection");
-                        let _ = done.send(SpliceOutcome { to_tunnel: 0, from_tunnel: 0, clean: false });
-                        self.close(id, true);
-                    } else {
-                        connection.bridge = Some((Bridge::new(fd), done));
-                    }
+            Command::Attach { id, fd, done } => self.attach(id, fd, Vec::new(), done),
+            Command::Forward { remote, fd, preamble, done } => match self.core.connect(IpEndpoint::from(remote)) {
+                Ok(handle) => {
+                    let id = self.new_connection(handle);
+                    self.attach(id, fd, preamble, done);
                 }
-                None => {
-                    let _ = done.send(SpliceOutcome { to_tunnel: 0, from_tunnel: 0, clean: false });
+                Err(e) => {
+                    log::warn!("tunnel driver: cannot open a tunnel connection to {remote}: {e}");
+                    let _ = done.send(SpliceOutcome::FAILED);
                 }
             },
             Command::Drop { id } => self.close(id, true),
@@ -249,6 +242,22 @@ impl Driver {
             }
         }
         true
+    }
+
+    fn attach(&mut self, id: u64, fd: std::os::fd::OwnedFd, preamble: Vec<u8>, done: Sender<SpliceOutcome>) {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            let _ = done.send(SpliceOutcome::FAILED);
+            return;
+        };
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::OUT | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+        match epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(id), flags) {
+            Ok(()) => connection.bridge = Some((Bridge::new(fd, preamble), done)),
+            Err(e) => {
+                log::warn!("tunnel driver: cannot watch a spliced socket ({e}); resetting the connection");
+                let _ = done.send(SpliceOutcome::FAILED);
+                self.close(id, true);
+            }
+        }
     }
 
     fn new_connection(&mut self, socket: SocketHandle) -> u64 {

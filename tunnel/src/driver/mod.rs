@@ -54,6 +54,7 @@ pub(crate) enum Command {
     Unlisten { port: u16 },
     Connect { remote: SocketAddr, timeout: Duration, reply: Sender<io::Result<TunnelStream>> },
     Attach { id: u64, fd: OwnedFd, done: Sender<SpliceOutcome> },
+    Forward { remote: SocketAddr, fd: OwnedFd, preamble: Vec<u8>, done: Sender<SpliceOutcome> },
     Drop { id: u64 },
     Status { reply: Sender<TunnelStatus> },
     Shutdown,
@@ -123,6 +124,21 @@ impl Tunnel {
     /// Opens a connection to `remote` inside the tunnel; waits until it is established, refused, or `timeout`.
     pub fn connect(&self, remote: SocketAddr, timeout: Duration) -> io::Result<TunnelStream> {
         self.shared.ask(|reply| Command::Connect { remote, timeout, reply })?
+    }
+
+    /// Carries a kernel TCP connection to `remote` inside the tunnel without waiting: the driver opens the
+    /// tunnel connection, sends `preamble` first, then splices both ways. `done` hears how it ended (a
+    /// refused or timed-out tunnel connection ends unclean, and the kernel connection is closed).
+    pub fn forward(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        preamble: Vec<u8>,
+        done: Sender<SpliceOutcome>,
+    ) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        self.shared.send(Command::Forward { remote, fd: stream.into(), preamble, done })
     }
 
     /// The peer, counters and connection count, read from the driver thread.
