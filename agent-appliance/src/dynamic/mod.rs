@@ -355,7 +355,7 @@ tcp:
     }
 
     fn problems(text: &str) -> Vec<String> {
-        parse(text, &policy()).err().expect("must be refused").iter().map(ToString::to_string).collect()
+        parse(text, &policy()).expect_err("must be refused").iter().map(ToString::to_string).collect()
     }
 
     #[test]

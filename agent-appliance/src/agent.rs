@@ -1,0 +1,319 @@
+//! `polaredge-agent run`: wires the tunnel, forwarders, apply pipeline, Traefik supervisor, control API and
+//! admin socket together, and shuts them down on SIGTERM/SIGINT.
+
+use crate::apply::{Applier, CONFIRM_TIMEOUT};
+use crate::config::AgentConfig;
+use crate::dynamic::Policy;
+use crate::forwarders::Forwarders;
+use crate::http::{self, parse::Limits, Request, Response};
+use crate::ports;
+use crate::store::Store;
+use crate::traefik::{static_config, supervisor::Supervisor};
+use nix::sys::signal::{SigSet, Signal};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+use tunnel::{CoreConfig, IpCidr, PresharedKey, PrivateKey, PublicKey, Tunnel, TunnelConfig};
+
+/// Concurrent control API connections; more are refused so a flood cannot exhaust threads.
+const MAX_API_CONNECTIONS: usize = 16;
+
+/// The running agent, shared by the API handlers.
+pub struct Agent {
+    applier: Mutex<Applier>,
+    tunnel: Arc<Tunnel>,
+    supervisor: Mutex<Supervisor>,
+    started: Instant,
+    limits: Limits,
+}
+
+fn read_key<T: std::str::FromStr<Err = tunnel::KeyError>>(path: &Path, what: &str) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
+    text.parse().map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+/// The tunnel's configuration from the agent's.
+pub fn tunnel_config(config: &AgentConfig) -> Result<TunnelConfig, String> {
+    let wg = &config.wireguard;
+    let private_key: PrivateKey = read_key(&wg.private_key_file, "private key")?;
+    let peer: PublicKey = wg.client_public_key.parse().map_err(|e| format!("wireguard.client_public_key: {e}"))?;
+    let preshared_key: Option<PresharedKey> =
+        wg.preshared_key_file.as_deref().map(|p| read_key(p, "preshared key")).transpose()?;
+    let address: IpCidr =
+        wg.address.parse().map_err(|_| format!("wireguard.address {:?} is not an address with prefix", wg.address))?;
+    let client = IpCidr::new(wg.client_address.into(), if wg.client_address.is_ipv4() { 32 } else { 128 });
+    Ok(TunnelConfig {
+        core: CoreConfig {
+            preshared_key,
+            peer_allowed_ips: vec![client],
+            ..CoreConfig::new(private_key, peer, vec![address])
+        },
+        listen: wg.listen,
+    })
+}
+
+/// Finds the Traefik binary: a path as given, or a bare name in PATH.
+pub fn find_traefik(config: &AgentConfig) -> Result<std::path::PathBuf, String> {
+    let binary = &config.traefik.binary;
+    let found = if binary.components().count() > 1 {
+        binary.exists().then(|| binary.clone())
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(binary))
+            .find(|p| p.exists())
+    };
+    let path = found.ok_or_else(|| {
+        format!(
+            "Traefik binary {:?} not found; install it (polaredge-agent install-traefik) or set traefik.binary",
+            binary.display()
+        )
+    })?;
+    if let Some(expected) = &config.traefik.sha256 {
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let actual: String =
+            ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        if !actual.eq_ignore_ascii_case(expected.trim()) {
+            return Err(format!("{}: sha256 {actual} does not match traefik.sha256 {expected}", path.display()));
+        }
+    }
+    Ok(path)
+}
+
+/// The policy uploads are checked against.
+pub fn policy(config: &AgentConfig) -> Policy {
+    Policy {
+        entry_points: config.entrypoints.keys().cloned().collect(),
+        cert_resolvers: config.acme.iter().map(|_| static_config::ACME_RESOLVER.to_string()).collect(),
+    }
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub fn run(config: AgentConfig) -> Result<(), String> {
+    // Signals are taken synchronously by the main thread; every thread spawned from here inherits the mask.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+
+    let traefik_binary = find_traefik(&config)?;
+    for (name, address) in &config.entrypoints {
+        ports::check_public(name, address)?;
+    }
+    let store = Store::open(&config.state_dir).map_err(|e| e.to_string())?;
+    let admin_port = ports::free_loopback_port().map_err(|e| format!("no free loopback port: {e}"))?;
+    let acme = store.acme_file();
+    if config.acme.is_some() && !acme.exists() {
+        store.replace(&acme, b"").map_err(|e| format!("cannot create {}: {e}", acme.display()))?;
+    }
+    let static_yaml = static_config::render(&config, admin_port, &store.dynamic_dir, &acme);
+    store.replace(&store.static_config_file(), static_yaml.as_bytes()).map_err(|e| e.to_string())?;
+
+    let tunnel = Arc::new(Tunnel::start(tunnel_config(&config)?).map_err(|e| e.to_string())?);
+    log::info!("WireGuard on {} (UDP), tunnel address {}", tunnel.local_addr(), config.wireguard.address);
+    let relay = SocketAddr::new(config.wireguard.client_address, config.relay_port);
+    let forwarders = Forwarders::new(Arc::clone(&tunnel), relay);
+    let mut applier = Applier::new(store.clone(), forwarders, admin_port, policy(&config));
+    let restored = applier.restore();
+    let supervisor = Supervisor::start(traefik_binary, store.static_config_file());
+    if let Some(generation) = &restored {
+        let live = applier.confirm_restored(Duration::from_secs(15));
+        log::info!("restored last good generation {generation}: {}", if live { "live" } else { "NOT confirmed" });
+    }
+    let agent = Arc::new(Agent {
+        applier: Mutex::new(applier),
+        tunnel: Arc::clone(&tunnel),
+        supervisor: Mutex::new(supervisor),
+        started: Instant::now(),
+        limits: Limits { max_head: 16 * 1024, max_body: config.max_upload_bytes },
+    });
+    let listener = tunnel.listen(config.api_port).map_err(|e| e.to_string())?;
+    log::info!("control API on {}:{} inside the tunnel", config.wireguard.address, config.api_port);
+    spawn_api(Arc::clone(&agent), listener);
+    crate::admin::spawn(&config.admin_socket, Arc::clone(&agent))?;
+
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => log::info!("SIGHUP ignored (routes come from uploads)"),
+            Ok(signal) => {
+                log::info!("{signal}: stopping Traefik and exiting");
+                break;
+            }
+            Err(e) => return Err(format!("sigwait failed: {e}")),
+        }
+    }
+    agent.supervisor.lock().unwrap().stop();
+    let _ = std::fs::remove_file(&config.admin_socket);
+    Ok(())
+}
+
+fn spawn_api(agent: Arc<Agent>, listener: tunnel::Listener) {
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("api-accept".into())
+        .spawn(move || {
+            while let Ok(stream) = listener.accept() {
+                if active.load(Ordering::Relaxed) >= MAX_API_CONNECTIONS {
+                    log::warn!("control API: {MAX_API_CONNECTIONS} connections open; refusing {}", stream.peer_addr());
+                    continue; // dropping the stream resets it
+                }
+                let Ok(mut io) = stream.into_io() else { continue };
+                let (agent, active) = (Arc::clone(&agent), Arc::clone(&active));
+                active.fetch_add(1, Ordering::Relaxed);
+                let _ = std::thread::Builder::new().name("api".into()).spawn(move || {
+                    let limits = agent.limits;
+                    if let Err(e) = http::serve(&mut io, limits, &|request| agent.handle(request)) {
+                        log::debug!("control API connection ended: {e}");
+                    }
+                    active.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        })
+        .expect("spawning a thread");
+}
+
+impl Agent {
+    /// Routes one control API request.
+    pub fn handle(&self, request: &Request) -> Response {
+        match (request.method.as_str(), request.path.as_str()) {
+            ("POST", "/upload") => {
+                let (status, answer) = self.applier.lock().unwrap().apply(&request.body, CONFIRM_TIMEOUT);
+                Response::json(status, &answer)
+            }
+            ("GET", "/healthz") => Response::text(200, "ok\n"),
+            ("GET", "/status") => Response::json(200, &self.status()),
+            ("GET", "/metrics") => {
+                Response { status: 200, content_type: "text/plain; version=0.0.4", body: self.metrics().into_bytes() }
+            }
+            (_, "/upload" | "/healthz" | "/status" | "/metrics") => {
+                Response::text(405, format!("{} is not allowed on {}\n", request.method, request.path))
+            }
+            _ => Response::text(404, format!("no such endpoint {}; try /status\n", request.path)),
+        }
+    }
+
+    /// The live state as JSON (`GET /status`, `polaredge-agent status`).
+    pub fn status(&self) -> serde_json::Value {
+        let applier = self.applier.lock().unwrap();
+        let traefik = self.supervisor.lock().unwrap().state();
+        let tunnel = self.tunnel.status().ok();
+        let live = applier.live.as_ref().map(|l| {
+            json!({
+                "generation": l.generation,
+                "confirmed": l.confirmed,
+                "applied_at_unix": l.applied_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "apply_ms": l.apply_ms,
+                "routers": l.routers,
+                "errors": l.errors,
+            })
+        });
+        let forwarders: Vec<serde_json::Value> = applier
+            .forwarders
+            .listeners()
+            .iter()
+            .map(|(pod, local)| json!({ "pod": pod.to_string(), "listen": local.to_string() }))
+            .collect();
+        json!({
+            "uptime_s": self.started.elapsed().as_secs(),
+            "live": live,
+            "traefik": {
+                "pid": traefik.pid,
+                "uptime_s": traefik.started.filter(|_| traefik.pid.is_some()).map(|s| s.elapsed().as_secs()),
+                "restarts": traefik.restarts,
+                "last_exit": traefik.last_exit,
+            },
+            "tunnel": tunnel.map(|t| json!({
+                "peer_endpoint": t.peer.endpoint.map(|e| e.to_string()),
+                "last_handshake_s": t.peer.last_handshake.map(|d| d.as_secs()),
+                "rx_bytes": t.peer.rx_bytes,
+                "tx_bytes": t.peer.tx_bytes,
+                "connections": t.connections,
+                "dropped_invalid": t.stats.dropped_invalid,
+                "dropped_replay": t.stats.dropped_replay,
+            })),
+            "forwarders": forwarders,
+        })
+    }
+
+    /// Prometheus text (`GET /metrics`).
+    pub fn metrics(&self) -> String {
+        let applier = self.applier.lock().unwrap();
+        let traefik = self.supervisor.lock().unwrap().state();
+        let mut out = String::new();
+        let c = applier.counters;
+        let _ = writeln!(
+            out,
+            "# HELP polaredge_agent_uploads_total Uploads by outcome.\n# TYPE polaredge_agent_uploads_total counter"
+        );
+        for (result, n) in [
+            ("applied", c.applied),
+            ("unchanged", c.unchanged),
+            ("rejected", c.rejected),
+            ("unconfirmed", c.unconfirmed),
+        ] {
+            let _ = writeln!(out, "polaredge_agent_uploads_total{{result=\"{result}\"}} {n}");
+        }
+        if let Some(live) = &applier.live {
+            let _ = writeln!(out, "# HELP polaredge_agent_live_generation The generation last given to Traefik (1 = confirmed live).\n# TYPE polaredge_agent_live_generation gauge");
+            let _ = writeln!(
+                out,
+                "polaredge_agent_live_generation{{generation=\"{}\"}} {}",
+                live.generation,
+                u8::from(live.confirmed)
+            );
+            let _ = writeln!(out, "# HELP polaredge_agent_apply_seconds Upload received to live, last upload.\n# TYPE polaredge_agent_apply_seconds gauge");
+            let _ = writeln!(out, "polaredge_agent_apply_seconds {:.3}", live.apply_ms as f64 / 1000.0);
+            let _ = writeln!(out, "# HELP polaredge_agent_traefik_router_errors Errors Traefik reports for the live routes.\n# TYPE polaredge_agent_traefik_router_errors gauge");
+            let _ = writeln!(out, "polaredge_agent_traefik_router_errors {}", live.errors.len());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP polaredge_agent_traefik_up Whether Traefik is running.\n# TYPE polaredge_agent_traefik_up gauge"
+        );
+        let _ = writeln!(out, "polaredge_agent_traefik_up {}", u8::from(traefik.pid.is_some()));
+        let _ = writeln!(out, "# HELP polaredge_agent_traefik_restarts_total Traefik restarts after crashes.\n# TYPE polaredge_agent_traefik_restarts_total counter");
+        let _ = writeln!(out, "polaredge_agent_traefik_restarts_total {}", traefik.restarts);
+        if let Ok(t) = self.tunnel.status() {
+            let _ = writeln!(out, "# HELP polaredge_tunnel_bytes_total Payload bytes through the tunnel.\n# TYPE polaredge_tunnel_bytes_total counter");
+            let _ = writeln!(out, "polaredge_tunnel_bytes_total{{direction=\"rx\"}} {}", t.peer.rx_bytes);
+            let _ = writeln!(out, "polaredge_tunnel_bytes_total{{direction=\"tx\"}} {}", t.peer.tx_bytes);
+            if let Some(age) = t.peer.last_handshake {
+                let _ = writeln!(out, "# HELP polaredge_tunnel_handshake_age_seconds Time since the last WireGuard handshake.\n# TYPE polaredge_tunnel_handshake_age_seconds gauge");
+                let _ = writeln!(out, "polaredge_tunnel_handshake_age_seconds {}", age.as_secs());
+            }
+            let _ = writeln!(out, "# HELP polaredge_tunnel_dropped_datagrams_total Datagrams dropped, by reason.\n# TYPE polaredge_tunnel_dropped_datagrams_total counter");
+            for (reason, n) in [
+                ("invalid", t.stats.dropped_invalid),
+                ("replay", t.stats.dropped_replay),
+                ("source", t.stats.dropped_source),
+            ] {
+                let _ = writeln!(out, "polaredge_tunnel_dropped_datagrams_total{{reason=\"{reason}\"}} {n}");
+            }
+            let _ = writeln!(out, "# HELP polaredge_tunnel_connections Open TCP connections inside the tunnel.\n# TYPE polaredge_tunnel_connections gauge");
+            let _ = writeln!(out, "polaredge_tunnel_connections {}", t.connections);
+        }
+        let m = &applier.forwarders.metrics;
+        let _ = writeln!(out, "# HELP polaredge_forwarders Loopback forwarders (one per pod endpoint).\n# TYPE polaredge_forwarders gauge");
+        let _ = writeln!(out, "polaredge_forwarders {}", applier.forwarders.listeners().len());
+        let _ = writeln!(out, "# HELP polaredge_forwarder_connections_total Connections from Traefik to forwarders.\n# TYPE polaredge_forwarder_connections_total counter");
+        let _ = writeln!(out, "polaredge_forwarder_connections_total {}", m.accepted.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP polaredge_forwarder_failed_total Forwarded connections that ended in a reset or refusal.\n# TYPE polaredge_forwarder_failed_total counter");
+        let _ = writeln!(out, "polaredge_forwarder_failed_total {}", m.failed.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP polaredge_forwarder_bytes_total Bytes carried by forwarders.\n# TYPE polaredge_forwarder_bytes_total counter");
+        let _ = writeln!(
+            out,
+            "polaredge_forwarder_bytes_total{{direction=\"to_cluster\"}} {}",
+            m.bytes_to_cluster.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "polaredge_forwarder_bytes_total{{direction=\"from_cluster\"}} {}",
+            m.bytes_from_cluster.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

@@ -1,0 +1,232 @@
+//! The agent's configuration file (YAML), its defaults, and the commented template `init` writes.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Everything `polaredge-agent run` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent keeps its state: Traefik's files, the last good routes, ACME certificates.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The WireGuard side.
+    pub wireguard: Wireguard,
+    /// Port of the control API inside the tunnel (on `wireguard.address`).
+    #[serde(default = "default_api_port")]
+    pub api_port: u16,
+    /// Port of the client's relay inside the tunnel (on `wireguard.client_address`).
+    #[serde(default = "default_relay_port")]
+    pub relay_port: u16,
+    /// Traefik's public entrypoints: name -> listen address.
+    #[serde(default = "default_entrypoints")]
+    pub entrypoints: BTreeMap<String, String>,
+    /// Let's Encrypt (or another ACME CA); without it routers cannot ask for certificates.
+    #[serde(default)]
+    pub acme: Option<Acme>,
+    /// The Traefik binary.
+    #[serde(default)]
+    pub traefik: Traefik,
+    /// Unix socket for `polaredge-agent status` (root only).
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
+    /// Largest accepted upload, in bytes.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: usize,
+}
+
+/// The WireGuard side of the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wireguard {
+    /// Public UDP address, e.g. `0.0.0.0:51820` or `[::]:51820` (both families).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// File holding the agent's private key (mode 0600).
+    pub private_key_file: PathBuf,
+    /// The client's public key.
+    pub client_public_key: String,
+    /// Optional file holding a preshared key.
+    #[serde(default)]
+    pub preshared_key_file: Option<PathBuf>,
+    /// The agent's tunnel address with prefix.
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// The client's tunnel address.
+    #[serde(default = "default_client_address")]
+    pub client_address: IpAddr,
+}
+
+/// ACME settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// Contact email registered with the CA.
+    pub email: String,
+    /// CA directory URL; Let's Encrypt production when absent.
+    #[serde(default)]
+    pub ca_server: Option<String>,
+}
+
+/// Where Traefik comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traefik {
+    /// Path of the binary; looked up in PATH when it has no slash.
+    #[serde(default = "default_traefik_binary")]
+    pub binary: PathBuf,
+    /// Expected SHA-256 of the binary (hex), checked by `check` and at start.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Traefik's log level.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+impl Default for Traefik {
+    fn default() -> Self {
+        Traefik { binary: default_traefik_binary(), sha256: None, log_level: default_log_level() }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    "/var/lib/polaredge".into()
+}
+fn default_api_port() -> u16 {
+    9000
+}
+fn default_relay_port() -> u16 {
+    7000
+}
+fn default_entrypoints() -> BTreeMap<String, String> {
+    [("web".to_string(), ":80".to_string()), ("websecure".to_string(), ":443".to_string())].into()
+}
+fn default_admin_socket() -> PathBuf {
+    "/run/polaredge-agent.sock".into()
+}
+fn default_max_upload() -> usize {
+    8 << 20
+}
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:51820".parse().unwrap()
+}
+fn default_address() -> String {
+    "10.88.0.1/30".into()
+}
+fn default_client_address() -> IpAddr {
+    "10.88.0.2".parse().unwrap()
+}
+fn default_traefik_binary() -> PathBuf {
+    "traefik".into()
+}
+fn default_log_level() -> String {
+    "ERROR".into()
+}
+
+/// Reads and checks a config file; relative paths in it are taken relative to the file's folder.
+pub fn load(path: &Path) -> Result<AgentConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    let mut config: AgentConfig = serde_yaml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &Path| if p.is_relative() { base.join(p) } else { p.to_path_buf() };
+    config.state_dir = resolve(&config.state_dir);
+    config.admin_socket = resolve(&config.admin_socket);
+    config.wireguard.private_key_file = resolve(&config.wireguard.private_key_file);
+    config.wireguard.preshared_key_file = config.wireguard.preshared_key_file.as_deref().map(resolve);
+    // A bare name is looked up in PATH; anything with a slash is a path.
+    if config.traefik.binary.components().count() > 1 {
+        config.traefik.binary = resolve(&config.traefik.binary);
+    }
+    if config.entrypoints.contains_key("traefik") {
+        return Err(format!(
+            "config {}: entrypoint name \"traefik\" is reserved for the agent's loopback admin entrypoint",
+            path.display()
+        ));
+    }
+    Ok(config)
+}
+
+/// The commented config `polaredge-agent init` writes.
+pub fn template(client_public_key: &str, state_dir: &Path, key_file: &str, listen: SocketAddr) -> String {
+    format!(
+        r#"# polaredge-agent configuration. Reference: README.md ("Installing the agent").
+
+# Where the agent keeps Traefik's files, the last good routes and ACME certificates.
+state_dir: {state_dir}
+
+wireguard:
+  # Public UDP address the cluster's client connects to. "[::]:51820" serves IPv4 and IPv6.
+  listen: "{listen}"
+  # The agent's private key (mode 0600), relative to this file.
+  private_key_file: {key_file}
+  # The client's public key (its private key is in the Kubernetes Secret that `init` printed).
+  client_public_key: "{client_public_key}"
+  # preshared_key_file: psk.key
+  # Tunnel addresses: the agent's (with prefix) and the client's.
+  address: 10.88.0.1/30
+  client_address: 10.88.0.2
+
+# Control API (upload, status, metrics) inside the tunnel, and the client's relay port.
+api_port: 9000
+relay_port: 7000
+
+# Traefik's public entrypoints: name -> address.
+entrypoints:
+  web: ":80"
+  websecure: ":443"
+
+# Certificates from Let's Encrypt for TLS routers (resolver name "acme"):
+# acme:
+#   email: ops@example.com
+
+traefik:
+  # Path of the Traefik binary, or a name looked up in PATH.
+  binary: traefik
+  # sha256: <hex>   # refuse to run any other binary
+  log_level: ERROR
+
+# admin_socket: /run/polaredge-agent.sock
+# max_upload_bytes: 8388608
+"#,
+        state_dir = state_dir.display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_loads_with_its_defaults() {
+        let dir = std::env::temp_dir().join(format!("pe-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.yaml");
+        let public = tunnel::PrivateKey::generate().public_key().to_string();
+        std::fs::write(&path, template(&public, Path::new("/var/lib/polaredge"), "agent.key", default_listen()))
+            .unwrap();
+        let config = load(&path).unwrap();
+        assert_eq!(config.api_port, 9000);
+        assert_eq!(config.wireguard.private_key_file, dir.join("agent.key"));
+        assert_eq!(config.entrypoints["websecure"], ":443");
+        assert!(config.acme.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_the_reserved_entrypoint_are_refused() {
+        let dir = std::env::temp_dir().join(format!("pe-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, "wireguard: {private_key_file: k, client_public_key: x}\napi_prot: 1\n").unwrap();
+        assert!(load(&path).unwrap_err().contains("unknown field `api_prot`"));
+        std::fs::write(
+            &path,
+            "wireguard: {private_key_file: k, client_public_key: x}\nentrypoints: {traefik: \":1\"}\n",
+        )
+        .unwrap();
+        assert!(load(&path).unwrap_err().contains("reserved"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,169 @@
+//! The control API's HTTP/1.1 server: a sans-IO parser ([`parse`]) and a blocking per-connection loop with
+//! keep-alive, limits, and deadlines against slow clients.
+
+pub mod parse;
+
+use parse::{parse_head, Limits};
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+/// A request as handlers see it.
+pub struct Request {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Body (empty without one).
+    pub body: Vec<u8>,
+}
+
+/// A response.
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Content-Type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        let mut body = serde_json::to_vec_pretty(value).expect("JSON values serialize");
+        body.push(b'\n');
+        Response { status, content_type: "application/json", body }
+    }
+
+    /// A plain-text response.
+    pub fn text(status: u16, text: impl Into<String>) -> Response {
+        Response { status, content_type: "text/plain; charset=utf-8", body: text.into().into_bytes() }
+    }
+}
+
+/// How long a client may take to send one whole request (head and body).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How long an idle keep-alive connection stays open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Status",
+    }
+}
+
+fn write_response(stream: &mut impl Write, response: &Response, keep_alive: bool) -> io::Result<()> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    write!(
+        stream,
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len()
+    )?;
+    stream.write_all(&response.body)?;
+    stream.flush()
+}
+
+/// A stream whose reads can be bounded in time.
+pub trait Timed: Read + Write {
+    /// Sets the timeout of the next reads.
+    fn set_timeout(&self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Timed for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+    }
+}
+
+impl Timed for std::net::TcpStream {
+    fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+    }
+}
+
+/// Serves requests on one connection until the client closes it, asks to close, idles out, or errs.
+pub fn serve(stream: &mut impl Timed, limits: Limits, handler: &dyn Fn(&Request) -> Response) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        // Idle wait for the first byte of the next request, then a deadline for the whole request.
+        let mut deadline: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now() + REQUEST_DEADLINE) };
+        let head = loop {
+            match parse_head(&buf, &limits) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = write_response(stream, &Response::text(e.status, format!("{}\n", e.message)), false);
+                    return Ok(());
+                }
+            }
+            let timeout = match deadline {
+                None => IDLE_TIMEOUT,
+                Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            if timeout.is_zero() {
+                let _ = write_response(stream, &Response::text(408, "request not completed in time\n"), false);
+                return Ok(());
+            }
+            stream.set_timeout(timeout)?;
+            match stream.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    deadline.get_or_insert_with(|| Instant::now() + REQUEST_DEADLINE);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if deadline.is_none() {
+                        return Ok(()); // idle keep-alive connection
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + REQUEST_DEADLINE);
+        let total = head.len + head.content_length;
+        while buf.len() < total {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            if timeout.is_zero() {
+                let _ = write_response(stream, &Response::text(408, "request body not received in time\n"), false);
+                return Ok(());
+            }
+            stream.set_timeout(timeout)?;
+            match stream.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let request =
+            Request { method: head.method.clone(), path: head.path.clone(), body: buf[head.len..total].to_vec() };
+        buf.drain(..total);
+        let response = handler(&request);
+        write_response(stream, &response, head.keep_alive)?;
+        if !head.keep_alive {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! HTTP/1.1 request heads, parsed without I/O: the subset the control API needs (Content-Length bodies,
+//! keep-alive), with hard limits.
+
+/// Limits against oversized or malicious requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line + headers).
+    pub max_head: usize,
+    /// Largest body.
+    pub max_body: usize,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The request target, e.g. `/upload`.
+    pub path: String,
+    /// Body length (0 when absent on methods without a body).
+    pub content_length: usize,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+    /// Bytes the head took, including the blank line.
+    pub len: usize,
+}
+
+/// A request that cannot be served, with the status code that says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    /// Status code to answer with.
+    pub status: u16,
+    /// Explanation for the body.
+    pub message: String,
+}
+
+fn error(status: u16, message: impl Into<String>) -> HttpError {
+    HttpError { status, message: message.into() }
+}
+
+/// Parses a head from the start of `buf`. `Ok(None)`: incomplete, read more.
+pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > limits.max_head {
+            Err(error(431, format!("request head larger than {} bytes", limits.max_head)))
+        } else {
+            Ok(None)
+        };
+    };
+    if end + 4 > limits.max_head {
+        return Err(error(431, format!("request head larger than {} bytes", limits.max_head)));
+    }
+    let text = std::str::from_utf8(&buf[..end]).map_err(|_| error(400, "request head is not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (method, path, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(p), Some(v), None) if !m.is_empty() && p.starts_with('/') => (m, p, v),
+        _ => return Err(error(400, format!("malformed request line {request_line:?}"))),
+    };
+    let mut keep_alive = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        _ => return Err(error(505, format!("unsupported version {version:?}"))),
+    };
+    let mut content_length = None;
+    for line in lines {
+        let (name, value) = line.split_once(':').ok_or_else(|| error(400, format!("malformed header {line:?}")))?;
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => {
+                let n: usize = value.parse().map_err(|_| error(400, format!("bad Content-Length {value:?}")))?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(error(400, "conflicting Content-Length headers"));
+                }
+                content_length = Some(n);
+            }
+            "transfer-encoding" => {
+                return Err(error(411, "chunked bodies are not accepted; send Content-Length"));
+            }
+            "connection" => {
+                let value = value.to_ascii_lowercase();
+                if value.contains("close") {
+                    keep_alive = false;
+                } else if value.contains("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    let content_length = match (method, content_length) {
+        ("POST" | "PUT", None) => return Err(error(411, "a request body needs a Content-Length header")),
+        (_, n) => n.unwrap_or(0),
+    };
+    if content_length > limits.max_body {
+        return Err(error(
+            413,
+            format!("body of {content_length} bytes exceeds the limit of {} bytes", limits.max_body),
+        ));
+    }
+    Ok(Some(Head { method: method.into(), path: path.into(), content_length, keep_alive, len: end + 4 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_head: 256, max_body: 1000 };
+
+    #[test]
+    fn a_post_with_a_body_and_keep_alive() {
+        let req = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+        let head = parse_head(req, &LIMITS).unwrap().unwrap();
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.path, "/upload");
+        assert_eq!(head.content_length, 5);
+        assert!(head.keep_alive);
+        assert_eq!(&req[head.len..], b"hello");
+    }
+
+    #[test]
+    fn incomplete_heads_ask_for_more_until_the_limit() {
+        let req = b"GET /status HTTP/1.1\r\nHost: x\r\n";
+        assert_eq!(parse_head(req, &LIMITS), Ok(None));
+        let endless = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 300]].concat();
+        assert_eq!(parse_head(&endless, &LIMITS).unwrap_err().status, 431);
+    }
+
+    #[test]
+    fn bodies_need_a_length_within_the_limit() {
+        let status = |r: &[u8]| parse_head(r, &LIMITS).unwrap_err().status;
+        assert_eq!(status(b"POST /upload HTTP/1.1\r\n\r\n"), 411);
+        assert_eq!(status(b"POST /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 411);
+        assert_eq!(status(b"POST /upload HTTP/1.1\r\nContent-Length: 104857600\r\n\r\n"), 413);
+        assert_eq!(status(b"POST /upload HTTP/1.1\r\nContent-Length: x\r\n\r\n"), 400);
+        assert_eq!(status(b"GARBAGE\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 505);
+    }
+
+    #[test]
+    fn connection_close_and_http_1_0() {
+        let head = parse_head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", &LIMITS).unwrap().unwrap();
+        assert!(!head.keep_alive);
+        let head = parse_head(b"GET / HTTP/1.0\r\n\r\n", &LIMITS).unwrap().unwrap();
+        assert!(!head.keep_alive);
+    }
+}
