@@ -132,7 +132,11 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         limits: Limits { max_head: 16 * 1024, max_body: config.max_upload_bytes },
     });
     let listener = tunnel.listen(config.api_port).map_err(|e| e.to_string())?;
-    log::info!("control API on {}:{} inside the tunnel", config.wireguard.address, config.api_port);
+    log::info!(
+        "control API on {}:{} inside the tunnel only",
+        config.wireguard.address.split('/').next().unwrap_or_default(),
+        config.api_port
+    );
     spawn_api(Arc::clone(&agent), listener);
     crate::admin::spawn(&config.admin_socket, Arc::clone(&agent))?;
 

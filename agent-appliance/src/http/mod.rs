@@ -79,21 +79,44 @@ fn write_response(stream: &mut impl Write, response: &Response, keep_alive: bool
     stream.flush()
 }
 
-/// A stream whose reads can be bounded in time.
+/// A stream whose reads can be bounded in time and whose sending half can be closed.
 pub trait Timed: Read + Write {
     /// Sets the timeout of the next reads.
     fn set_timeout(&self, timeout: Duration) -> io::Result<()>;
+    /// Sends FIN, keeps reading possible.
+    fn shutdown_write(&self) -> io::Result<()>;
 }
 
 impl Timed for std::os::unix::net::UnixStream {
     fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
         self.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
     }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
 }
 
-impl Timed for std::net::TcpStream {
-    fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+/// How long, and how much, an error answer waits for the client to stop sending before the connection closes.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+/// Answers a request that cannot be served and closes "lingering": closing with unread input would reset the
+/// connection and could destroy the answer before the client reads it (a 413 for a body still arriving).
+fn refuse(stream: &mut impl Timed, response: &Response, chunk: &mut [u8]) {
+    if write_response(stream, response, false).is_err() || stream.shutdown_write().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_timeout(left).is_err() {
+            return;
+        }
+        match stream.read(chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
+        }
     }
 }
 
@@ -109,7 +132,7 @@ pub fn serve(stream: &mut impl Timed, limits: Limits, handler: &dyn Fn(&Request)
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = write_response(stream, &Response::text(e.status, format!("{}\n", e.message)), false);
+                    refuse(stream, &Response::text(e.status, format!("{}\n", e.message)), &mut chunk);
                     return Ok(());
                 }
             }
@@ -118,7 +141,7 @@ pub fn serve(stream: &mut impl Timed, limits: Limits, handler: &dyn Fn(&Request)
                 Some(d) => d.saturating_duration_since(Instant::now()),
             };
             if timeout.is_zero() {
-                let _ = write_response(stream, &Response::text(408, "request not completed in time\n"), false);
+                refuse(stream, &Response::text(408, "request not completed in time\n"), &mut chunk);
                 return Ok(());
             }
             stream.set_timeout(timeout)?;
@@ -142,7 +165,7 @@ pub fn serve(stream: &mut impl Timed, limits: Limits, handler: &dyn Fn(&Request)
         while buf.len() < total {
             let timeout = deadline.saturating_duration_since(Instant::now());
             if timeout.is_zero() {
-                let _ = write_response(stream, &Response::text(408, "request body not received in time\n"), false);
+                refuse(stream, &Response::text(408, "request body not received in time\n"), &mut chunk);
                 return Ok(());
             }
             stream.set_timeout(timeout)?;
