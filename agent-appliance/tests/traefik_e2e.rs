@@ -160,3 +160,115 @@ fn bad_uploads_get_clear_4xx_answers_and_the_previous_route_keeps_serving() {
     let (_, metrics) = peer.get("/metrics");
     assert!(metrics.contains("polaredge_agent_uploads_total{result=\"rejected\"} 5"), "{metrics}");
 }
+
+fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+#[test]
+fn traefik_crash_is_restarted_and_an_agent_restart_serves_the_last_good_config_before_the_client_returns() {
+    let setup = Setup::new("faults");
+    let mut agent = Agent::start(&setup);
+    let peer = Peer::connect(&setup);
+    let backend_a = backend("backend-A");
+    peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), backend_a);
+    assert_eq!(peer.upload(&route("app.test", "10.1.0.1:80")).0, 200, "{}", agent.log());
+
+    // SIGKILL Traefik: the agent restarts it and the same routes serve again.
+    let status = json(&peer.get("/status").1);
+    let traefik_pid = status["traefik"]["pid"].as_u64().expect("traefik runs");
+    assert!(std::process::Command::new("kill").args(["-KILL", &traefik_pid.to_string()]).status().unwrap().success());
+    assert!(
+        eventually(Duration::from_secs(20), || http_get(setup.web, "app.test", "/").1.starts_with("backend-A")),
+        "routes serve again after Traefik was killed\n{}",
+        agent.log()
+    );
+    let status = json(&peer.get("/status").1);
+    assert_eq!(status["traefik"]["restarts"], 1);
+    assert_ne!(status["traefik"]["pid"].as_u64(), Some(traefik_pid));
+    let traefik_pid = status["traefik"]["pid"].as_u64().unwrap();
+
+    // Stop the client and the agent; SIGTERM stops Traefik too.
+    drop(peer);
+    assert!(agent.stop(), "the agent exits cleanly on SIGTERM");
+    assert!(eventually(Duration::from_secs(5), || !alive(traefik_pid)), "Traefik stopped with the agent");
+
+    // A new agent serves the last good routes with no client connected: the route exists (502: its backend
+    // is unreachable without the client) where an unknown host gets 404.
+    let _agent = Agent::start(&setup);
+    assert!(
+        eventually(Duration::from_secs(20), || http_get(setup.web, "app.test", "/").0 == 502),
+        "the restored route exists before any client connects"
+    );
+    assert_eq!(http_get(setup.web, "unknown.test", "/").0, 404);
+    // The client comes back, uploads nothing, and traffic flows on the restored route.
+    let peer = Peer::connect(&setup);
+    peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), backend_a);
+    assert!(eventually(Duration::from_secs(20), || http_get(setup.web, "app.test", "/r").1 == "backend-A /r"));
+}
+
+/// Listening TCP and bound UDP sockets of a process: (protocol, local address).
+fn sockets_of(pid: u64) -> Vec<(String, SocketAddr)> {
+    let inodes: std::collections::BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    l.to_string_lossy().strip_prefix("socket:[").map(|s| s.trim_end_matches(']').to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (proto, v6) in [("tcp", false), ("tcp6", true), ("udp", false), ("udp6", true)] {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/{proto}")).unwrap_or_default();
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let listening = if proto.starts_with("tcp") { f[3] == "0A" } else { f[3] == "07" };
+            if !listening || !inodes.contains(f[9]) {
+                continue;
+            }
+            let (ip_hex, port_hex) = f[1].split_once(':').unwrap();
+            let port = u16::from_str_radix(port_hex, 16).unwrap();
+            let bytes: Vec<u8> =
+                (0..ip_hex.len() / 2).map(|i| u8::from_str_radix(&ip_hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+            // /proc prints each 32-bit word in host (little-endian) order.
+            let fixed: Vec<u8> = bytes.chunks(4).flat_map(|w| w.iter().rev().copied().collect::<Vec<_>>()).collect();
+            let ip: std::net::IpAddr = if v6 {
+                <[u8; 16]>::try_from(fixed.as_slice()).unwrap().into()
+            } else {
+                <[u8; 4]>::try_from(fixed.as_slice()).unwrap().into()
+            };
+            out.push((proto.to_string(), SocketAddr::new(ip, port)));
+        }
+    }
+    out
+}
+
+#[test]
+fn nothing_listens_outside_loopback_but_the_entrypoints_and_the_wireguard_port() {
+    let setup = Setup::new("sockets");
+    let agent = Agent::start(&setup);
+    let peer = Peer::connect(&setup);
+    peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), backend("backend-A"));
+    assert_eq!(peer.upload(&route("app.test", "10.1.0.1:80")).0, 200);
+    let traefik_pid = json(&peer.get("/status").1)["traefik"]["pid"].as_u64().unwrap();
+    let allowed_public = [setup.web, setup.websecure, setup.udp];
+    let mut seen = Vec::new();
+    for pid in [agent.pid() as u64, traefik_pid] {
+        for (proto, addr) in sockets_of(pid) {
+            assert!(
+                addr.ip().is_loopback() || allowed_public.contains(&addr),
+                "pid {pid} {proto} socket on {addr} is reachable from outside"
+            );
+            // The control API lives only inside the tunnel: no kernel socket on its port.
+            assert_ne!(addr.port(), 9000, "a kernel socket on the control API port");
+            seen.push((pid, proto, addr));
+        }
+    }
+    // The check saw the sockets it is about: the agent's UDP port, Traefik's entrypoints, a forwarder.
+    assert!(seen.iter().any(|(p, proto, a)| *p == agent.pid() as u64 && proto == "udp" && *a == setup.udp), "{seen:?}");
+    assert!(seen.iter().any(|(p, _, a)| *p == traefik_pid && *a == setup.web), "{seen:?}");
+    assert!(seen.iter().filter(|(p, proto, _)| *p == agent.pid() as u64 && proto == "tcp").count() >= 1, "{seen:?}");
+}

@@ -30,6 +30,12 @@ fn tunnels() -> (Tunnel, Tunnel) {
         listen: "127.0.0.1:0".parse().unwrap(),
     })
     .unwrap();
+    // The client (keepalive side) handshakes on its own; the agent can reach it once it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while agent.status().unwrap().peer.endpoint.is_none() {
+        assert!(std::time::Instant::now() < deadline, "no handshake from the client");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     (agent, client)
 }
 
@@ -169,4 +175,21 @@ fn forward_sends_the_preamble_then_splices_and_reports_a_refused_target() {
     let mut buf = [0u8; 1];
     user.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(matches!(user.read(&mut buf), Ok(0) | Err(_)), "the local side sees the connection end");
+}
+
+#[test]
+fn connecting_before_the_peer_has_shown_up_fails_at_once() {
+    let agent = Tunnel::start(TunnelConfig {
+        core: CoreConfig::new(
+            PrivateKey::generate(),
+            PrivateKey::generate().public_key(),
+            vec!["10.88.0.1/30".parse::<IpCidr>().unwrap()],
+        ),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = agent.connect(tunnel_addr("10.88.0.2", 7000), Duration::from_secs(30)).err().expect("no peer yet");
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+    assert!(started.elapsed() < Duration::from_secs(5), "failed fast, not after the connect timeout");
 }

@@ -200,6 +200,12 @@ impl Driver {
                     }
                 }
             }
+            Command::Connect { reply, .. } if self.core.peer().endpoint.is_none() => {
+                let _ = reply.send(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the tunnel peer has not connected yet (no handshake from it, and no endpoint configured)",
+                )));
+            }
             Command::Connect { remote, timeout, reply } => match self.core.connect(IpEndpoint::from(remote)) {
                 Ok(handle) => {
                     let id = self.new_connection(handle);
@@ -211,6 +217,11 @@ impl Driver {
                 }
             },
             Command::Attach { id, fd, done } => self.attach(id, fd, Vec::new(), done),
+            // Without a peer address nothing can be sent: fail at once rather than after the TCP timeout, so
+            // whoever waits (Traefik, for a forwarder) reports the backend as unreachable right away.
+            Command::Forward { done, .. } if self.core.peer().endpoint.is_none() => {
+                let _ = done.send(SpliceOutcome::FAILED);
+            }
             Command::Forward { remote, fd, preamble, done } => match self.core.connect(IpEndpoint::from(remote)) {
                 Ok(handle) => {
                     let id = self.new_connection(handle);
