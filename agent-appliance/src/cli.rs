@@ -17,6 +17,7 @@ commands:
   run        run the agent (WireGuard, control API, Traefik, forwarders)
   check      validate the config, keys and Traefik binary, explaining each problem
   status     print the live state of a running agent
+  install-traefik  download, verify and install the Traefik binary
   genkey     print a new WireGuard private key (like `wg genkey`)
   pubkey     read a private key on stdin, print its public key (like `wg pubkey`)
 
@@ -79,6 +80,19 @@ public ports are free and the state folder is writable, and explains each proble
 Prints the live state of the running agent (JSON) from its admin socket: live generation, Traefik process,
 tunnel peer and handshake age, forwarders.",
         options: &[("--config", true), ("--socket", true)],
+    },
+    Command {
+        name: "install-traefik",
+        help: "usage: polaredge-agent install-traefik --url URL [--sha256 HEX] [--dest PATH]
+
+Downloads Traefik over HTTPS (a release .tar.gz such as traefik_v3.7.15_linux_arm64.tar.gz, or a bare
+binary), checks the download's SHA-256 (from Traefik's published checksums; strongly recommended), checks
+that the binary runs here, and installs it atomically.
+
+  --url URL        https:// URL (plain http only from loopback)
+  --sha256 HEX     expected SHA-256 of the download
+  --dest PATH      where to install (default /usr/local/bin/traefik)",
+        options: &[("--url", true), ("--sha256", true), ("--dest", true)],
     },
     Command {
         name: "genkey",
@@ -159,6 +173,14 @@ pub fn main(args: Vec<String>) -> ExitCode {
             Ok(())
         }
         "pubkey" => pubkey(),
+        "install-traefik" => match options.get("--url") {
+            None => Err("--url is required (see --help)".into()),
+            Some(url) => {
+                let dest = PathBuf::from(options.get("--dest").map_or("/usr/local/bin/traefik", String::as_str));
+                crate::install::install_traefik(url, options.get("--sha256").map(String::as_str), &dest)
+                    .map(|version| println!("installed Traefik {version} at {}", dest.display()))
+            }
+        },
         _ => unreachable!("every listed command is handled"),
     };
     match result {
@@ -277,8 +299,9 @@ fn check(path: &Path) -> Result<(), String> {
                 .output()
                 .map_err(|e| format!("{} does not run: {e}", binary.display()))?;
             let version = String::from_utf8_lossy(&out.stdout);
-            let version = version.lines().find(|l| l.starts_with("Version:")).unwrap_or("version unknown").to_string();
-            out.status.success().then(|| format!("{} ({})", binary.display(), version.trim())).ok_or_else(|| {
+            let version =
+                version.lines().find_map(|l| l.strip_prefix("Version:")).unwrap_or("unknown").trim().to_string();
+            out.status.success().then(|| format!("{} (Traefik {version})", binary.display())).ok_or_else(|| {
                 format!("{} version failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr).trim())
             })
         }),

@@ -3,7 +3,7 @@
 //!
 //! Module map: `config` (the YAML file), `dynamic` (Traefik dynamic config: model, validation, rewrite; pure),
 //! `apply` (upload -> live), `store` (atomic files), `forwarders`, `traefik` (static config, supervisor, API
-//! client), `http` (control API server), `ports` (port picker), `admin` (status socket), `agent` (wiring), and
+//! client), `http` (control API server), `ports` (port picker), `install` (install-traefik), `admin` (status socket), `agent` (wiring), and
 //! `cli` (commands).
 
 mod admin;
@@ -14,6 +14,7 @@ mod config;
 mod dynamic;
 mod forwarders;
 mod http;
+mod install;
 mod logger;
 mod ports;
 mod store;
