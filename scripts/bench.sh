@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks the tunnel against its anchors in one run (root: it creates and removes network namespaces).
-# Prints throughput (both directions), CPU, peak RSS, idle wake-ups, and memory per connection.
+# Prints throughput (both directions), CPU, peak RSS, idle wake-ups, memory per connection, and the agent's
+# upload -> live latency, idle RSS and binary sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -8,3 +9,7 @@ command -v onetun >/dev/null || cargo install --locked onetun --version 0.3.10
 cargo build --release --locked -p polaredge-tunnel --bin polaredge-tunnel-bench
 target/release/polaredge-tunnel-bench all
 target/release/polaredge-tunnel-bench connmem
+# The agent: upload -> live latency with real Traefik, idle RSS and size of the static binary.
+export POLAREDGE_TRAEFIK="$(scripts/fetch-traefik.sh x86_64)"
+scripts/build-static.sh
+cargo bench --locked -p polaredge-agent --bench apply

@@ -81,7 +81,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(setup: &Setup) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_polaredge-agent"))
+        Agent::start_binary(setup, Path::new(env!("CARGO_BIN_EXE_polaredge-agent")))
+    }
+
+    pub fn start_binary(setup: &Setup, binary: &Path) -> Agent {
+        let mut child = Command::new(binary)
             .args(["run", "--config"])
             .arg(setup.config())
             .stdin(Stdio::null())
