@@ -190,3 +190,50 @@ pub fn serve(stream: &mut impl Timed, limits: Limits, handler: &dyn Fn(&Request)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    const LIMITS: Limits = Limits { max_head: 1024, max_body: 1024 };
+
+    fn handler(request: &Request) -> Response {
+        Response::text(200, format!("{} {} {}", request.method, request.path, request.body.len()))
+    }
+
+    #[test]
+    fn keep_alive_serves_several_requests_on_one_connection_then_honours_close() {
+        let (mut server, mut client) = UnixStream::pair().unwrap();
+        let thread = std::thread::spawn(move || serve(&mut server, LIMITS, &handler));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyzGET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut all = String::new();
+        client.read_to_string(&mut all).unwrap(); // ends because the last request asked to close
+        thread.join().unwrap().unwrap();
+        let bodies: Vec<&str> = all.split("\r\n\r\n").skip(1).map(|b| b.split("HTTP/1.1").next().unwrap()).collect();
+        assert_eq!(bodies, ["GET /a 0", "POST /b 3", "GET /c 0"]);
+        assert_eq!(all.matches("Connection: keep-alive").count(), 2);
+        assert_eq!(all.matches("Connection: close").count(), 1);
+    }
+
+    #[test]
+    fn a_refused_request_is_answered_even_while_its_body_keeps_coming() {
+        let (mut server, mut client) = UnixStream::pair().unwrap();
+        let thread = std::thread::spawn(move || serve(&mut server, LIMITS, &handler));
+        client.write_all(b"POST /upload HTTP/1.1\r\nContent-Length: 999999\r\n\r\n").unwrap();
+        let writer = {
+            let mut client = client.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = client.write_all(&vec![b'a'; 1 << 20]);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        let mut all = String::new();
+        client.read_to_string(&mut all).unwrap();
+        writer.join().unwrap();
+        thread.join().unwrap().unwrap();
+        assert!(all.starts_with("HTTP/1.1 413"), "{all}");
+    }
+}

@@ -49,3 +49,34 @@ pub fn render(config: &AgentConfig, admin_port: u16, dynamic_dir: &Path, acme_st
     }
     serde_yaml::to_string(&root).expect("a JSON value always serializes")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(acme: &str) -> AgentConfig {
+        let yaml = format!("wireguard: {{private_key_file: k, client_public_key: x}}\n{acme}");
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn admin_entrypoint_is_loopback_and_the_throttle_short() {
+        let text = render(&config(""), 41234, Path::new("/s/dynamic"), Path::new("/s/acme.json"));
+        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(v["entryPoints"]["traefik"]["address"], "127.0.0.1:41234");
+        assert_eq!(v["entryPoints"]["web"]["address"], ":80");
+        assert_eq!(v["providers"]["providersThrottleDuration"], "100ms");
+        assert_eq!(v["providers"]["file"]["directory"], "/s/dynamic");
+        assert!(v.get("certificatesResolvers").is_none(), "no resolver without an ACME email");
+    }
+
+    #[test]
+    fn an_acme_email_adds_the_resolver_with_storage_in_the_state_folder() {
+        let text = render(&config("acme: {email: ops@example.com}\n"), 1, Path::new("/d"), Path::new("/s/acme.json"));
+        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let acme = &v["certificatesResolvers"][ACME_RESOLVER]["acme"];
+        assert_eq!(acme["email"], "ops@example.com");
+        assert_eq!(acme["storage"], "/s/acme.json");
+        assert_eq!(acme["httpChallenge"]["entryPoint"], "web");
+    }
+}
