@@ -193,3 +193,41 @@ fn connecting_before_the_peer_has_shown_up_fails_at_once() {
     assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
     assert!(started.elapsed() < Duration::from_secs(5), "failed fast, not after the connect timeout");
 }
+
+#[test]
+fn the_relay_reads_the_preamble_in_the_driver_and_splices_the_rest() {
+    let (agent, client) = tunnels();
+    let relay = client.listen(7000).unwrap();
+    let pod_server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pod = pod_server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = pod_server.accept().unwrap();
+        let mut got = [0u8; 5];
+        conn.read_exact(&mut got).unwrap();
+        conn.write_all(&got.to_ascii_uppercase()).unwrap();
+    });
+    let relay_side = std::thread::spawn(move || {
+        let mut stream = relay.accept_timeout(Duration::from_secs(5)).unwrap();
+        let target = stream.read_preamble(Duration::from_secs(5)).unwrap();
+        stream.splice(TcpStream::connect(target).unwrap()).unwrap().recv().unwrap()
+    });
+    let local = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut user = TcpStream::connect(local.local_addr().unwrap()).unwrap();
+    let (accepted, _) = local.accept().unwrap();
+    let (done, _outcome) = std::sync::mpsc::channel();
+    agent.forward(accepted, tunnel_addr("10.88.0.2", 7000), tunnel::relay::encode(pod), done).unwrap();
+    user.write_all(b"hello").unwrap();
+    let mut reply = [0u8; 5];
+    user.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"HELLO", "the pod got exactly the bytes after the preamble");
+    drop(user);
+    assert!(relay_side.join().unwrap().from_tunnel == 5);
+
+    // A stream that starts with junk is refused.
+    let relay = client.listen(7001).unwrap();
+    let mut junk = agent.connect(tunnel_addr("10.88.0.2", 7001), Duration::from_secs(5)).unwrap().into_io().unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut stream = relay.accept_timeout(Duration::from_secs(5)).unwrap();
+    let err = stream.read_preamble(Duration::from_secs(5)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+}

@@ -4,6 +4,7 @@ use super::bridge::{Bridge, Pump, SpliceOutcome};
 use super::udp::{self, UdpSink};
 use super::{Command, Shared, TunnelStatus, TunnelStream};
 use crate::core::Core;
+use crate::relay;
 use rustix::event::epoll;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
@@ -40,6 +41,11 @@ struct Connecting {
     reply: Sender<io::Result<TunnelStream>>,
 }
 
+struct PreambleWait {
+    deadline: Instant,
+    reply: Sender<io::Result<SocketAddr>>,
+}
+
 struct Connection {
     socket: SocketHandle,
     bridge: Option<(Bridge, Sender<SpliceOutcome>)>,
@@ -56,6 +62,7 @@ pub(crate) struct Driver {
     listeners: HashMap<u16, Listening>,
     connecting: HashMap<u64, Connecting>,
     connections: HashMap<u64, Connection>,
+    preambles: HashMap<u64, PreambleWait>,
     /// Sockets whose kernel side is gone, kept until their FIN or RST has gone out.
     closing: Vec<SocketHandle>,
     next_id: u64,
@@ -87,6 +94,7 @@ impl Driver {
             listeners: HashMap::new(),
             connecting: HashMap::new(),
             connections: HashMap::new(),
+            preambles: HashMap::new(),
             closing: Vec::new(),
             next_id: FIRST_CONNECTION,
             send_errors: 0,
@@ -233,6 +241,11 @@ impl Driver {
                 }
             },
             Command::Drop { id } => self.close(id, true),
+            Command::Preamble { id, timeout, reply } => {
+                let deadline = now + smoltcp::time::Duration::from_micros(timeout.as_micros() as u64);
+                self.preambles.insert(id, PreambleWait { deadline, reply });
+                self.service_preambles(now);
+            }
             Command::Status { reply } => {
                 let _ = reply.send(TunnelStatus {
                     peer: self.core.peer(),
@@ -289,6 +302,7 @@ impl Driver {
     /// Forgets a connection; its socket stays until the FIN (or the RST, with `reset`) has gone out.
     fn close(&mut self, id: u64, reset: bool) {
         self.connecting.remove(&id);
+        self.preambles.remove(&id);
         if let Some(connection) = self.connections.remove(&id) {
             if let Some((bridge, _)) = &connection.bridge {
                 let _ = epoll::delete(&self.epoll, &bridge.fd);
@@ -311,6 +325,7 @@ impl Driver {
             let moved_after = self.pump_bridges();
             self.service_listeners();
             self.service_connecting(now);
+            self.service_preambles(now);
             if !(moved_before || moved_after || changed) {
                 break;
             }
@@ -366,6 +381,42 @@ impl Driver {
             if let Err(unsent) = listening.accepted.send(stream) {
                 // The Listener is gone; dropping the stream resets the connection via its Drop command.
                 drop(unsent);
+            }
+        }
+    }
+
+    fn service_preambles(&mut self, now: Instant) {
+        if self.preambles.is_empty() {
+            return;
+        }
+        let mut settled = Vec::new();
+        for (&id, wait) in &self.preambles {
+            let Some(connection) = self.connections.get(&id) else {
+                settled.push((id, Err(io::Error::new(io::ErrorKind::NotConnected, "the stream is gone"))));
+                continue;
+            };
+            let socket = self.core.tcp(connection.socket);
+            let mut head = [0u8; relay::MAX_LEN];
+            let n = socket.peek_slice(&mut head).unwrap_or(0);
+            match relay::decode(&head[..n]) {
+                Ok(Some((target, len))) => {
+                    let _ = socket.recv_slice(&mut head[..len]);
+                    settled.push((id, Ok(target)));
+                }
+                Err(e) => settled.push((id, Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))),
+                Ok(None) if !socket.may_recv() => settled.push((
+                    id,
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream closed before its preamble")),
+                )),
+                Ok(None) if now >= wait.deadline => {
+                    settled.push((id, Err(io::Error::new(io::ErrorKind::TimedOut, "no relay preamble in time"))))
+                }
+                Ok(None) => {}
+            }
+        }
+        for (id, result) in settled {
+            if let Some(wait) = self.preambles.remove(&id) {
+                let _ = wait.reply.send(result);
             }
         }
     }

@@ -56,6 +56,7 @@ pub(crate) enum Command {
     Attach { id: u64, fd: OwnedFd, done: Sender<SpliceOutcome> },
     Forward { remote: SocketAddr, fd: OwnedFd, preamble: Vec<u8>, done: Sender<SpliceOutcome> },
     Drop { id: u64 },
+    Preamble { id: u64, timeout: Duration, reply: Sender<io::Result<SocketAddr>> },
     Status { reply: Sender<TunnelStatus> },
     Shutdown,
 }
@@ -207,6 +208,14 @@ impl TunnelStream {
     /// The other end's tunnel address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.remote
+    }
+
+    /// Reads the relay preamble ([`crate::relay`]) that leads the stream, inside the driver: the bytes after it
+    /// stay in the tunnel socket for [`TunnelStream::splice`]. Fails on a malformed preamble, on a stream that
+    /// closes first, or after `timeout`.
+    pub fn read_preamble(&mut self, timeout: Duration) -> io::Result<SocketAddr> {
+        let id = self.id;
+        self.shared.as_ref().ok_or_else(stopped)?.ask(|reply| Command::Preamble { id, timeout, reply })?
     }
 
     /// Splices the connection with a kernel TCP socket inside the driver thread; the returned receiver yields
