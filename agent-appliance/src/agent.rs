@@ -3,13 +3,13 @@
 
 use crate::apply::{Applier, CONFIRM_TIMEOUT};
 use crate::config::AgentConfig;
-use crate::dynamic::Policy;
 use crate::forwarders::Forwarders;
 use crate::http::{self, parse::Limits, Request, Response};
 use crate::ports;
 use crate::store::Store;
 use crate::traefik::{static_config, supervisor::Supervisor};
 use nix::sys::signal::{SigSet, Signal};
+use routes::Policy;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::net::SocketAddr;

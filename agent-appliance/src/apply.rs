@@ -4,10 +4,10 @@
 //! parse + validate (strict) -> forwarders for its pods -> rewrite backends, add the generation marker ->
 //! atomic write -> wait (bounded) until Traefik's API shows the marker -> record as last good.
 
-use crate::dynamic::{self, Policy, Problem};
 use crate::forwarders::Forwarders;
 use crate::store::Store;
 use crate::traefik::api;
+use routes::{Policy, Problem};
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -63,7 +63,7 @@ pub fn generation_of(upload: &[u8]) -> String {
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn routers(config: &dynamic::model::DynamicConfig) -> usize {
+fn routers(config: &routes::model::DynamicConfig) -> usize {
     config.http.as_ref().map_or(0, |h| h.routers.len()) + config.tcp.as_ref().map_or(0, |t| t.routers.len())
 }
 
@@ -94,14 +94,14 @@ impl Applier {
             self.counters.rejected += 1;
             return (400, problems(vec![Problem { path: String::new(), message: "body is not UTF-8".into() }]));
         };
-        let config = match dynamic::parse(text, &self.policy) {
+        let config = match routes::parse(text, &self.policy) {
             Ok(config) => config,
             Err(list) => {
                 self.counters.rejected += 1;
                 return (400, problems(list));
             }
         };
-        let pods = dynamic::backends(&config);
+        let pods = routes::backends(&config);
         let forwarders = match self.forwarders.ensure(&pods) {
             Ok(map) => map,
             Err(e) => {
@@ -111,7 +111,7 @@ impl Applier {
                 )
             }
         };
-        let rewritten = dynamic::rewrite(&config, &forwarders, &generation);
+        let rewritten = routes::rewrite(&config, &forwarders, &generation);
         let yaml = serde_yaml::to_string(&rewritten).expect("the model always serializes");
         if let Err(e) = self.store.write_routes(&yaml) {
             return (

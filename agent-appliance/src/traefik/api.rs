@@ -26,7 +26,7 @@ pub fn get(port: u16, path: &str) -> io::Result<(u16, String)> {
 /// Polls until the marker middleware of `generation` exists in Traefik (the file is live) or `timeout`.
 pub fn wait_for_generation(port: u16, generation: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    let path = format!("/api/http/middlewares/{}{generation}@file", crate::dynamic::MARKER_PREFIX);
+    let path = format!("/api/http/middlewares/{}{generation}@file", routes::MARKER_PREFIX);
     loop {
         if matches!(get(port, &path), Ok((200, _))) {
             return true;

@@ -1,5 +1,7 @@
-//! Traefik dynamic configuration as uploads carry it: parse strictly, validate, list the pod backends, and
-//! rewrite them to the agent's local forwarders. Pure functions: no I/O.
+//! The Traefik dynamic configuration POLAREDGE carries from the client to the agent: a typed model
+//! ([`model`]), strict parsing and validation (the agent refuses what fails), the list of pod backends, and
+//! the rewrite of those backends to the agent's local forwarders. The client renders into the same model and
+//! checks its output with the same validation. Pure functions: no I/O.
 
 pub mod model;
 
