@@ -1,0 +1,462 @@
+//! The renderer: a pure function from the cluster's Ingresses, IngressClasses, Services and EndpointSlices to
+//! the Traefik dynamic config the agents serve. Deterministic to the byte: the same cluster state gives the
+//! same YAML, so the sender can skip unchanged snapshots by hash.
+//!
+//! Semantics (README "Ingress semantics"): Ingresses are ours by class; hosts, wildcard hosts (one label),
+//! pathType Exact / Prefix (element-wise) / ImplementationSpecific (prefix unless annotated); explicit
+//! priorities so the most specific rule wins; default backends at the lowest priority; Service ports by
+//! number or name resolved through EndpointSlices to ready endpoints only (none: a route that answers 503);
+//! https to pods by port 443, port name or annotation; TLS hosts on the TLS entrypoint with the ACME resolver;
+//! conflicting host+path pairs go to the oldest Ingress and are reported.
+
+pub mod annotations;
+pub mod rules;
+
+use annotations::Annotations;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use routes::model::{self, DynamicConfig};
+use rules::PathMatch;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// The controller name in IngressClass.spec.controller that marks a class as ours.
+pub const CONTROLLER: &str = "polaredge.io/ingress-controller";
+const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What the renderer reads: the reflector stores' contents.
+#[derive(Default, Clone)]
+pub struct Cluster {
+    /// Ingresses (networking.k8s.io/v1).
+    pub ingresses: Vec<Arc<Ingress>>,
+    /// IngressClasses.
+    pub classes: Vec<Arc<IngressClass>>,
+    /// Services.
+    pub services: Vec<Arc<Service>>,
+    /// EndpointSlices (discovery.k8s.io/v1).
+    pub slices: Vec<Arc<EndpointSlice>>,
+}
+
+/// Settings that shape the output.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Controller name of our IngressClasses.
+    pub controller: String,
+    /// Plain HTTP entrypoint on the agents.
+    pub web: String,
+    /// TLS entrypoint on the agents.
+    pub websecure: String,
+    /// ACME resolver on the agents for TLS hosts; `None`: Traefik's default certificate.
+    pub cert_resolver: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            controller: CONTROLLER.into(),
+            web: "web".into(),
+            websecure: "websecure".into(),
+            cert_resolver: Some("acme".into()),
+        }
+    }
+}
+
+/// Something to tell the owner of an Ingress (becomes a Kubernetes Event on it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Namespace of the Ingress.
+    pub namespace: String,
+    /// Name of the Ingress.
+    pub name: String,
+    /// Short reason, e.g. `RouteConflict`.
+    pub reason: &'static str,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+/// The renderer's output.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The config.
+    pub config: DynamicConfig,
+    /// The config as YAML, byte-for-byte deterministic.
+    pub yaml: String,
+    /// Every pod endpoint the config routes to: the relay's allow-list.
+    pub endpoints: BTreeSet<SocketAddr>,
+    /// Ingresses served (namespace, name), for status updates.
+    pub served: BTreeSet<(String, String)>,
+    /// Conflicts and annotation problems.
+    pub notices: Vec<Notice>,
+}
+
+fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
+}
+
+/// Lower-case letters, digits and '-', as Traefik object names.
+fn slug(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect()
+}
+
+/// FNV-1a: a stable short hash for names (not for security).
+fn fnv(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{:08x}", h as u32)
+}
+
+/// Which IngressClass names are ours, and whether one of them is the default.
+fn our_classes(cluster: &Cluster, settings: &Settings) -> (BTreeSet<String>, bool) {
+    let mut names = BTreeSet::new();
+    let mut default = false;
+    for class in &cluster.classes {
+        if class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(settings.controller.as_str()) {
+            names.insert(class.metadata.name.clone().unwrap_or_default());
+            let annotations = class.metadata.annotations.as_ref();
+            default |= annotations.and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).is_some_and(|v| v == "true");
+        }
+    }
+    (names, default)
+}
+
+/// Endpoints of Services, indexed once per render.
+struct Backends<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+/// A resolved backend: the Traefik service name, its servers, its scheme.
+struct Resolved {
+    name: String,
+    servers: Vec<SocketAddr>,
+    https: bool,
+}
+
+impl<'a> Backends<'a> {
+    fn index(cluster: &'a Cluster) -> Backends<'a> {
+        let mut services = HashMap::new();
+        for s in &cluster.services {
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+            services.insert((ns, s.metadata.name.as_deref().unwrap_or("")), &**s);
+        }
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in &cluster.slices {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                slices.entry((ns, svc.as_str())).or_default().push(&**slice);
+            }
+        }
+        Backends { services, slices }
+    }
+
+    /// Service port (number or name) -> EndpointSlice port -> ready endpoints.
+    fn resolve(&self, ns: &str, backend: &IngressBackend, annotations: &Annotations) -> Option<Resolved> {
+        let svc = backend.service.as_ref()?;
+        let port = svc.port.as_ref()?;
+        let port_label = match (&port.name, port.number) {
+            (Some(name), _) if !name.is_empty() => name.clone(),
+            (_, Some(n)) => n.to_string(),
+            _ => return None,
+        };
+        let name = format!("{}-{}-{}", slug(ns), slug(&svc.name), slug(&port_label));
+        let service_port = self.services.get(&(ns, svc.name.as_str())).and_then(|s| {
+            s.spec.as_ref()?.ports.as_ref()?.iter().find(|p| match (&port.name, port.number) {
+                (Some(n), _) if !n.is_empty() => p.name.as_deref() == Some(n.as_str()),
+                (_, Some(number)) => p.port == number,
+                _ => false,
+            })
+        });
+        let mut servers = Vec::new();
+        let mut https = annotations.backend_https.unwrap_or(false);
+        if let Some(sp) = service_port {
+            https = annotations
+                .backend_https
+                .unwrap_or(sp.port == 443 || sp.name.as_deref().is_some_and(|n| n.starts_with("https")));
+            let wanted = sp.name.as_deref().unwrap_or("");
+            for slice in self.slices.get(&(ns, svc.name.as_str())).into_iter().flatten() {
+                if slice.address_type == "FQDN" {
+                    continue;
+                }
+                let Some(target) = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref().unwrap_or("") == wanted)
+                    .and_then(|p| p.port)
+                else {
+                    continue;
+                };
+                for endpoint in &slice.endpoints {
+                    // Ready unless said otherwise (the EndpointSlice API: nil means ready).
+                    if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                        continue;
+                    }
+                    for address in &endpoint.addresses {
+                        if let (Ok(ip), Ok(port)) = (address.parse::<IpAddr>(), u16::try_from(target)) {
+                            servers.push(SocketAddr::new(ip, port));
+                        }
+                    }
+                }
+            }
+        }
+        servers.sort();
+        servers.dedup();
+        Some(Resolved { name, servers, https })
+    }
+}
+
+/// One claim on a host+path, kept until conflicts are settled.
+struct Route {
+    key: (String, PathMatch, String),
+    router: String,
+    rule: String,
+    priority: i64,
+    ns: String,
+    ingress: String,
+    backend: IngressBackend,
+    tls: bool,
+    annotations: Annotations,
+    strip_prefix: Option<String>,
+}
+
+/// Renders the cluster into the routes the agents serve.
+pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
+    let (classes, we_are_default) = our_classes(cluster, settings);
+    let backends = Backends::index(cluster);
+    let mut notices = Vec::new();
+    // Oldest first, so the oldest Ingress wins a conflict (then by namespace/name for equal times).
+    let mut ingresses: Vec<&Ingress> = cluster
+        .ingresses
+        .iter()
+        .map(|i| &**i)
+        .filter(|i| match i.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
+            Some(class) => classes.contains(class),
+            None => we_are_default,
+        })
+        .collect();
+    ingresses.sort_by(|a, b| {
+        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), ns_name(&a.metadata))
+            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), ns_name(&b.metadata)))
+    });
+
+    let mut claimed: BTreeMap<(String, PathMatch, String), (String, String)> = BTreeMap::new();
+    let mut routes = Vec::new();
+    let mut served = BTreeSet::new();
+    for ingress in ingresses {
+        let (ns, name) = ns_name(&ingress.metadata);
+        let annotations = Annotations::parse(ingress.metadata.annotations.as_ref());
+        for problem in &annotations.problems {
+            notices.push(Notice {
+                namespace: ns.clone(),
+                name: name.clone(),
+                reason: "BadAnnotation",
+                message: problem.clone(),
+            });
+        }
+        let Some(spec) = &ingress.spec else { continue };
+        let tls_hosts: BTreeSet<&str> =
+            spec.tls.iter().flatten().flat_map(|t| t.hosts.iter().flatten()).map(String::as_str).collect();
+        let mut candidates = Vec::new();
+        for rule in spec.rules.iter().flatten() {
+            let host = rule.host.clone().unwrap_or_default();
+            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+                let raw = path.path.clone().unwrap_or_else(|| "/".into());
+                let kind = match path.path_type.as_str() {
+                    "Exact" => PathMatch::Exact,
+                    "Prefix" => PathMatch::Prefix,
+                    _ => annotations.path_match.unwrap_or(PathMatch::Prefix),
+                };
+                candidates.push((host.clone(), kind, raw, path.backend.clone()));
+            }
+        }
+        let mut default_backend = None;
+        if let Some(backend) = &spec.default_backend {
+            default_backend = Some(backend.clone());
+        }
+        for (host, kind, path, backend) in candidates {
+            if !rules::literal_ok(&host) || !rules::literal_ok(&path) || !path.starts_with('/') {
+                notices.push(Notice {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    reason: "BadPath",
+                    message: format!("host {host:?} path {path:?} cannot be expressed as a Traefik rule; skipped"),
+                });
+                continue;
+            }
+            let key = (host.clone(), kind, path.trim_end_matches('/').to_string());
+            if let Some((owner_ns, owner)) = claimed.get(&key) {
+                if (owner_ns, owner) != (&ns, &name) {
+                    notices.push(Notice {
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                        reason: "RouteConflict",
+                        message: format!(
+                            "host {host:?} path {path:?} is already served by the older Ingress {owner_ns}/{owner}; this rule is ignored"
+                        ),
+                    });
+                }
+                continue;
+            }
+            claimed.insert(key.clone(), (ns.clone(), name.clone()));
+            let router = format!("{}-{}-{}", slug(&ns), slug(&name), fnv(&[&host, &format!("{kind:?}"), &path]));
+            let priority = annotations.priority.unwrap_or_else(|| rules::priority(&host, kind, &path));
+            let strip_prefix =
+                (annotations.strip_prefix && path != "/").then(|| path.trim_end_matches('/').to_string());
+            routes.push(Route {
+                key,
+                router,
+                rule: rules::rule(&host, kind, &path),
+                priority,
+                ns: ns.clone(),
+                ingress: name.clone(),
+                backend,
+                tls: tls_hosts.contains(host.as_str()),
+                annotations: annotations.clone(),
+                strip_prefix,
+            });
+        }
+        if let Some(backend) = default_backend {
+            let key = (String::new(), PathMatch::Prefix, "<default>".to_string());
+            match claimed.get(&key) {
+                Some((owner_ns, owner)) => notices.push(Notice {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    reason: "RouteConflict",
+                    message: format!(
+                        "the default backend is already set by the older Ingress {owner_ns}/{owner}; ignored"
+                    ),
+                }),
+                None => {
+                    claimed.insert(key.clone(), (ns.clone(), name.clone()));
+                    routes.push(Route {
+                        key,
+                        router: format!("{}-{}-default", slug(&ns), slug(&name)),
+                        rule: "PathPrefix(`/`)".into(),
+                        priority: rules::DEFAULT_BACKEND_PRIORITY,
+                        ns: ns.clone(),
+                        ingress: name.clone(),
+                        backend,
+                        tls: false,
+                        annotations: annotations.clone(),
+                        strip_prefix: None,
+                    });
+                }
+            }
+        }
+        served.insert((ns, name));
+    }
+
+    let mut http = model::Http::default();
+    let mut endpoints = BTreeSet::new();
+    for route in routes {
+        let Some(resolved) = backends.resolve(&route.ns, &route.backend, &route.annotations) else {
+            notices.push(Notice {
+                namespace: route.ns.clone(),
+                name: route.ingress.clone(),
+                reason: "BadBackend",
+                message: format!("{:?}: only Service backends with a port are supported; skipped", route.key),
+            });
+            continue;
+        };
+        endpoints.extend(resolved.servers.iter().copied());
+        let scheme = if resolved.https { "https" } else { "http" };
+        let service = http.services.entry(resolved.name.clone()).or_insert_with(|| model::HttpService {
+            load_balancer: model::HttpLoadBalancer {
+                servers: resolved
+                    .servers
+                    .iter()
+                    .map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None })
+                    .collect(),
+                ..Default::default()
+            },
+        });
+        let lb = &mut service.load_balancer;
+        if let Some(pass) = route.annotations.pass_host_header {
+            lb.pass_host_header = Some(pass);
+        }
+        if let Some(cookie) = &route.annotations.sticky_cookie {
+            lb.sticky = Some(model::Sticky {
+                cookie: model::StickyCookie {
+                    name: (!cookie.is_empty()).then(|| cookie.clone()),
+                    http_only: Some(true),
+                    ..Default::default()
+                },
+            });
+        }
+        if resolved.https {
+            // Pods serve self-signed certificates as a rule; the hop is inside the cluster.
+            lb.servers_transport = Some("polaredge-pods".into());
+            http.servers_transports.insert(
+                "polaredge-pods".into(),
+                model::ServersTransport { insecure_skip_verify: Some(true), server_name: None },
+            );
+        }
+        let mut middlewares = Vec::new();
+        if let Some(prefix) = &route.strip_prefix {
+            let mw = format!("{}-strip", route.router);
+            http.middlewares.insert(
+                mw.clone(),
+                model::Middleware {
+                    strip_prefix: Some(model::StripPrefix { prefixes: vec![prefix.clone()] }),
+                    ..Default::default()
+                },
+            );
+            middlewares.push(mw);
+        }
+        let entry_points = route.annotations.entry_points.clone();
+        if route.tls {
+            http.routers.insert(
+                format!("{}-tls", route.router),
+                model::HttpRouter {
+                    rule: route.rule.clone(),
+                    service: resolved.name.clone(),
+                    entry_points: vec![settings.websecure.clone()],
+                    middlewares: middlewares.clone(),
+                    priority: Some(route.priority),
+                    tls: Some(model::RouterTls { cert_resolver: settings.cert_resolver.clone(), ..Default::default() }),
+                },
+            );
+        }
+        let mut plain_middlewares = middlewares;
+        if route.tls && route.annotations.redirect_to_https {
+            let mw = "polaredge-redirect-https".to_string();
+            http.middlewares.insert(
+                mw.clone(),
+                model::Middleware {
+                    redirect_scheme: Some(model::RedirectScheme {
+                        scheme: "https".into(),
+                        permanent: Some(true),
+                        port: None,
+                    }),
+                    ..Default::default()
+                },
+            );
+            plain_middlewares = vec![mw];
+        }
+        http.routers.insert(
+            route.router,
+            model::HttpRouter {
+                rule: route.rule,
+                service: resolved.name,
+                entry_points: entry_points.unwrap_or_else(|| vec![settings.web.clone()]),
+                middlewares: plain_middlewares,
+                priority: Some(route.priority),
+                tls: None,
+            },
+        );
+    }
+    let config = DynamicConfig { http: (!http.routers.is_empty()).then_some(http), ..Default::default() };
+    let yaml = serde_yaml::to_string(&config).expect("the model always serializes");
+    Rendered { config, yaml, endpoints, served, notices }
+}
+
+#[cfg(test)]
+mod tests;
