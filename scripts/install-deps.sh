@@ -2,7 +2,7 @@
 # Installs what building and testing POLAREDGE needs on Debian 12, and nothing twice (idempotent).
 set -euo pipefail
 
-packages=(clang lld llvm iproute2 wireguard-go wireguard-tools iperf3 qemu-user-static file)
+packages=(clang lld llvm iproute2 wireguard-go wireguard-tools iperf3 qemu-user-static file curl)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

