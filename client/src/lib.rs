@@ -1,7 +1,12 @@
 //! polaredge-client, the cluster half of POLAREDGE, as a library (the binary is a thin CLI over it).
 //!
 //! Module map: [`render`] (Ingress semantics -> Traefik routes; pure), [`manifests`] (YAML files as renderer
-//! input, for `render -f DIR` and tests).
+//! input), [`sender`] (send policy, sans-IO, and uploads), [`relay`] (agent streams -> pods, allow-listed),
+//! [`config`], and [`run`] (wiring).
 
+pub mod config;
 pub mod manifests;
+pub mod relay;
 pub mod render;
+pub mod run;
+pub mod sender;

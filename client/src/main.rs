@@ -1,16 +1,20 @@
 //! polaredge-client: the cluster half of POLAREDGE. This cut renders manifests; watching, sending and relaying
 //! follow (see the client issue).
 
-use client::{manifests, render};
+use client::{config, manifests, render, run};
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: polaredge-client render -f DIR
+const USAGE: &str = "usage: polaredge-client render -f DIR | run --config FILE --manifests DIR
 
   render -f DIR   render the Ingresses, IngressClasses, Services and EndpointSlices in DIR's YAML files to
-                  the Traefik dynamic config the agents would serve, on stdout (no cluster needed)";
+                  the Traefik dynamic config the agents would serve, on stdout (no cluster needed)
+  run --config FILE --manifests DIR
+                  keep the agents in FILE serving DIR's manifests (re-read on change), and relay their
+                  traffic to the endpoints";
 
 fn main() -> ExitCode {
+    logger();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["render", "-f", dir] => match manifests::load_dir(std::path::Path::new(dir)) {
@@ -27,6 +31,17 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        ["run", "--config", file, "--manifests", dir] => {
+            let result = config::load(std::path::Path::new(file))
+                .and_then(|c| run::run(c, run::Source::Manifests(std::path::PathBuf::from(dir))));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("polaredge-client run: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         ["--help" | "-h" | "help"] | ["render", "--help"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -36,4 +51,28 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// One line per record on stderr; `POLAREDGE_LOG=debug|warn|error` (default info).
+fn logger() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::max_level()
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("polaredge-client {}: {}", r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    let level = match std::env::var("POLAREDGE_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("warn") => log::LevelFilter::Warn,
+        Ok("error") => log::LevelFilter::Error,
+        _ => log::LevelFilter::Info,
+    };
+    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(level));
 }

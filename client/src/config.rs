@@ -1,0 +1,93 @@
+//! The client's configuration: its key and tunnel address, the agents (edge hosts) it serves, and how it
+//! renders.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The config file (YAML). The private key may instead come from `POLAREDGE_PRIVATE_KEY` (the Secret).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// File holding the client's WireGuard private key.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// The client's tunnel address with prefix.
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// The edge hosts.
+    pub agents: Vec<AgentPeer>,
+    /// UDP port to bind for the tunnels (0: any).
+    #[serde(default)]
+    pub listen_port: u16,
+    /// Persistent keepalive towards the agents, in seconds (the cluster is behind NAT).
+    #[serde(default = "default_keepalive")]
+    pub keepalive: u16,
+    /// Tunnel port the relay listens on.
+    #[serde(default = "default_relay_port")]
+    pub relay_port: u16,
+    /// ACME resolver name on the agents for TLS hosts; empty for Traefik's default certificate.
+    #[serde(default = "default_resolver")]
+    pub cert_resolver: String,
+}
+
+/// One edge host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPeer {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// The agent's public WireGuard address.
+    pub endpoint: SocketAddr,
+    /// The agent's public key.
+    pub public_key: String,
+    /// The agent's control API inside the tunnel.
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    /// The agent's public address shown in Ingress status.
+    #[serde(default)]
+    pub public_address: Option<String>,
+}
+
+fn default_address() -> String {
+    "10.88.0.2/30".into()
+}
+fn default_keepalive() -> u16 {
+    25
+}
+fn default_relay_port() -> u16 {
+    7000
+}
+fn default_resolver() -> String {
+    "acme".into()
+}
+fn default_api() -> SocketAddr {
+    "10.88.0.1:9000".parse().unwrap()
+}
+
+/// Reads the config file.
+pub fn load(path: &Path) -> Result<ClientConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    let mut config: ClientConfig =
+        serde_yaml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+    if let Some(key) = &mut config.private_key_file {
+        if key.is_relative() {
+            *key = path.parent().unwrap_or(Path::new(".")).join(&*key);
+        }
+    }
+    if config.agents.is_empty() {
+        return Err(format!("config {}: no agents listed", path.display()));
+    }
+    Ok(config)
+}
+
+/// The client's private key: `POLAREDGE_PRIVATE_KEY`, else the key file.
+pub fn private_key(config: &ClientConfig) -> Result<tunnel::PrivateKey, String> {
+    if let Ok(text) = std::env::var("POLAREDGE_PRIVATE_KEY") {
+        return text.parse().map_err(|e| format!("POLAREDGE_PRIVATE_KEY: {e}"));
+    }
+    let path =
+        config.private_key_file.as_ref().ok_or("no private key: set private_key_file or POLAREDGE_PRIVATE_KEY")?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.parse().map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,194 @@
+//! `polaredge-client run`: cluster state in, snapshots out to every agent, relays up.
+//!
+//! One thread watches the source and renders; one thread per agent sends (policy in [`crate::sender`]);
+//! relays run inside each agent's tunnel. Changes are coalesced: a render waits [`DEBOUNCE`] after the first
+//! change for more to arrive, but never longer than [`MAX_DELAY`].
+
+use crate::config::{self, ClientConfig};
+use crate::relay::{self, AllowList, RelayMetrics};
+use crate::render::{self, Cluster, Settings};
+use crate::sender::{self, Action, Sender};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tunnel::{CoreConfig, IpCidr, Tunnel, TunnelConfig};
+
+/// Quiet time after a change before rendering.
+pub const DEBOUNCE: Duration = Duration::from_millis(30);
+/// Longest a change waits for quiet.
+pub const MAX_DELAY: Duration = Duration::from_millis(250);
+const SOURCE_POLL: Duration = Duration::from_millis(200);
+
+/// Where cluster state comes from.
+pub enum Source {
+    /// A folder of manifests, re-read when a file changes (dry runs, the local demo, tests).
+    Manifests(PathBuf),
+}
+
+fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, SystemTime, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.modified().ok()?, m.len()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Calls `changed` with the new cluster state each time the source changes (and once at start).
+fn watch_manifests(dir: PathBuf, mut changed: impl FnMut(Cluster)) {
+    let mut seen = None;
+    let mut pending_since: Option<Instant> = None;
+    let mut last_change = Instant::now();
+    loop {
+        let now_seen = fingerprint(&dir);
+        if seen.as_ref() != Some(&now_seen) {
+            seen = Some(now_seen);
+            last_change = Instant::now();
+            pending_since.get_or_insert(last_change);
+        }
+        if let Some(since) = pending_since {
+            if last_change.elapsed() >= DEBOUNCE || since.elapsed() >= MAX_DELAY {
+                match crate::manifests::load_dir(&dir) {
+                    Ok(cluster) => changed(cluster),
+                    Err(e) => log::error!("manifests: {e}; keeping the previous snapshot"),
+                }
+                pending_since = None;
+                continue;
+            }
+            std::thread::sleep(DEBOUNCE / 3);
+        } else {
+            std::thread::sleep(SOURCE_POLL);
+        }
+    }
+}
+
+/// Runs until the process is stopped.
+pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
+    let key = config::private_key(&config)?;
+    let address: IpCidr =
+        config.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", config.address))?;
+    let allowed: AllowList = Arc::new(RwLock::new(Default::default()));
+    let relay_metrics = Arc::new(RelayMetrics::default());
+    let mut senders = Vec::new();
+    for agent in &config.agents {
+        let peer: tunnel::PublicKey =
+            agent.public_key.parse().map_err(|e| format!("agent {}: public_key: {e}", agent.name))?;
+        let tunnel = Arc::new(
+            Tunnel::start(TunnelConfig {
+                core: CoreConfig {
+                    endpoint: Some(agent.endpoint),
+                    persistent_keepalive: Some(config.keepalive),
+                    peer_allowed_ips: vec![IpCidr::new(
+                        agent.api.ip().into(),
+                        if agent.api.is_ipv4() { 32 } else { 128 },
+                    )],
+                    ..CoreConfig::new(key.clone(), peer, vec![address])
+                },
+                listen: std::net::SocketAddr::from(([0, 0, 0, 0], config.listen_port)),
+            })
+            .map_err(|e| format!("agent {}: {e}", agent.name))?,
+        );
+        relay::spawn(&tunnel, config.relay_port, Arc::clone(&allowed), Arc::clone(&relay_metrics))
+            .map_err(|e| format!("agent {}: relay: {e}", agent.name))?;
+        let (tx, rx) = mpsc::channel::<Arc<String>>();
+        let (name, api) = (agent.name.clone(), agent.api);
+        std::thread::Builder::new()
+            .name(format!("send-{name}"))
+            .spawn(move || send_loop(&name, &tunnel, api, rx))
+            .map_err(|e| e.to_string())?;
+        senders.push(tx);
+        log::info!("agent {}: tunnel to {} (WireGuard), API {}", agent.name, agent.endpoint, agent.api);
+    }
+    let settings = Settings {
+        cert_resolver: (!config.cert_resolver.is_empty()).then(|| config.cert_resolver.clone()),
+        ..Settings::default()
+    };
+    let mut last_yaml = String::new();
+    let on_change = |cluster: Cluster| {
+        let started = Instant::now();
+        let rendered = render::render(&cluster, &settings);
+        for notice in &rendered.notices {
+            log::warn!("{}/{}: {}: {}", notice.namespace, notice.name, notice.reason, notice.message);
+        }
+        if rendered.yaml == last_yaml {
+            return;
+        }
+        *allowed.write().unwrap() = rendered.endpoints.clone();
+        let routers = rendered.config.http.as_ref().map_or(0, |h| h.routers.len());
+        log::info!(
+            "snapshot {}: {routers} routers, {} endpoints, {} ingresses (rendered in {:?})",
+            sender::generation_of(&rendered.yaml),
+            rendered.endpoints.len(),
+            rendered.served.len(),
+            started.elapsed()
+        );
+        last_yaml = rendered.yaml.clone();
+        let yaml = Arc::new(rendered.yaml);
+        for tx in &senders {
+            let _ = tx.send(Arc::clone(&yaml));
+        }
+    };
+    match source {
+        Source::Manifests(dir) => watch_manifests(dir, on_change),
+    }
+    Ok(())
+}
+
+fn send_loop(name: &str, tunnel: &Tunnel, api: std::net::SocketAddr, snapshots: Receiver<Arc<String>>) {
+    let mut policy = Sender::new(Instant::now());
+    loop {
+        let now = Instant::now();
+        match policy.poll(now) {
+            Action::Upload(yaml) => {
+                let generation = sender::generation_of(&yaml);
+                match sender::upload(tunnel, api, &yaml) {
+                    Ok(answer) => {
+                        let live = answer.live_generation();
+                        match &live {
+                            Some(_) => log::info!(
+                                "agent {name}: generation {generation} live in {} ms{}",
+                                answer.body["apply_ms"],
+                                match answer.body["errors"].as_array() {
+                                    Some(e) if !e.is_empty() => format!("; Traefik reports {e:?}"),
+                                    _ => String::new(),
+                                }
+                            ),
+                            None => log::warn!(
+                                "agent {name}: generation {generation} not live: {} {}",
+                                answer.status,
+                                answer.body
+                            ),
+                        }
+                        policy.uploaded(Instant::now(), live);
+                    }
+                    Err(e) => {
+                        log::warn!("agent {name}: upload failed: {e}");
+                        policy.uploaded(Instant::now(), None);
+                    }
+                }
+            }
+            Action::Check => {
+                let live = sender::live_generation(tunnel, api);
+                if let Err(e) = &live {
+                    log::warn!("agent {name}: status check failed: {e}");
+                }
+                policy.checked(Instant::now(), live.ok().flatten());
+            }
+            Action::Wait(until) => match snapshots.recv_timeout(until.saturating_duration_since(now)) {
+                Ok(yaml) => {
+                    // Only the latest of a burst matters.
+                    let latest = snapshots.try_iter().last().unwrap_or(yaml);
+                    policy.snapshot(Instant::now(), latest);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Sending snapshots to one agent. [`Sender`] is the sans-IO policy (what to send when, backoff, when to
+//! re-check); [`upload`] and [`live_generation`] are the thin I/O over the tunnel.
+//!
+//! The agent names a generation by the first 16 hex digits of the upload's SHA-256, so the client knows the
+//! generation of what it sends and can compare it with what the agent reports live. An agent that restarted
+//! with an older config, or lost its state, is noticed at the next check and gets the current snapshot.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tunnel::Tunnel;
+
+/// First retry delay after a failed upload; doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest delay between retries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the agent's live generation is compared with ours when nothing else happens.
+pub const RECHECK: Duration = Duration::from_secs(10);
+
+/// The generation the agent will report for an upload (same recipe as the agent).
+pub fn generation_of(yaml: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, yaml.as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the sender wants done next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Upload this snapshot.
+    Upload(Arc<String>),
+    /// Ask the agent which generation is live.
+    Check,
+    /// Nothing until this time (or a new snapshot).
+    Wait(Instant),
+}
+
+/// Send policy for one agent.
+#[derive(Debug)]
+pub struct Sender {
+    desired: Option<(String, Arc<String>)>,
+    /// The generation the agent confirmed live, as far as we know.
+    confirmed: Option<String>,
+    next: Instant,
+    backoff: Duration,
+    check_due: Instant,
+}
+
+impl Sender {
+    /// A sender with nothing to send yet.
+    pub fn new(now: Instant) -> Sender {
+        Sender { desired: None, confirmed: None, next: now, backoff: FIRST_BACKOFF, check_due: now + RECHECK }
+    }
+
+    /// A new snapshot replaces any older one not yet sent (only the latest matters: each is complete).
+    pub fn snapshot(&mut self, now: Instant, yaml: Arc<String>) {
+        let generation = generation_of(&yaml);
+        if self.desired.as_ref().is_some_and(|(g, _)| *g == generation) {
+            return;
+        }
+        self.desired = Some((generation, yaml));
+        self.next = now;
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    /// The generation we want live.
+    pub fn desired_generation(&self) -> Option<&str> {
+        self.desired.as_ref().map(|(g, _)| g.as_str())
+    }
+
+    /// Whether the agent has confirmed our latest snapshot.
+    pub fn in_sync(&self) -> bool {
+        self.desired.is_some() && self.confirmed.as_deref() == self.desired_generation()
+    }
+
+    /// What to do now.
+    pub fn poll(&mut self, now: Instant) -> Action {
+        let Some((generation, yaml)) = &self.desired else { return Action::Wait(now + RECHECK) };
+        if now < self.next {
+            return Action::Wait(self.next);
+        }
+        if self.confirmed.as_ref() != Some(generation) {
+            return Action::Upload(Arc::clone(yaml));
+        }
+        if now >= self.check_due {
+            return Action::Check;
+        }
+        Action::Wait(self.check_due)
+    }
+
+    /// The agent answered an upload (`live`: confirmed) or the upload failed (`None`).
+    pub fn uploaded(&mut self, now: Instant, live_generation: Option<String>) {
+        match live_generation {
+            Some(generation) if Some(&generation) == self.desired_generation().map(str::to_string).as_ref() => {
+                self.confirmed = Some(generation);
+                self.backoff = FIRST_BACKOFF;
+                self.next = now;
+                self.check_due = now + RECHECK;
+            }
+            _ => self.retry_later(now),
+        }
+    }
+
+    /// The agent reported its live generation (`None`: could not ask).
+    pub fn checked(&mut self, now: Instant, live: Option<String>) {
+        match live {
+            Some(generation) => {
+                if self.confirmed.as_ref() != Some(&generation) {
+                    // The agent serves something else (restarted, lost its state): send ours again now.
+                    self.confirmed = None;
+                    self.next = now;
+                }
+                self.check_due = now + RECHECK;
+            }
+            None => {
+                self.check_due = now + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// The tunnel to the agent came (back) up: whatever it serves, check at once.
+    pub fn reconnected(&mut self, now: Instant) {
+        self.check_due = now;
+        self.next = now;
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    fn retry_later(&mut self, now: Instant) {
+        self.next = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One HTTP exchange with the agent's control API through the tunnel.
+fn exchange(tunnel: &Tunnel, api: SocketAddr, request: &[u8]) -> Result<(u16, String), String> {
+    let stream =
+        tunnel.connect(api, Duration::from_secs(5)).map_err(|e| format!("cannot reach the agent's API: {e}"))?;
+    let mut io = stream.into_io().map_err(|e| e.to_string())?;
+    io.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
+    io.write_all(request).map_err(|e| format!("sending to the agent failed: {e}"))?;
+    let mut response = Vec::new();
+    io.read_to_end(&mut response).map_err(|e| format!("reading the agent's answer failed: {e}"))?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("the agent sent no status line")?;
+    Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// The agent's answer to an upload.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body.
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    /// The generation, if the agent confirmed it live.
+    pub fn live_generation(&self) -> Option<String> {
+        (self.body["live"] == true).then(|| self.body["generation"].as_str().map(str::to_string)).flatten()
+    }
+}
+
+/// POSTs a snapshot to the agent's /upload.
+pub fn upload(tunnel: &Tunnel, api: SocketAddr, yaml: &str) -> Result<Answer, String> {
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
+        yaml.len()
+    );
+    let (status, body) = exchange(tunnel, api, request.as_bytes())?;
+    let body = serde_json::from_str(&body).map_err(|_| format!("the agent answered {status} with non-JSON: {body}"))?;
+    Ok(Answer { status, body })
+}
+
+/// The generation the agent serves, from its /status.
+pub fn live_generation(tunnel: &Tunnel, api: SocketAddr) -> Result<Option<String>, String> {
+    let request = format!("GET /status HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
+    let (status, body) = exchange(tunnel, api, request.as_bytes())?;
+    if status != 200 {
+        return Err(format!("the agent's /status answered {status}"));
+    }
+    let status: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    Ok((status["live"]["confirmed"] == true)
+        .then(|| status["live"]["generation"].as_str().map(str::to_string))
+        .flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(s: &str) -> Arc<String> {
+        Arc::new(s.to_string())
+    }
+
+    #[test]
+    fn uploads_the_latest_snapshot_once_then_only_rechecks() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(t0);
+        assert!(matches!(s.poll(t0), Action::Wait(_)), "nothing to send yet");
+        s.snapshot(t0, yaml("a"));
+        s.snapshot(t0, yaml("b")); // coalesced: only the latest is sent
+        assert_eq!(s.poll(t0), Action::Upload(yaml("b")));
+        s.uploaded(t0, Some(generation_of("b")));
+        assert!(s.in_sync());
+        assert_eq!(s.poll(t0), Action::Wait(t0 + RECHECK));
+        s.snapshot(t0, yaml("b")); // unchanged snapshot: nothing to do
+        assert_eq!(s.poll(t0), Action::Wait(t0 + RECHECK));
+        assert_eq!(s.poll(t0 + RECHECK), Action::Check);
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_the_cap_and_a_new_snapshot_resets() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(t0);
+        s.snapshot(t0, yaml("a"));
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            assert!(matches!(s.poll(now), Action::Upload(_)));
+            s.uploaded(now, None);
+            let Action::Wait(at) = s.poll(now) else { panic!("must wait after a failure") };
+            delays.push(at - now);
+            now = at;
+        }
+        assert_eq!(delays[0], FIRST_BACKOFF);
+        assert_eq!(delays[1], FIRST_BACKOFF * 2);
+        assert_eq!(*delays.last().unwrap(), MAX_BACKOFF);
+        s.snapshot(now, yaml("c"));
+        assert_eq!(s.poll(now), Action::Upload(yaml("c")));
+    }
+
+    #[test]
+    fn an_agent_serving_something_else_gets_the_snapshot_again() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(t0);
+        s.snapshot(t0, yaml("a"));
+        s.uploaded(t0, Some(generation_of("a")));
+        s.checked(t0 + RECHECK, Some("0000000000000000".into()));
+        assert_eq!(s.poll(t0 + RECHECK), Action::Upload(yaml("a")));
+        // A stale "live" answer for another generation does not count as confirmation.
+        s.uploaded(t0 + RECHECK, Some("ffffffffffffffff".into()));
+        assert!(!s.in_sync());
+    }
+
+    #[test]
+    fn reconnecting_checks_at_once() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(t0);
+        s.snapshot(t0, yaml("a"));
+        s.uploaded(t0, Some(generation_of("a")));
+        s.reconnected(t0 + Duration::from_secs(1));
+        assert_eq!(s.poll(t0 + Duration::from_secs(1)), Action::Check);
+    }
+
+    #[test]
+    fn generation_matches_the_agents_recipe() {
+        // SHA-256("abc") = ba7816bf8f01cfea...
+        assert_eq!(generation_of("abc"), "ba7816bf8f01cfea");
+    }
+}
