@@ -23,7 +23,7 @@ fn main() -> ExitCode {
                 for notice in &rendered.notices {
                     eprintln!("{}/{}: {}: {}", notice.namespace, notice.name, notice.reason, notice.message);
                 }
-                print!("{}", rendered.yaml);
+                print!("{}", rendered.document);
                 ExitCode::SUCCESS
             }
             Err(e) => {

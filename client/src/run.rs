@@ -116,20 +116,20 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         for notice in &rendered.notices {
             log::warn!("{}/{}: {}: {}", notice.namespace, notice.name, notice.reason, notice.message);
         }
-        if rendered.yaml == last_yaml {
+        if rendered.document == last_yaml {
             return;
         }
         *allowed.write().unwrap() = rendered.endpoints.clone();
         let routers = rendered.config.http.as_ref().map_or(0, |h| h.routers.len());
         log::info!(
             "snapshot {}: {routers} routers, {} endpoints, {} ingresses (rendered in {:?})",
-            sender::generation_of(&rendered.yaml),
+            sender::generation_of(&rendered.document),
             rendered.endpoints.len(),
             rendered.served.len(),
             started.elapsed()
         );
-        last_yaml = rendered.yaml.clone();
-        let yaml = Arc::new(rendered.yaml);
+        last_yaml = rendered.document.clone();
+        let yaml = Arc::new(rendered.document);
         for tx in &senders {
             let _ = tx.send(Arc::clone(&yaml));
         }

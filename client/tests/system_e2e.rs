@@ -17,7 +17,11 @@ fn agent_binary() -> PathBuf {
     // Next to this test's own binary: target/<profile>/deps/<test> -> target/<profile>/polaredge-agent.
     let exe = std::env::current_exe().unwrap();
     let path = exe.parent().and_then(Path::parent).unwrap().join("polaredge-agent");
-    assert!(path.exists(), "{} missing: `cargo build -p polaredge-agent` (cargo test --workspace builds it)", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: `cargo build -p polaredge-agent` (cargo test --workspace builds it)",
+        path.display()
+    );
     path
 }
 
@@ -47,7 +51,11 @@ fn backend(name: &'static str) -> u16 {
                     }
                 }
                 let body = format!("{name} {}", first.split_whitespace().nth(1).unwrap_or("?"));
-                let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
             });
         }
     });
@@ -197,11 +205,17 @@ fn client_and_agent_serve_the_manifests_and_follow_their_edits() {
 
     // An endpoint change moves traffic to the other pod.
     std::fs::write(dir.join("manifests/app.yaml"), manifests("app.test", b)).unwrap();
-    assert!(eventually(Duration::from_secs(15), || get(web, "app.test", "/y") == "backend-B /y"), "endpoint change followed");
+    assert!(
+        eventually(Duration::from_secs(15), || get(web, "app.test", "/y") == "backend-B /y"),
+        "endpoint change followed"
+    );
 
     // A host change: the new host routes, the old one is gone.
     std::fs::write(dir.join("manifests/app.yaml"), manifests("renamed.test", b)).unwrap();
-    assert!(eventually(Duration::from_secs(15), || get(web, "renamed.test", "/") == "backend-B /"), "host change followed");
+    assert!(
+        eventually(Duration::from_secs(15), || get(web, "renamed.test", "/") == "backend-B /"),
+        "host change followed"
+    );
     assert_eq!(get(web, "app.test", "/"), "404");
     let _ = std::fs::remove_dir_all(&dir);
 }

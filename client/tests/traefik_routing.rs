@@ -143,7 +143,7 @@ fn rendered_routes_route_as_the_ingress_spec_says_in_real_traefik() {
     let dir = std::env::temp_dir().join(format!("pe-routing-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("dynamic")).unwrap();
-    std::fs::write(dir.join("dynamic/routes.yaml"), &rendered.yaml).unwrap();
+    std::fs::write(dir.join("dynamic/routes.yaml"), &rendered.document).unwrap();
     let (web, websecure, admin) = (free_port(), free_port(), free_port());
     std::fs::write(
         dir.join("traefik.yaml"),

@@ -82,8 +82,10 @@ pub struct Notice {
 pub struct Rendered {
     /// The config.
     pub config: DynamicConfig,
-    /// The config as YAML, byte-for-byte deterministic.
-    pub yaml: String,
+    /// The config as the agents receive it, byte-for-byte deterministic. It is JSON, which is YAML too (a
+    /// subset of YAML 1.2), because JSON serializes 20x faster than serde_yaml at scale; Traefik, the agent
+    /// and people read it as YAML.
+    pub document: String,
     /// Every pod endpoint the config routes to: the relay's allow-list.
     pub endpoints: BTreeSet<SocketAddr>,
     /// Ingresses served (namespace, name), for status updates.
@@ -454,8 +456,9 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
         );
     }
     let config = DynamicConfig { http: (!http.routers.is_empty()).then_some(http), ..Default::default() };
-    let yaml = serde_yaml::to_string(&config).expect("the model always serializes");
-    Rendered { config, yaml, endpoints, served, notices }
+    let mut document = serde_json::to_string_pretty(&config).expect("the model always serializes");
+    document.push('\n');
+    Rendered { config, document, endpoints, served, notices }
 }
 
 #[cfg(test)]

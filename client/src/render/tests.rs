@@ -243,10 +243,10 @@ fn output_is_deterministic_and_passes_the_agents_validation() {
     shuffled.ingresses.reverse();
     shuffled.services.reverse();
     let second = render(&shuffled, &Settings::default());
-    assert_eq!(first.yaml, second.yaml, "same cluster, same bytes");
+    assert_eq!(first.document, second.document, "same cluster, same bytes");
     let policy = routes::Policy {
         entry_points: ["web".to_string(), "websecure".to_string()].into(),
         cert_resolvers: ["acme".to_string()].into(),
     };
-    routes::parse(&first.yaml, &policy).expect("the agent accepts what the client renders");
+    routes::parse(&first.document, &policy).expect("the agent accepts what the client renders");
 }
