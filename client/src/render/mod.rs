@@ -245,8 +245,15 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
         })
         .collect();
     ingresses.sort_by(|a, b| {
-        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), ns_name(&a.metadata))
-            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), ns_name(&b.metadata)))
+        fn key(i: &Ingress) -> (Option<k8s_openapi::jiff::Timestamp>, &str, &str) {
+            let m = &i.metadata;
+            (
+                m.creation_timestamp.as_ref().map(|t| t.0),
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or(""),
+            )
+        }
+        key(a).cmp(&key(b))
     });
 
     let mut claimed: BTreeMap<(String, PathMatch, String), (String, String)> = BTreeMap::new();
@@ -358,8 +365,21 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
 
     let mut http = model::Http::default();
     let mut endpoints = BTreeSet::new();
+    let mut resolved_cache: HashMap<(String, String, String, Option<bool>), Option<std::rc::Rc<Resolved>>> =
+        HashMap::new();
     for route in routes {
-        let Some(resolved) = backends.resolve(&route.ns, &route.backend, &route.annotations) else {
+        let svc = route.backend.service.as_ref();
+        let cache_key = (
+            route.ns.clone(),
+            svc.map(|s| s.name.clone()).unwrap_or_default(),
+            svc.and_then(|s| s.port.as_ref()).map(|p| format!("{:?}{:?}", p.name, p.number)).unwrap_or_default(),
+            route.annotations.backend_https,
+        );
+        let resolved = resolved_cache
+            .entry(cache_key)
+            .or_insert_with(|| backends.resolve(&route.ns, &route.backend, &route.annotations).map(std::rc::Rc::new))
+            .clone();
+        let Some(resolved) = resolved else {
             notices.push(Notice {
                 namespace: route.ns.clone(),
                 name: route.ingress.clone(),
@@ -368,7 +388,9 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
             });
             continue;
         };
-        endpoints.extend(resolved.servers.iter().copied());
+        if !http.services.contains_key(&resolved.name) {
+            endpoints.extend(resolved.servers.iter().copied());
+        }
         let scheme = if resolved.https { "https" } else { "http" };
         let service = http.services.entry(resolved.name.clone()).or_insert_with(|| model::HttpService {
             load_balancer: model::HttpLoadBalancer {
@@ -447,7 +469,7 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
             route.router,
             model::HttpRouter {
                 rule: route.rule,
-                service: resolved.name,
+                service: resolved.name.clone(),
                 entry_points: entry_points.unwrap_or_else(|| vec![settings.web.clone()]),
                 middlewares: plain_middlewares,
                 priority: Some(route.priority),
