@@ -215,6 +215,9 @@ impl<'a> Backends<'a> {
     }
 }
 
+/// Namespace, Service, port (name or number) and scheme override: what a resolution depends on.
+type BackendKey = (String, String, String, Option<bool>);
+
 /// One claim on a host+path, kept until conflicts are settled.
 struct Route {
     key: (String, PathMatch, String),
@@ -365,8 +368,7 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
 
     let mut http = model::Http::default();
     let mut endpoints = BTreeSet::new();
-    let mut resolved_cache: HashMap<(String, String, String, Option<bool>), Option<std::rc::Rc<Resolved>>> =
-        HashMap::new();
+    let mut resolved_cache: HashMap<BackendKey, Option<std::rc::Rc<Resolved>>> = HashMap::new();
     for route in routes {
         let svc = route.backend.service.as_ref();
         let cache_key = (
