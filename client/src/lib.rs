@@ -2,7 +2,7 @@
 //!
 //! Module map: [`render`] (Ingress semantics -> Traefik routes; pure), [`manifests`] (YAML files as renderer
 //! input), [`sender`] (send policy, sans-IO, and uploads), [`relay`] (agent streams -> pods, allow-listed),
-//! [`config`], and [`run`] (wiring).
+//! [`watch`] (kube-rs reflectors), [`config`], and [`run`] (wiring).
 
 pub mod config;
 pub mod manifests;
@@ -10,3 +10,4 @@ pub mod relay;
 pub mod render;
 pub mod run;
 pub mod sender;
+pub mod watch;

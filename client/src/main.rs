@@ -5,13 +5,15 @@ use client::{config, manifests, render, run};
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: polaredge-client render -f DIR | run --config FILE --manifests DIR
+const USAGE: &str = "usage: polaredge-client render -f DIR | run --config FILE [--manifests DIR]
 
   render -f DIR   render the Ingresses, IngressClasses, Services and EndpointSlices in DIR's YAML files to
                   the Traefik dynamic config the agents would serve, on stdout (no cluster needed)
+  run --config FILE
+                  watch the cluster (in-cluster service account, or KUBECONFIG), keep the agents in FILE
+                  serving its Ingresses, and relay their traffic to the endpoints
   run --config FILE --manifests DIR
-                  keep the agents in FILE serving DIR's manifests (re-read on change), and relay their
-                  traffic to the endpoints";
+                  the same from DIR's manifests (re-read on change) instead of a cluster";
 
 fn main() -> ExitCode {
     logger();
@@ -35,6 +37,15 @@ fn main() -> ExitCode {
             let result = config::load(std::path::Path::new(file))
                 .and_then(|c| run::run(c, run::Source::Manifests(std::path::PathBuf::from(dir))));
             match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("polaredge-client run: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        ["run", "--config", file] => {
+            match config::load(std::path::Path::new(file)).and_then(|c| run::run(c, run::Source::Kubernetes)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("polaredge-client run: {e}");

@@ -24,6 +24,28 @@ const SOURCE_POLL: Duration = Duration::from_millis(200);
 pub enum Source {
     /// A folder of manifests, re-read when a file changes (dry runs, the local demo, tests).
     Manifests(PathBuf),
+    /// The Kubernetes API (in-cluster service account, or KUBECONFIG).
+    Kubernetes,
+}
+
+/// Calls `changed` with the stores' state after each burst of watch events.
+fn watch_kubernetes(mut changed: impl FnMut(Cluster)) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel();
+    let stores = crate::watch::start(tx)?;
+    while rx.recv().is_ok() {
+        let first = Instant::now();
+        let mut last = first;
+        // Coalesce: wait for quiet, but not longer than MAX_DELAY.
+        while last.elapsed() < DEBOUNCE && first.elapsed() < MAX_DELAY {
+            match rx.recv_timeout(DEBOUNCE.saturating_sub(last.elapsed())) {
+                Ok(()) => last = Instant::now(),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return Err("the Kubernetes watch stopped".into()),
+            }
+        }
+        changed(stores.cluster());
+    }
+    Err("the Kubernetes watch stopped".into())
 }
 
 fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, SystemTime, u64)> {
@@ -110,6 +132,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         ..Settings::default()
     };
     let mut last_yaml = String::new();
+    let mut previous_endpoints = std::collections::BTreeSet::new();
     let on_change = |cluster: Cluster| {
         let started = Instant::now();
         let rendered = render::render(&cluster, &settings);
@@ -119,7 +142,15 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         if rendered.document == last_yaml {
             return;
         }
-        *allowed.write().unwrap() = rendered.endpoints.clone();
+        // Connections Traefik opens while it still runs the previous generation go to the previous endpoints:
+        // keep those allowed for one more generation, so a change does not refuse requests in flight.
+        {
+            let mut allowed = allowed.write().unwrap();
+            let mut next = rendered.endpoints.clone();
+            next.extend(previous_endpoints.iter().copied());
+            *allowed = next;
+        }
+        previous_endpoints = rendered.endpoints.clone();
         let routers = rendered.config.http.as_ref().map_or(0, |h| h.routers.len());
         log::info!(
             "snapshot {}: {routers} routers, {} endpoints, {} ingresses (rendered in {:?})",
@@ -135,9 +166,12 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         }
     };
     match source {
-        Source::Manifests(dir) => watch_manifests(dir, on_change),
+        Source::Manifests(dir) => {
+            watch_manifests(dir, on_change);
+            Ok(())
+        }
+        Source::Kubernetes => watch_kubernetes(on_change),
     }
-    Ok(())
 }
 
 fn send_loop(name: &str, tunnel: &Tunnel, api: std::net::SocketAddr, snapshots: Receiver<Arc<String>>) {

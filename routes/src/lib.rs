@@ -196,8 +196,12 @@ pub fn validate(config: &DynamicConfig, policy: &Policy) -> Vec<Problem> {
             problems.push(problem("udp", "UDP routes are not carried through the tunnel yet; remove the udp section"));
         }
     }
-    if routers == 0 {
-        problems.push(problem("", "no routers: a config without routes would drop every route, so it is refused"));
+    if routers == 0 && config.http.is_none() && config.tcp.is_none() {
+        // `{}` is what a broken sender produces; "serve nothing" is said explicitly, as `http: {}`.
+        problems.push(problem(
+            "",
+            "no routers and no sections: this would drop every route, so it is refused (send `http: {}` to serve nothing on purpose)",
+        ));
     }
     problems
 }
@@ -381,10 +385,13 @@ tcp:
     }
 
     #[test]
-    fn empty_documents_and_documents_without_routers_are_refused() {
+    fn empty_documents_are_refused_but_an_explicit_empty_section_is_not() {
         assert!(problems("")[0].contains("empty document"));
         assert!(problems("   \n")[0].contains("empty document"));
-        assert!(problems("http: {}\n")[0].contains("no routers"));
+        assert!(problems("{}\n")[0].contains("no routers"));
+        assert!(problems("null\n")[0].contains("no routers"));
+        // An explicit empty section is a deliberate "serve nothing" (the last Ingress was deleted).
+        assert!(parse("http: {}\n", &policy()).is_ok());
     }
 
     #[test]

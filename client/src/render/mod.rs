@@ -479,7 +479,9 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
             },
         );
     }
-    let config = DynamicConfig { http: (!http.routers.is_empty()).then_some(http), ..Default::default() };
+    // Always an `http` section, even an empty one: with no Ingress left, the agents must serve nothing, and an
+    // explicit empty section says so (a bare `{}` is refused as a likely mistake).
+    let config = DynamicConfig { http: Some(http), ..Default::default() };
     let mut document = serde_json::to_string_pretty(&config).expect("the model always serializes");
     document.push('\n');
     Rendered { config, document, endpoints, served, notices }

@@ -1,0 +1,244 @@
+//! An in-repo Kubernetes API server for tests: list and watch with real wire semantics for Ingresses,
+//! IngressClasses, Services and EndpointSlices (resourceVersion, ADDED/MODIFIED/DELETED events, bookmarks,
+//! 410 Gone after compaction, dropped connections), driven by the unmodified kube-rs client. No
+//! kube-apiserver can be installed on this machine kind; this stands in for one and says so.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The resource types served: (URL prefix of the collection, apiVersion, kind).
+const TYPES: [(&str, &str, &str); 4] = [
+    ("/apis/networking.k8s.io/v1/ingresses", "networking.k8s.io/v1", "Ingress"),
+    ("/apis/networking.k8s.io/v1/ingressclasses", "networking.k8s.io/v1", "IngressClass"),
+    ("/api/v1/services", "v1", "Service"),
+    ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
+];
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// kind -> (namespace, name) -> object
+    objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
+    /// (resourceVersion, kind, event type, object)
+    log: Vec<(u64, String, &'static str, Value)>,
+    /// Watches from before this version get 410 Gone.
+    compacted: u64,
+    /// Bumped to make every open watch end (a dropped connection).
+    epoch: u64,
+    /// Requests seen, for assertions: (path with query).
+    requests: Vec<String>,
+}
+
+/// The server; dropping it leaves the thread running until the process ends (tests are short).
+#[derive(Clone)]
+pub struct ApiServer {
+    state: Arc<(Mutex<State>, Condvar)>,
+    pub addr: SocketAddr,
+}
+
+impl ApiServer {
+    pub fn start() -> ApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server =
+            ApiServer { state: Arc::new((Mutex::new(State { rv: 1, ..Default::default() }), Condvar::new())), addr };
+        let s = server.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().map_while(Result::ok) {
+                let s = s.clone();
+                std::thread::spawn(move || s.serve(conn));
+            }
+        });
+        server
+    }
+
+    /// A kubeconfig pointing at this server (plain HTTP, no auth).
+    pub fn kubeconfig(&self, path: &std::path::Path) {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"http://{}\"}}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Creates or replaces objects from YAML (one or several documents).
+    pub fn apply(&self, yaml: &str) {
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let mut object: Value = serde::Deserialize::deserialize(doc).unwrap();
+            if object.is_null() {
+                continue;
+            }
+            let kind = object["kind"].as_str().unwrap().to_string();
+            let ns = object["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            let (lock, cvar) = &*self.state;
+            let mut st = lock.lock().unwrap();
+            st.rv += 1;
+            let rv = st.rv;
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            if object["metadata"]["uid"].is_null() {
+                object["metadata"]["uid"] = json!(format!("uid-{kind}-{ns}-{name}"));
+            }
+            if object["metadata"]["creationTimestamp"].is_null() {
+                object["metadata"]["creationTimestamp"] = json!("2024-01-01T00:00:00Z");
+            }
+            let existed = st.objects.entry(kind.clone()).or_default().insert((ns, name), object.clone()).is_some();
+            st.log.push((rv, kind, if existed { "MODIFIED" } else { "ADDED" }, object));
+            cvar.notify_all();
+        }
+    }
+
+    pub fn delete(&self, kind: &str, ns: &str, name: &str) {
+        let (lock, cvar) = &*self.state;
+        let mut st = lock.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        if let Some(mut object) = st.objects.entry(kind.into()).or_default().remove(&(ns.into(), name.into())) {
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            st.log.push((rv, kind.into(), "DELETED", object));
+        }
+        cvar.notify_all();
+    }
+
+    /// Forgets history: watches resuming from before now get 410 Gone and must relist.
+    pub fn compact(&self) {
+        let (lock, _) = &*self.state;
+        let mut st = lock.lock().unwrap();
+        // Like an etcd compaction followed by any write: every resourceVersion a client holds is now too old.
+        st.rv += 1;
+        st.compacted = st.rv;
+        st.log.clear();
+    }
+
+    /// Ends every open watch connection, as a restarted API server or a broken network would.
+    pub fn drop_watches(&self) {
+        let (lock, cvar) = &*self.state;
+        lock.lock().unwrap().epoch += 1;
+        cvar.notify_all();
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.state.0.lock().unwrap().requests.clone()
+    }
+
+    fn serve(&self, conn: TcpStream) {
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        loop {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut content_length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    content_length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; content_length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            self.state.0.lock().unwrap().requests.push(target.clone());
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+            let Some(&(_, api_version, kind)) = TYPES.iter().find(|(p, _, _)| *p == path) else {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} is not served by the test API server")}).to_string();
+                let _ = write!(
+                    &conn,
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            };
+            if params.get("watch") == Some(&"true") || params.get("watch") == Some(&"1") {
+                let since: u64 = params.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let timeout = params.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290u64);
+                self.watch(conn, api_version, kind, since, Duration::from_secs(timeout.min(30)));
+                return;
+            }
+            let st = self.state.0.lock().unwrap();
+            let items: Vec<Value> = st.objects.get(kind).map(|m| m.values().cloned().collect()).unwrap_or_default();
+            let list = json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
+            drop(st);
+            let body = list.to_string();
+            let _ = write!(
+                &conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    }
+
+    fn watch(&self, mut conn: TcpStream, api_version: &str, kind: &str, since: u64, timeout: Duration) {
+        let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let chunk = |conn: &mut TcpStream, event: Value| {
+            let line = format!("{event}\n");
+            write!(conn, "{:x}\r\n{line}\r\n", line.len()).and_then(|_| conn.flush())
+        };
+        let (lock, cvar) = &*self.state;
+        let mut st = lock.lock().unwrap();
+        if since < st.compacted && since != 0 {
+            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410, "message": format!("too old resource version: {since} ({})", st.compacted)}});
+            drop(st);
+            let _ = chunk(&mut conn, gone);
+            let _ = write!(conn, "0\r\n\r\n");
+            return;
+        }
+        let epoch = st.epoch;
+        let mut sent = since;
+        let deadline = Instant::now() + timeout;
+        let mut next_bookmark = Instant::now() + Duration::from_millis(500);
+        loop {
+            let events: Vec<Value> = st
+                .log
+                .iter()
+                .filter(|(rv, k, _, _)| *rv > sent && k == kind)
+                .map(|(_, _, t, o)| json!({"type": t, "object": o}))
+                .collect();
+            sent = st.rv;
+            drop(st);
+            for event in events {
+                if chunk(&mut conn, event).is_err() {
+                    return;
+                }
+            }
+            if Instant::now() >= next_bookmark {
+                let bookmark = json!({"type": "BOOKMARK", "object": {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": sent.to_string()}}});
+                if chunk(&mut conn, bookmark).is_err() {
+                    return;
+                }
+                next_bookmark = Instant::now() + Duration::from_millis(500);
+            }
+            st = lock.lock().unwrap();
+            if st.epoch != epoch || Instant::now() >= deadline {
+                drop(st);
+                if Instant::now() >= deadline {
+                    let _ = write!(conn, "0\r\n\r\n");
+                }
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            st = cvar.wait_timeout(st, Duration::from_millis(100)).unwrap().0;
+            if st.epoch != epoch {
+                drop(st);
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    }
+}

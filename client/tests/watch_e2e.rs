@@ -1,0 +1,98 @@
+//! The client watching a Kubernetes API with the unmodified kube-rs client. No kube-apiserver can be
+//! installed on this machine kind, so the API is the in-repo test server (tests/support/apiserver.rs), which
+//! speaks the real list/watch wire protocol: resourceVersion, watch events, bookmarks, 410 Gone, dropped
+//! connections. The agent and Traefik are real.
+
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::apiserver::ApiServer;
+use support::*;
+
+#[test]
+fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
+    let edge = Edge::start("watch");
+    let web = edge.web;
+    let api = ApiServer::start();
+    api.kubeconfig(&edge.dir.join("kubeconfig"));
+    let (a, b) = (backend("backend-A"), backend("backend-B"));
+    api.apply(&manifests("app.test", a));
+    let _client = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
+            .env("KUBECONFIG", edge.dir.join("kubeconfig"))
+            .args(["run", "--config"])
+            .arg(edge.dir.join("client.yaml")),
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "backend-A /"),
+        "created Ingress is live"
+    );
+
+    // An EndpointSlice update, then an Ingress update, then a second Ingress created.
+    api.apply(&manifests("app.test", b).split("---").last().unwrap().to_string());
+    assert!(
+        eventually(Duration::from_secs(10), || get(web, "app.test", "/") == "backend-B /"),
+        "endpoint update followed"
+    );
+    api.apply(
+        &manifests("app.test", b)
+            .replace("host: app.test", "host: moved.test")
+            .split("---")
+            .nth(1)
+            .unwrap()
+            .to_string(),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || get(web, "moved.test", "/") == "backend-B /"),
+        "ingress update followed"
+    );
+    assert_eq!(get(web, "app.test", "/"), "404");
+
+    // Relists must not flap the route: drop every watch, and expire history (410 Gone) so the client relists,
+    // while a prober keeps requesting.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let prober = {
+        let (stop, failures) = (Arc::clone(&stop), Arc::clone(&failures));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            for _ in 0..2_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if get(web, "moved.test", "/") != "backend-B /" {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            n
+        })
+    };
+    api.drop_watches();
+    std::thread::sleep(Duration::from_secs(1));
+    api.compact();
+    api.drop_watches();
+    std::thread::sleep(Duration::from_secs(2));
+    // After the relist, changes still flow: delete the Ingress.
+    api.delete("Ingress", "default", "app");
+    assert!(eventually(Duration::from_secs(10), || get(web, "moved.test", "/") == "404"), "deleted Ingress is gone");
+    stop.store(true, Ordering::Relaxed);
+    let probes = prober.join().unwrap();
+    let requests = api.requests();
+    assert!(
+        requests.iter().any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")),
+        "{requests:?}"
+    );
+    let lists = requests
+        .iter()
+        .filter(|r| r.starts_with("/apis/networking.k8s.io/v1/ingresses") && !r.contains("watch="))
+        .count();
+    assert!(lists >= 2, "410 Gone forced a relist of Ingresses: {requests:?}");
+    // Failures only after the deliberate delete (the prober sees 404 once it is live).
+    let failed = failures.load(Ordering::Relaxed);
+    assert!(probes > 100 && failed < 50, "route flapped during relists: {failed} of {probes} probes failed");
+}
