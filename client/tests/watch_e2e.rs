@@ -32,19 +32,12 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
     );
 
     // An EndpointSlice update, then an Ingress update, then a second Ingress created.
-    api.apply(&manifests("app.test", b).split("---").last().unwrap().to_string());
+    api.apply(manifests("app.test", b).split("---").last().unwrap());
     assert!(
         eventually(Duration::from_secs(10), || get(web, "app.test", "/") == "backend-B /"),
         "endpoint update followed"
     );
-    api.apply(
-        &manifests("app.test", b)
-            .replace("host: app.test", "host: moved.test")
-            .split("---")
-            .nth(1)
-            .unwrap()
-            .to_string(),
-    );
+    api.apply(manifests("app.test", b).replace("host: app.test", "host: moved.test").split("---").nth(1).unwrap());
     assert!(
         eventually(Duration::from_secs(10), || get(web, "moved.test", "/") == "backend-B /"),
         "ingress update followed"
