@@ -29,6 +29,9 @@ pub struct ClientConfig {
     /// ACME resolver name on the agents for TLS hosts; empty for Traefik's default certificate.
     #[serde(default = "default_resolver")]
     pub cert_resolver: String,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    #[serde(default = "default_ops")]
+    pub ops_listen: SocketAddr,
 }
 
 /// One edge host.
@@ -61,6 +64,12 @@ fn default_relay_port() -> u16 {
 fn default_resolver() -> String {
     "acme".into()
 }
+fn default_ops() -> SocketAddr {
+    std::env::var("POLAREDGE_OPS_LISTEN")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| "0.0.0.0:9090".parse().unwrap())
+}
 fn default_api() -> SocketAddr {
     "10.88.0.1:9000".parse().unwrap()
 }
@@ -90,4 +99,39 @@ pub fn private_key(config: &ClientConfig) -> Result<tunnel::PrivateKey, String> 
         config.private_key_file.as_ref().ok_or("no private key: set private_key_file or POLAREDGE_PRIVATE_KEY")?;
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     text.parse().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A single-agent config from the environment, as the Deployment sets it from the Secret that
+/// `polaredge-agent init` prints: `POLAREDGE_PRIVATE_KEY`, `POLAREDGE_AGENT_PUBLIC_KEY`,
+/// `POLAREDGE_AGENT_ENDPOINT` (host:port), and optionally `POLAREDGE_CLIENT_ADDRESS`, `POLAREDGE_AGENT_ADDRESS`,
+/// `POLAREDGE_CERT_RESOLVER` and `POLAREDGE_PUBLIC_ADDRESS`.
+pub fn from_env() -> Result<ClientConfig, String> {
+    let var = |name: &str| {
+        std::env::var(name).map_err(|_| format!("{name} is not set (see deploy/ and `polaredge-agent init`)"))
+    };
+    std::env::var("POLAREDGE_PRIVATE_KEY").map_err(|_| "POLAREDGE_PRIVATE_KEY is not set".to_string())?;
+    let endpoint_text = var("POLAREDGE_AGENT_ENDPOINT")?;
+    let endpoint = std::net::ToSocketAddrs::to_socket_addrs(&endpoint_text)
+        .map_err(|e| format!("POLAREDGE_AGENT_ENDPOINT {endpoint_text:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("POLAREDGE_AGENT_ENDPOINT {endpoint_text:?} resolves to nothing"))?;
+    let agent_ip = std::env::var("POLAREDGE_AGENT_ADDRESS").unwrap_or_else(|_| "10.88.0.1".into());
+    let api =
+        format!("{agent_ip}:9000").parse().map_err(|_| format!("POLAREDGE_AGENT_ADDRESS {agent_ip:?} is not an IP"))?;
+    Ok(ClientConfig {
+        private_key_file: None,
+        address: std::env::var("POLAREDGE_CLIENT_ADDRESS").unwrap_or_else(|_| default_address()),
+        agents: vec![AgentPeer {
+            name: "edge".into(),
+            endpoint,
+            public_key: var("POLAREDGE_AGENT_PUBLIC_KEY")?,
+            api,
+            public_address: std::env::var("POLAREDGE_PUBLIC_ADDRESS").ok().or_else(|| Some(endpoint.ip().to_string())),
+        }],
+        listen_port: 0,
+        keepalive: default_keepalive(),
+        relay_port: default_relay_port(),
+        cert_resolver: std::env::var("POLAREDGE_CERT_RESOLVER").unwrap_or_else(|_| default_resolver()),
+        ops_listen: default_ops(),
+    })
 }

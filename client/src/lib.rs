@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod manifests;
+pub mod ops;
 pub mod relay;
 pub mod render;
 pub mod run;

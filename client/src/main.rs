@@ -5,10 +5,11 @@ use client::{config, manifests, render, run};
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: polaredge-client render -f DIR | run --config FILE [--manifests DIR]
+const USAGE: &str = "usage: polaredge-client render -f DIR | run [--config FILE [--manifests DIR]]
 
   render -f DIR   render the Ingresses, IngressClasses, Services and EndpointSlices in DIR's YAML files to
                   the Traefik dynamic config the agents would serve, on stdout (no cluster needed)
+  run             as below, one agent configured from POLAREDGE_* environment variables (the Deployment)
   run --config FILE
                   watch the cluster (in-cluster service account, or KUBECONFIG), keep the agents in FILE
                   serving its Ingresses, and relay their traffic to the endpoints
@@ -53,6 +54,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["run"] => match config::from_env().and_then(|c| run::run(c, run::Source::Kubernetes)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("polaredge-client run: {e}");
+                ExitCode::from(1)
+            }
+        },
         ["--help" | "-h" | "help"] | ["render", "--help"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS

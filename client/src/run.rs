@@ -5,6 +5,7 @@
 //! change for more to arrive, but never longer than [`MAX_DELAY`].
 
 use crate::config::{self, ClientConfig};
+use crate::ops::Metrics;
 use crate::relay::{self, AllowList, RelayMetrics};
 use crate::render::{self, Cluster, Settings};
 use crate::sender::{self, Action, Sender};
@@ -97,6 +98,9 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         config.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", config.address))?;
     let allowed: AllowList = Arc::new(RwLock::new(Default::default()));
     let relay_metrics = Arc::new(RelayMetrics::default());
+    let metrics = Arc::new(Metrics { relay: Arc::clone(&relay_metrics), ..Default::default() });
+    let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&metrics))?;
+    log::info!("/healthz, /readyz and /metrics on {ops}");
     let mut senders = Vec::new();
     for agent in &config.agents {
         let peer: tunnel::PublicKey =
@@ -119,10 +123,10 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         relay::spawn(&tunnel, config.relay_port, Arc::clone(&allowed), Arc::clone(&relay_metrics))
             .map_err(|e| format!("agent {}: relay: {e}", agent.name))?;
         let (tx, rx) = mpsc::channel::<Arc<String>>();
-        let (name, api) = (agent.name.clone(), agent.api);
+        let (name, api, m) = (agent.name.clone(), agent.api, Arc::clone(&metrics));
         std::thread::Builder::new()
             .name(format!("send-{name}"))
-            .spawn(move || send_loop(&name, &tunnel, api, rx))
+            .spawn(move || send_loop(&name, &tunnel, api, rx, &m))
             .map_err(|e| e.to_string())?;
         senders.push(tx);
         log::info!("agent {}: tunnel to {} (WireGuard), API {}", agent.name, agent.endpoint, agent.api);
@@ -152,6 +156,9 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         }
         previous_endpoints = rendered.endpoints.clone();
         let routers = rendered.config.http.as_ref().map_or(0, |h| h.routers.len());
+        metrics.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.render_micros.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics.routers.store(routers as u64, std::sync::atomic::Ordering::Relaxed);
         log::info!(
             "snapshot {}: {routers} routers, {} endpoints, {} ingresses (rendered in {:?})",
             sender::generation_of(&rendered.document),
@@ -174,9 +181,19 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     }
 }
 
-fn send_loop(name: &str, tunnel: &Tunnel, api: std::net::SocketAddr, snapshots: Receiver<Arc<String>>) {
+fn send_loop(
+    name: &str,
+    tunnel: &Tunnel,
+    api: std::net::SocketAddr,
+    snapshots: Receiver<Arc<String>>,
+    metrics: &Metrics,
+) {
     let mut policy = Sender::new(Instant::now());
     loop {
+        {
+            let mut agents = metrics.agents.lock().unwrap();
+            agents.entry(name.to_string()).or_default().in_sync = policy.in_sync();
+        }
         let now = Instant::now();
         match policy.poll(now) {
             Action::Upload(yaml) => {
@@ -199,10 +216,21 @@ fn send_loop(name: &str, tunnel: &Tunnel, api: std::net::SocketAddr, snapshots: 
                                 answer.body
                             ),
                         }
+                        {
+                            let mut agents = metrics.agents.lock().unwrap();
+                            let state = agents.entry(name.to_string()).or_default();
+                            if live.is_some() {
+                                state.applied += 1;
+                                state.last_apply_ms = answer.body["apply_ms"].as_u64().unwrap_or(0);
+                            } else {
+                                state.failed += 1;
+                            }
+                        }
                         policy.uploaded(Instant::now(), live);
                     }
                     Err(e) => {
                         log::warn!("agent {name}: upload failed: {e}");
+                        metrics.agents.lock().unwrap().entry(name.to_string()).or_default().failed += 1;
                         policy.uploaded(Instant::now(), None);
                     }
                 }

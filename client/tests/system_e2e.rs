@@ -23,6 +23,11 @@ fn client_and_agent_serve_the_manifests_and_follow_their_edits() {
             .arg(dir.join("manifests")),
     );
     assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/x") == "backend-A /x"), "first route live");
+    assert_eq!(get(edge.ops, "client", "/healthz"), "ok\n");
+    assert!(eventually(Duration::from_secs(5), || get(edge.ops, "client", "/readyz") == "ready\n"));
+    let metrics = get(edge.ops, "client", "/metrics");
+    assert!(metrics.contains("polaredge_client_agent_in_sync{agent=\"edge\"} 1"), "{metrics}");
+    assert!(metrics.contains("polaredge_client_relay_streams_total{outcome=\"completed\"}"), "{metrics}");
 
     // An endpoint change moves traffic to the other pod.
     std::fs::write(dir.join("manifests/app.yaml"), manifests("app.test", b)).unwrap();

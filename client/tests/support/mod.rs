@@ -101,6 +101,7 @@ impl Drop for Proc {
     }
 }
 
+/// GET with a Host header: the body for 200, else the status code (or "refused"/"no answer").
 pub fn get(addr: SocketAddr, host: &str, path: &str) -> String {
     let Ok(mut conn) = TcpStream::connect(addr) else { return "refused".into() };
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -129,6 +130,8 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct Edge {
     pub dir: PathBuf,
     pub web: SocketAddr,
+    /// Where the client serves /healthz, /readyz and /metrics.
+    pub ops: SocketAddr,
     pub agent: Proc,
 }
 
@@ -140,6 +143,7 @@ impl Edge {
         let (agent_key, client_key) = (PrivateKey::generate(), PrivateKey::generate());
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let web = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+        let ops = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         std::fs::write(dir.join("agent.key"), agent_key.to_string()).unwrap();
         std::fs::write(dir.join("client.key"), client_key.to_string()).unwrap();
         std::fs::write(
@@ -156,13 +160,13 @@ impl Edge {
         std::fs::write(
             dir.join("client.yaml"),
             format!(
-                "private_key_file: client.key\ncert_resolver: \"\"\nagents:\n- name: edge\n  endpoint: \"{udp}\"\n  public_key: \"{}\"\n",
+                "private_key_file: client.key\ncert_resolver: \"\"\nops_listen: \"{ops}\"\nagents:\n- name: edge\n  endpoint: \"{udp}\"\n  public_key: \"{}\"\n",
                 agent_key.public_key()
             ),
         )
         .unwrap();
         let agent = Proc::spawn(Command::new(agent_binary()).args(["run", "--config"]).arg(dir.join("agent.yaml")));
-        Edge { dir, web, agent }
+        Edge { dir, web, ops, agent }
     }
 }
 
