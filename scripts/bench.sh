@@ -13,3 +13,7 @@ target/release/polaredge-tunnel-bench connmem
 export POLAREDGE_TRAEFIK="$(scripts/fetch-traefik.sh x86_64)"
 scripts/build-static.sh
 cargo bench --locked -p polaredge-agent --bench apply
+# The client: rendering at scale, and Ingress change -> live at the edge (real agent and Traefik).
+cargo build --release --locked -p polaredge-agent
+cargo bench --locked -p polaredge-client --bench render
+cargo bench --locked -p polaredge-client --bench watch_to_live
