@@ -43,5 +43,8 @@ fn main() {
     println!("Ingress change in the API -> new route serving at the edge ({CHANGES} changes, loopback, real Traefik):");
     println!("  median {:.1} ms, p90 {:.1} ms, max {:.1} ms", at(0.5), at(0.9), at(1.0));
     println!("  target: median <= 250 ms. Anchor: Traefik's own Kubernetes provider sits behind a 2 s throttle.");
-    println!("  (includes the client's {} ms debounce and Traefik's 100 ms provider throttle)", client::run::DEBOUNCE.as_millis());
+    println!(
+        "  (includes the client's {} ms debounce and Traefik's 100 ms provider throttle)",
+        client::run::DEBOUNCE.as_millis()
+    );
 }

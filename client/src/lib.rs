@@ -2,7 +2,7 @@
 //!
 //! Module map: [`render`] (Ingress semantics -> Traefik routes; pure), [`manifests`] (YAML files as renderer
 //! input), [`sender`] (send policy, sans-IO, and uploads), [`relay`] (agent streams -> pods, allow-listed),
-//! [`watch`] (kube-rs reflectors), [`config`], and [`run`] (wiring).
+//! [`status`] (Ingress status and Events to write; sans-IO), [`watch`] (kube-rs reflectors and writes), [`config`], and [`run`] (wiring).
 
 pub mod config;
 pub mod manifests;
@@ -11,4 +11,5 @@ pub mod relay;
 pub mod render;
 pub mod run;
 pub mod sender;
+pub mod status;
 pub mod watch;

@@ -29,10 +29,15 @@ pub enum Source {
     Kubernetes,
 }
 
-/// Calls `changed` with the stores' state after each burst of watch events.
-fn watch_kubernetes(mut changed: impl FnMut(Cluster)) -> Result<(), String> {
+/// Calls `changed` with the stores' state after each burst of watch events, then writes Ingress status (the
+/// agents' `addresses`) and Events for new notices.
+fn watch_kubernetes(
+    mut changed: impl FnMut(Cluster) -> render::Rendered,
+    addresses: Vec<String>,
+) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
-    let stores = crate::watch::start(tx)?;
+    let (stores, writer) = crate::watch::start(tx)?;
+    let mut reported = crate::status::Reported::default();
     while rx.recv().is_ok() {
         let first = Instant::now();
         let mut last = first;
@@ -44,7 +49,12 @@ fn watch_kubernetes(mut changed: impl FnMut(Cluster)) -> Result<(), String> {
                 Err(RecvTimeoutError::Disconnected) => return Err("the Kubernetes watch stopped".into()),
             }
         }
-        changed(stores.cluster());
+        let cluster = stores.cluster();
+        let rendered = changed(cluster.clone());
+        writer.write_status(crate::status::status_changes(&cluster, &rendered.served, &addresses));
+        for notice in reported.fresh(&rendered.notices) {
+            writer.post_event(notice);
+        }
     }
     Err("the Kubernetes watch stopped".into())
 }
@@ -64,7 +74,7 @@ fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, SystemTime, u64)> {
 }
 
 /// Calls `changed` with the new cluster state each time the source changes (and once at start).
-fn watch_manifests(dir: PathBuf, mut changed: impl FnMut(Cluster)) {
+fn watch_manifests(dir: PathBuf, mut changed: impl FnMut(Cluster) -> render::Rendered) {
     let mut seen = None;
     let mut pending_since: Option<Instant> = None;
     let mut last_change = Instant::now();
@@ -78,7 +88,9 @@ fn watch_manifests(dir: PathBuf, mut changed: impl FnMut(Cluster)) {
         if let Some(since) = pending_since {
             if last_change.elapsed() >= DEBOUNCE || since.elapsed() >= MAX_DELAY {
                 match crate::manifests::load_dir(&dir) {
-                    Ok(cluster) => changed(cluster),
+                    Ok(cluster) => {
+                        changed(cluster);
+                    }
                     Err(e) => log::error!("manifests: {e}; keeping the previous snapshot"),
                 }
                 pending_since = None;
@@ -137,14 +149,16 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     };
     let mut last_yaml = String::new();
     let mut previous_endpoints = std::collections::BTreeSet::new();
-    let on_change = |cluster: Cluster| {
+    let addresses: Vec<String> =
+        config.agents.iter().map(|a| a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())).collect();
+    let on_change = |cluster: Cluster| -> render::Rendered {
         let started = Instant::now();
         let rendered = render::render(&cluster, &settings);
         for notice in &rendered.notices {
             log::warn!("{}/{}: {}: {}", notice.namespace, notice.name, notice.reason, notice.message);
         }
         if rendered.document == last_yaml {
-            return;
+            return rendered;
         }
         // Connections Traefik opens while it still runs the previous generation go to the previous endpoints:
         // keep those allowed for one more generation, so a change does not refuse requests in flight.
@@ -167,17 +181,18 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
             started.elapsed()
         );
         last_yaml = rendered.document.clone();
-        let yaml = Arc::new(rendered.document);
+        let yaml = Arc::new(rendered.document.clone());
         for tx in &senders {
             let _ = tx.send(Arc::clone(&yaml));
         }
+        rendered
     };
     match source {
         Source::Manifests(dir) => {
             watch_manifests(dir, on_change);
             Ok(())
         }
-        Source::Kubernetes => watch_kubernetes(on_change),
+        Source::Kubernetes => watch_kubernetes(on_change, addresses),
     }
 }
 

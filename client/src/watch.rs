@@ -42,9 +42,77 @@ fn triggers<K>(event: &watcher::Event<K>) -> bool {
     matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)
 }
 
+/// Writes back to the cluster (Ingress status, Events) on the watch runtime.
+pub struct Writer {
+    client: kube::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Writer {
+    /// Patches `status.loadBalancer.ingress` of each changed Ingress (a merge patch of the status subresource).
+    pub fn write_status(&self, changes: Vec<crate::status::StatusChange>) {
+        for change in changes {
+            let api: Api<Ingress> = Api::namespaced(self.client.clone(), &change.namespace);
+            let ingress: Vec<serde_json::Value> = change
+                .addresses
+                .iter()
+                .map(|a| {
+                    if a.parse::<std::net::IpAddr>().is_ok() {
+                        serde_json::json!({"ip": a})
+                    } else {
+                        serde_json::json!({"hostname": a})
+                    }
+                })
+                .collect();
+            let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+            self.runtime.spawn(async move {
+                let params = kube::api::PatchParams::default();
+                if let Err(e) = api.patch_status(&change.name, &params, &kube::api::Patch::Merge(&patch)).await {
+                    log::warn!("cannot update the status of Ingress {}/{}: {e}", change.namespace, change.name);
+                }
+            });
+        }
+    }
+
+    /// Creates a Warning Event on the Ingress a notice is about.
+    pub fn post_event(&self, notice: &crate::render::Notice) {
+        use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", notice.name)),
+                namespace: Some(notice.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("networking.k8s.io/v1".into()),
+                kind: Some("Ingress".into()),
+                name: Some(notice.name.clone()),
+                namespace: Some(notice.namespace.clone()),
+                ..Default::default()
+            },
+            reason: Some(notice.reason.into()),
+            message: Some(notice.message.clone()),
+            type_: Some("Warning".into()),
+            source: Some(EventSource { component: Some("polaredge-client".into()), ..Default::default() }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &notice.namespace);
+        self.runtime.spawn(async move {
+            if let Err(e) = api.create(&kube::api::PostParams::default(), &event).await {
+                log::warn!("cannot create an Event: {e}");
+            }
+        });
+    }
+}
+
 /// Starts the watches on a Tokio runtime of their own; `changed` gets `()` whenever the cluster changed after
-/// every store has listed once. Returns the store readers.
-pub fn start(changed: Sender<()>) -> Result<Stores, String> {
+/// every store has listed once. Returns the store readers and a writer for status and Events.
+pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
     let (ingresses, ingress_writer) = reflector::store();
     let (classes, class_writer) = reflector::store();
     let (services, service_writer) = reflector::store();
@@ -55,7 +123,8 @@ pub fn start(changed: Sender<()>) -> Result<Stores, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the Kubernetes watch runtime: {e}"))?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let handle = runtime.handle().clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<kube::Client, String>>();
     std::thread::Builder::new()
         .name("kube-watch".into())
         .spawn(move || {
@@ -68,7 +137,7 @@ pub fn start(changed: Sender<()>) -> Result<Stores, String> {
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok(()));
+                let _ = ready_tx.send(Ok(client.clone()));
                 let config = watcher::Config::default();
                 // Each stream yields (store index, whether to render).
                 macro_rules! watch {
@@ -107,6 +176,6 @@ pub fn start(changed: Sender<()>) -> Result<Stores, String> {
             });
         })
         .map_err(|e| e.to_string())?;
-    ready_rx.recv().map_err(|_| "the watch thread ended".to_string())??;
-    Ok(stores)
+    let client = ready_rx.recv().map_err(|_| "the watch thread ended".to_string())??;
+    Ok((stores, Writer { client, runtime: handle }))
 }

@@ -30,6 +30,31 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
         eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "backend-A /"),
         "created Ingress is live"
     );
+    // `kubectl get ingress` shows the edge's address.
+    let ip = |name: &str| api.ingress_status("default", name)["loadBalancer"]["ingress"].clone();
+    assert!(
+        eventually(Duration::from_secs(10), || ip("app")[0]["ip"] == "127.0.0.1"),
+        "status: {}",
+        api.ingress_status("default", "app")
+    );
+    // A second Ingress claiming the same host and path loses (oldest wins; same age: by name) and gets an Event.
+    let ingress_doc = manifests("app.test", a).split("---").nth(1).unwrap().to_string();
+    api.apply(&ingress_doc.replace("name: app,", "name: dup,"));
+    let conflict_reported =
+        || api.events().iter().any(|e| e["reason"] == "RouteConflict" && e["involvedObject"]["name"] == "dup");
+    assert!(eventually(Duration::from_secs(10), conflict_reported), "events: {:?}", api.events());
+    assert_eq!(get(web, "app.test", "/"), "backend-A /", "the older Ingress keeps the route");
+    // Once the duplicate is no longer ours, the address it showed is cleared.
+    assert!(eventually(Duration::from_secs(10), || ip("dup")[0]["ip"] == "127.0.0.1"));
+    let not_ours = ingress_doc
+        .replace("name: app,", "name: dup,")
+        .replace("ingressClassName: polaredge", "ingressClassName: other");
+    api.apply(&not_ours);
+    assert!(
+        eventually(Duration::from_secs(10), || ip("dup").as_array().is_some_and(|a| a.is_empty())),
+        "{}",
+        ip("dup")
+    );
 
     // An EndpointSlice update, then an Ingress update, then a second Ingress created.
     api.apply(manifests("app.test", b).split("---").last().unwrap());

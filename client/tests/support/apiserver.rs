@@ -31,8 +31,10 @@ struct State {
     compacted: u64,
     /// Bumped to make every open watch end (a dropped connection).
     epoch: u64,
-    /// Requests seen, for assertions: (path with query).
+    /// Requests seen, for assertions: (method and path with query).
     requests: Vec<String>,
+    /// Events the client created (the request bodies).
+    events: Vec<Value>,
 }
 
 /// The server; dropping it leaves the thread running until the process ends (tests are short).
@@ -90,6 +92,12 @@ impl ApiServer {
             }
             if object["metadata"]["creationTimestamp"].is_null() {
                 object["metadata"]["creationTimestamp"] = json!("2024-01-01T00:00:00Z");
+            }
+            // As with a status subresource: writes to the object keep its status.
+            if let Some(old) = st.objects.get(&kind).and_then(|m| m.get(&(ns.clone(), name.clone()))) {
+                if object["status"].is_null() && !old["status"].is_null() {
+                    object["status"] = old["status"].clone();
+                }
             }
             let existed = st.objects.entry(kind.clone()).or_default().insert((ns, name), object.clone()).is_some();
             st.log.push((rv, kind, if existed { "MODIFIED" } else { "ADDED" }, object));
@@ -152,9 +160,24 @@ impl ApiServer {
             }
             let mut body = vec![0u8; content_length];
             let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let method = request_line.split_whitespace().next().unwrap_or("GET").to_string();
             let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-            self.state.0.lock().unwrap().requests.push(target.clone());
+            self.state.0.lock().unwrap().requests.push(if method == "GET" {
+                target.clone()
+            } else {
+                format!("{method} {target}")
+            });
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            if method != "GET" {
+                let (status, answer) = self.write(&method, path, &body);
+                let text = answer.to_string();
+                let _ = write!(
+                    &conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                continue;
+            }
             let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
             let Some(&(_, api_version, kind)) = TYPES.iter().find(|(p, _, _)| *p == path) else {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} is not served by the test API server")}).to_string();
@@ -182,6 +205,57 @@ impl ApiServer {
                 body.len()
             );
         }
+    }
+
+    /// PATCH of an Ingress's status (merge patch), POST of an Event.
+    fn write(&self, method: &str, path: &str, body: &[u8]) -> (&'static str, Value) {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let (lock, cvar) = &*self.state;
+        let mut st = lock.lock().unwrap();
+        match (method, parts.as_slice()) {
+            ("PATCH", ["apis", "networking.k8s.io", "v1", "namespaces", ns, "ingresses", name, "status"]) => {
+                st.rv += 1;
+                let rv = st.rv;
+                let Some(object) =
+                    st.objects.get_mut("Ingress").and_then(|m| m.get_mut(&(ns.to_string(), name.to_string())))
+                else {
+                    return (
+                        "404 Not Found",
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                    );
+                };
+                object["status"] = request["status"].clone();
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                let object = object.clone();
+                st.log.push((rv, "Ingress".into(), "MODIFIED", object.clone()));
+                cvar.notify_all();
+                ("200 OK", object)
+            }
+            ("POST", ["api", "v1", "namespaces", _ns, "events"]) => {
+                st.events.push(request.clone());
+                ("201 Created", request)
+            }
+            _ => (
+                "405 Method Not Allowed",
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 405}),
+            ),
+        }
+    }
+
+    /// The status of an Ingress as stored.
+    pub fn ingress_status(&self, ns: &str, name: &str) -> Value {
+        let st = self.state.0.lock().unwrap();
+        st.objects
+            .get("Ingress")
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Events the client created.
+    pub fn events(&self) -> Vec<Value> {
+        self.state.0.lock().unwrap().events.clone()
     }
 
     fn watch(&self, mut conn: TcpStream, api_version: &str, kind: &str, since: u64, timeout: Duration) {
