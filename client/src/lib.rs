@@ -5,6 +5,7 @@
 //! [`status`] (Ingress status and Events to write; sans-IO), [`watch`] (kube-rs reflectors and writes), [`config`], and [`run`] (wiring).
 
 pub mod config;
+pub mod leader;
 pub mod manifests;
 pub mod ops;
 pub mod relay;

@@ -103,16 +103,69 @@ fn watch_manifests(dir: PathBuf, mut changed: impl FnMut(Cluster) -> render::Ren
     }
 }
 
+/// With a cluster, waits until this replica leads (Lease `polaredge-client` in `POD_NAMESPACE`, identity
+/// `POD_NAME`); `POLAREDGE_LEADER_ELECTION=false` turns it off. Leadership lost: the process exits, so a
+/// restarted replica comes back as a follower and never two hold tunnels.
+fn lead() -> Result<(), String> {
+    if std::env::var("POLAREDGE_LEADER_ELECTION").as_deref() == Ok("false") {
+        return Ok(());
+    }
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "polaredge".into());
+    let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let seconds = std::env::var("POLAREDGE_LEASE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15u64);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the leader election runtime: {e}"))?;
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("leader".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let result = match kube::Client::try_default().await {
+                    Ok(client) => {
+                        crate::leader::elect(
+                            client,
+                            &namespace,
+                            "polaredge-client",
+                            me,
+                            Duration::from_secs(seconds),
+                            || {
+                                log::error!("leadership lost: exiting so that only one replica holds the tunnels");
+                                std::process::exit(1);
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => Err(format!("no Kubernetes API for leader election: {e}")),
+                };
+                let _ = done_tx.send(result);
+                // Keep renewing the Lease for the life of the process.
+                std::future::pending::<()>().await;
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    done_rx.recv().map_err(|_| "leader election stopped".to_string())?
+}
+
 /// Runs until the process is stopped.
 pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let key = config::private_key(&config)?;
+    let relay_metrics = Arc::new(RelayMetrics::default());
+    let metrics = Arc::new(Metrics { relay: Arc::clone(&relay_metrics), ..Default::default() });
+    // Probes answer from the start, also on a replica that waits to lead.
+    let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&metrics))?;
+    log::info!("/healthz, /readyz and /metrics on {ops}");
+    if matches!(source, Source::Kubernetes) {
+        lead()?;
+    }
     let address: IpCidr =
         config.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", config.address))?;
     let allowed: AllowList = Arc::new(RwLock::new(Default::default()));
-    let relay_metrics = Arc::new(RelayMetrics::default());
-    let metrics = Arc::new(Metrics { relay: Arc::clone(&relay_metrics), ..Default::default() });
-    let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&metrics))?;
-    log::info!("/healthz, /readyz and /metrics on {ops}");
+
     let mut senders = Vec::new();
     for agent in &config.agents {
         let peer: tunnel::PublicKey =

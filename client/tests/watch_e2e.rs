@@ -114,3 +114,55 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
     let failed = failures.load(Ordering::Relaxed);
     assert!(probes > 100 && failed < 50, "route flapped during relists: {failed} of {probes} probes failed");
 }
+
+#[test]
+fn two_replicas_elect_one_leader_and_the_follower_takes_over_when_it_dies() {
+    let edge = Edge::start("leader");
+    let web = edge.web;
+    let api = ApiServer::start();
+    api.kubeconfig(&edge.dir.join("kubeconfig"));
+    let pod = backend("pod");
+    api.apply(&manifests("app.test", pod));
+    let replica = |name: &str, ops: std::net::SocketAddr| {
+        let config = std::fs::read_to_string(edge.dir.join("client.yaml"))
+            .unwrap()
+            .replace(&edge.ops.to_string(), &ops.to_string());
+        let path = edge.dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, config).unwrap();
+        Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
+                .env("KUBECONFIG", edge.dir.join("kubeconfig"))
+                .env("POD_NAME", name)
+                .env("POD_NAMESPACE", "polaredge")
+                .env("POLAREDGE_LEASE_SECONDS", "3")
+                .args(["run", "--config"])
+                .arg(&path),
+        )
+    };
+    let first = replica("replica-a", std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp())));
+    assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "the leader serves");
+    assert_eq!(api.lease_holder("polaredge", "polaredge-client").as_deref(), Some("replica-a"));
+    let second_ops = std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+    let _second = replica("replica-b", second_ops);
+    assert!(
+        eventually(Duration::from_secs(5), || get(second_ops, "x", "/healthz") == "ok\n"),
+        "a follower answers probes"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(api.lease_holder("polaredge", "polaredge-client").as_deref(), Some("replica-a"), "one leader at a time");
+    assert_eq!(get(second_ops, "x", "/readyz"), "503", "the follower is not ready");
+
+    // The leader dies without a goodbye; the follower takes the Lease once it expires, and serves changes.
+    let _ = Command::new("kill").args(["-KILL", &first.child.id().to_string()]).status();
+    assert!(
+        eventually(Duration::from_secs(15), || api.lease_holder("polaredge", "polaredge-client").as_deref()
+            == Some("replica-b")),
+        "the follower took over"
+    );
+    let ingress = manifests("app.test", pod).split("---").nth(1).unwrap().replace("host: app.test", "host: after.test");
+    api.apply(&ingress);
+    assert!(
+        eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"),
+        "the new leader serves changes"
+    );
+}

@@ -35,6 +35,8 @@ struct State {
     requests: Vec<String>,
     /// Events the client created (the request bodies).
     events: Vec<Value>,
+    /// Leases by (namespace, name).
+    leases: BTreeMap<(String, String), Value>,
 }
 
 /// The server; dropping it leaves the thread running until the process ends (tests are short).
@@ -179,6 +181,25 @@ impl ApiServer {
                 continue;
             }
             let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+            if let Some(rest) = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/") {
+                let parts: Vec<&str> = rest.split('/').collect();
+                let lease = match parts.as_slice() {
+                    [ns, "leases", name] => {
+                        self.state.0.lock().unwrap().leases.get(&(ns.to_string(), name.to_string())).cloned()
+                    }
+                    _ => None,
+                };
+                let (status, text) = match lease {
+                    Some(lease) => ("200 OK", lease.to_string()),
+                    None => ("404 Not Found", json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}).to_string()),
+                };
+                let _ = write!(
+                    &conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                continue;
+            }
             let Some(&(_, api_version, kind)) = TYPES.iter().find(|(p, _, _)| *p == path) else {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} is not served by the test API server")}).to_string();
                 let _ = write!(
@@ -232,6 +253,40 @@ impl ApiServer {
                 cvar.notify_all();
                 ("200 OK", object)
             }
+            ("POST", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
+                let name = request["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let key = (ns.to_string(), name);
+                if st.leases.contains_key(&key) {
+                    return (
+                        "409 Conflict",
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409}),
+                    );
+                }
+                st.rv += 1;
+                let mut lease = request.clone();
+                lease["apiVersion"] = json!("coordination.k8s.io/v1");
+                lease["kind"] = json!("Lease");
+                lease["metadata"]["namespace"] = json!(ns);
+                lease["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                st.leases.insert(key, lease.clone());
+                ("201 Created", lease)
+            }
+            ("PUT", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name]) => {
+                let key = (ns.to_string(), name.to_string());
+                let current_rv = st.leases.get(&key).map(|l| l["metadata"]["resourceVersion"].clone());
+                if current_rv.as_ref() != Some(&request["metadata"]["resourceVersion"]) {
+                    // Optimistic concurrency: a stale resourceVersion loses.
+                    return (
+                        "409 Conflict",
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}),
+                    );
+                }
+                st.rv += 1;
+                let mut lease = request.clone();
+                lease["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                st.leases.insert(key, lease.clone());
+                ("200 OK", lease)
+            }
             ("POST", ["api", "v1", "namespaces", _ns, "events"]) => {
                 st.events.push(request.clone());
                 ("201 Created", request)
@@ -251,6 +306,14 @@ impl ApiServer {
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
             .map(|o| o["status"].clone())
             .unwrap_or(Value::Null)
+    }
+
+    /// The holder of a Lease.
+    pub fn lease_holder(&self, ns: &str, name: &str) -> Option<String> {
+        let st = self.state.0.lock().unwrap();
+        st.leases
+            .get(&(ns.to_string(), name.to_string()))
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
     }
 
     /// Events the client created.

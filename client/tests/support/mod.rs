@@ -67,7 +67,7 @@ pub fn backend(name: &'static str) -> u16 {
 
 /// A child process with its stderr kept for failure reports.
 pub struct Proc {
-    child: Child,
+    pub child: Child,
     log: Arc<Mutex<String>>,
 }
 
