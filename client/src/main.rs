@@ -72,15 +72,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// One line per record on stderr; `POLAREDGE_LOG=debug|warn|error` (default info).
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One line per record on stderr; `POLAREDGE_LOG=debug|warn|error` (default info); `POLAREDGE_LOG_FORMAT=json`
+/// for structured logs (one JSON object per line: ts, level, target, msg).
 fn logger() {
+    JSON.store(std::env::var("POLAREDGE_LOG_FORMAT").as_deref() == Ok("json"), std::sync::atomic::Ordering::Relaxed);
     struct Stderr;
     impl log::Log for Stderr {
         fn enabled(&self, m: &log::Metadata) -> bool {
             m.level() <= log::max_level()
         }
         fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) {
+            if !self.enabled(r.metadata()) {
+                return;
+            }
+            if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+                let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let line = serde_json::json!({
+                    "ts": time.as_secs_f64(),
+                    "level": r.level().as_str(),
+                    "target": r.target(),
+                    "msg": r.args().to_string(),
+                });
+                eprintln!("{line}");
+            } else {
                 eprintln!("polaredge-client {}: {}", r.level(), r.args());
             }
         }
