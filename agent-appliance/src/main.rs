@@ -1,11 +1,10 @@
 //! polaredge-agent: the edge half of POLAREDGE. One static binary: userspace WireGuard, the upload API inside
 //! the tunnel, Traefik supervision, and forwarders that carry Traefik's backend connections to the cluster.
 //!
-//! Module map: `config` (the YAML file; the Traefik dynamic config model, validation and rewrite live in the
-//! `routes` crate),
-//! `apply` (upload -> live), `store` (atomic files), `forwarders`, `traefik` (static config, supervisor, API
-//! client), `http` (control API server), `ports` (port picker), `install` (install-traefik), `admin` (status socket), `agent` (wiring), and
-//! `cli` (commands).
+//! Module map: `config` (the YAML file), `apply` (upload -> live), `store` (atomic files), `forwarders`,
+//! `traefik` (static config, supervisor, API client), `http` (control API server), `ports` (port picker),
+//! `install` (install-traefik), `admin` (status socket), `agent` (wiring), `cli` (commands). The Traefik
+//! dynamic config model, its validation and the backend rewrite live in the `routes` crate.
 
 mod admin;
 mod agent;
