@@ -249,6 +249,9 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     }
 }
 
+/// How often the sender looks at the tunnel for a new WireGuard session (an agent that came back).
+const SESSION_CHECK: Duration = Duration::from_secs(1);
+
 fn send_loop(
     name: &str,
     tunnel: &Tunnel,
@@ -257,7 +260,19 @@ fn send_loop(
     metrics: &Metrics,
 ) {
     let mut policy = Sender::new(Instant::now());
+    let mut handshake_age: Option<Duration> = None;
     loop {
+        // A handshake younger than the last one seen is a new session: the agent may have restarted with other
+        // routes, so compare at once rather than at the next periodic check.
+        if let Ok(status) = tunnel.status() {
+            let age = status.peer.last_handshake;
+            if let Some(age) = age {
+                if handshake_age.is_none_or(|previous| age < previous) {
+                    policy.reconnected(Instant::now());
+                }
+            }
+            handshake_age = age;
+        }
         {
             let mut agents = metrics.agents.lock().unwrap();
             agents.entry(name.to_string()).or_default().in_sync = policy.in_sync();
@@ -308,17 +323,19 @@ fn send_loop(
                 if let Err(e) = &live {
                     log::warn!("agent {name}: status check failed: {e}");
                 }
-                policy.checked(Instant::now(), live.ok().flatten());
+                policy.checked(Instant::now(), live.map_err(|_| ()));
             }
-            Action::Wait(until) => match snapshots.recv_timeout(until.saturating_duration_since(now)) {
-                Ok(yaml) => {
-                    // Only the latest of a burst matters.
-                    let latest = snapshots.try_iter().last().unwrap_or(yaml);
-                    policy.snapshot(Instant::now(), latest);
+            Action::Wait(until) => {
+                match snapshots.recv_timeout(until.saturating_duration_since(now).min(SESSION_CHECK)) {
+                    Ok(yaml) => {
+                        // Only the latest of a burst matters.
+                        let latest = snapshots.try_iter().last().unwrap_or(yaml);
+                        policy.snapshot(Instant::now(), latest);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            },
+            }
         }
     }
 }

@@ -101,18 +101,19 @@ impl Sender {
         }
     }
 
-    /// The agent reported its live generation (`None`: could not ask).
-    pub fn checked(&mut self, now: Instant, live: Option<String>) {
+    /// The agent reported what it serves: `Ok(Some(generation))`, `Ok(None)` for nothing confirmed (a fresh or
+    /// wiped agent), or `Err(())` when it could not be asked.
+    pub fn checked(&mut self, now: Instant, live: Result<Option<String>, ()>) {
         match live {
-            Some(generation) => {
-                if self.confirmed.as_ref() != Some(&generation) {
+            Ok(generation) => {
+                if self.confirmed != generation {
                     // The agent serves something else (restarted, lost its state): send ours again now.
                     self.confirmed = None;
                     self.next = now;
                 }
                 self.check_due = now + RECHECK;
             }
-            None => {
+            Err(()) => {
                 self.check_due = now + self.backoff;
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
@@ -237,10 +238,19 @@ mod tests {
         let mut s = Sender::new(t0);
         s.snapshot(t0, yaml("a"));
         s.uploaded(t0, Some(generation_of("a")));
-        s.checked(t0 + RECHECK, Some("0000000000000000".into()));
+        s.checked(t0 + RECHECK, Ok(Some("0000000000000000".into())));
         assert_eq!(s.poll(t0 + RECHECK), Action::Upload(yaml("a")));
+        // A wiped agent (nothing live) gets it too.
+        s.uploaded(t0 + RECHECK, Some(generation_of("a")));
+        s.checked(t0 + RECHECK * 2, Ok(None));
+        assert_eq!(s.poll(t0 + RECHECK * 2), Action::Upload(yaml("a")));
+        // An agent that cannot be asked is asked again later, not sent to blindly.
+        s.uploaded(t0 + RECHECK * 2, Some(generation_of("a")));
+        s.checked(t0 + RECHECK * 3, Err(()));
+        assert!(matches!(s.poll(t0 + RECHECK * 3), Action::Wait(_)));
         // A stale "live" answer for another generation does not count as confirmation.
-        s.uploaded(t0 + RECHECK, Some("ffffffffffffffff".into()));
+        s.checked(t0 + RECHECK * 4, Ok(None));
+        s.uploaded(t0 + RECHECK * 4, Some("ffffffffffffffff".into()));
         assert!(!s.in_sync());
     }
 

@@ -207,6 +207,8 @@ pub struct Core {
     next_timer: Instant,
     keepalive: bool,
     next_forced_handshake: Instant,
+    next_offered_handshake: Instant,
+    stale_session_seen: Option<SocketAddr>,
     next_port: u16,
     tcp: TcpTuning,
     stats: Stats,
@@ -284,6 +286,8 @@ impl Core {
             next_timer: now,
             keepalive: config.persistent_keepalive.is_some_and(|k| k > 0),
             next_forced_handshake: now,
+            next_offered_handshake: now,
+            stale_session_seen: None,
             next_port: EPHEMERAL_PORTS.start() + port_seed % 16384,
             tcp: config.tcp,
             stats,
@@ -311,6 +315,10 @@ impl Core {
             TunnResult::Err(e) => {
                 match e {
                     WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => self.stats.dropped_replay += 1,
+                    WireGuardError::NoCurrentSession => {
+                        self.stats.dropped_invalid += 1;
+                        self.stale_session_seen = Some(from);
+                    }
                     _ => self.stats.dropped_invalid += 1,
                 }
                 false
@@ -341,6 +349,9 @@ impl Core {
             }
             None => self.rx.give_back(buffer),
         }
+        if let Some(to) = self.stale_session_seen.take() {
+            self.offer_new_session(now, to, sink);
+        }
         if !authentic {
             return;
         }
@@ -353,6 +364,22 @@ impl Core {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += queued.len() as u64;
             sink.send_to(from, queued);
+        }
+    }
+
+    /// Data for a session we do not have means the peer kept a session we lost (we restarted). WireGuard would
+    /// wait for the peer to give up on it (15 s); instead offer a new handshake to where the data came from. It
+    /// is rate-limited, and the address is not trusted: only the holder of the peer's key can answer, and the
+    /// endpoint moves only when it does.
+    fn offer_new_session(&mut self, now: Instant, to: SocketAddr, sink: &mut impl DatagramSink) {
+        if now < self.next_offered_handshake {
+            return;
+        }
+        self.next_offered_handshake = now + FORCED_HANDSHAKE_INTERVAL;
+        if let TunnResult::WriteToNetwork(init) = self.tunn.format_handshake_initiation(&mut self.cipher, false) {
+            self.stats.datagrams_out += 1;
+            self.stats.bytes_out += init.len() as u64;
+            sink.send_to(to, init);
         }
     }
 

@@ -364,3 +364,37 @@ fn thousands_of_random_and_mutated_datagrams_never_disturb_the_session() {
     }));
     bulk_more(&mut p, client, listener);
 }
+
+#[test]
+fn a_restarted_side_offers_a_new_session_when_stale_data_arrives() {
+    // B (the agent) restarts and forgets the session; A (the client) keeps its old one. B answers the data it
+    // cannot decrypt with a handshake, so traffic flows again without waiting for A's 15 s (real time) timeout,
+    // which this virtual-time test never reaches.
+    let (a_key, b_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let now = smoltcp::time::Instant::from_millis(0);
+    let b_config = CoreConfig::new(b_key.clone(), a_key.public_key(), vec![IpCidr::new(AGENT_V4, 30)]);
+    let a = Core::new(
+        CoreConfig {
+            endpoint: Some(Pair::B_ADDR),
+            persistent_keepalive: Some(25),
+            ..CoreConfig::new(a_key, b_key.public_key(), vec![IpCidr::new(CLIENT_V4, 30)])
+        },
+        1,
+        now,
+    )
+    .unwrap();
+    let mut p = Pair::new(a, Core::new(b_config.clone(), 2, now).unwrap(), Conditions::default());
+    let listener = p.b.listen(9000);
+    p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    assert!(p.run_until(Duration::from_secs(5), |p| p.b.tcp(listener).state() == State::Established));
+
+    p.b = Core::new(b_config, 3, p.now).unwrap(); // the restart
+    let listener = p.b.listen(9000);
+    let client = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    assert!(
+        p.run_until(Duration::from_secs(5), |p| p.a.tcp(client).state() == State::Established
+            && p.b.tcp(listener).state() == State::Established),
+        "a new connection works again within seconds"
+    );
+    assert!(p.b.stats().dropped_invalid > 0, "the stale data was dropped first");
+}

@@ -231,3 +231,39 @@ fn the_relay_reads_the_preamble_in_the_driver_and_splices_the_rest() {
     let err = stream.read_preamble(Duration::from_secs(5)).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
 }
+
+#[test]
+fn after_the_agent_restarts_the_client_reaches_it_again_within_seconds() {
+    let agent_key = PrivateKey::generate();
+    let client_key = PrivateKey::generate();
+    let cidr = |s: &str| s.parse::<IpCidr>().unwrap();
+    let agent_config = TunnelConfig {
+        core: CoreConfig::new(agent_key.clone(), client_key.public_key(), vec![cidr("10.88.0.1/30")]),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
+    let agent = Tunnel::start(agent_config.clone()).unwrap();
+    let addr = agent.local_addr();
+    let client = Tunnel::start(TunnelConfig {
+        core: CoreConfig {
+            endpoint: Some(addr),
+            persistent_keepalive: Some(25),
+            ..CoreConfig::new(client_key, agent_key.public_key(), vec![cidr("10.88.0.2/30")])
+        },
+        listen: "127.0.0.1:0".parse().unwrap(),
+    })
+    .unwrap();
+    let listener = agent.listen(9000).unwrap();
+    let _c = client.connect(tunnel_addr(AGENT, 9000), Duration::from_secs(5)).unwrap();
+    let _a = listener.accept().unwrap();
+    drop((_a, listener, agent));
+    // While the agent is down the client tries and fails (its packets go nowhere)...
+    assert!(client.connect(tunnel_addr(AGENT, 9000), Duration::from_secs(2)).is_err());
+    std::thread::sleep(Duration::from_millis(500));
+    // ...then the agent is back with no memory of the session.
+    let agent = Tunnel::start(TunnelConfig { listen: addr, ..agent_config }).unwrap();
+    let _listener = agent.listen(9000).unwrap();
+    let started = std::time::Instant::now();
+    let stream = client.connect(tunnel_addr(AGENT, 9000), Duration::from_secs(10));
+    assert!(stream.is_ok(), "{:?} after {:?}", stream.err(), started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+}
