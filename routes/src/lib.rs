@@ -389,7 +389,7 @@ tcp:
         assert!(problems("")[0].contains("empty document"));
         assert!(problems("   \n")[0].contains("empty document"));
         assert!(problems("{}\n")[0].contains("no routers"));
-        assert!(problems("null\n")[0].contains("no routers"));
+        assert!(problems("null\n")[0].contains("invalid"));
         // An explicit empty section is a deliberate "serve nothing" (the last Ingress was deleted).
         assert!(parse("http: {}\n", &policy()).is_ok());
     }
