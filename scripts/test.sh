@@ -12,5 +12,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests (the wireguard-go interop test needs root: it creates and removes its own network namespaces)"
 cargo test --workspace --locked
 
+echo "== the main command, non-interactively (scripts/demo.sh --check)"
+scripts/demo.sh --check
+
 echo "== static release builds"
 scripts/build-static.sh
