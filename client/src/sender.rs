@@ -16,7 +16,7 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest delay between retries.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the agent's live generation is compared with ours when nothing else happens.
-pub const RECHECK: Duration = Duration::from_secs(10);
+pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// The generation the agent will report for an upload (same recipe as the agent).
 pub fn generation_of(yaml: &str) -> String {

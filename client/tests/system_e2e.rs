@@ -11,7 +11,7 @@ use support::*;
 #[test]
 fn client_and_agent_serve_the_manifests_and_follow_their_edits() {
     let edge = Edge::start("system");
-    let dir = &edge.dir;
+    let dir = edge.dir.clone();
     let web = edge.web;
     let (a, b) = (backend("backend-A"), backend("backend-B"));
     std::fs::write(dir.join("manifests/app.yaml"), manifests("app.test", a)).unwrap();
@@ -43,4 +43,16 @@ fn client_and_agent_serve_the_manifests_and_follow_their_edits() {
         "host change followed"
     );
     assert_eq!(get(web, "app.test", "/"), "404");
+
+    // The edge host is rebuilt: the agent restarts with its state wiped. The client's next status check (every
+    // 5 s) finds nothing live there; the restarted agent answers the stale session with a new handshake; the
+    // client sends its current snapshot again.
+    let mut edge = edge;
+    drop(std::mem::replace(&mut edge.agent, Proc::spawn(&mut Command::new("true"))));
+    std::fs::remove_dir_all(edge.dir.join("state")).unwrap();
+    let restarted = std::time::Instant::now();
+    edge.agent = Proc::spawn(Command::new(agent_binary()).args(["run", "--config"]).arg(edge.dir.join("agent.yaml")));
+    assert!(eventually(Duration::from_secs(20), || get(web, "renamed.test", "/") == "backend-B /"), "routes restored");
+    let took = restarted.elapsed();
+    assert!(took < Duration::from_secs(10), "restored in {took:?}: one status check plus a handshake");
 }
