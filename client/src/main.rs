@@ -26,7 +26,8 @@ fn main() -> ExitCode {
                 for notice in &rendered.notices {
                     eprintln!("{}/{}: {}: {}", notice.namespace, notice.name, notice.reason, notice.message);
                 }
-                print!("{}", rendered.document);
+                // Pretty for people; the agents get the compact form (same content).
+                println!("{}", serde_json::to_string_pretty(&rendered.config()).expect("serializable"));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -200,13 +200,14 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         cert_resolver: (!config.cert_resolver.is_empty()).then(|| config.cert_resolver.clone()),
         ..Settings::default()
     };
+    let mut renderer = render::Renderer::new(settings);
     let mut last_yaml = String::new();
     let mut previous_endpoints = std::collections::BTreeSet::new();
     let addresses: Vec<String> =
         config.agents.iter().map(|a| a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())).collect();
     let on_change = |cluster: Cluster| -> render::Rendered {
         let started = Instant::now();
-        let rendered = render::render(&cluster, &settings);
+        let rendered = renderer.render(&cluster);
         for notice in &rendered.notices {
             log::warn!("{}/{}: {}: {}", notice.namespace, notice.name, notice.reason, notice.message);
         }
@@ -222,7 +223,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
             *allowed = next;
         }
         previous_endpoints = rendered.endpoints.clone();
-        let routers = rendered.config.http.as_ref().map_or(0, |h| h.routers.len());
+        let routers = rendered.routers;
         metrics.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics.render_micros.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         metrics.routers.store(routers as u64, std::sync::atomic::Ordering::Relaxed);

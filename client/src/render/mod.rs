@@ -80,11 +80,11 @@ pub struct Notice {
 /// The renderer's output.
 #[derive(Debug, Clone)]
 pub struct Rendered {
-    /// The config.
-    pub config: DynamicConfig,
-    /// The config as the agents receive it, byte-for-byte deterministic. It is JSON, which is YAML too (a
-    /// subset of YAML 1.2), because JSON serializes 20x faster than serde_yaml at scale; Traefik, the agent
-    /// and people read it as YAML.
+    /// Routers in the document.
+    pub routers: usize,
+    /// The config as the agents receive it, byte-for-byte deterministic. It is compact JSON, which is YAML too
+    /// (a subset of YAML 1.2), because JSON serializes 20x faster than serde_yaml at scale; Traefik and the
+    /// agent read it as YAML.
     pub document: String,
     /// Every pod endpoint the config routes to: the relay's allow-list.
     pub endpoints: BTreeSet<SocketAddr>,
@@ -92,6 +92,13 @@ pub struct Rendered {
     pub served: BTreeSet<(String, String)>,
     /// Conflicts and annotation problems.
     pub notices: Vec<Notice>,
+}
+
+impl Rendered {
+    /// The document as the typed model (for people and tests; the sender uses `document`).
+    pub fn config(&self) -> DynamicConfig {
+        serde_json::from_str(&self.document).expect("the renderer writes valid documents")
+    }
 }
 
 fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
@@ -129,17 +136,21 @@ fn our_classes(cluster: &Cluster, settings: &Settings) -> (BTreeSet<String>, boo
     (names, default)
 }
 
-/// Endpoints of Services, indexed once per render.
+/// Services, indexed once per plan.
 struct Backends<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
 }
 
-/// A resolved backend: the Traefik service name, its servers, its scheme.
+/// Where a Traefik service's servers come from: namespace, Service name, and the EndpointSlice port name
+/// (empty for an unnamed port).
+type ServerSource = (String, String, String);
+
+/// A resolved backend: the Traefik service name, its scheme, and where its servers come from (none when the
+/// Service or its port does not exist: the route then answers 503).
 struct Resolved {
     name: String,
-    servers: Vec<SocketAddr>,
     https: bool,
+    source: Option<ServerSource>,
 }
 
 impl<'a> Backends<'a> {
@@ -149,17 +160,10 @@ impl<'a> Backends<'a> {
             let ns = s.metadata.namespace.as_deref().unwrap_or("default");
             services.insert((ns, s.metadata.name.as_deref().unwrap_or("")), &**s);
         }
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for slice in &cluster.slices {
-            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-                slices.entry((ns, svc.as_str())).or_default().push(&**slice);
-            }
-        }
-        Backends { services, slices }
+        Backends { services }
     }
 
-    /// Service port (number or name) -> EndpointSlice port -> ready endpoints.
+    /// Service port (number or name) -> the EndpointSlice port name to look for.
     fn resolve(&self, ns: &str, backend: &IngressBackend, annotations: &Annotations) -> Option<Resolved> {
         let svc = backend.service.as_ref()?;
         let port = svc.port.as_ref()?;
@@ -176,43 +180,54 @@ impl<'a> Backends<'a> {
                 _ => false,
             })
         });
-        let mut servers = Vec::new();
-        let mut https = annotations.backend_https.unwrap_or(false);
-        if let Some(sp) = service_port {
-            https = annotations
-                .backend_https
-                .unwrap_or(sp.port == 443 || sp.name.as_deref().is_some_and(|n| n.starts_with("https")));
-            let wanted = sp.name.as_deref().unwrap_or("");
-            for slice in self.slices.get(&(ns, svc.name.as_str())).into_iter().flatten() {
-                if slice.address_type == "FQDN" {
-                    continue;
-                }
-                let Some(target) = slice
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref().unwrap_or("") == wanted)
-                    .and_then(|p| p.port)
-                else {
-                    continue;
-                };
-                for endpoint in &slice.endpoints {
-                    // Ready unless said otherwise (the EndpointSlice API: nil means ready).
-                    if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                        continue;
-                    }
-                    for address in &endpoint.addresses {
-                        if let (Ok(ip), Ok(port)) = (address.parse::<IpAddr>(), u16::try_from(target)) {
-                            servers.push(SocketAddr::new(ip, port));
-                        }
-                    }
+        let https = annotations.backend_https.unwrap_or_else(|| {
+            service_port.is_some_and(|sp| sp.port == 443 || sp.name.as_deref().is_some_and(|n| n.starts_with("https")))
+        });
+        let source = service_port.map(|sp| (ns.to_string(), svc.name.clone(), sp.name.clone().unwrap_or_default()));
+        Some(Resolved { name, https, source })
+    }
+}
+
+/// EndpointSlices by (namespace, Service name).
+fn slice_index(cluster: &Cluster) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in &cluster.slices {
+        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+            slices.entry((ns, svc.as_str())).or_default().push(&**slice);
+        }
+    }
+    slices
+}
+
+/// The ready endpoints of a Service port, from its EndpointSlices, sorted.
+fn servers_of(source: &ServerSource, slices: &HashMap<(&str, &str), Vec<&EndpointSlice>>) -> Vec<SocketAddr> {
+    let (ns, svc, wanted) = source;
+    let mut servers = Vec::new();
+    for slice in slices.get(&(ns.as_str(), svc.as_str())).into_iter().flatten() {
+        if slice.address_type == "FQDN" {
+            continue;
+        }
+        let Some(target) =
+            slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or("") == wanted).and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            // Ready unless said otherwise (the EndpointSlice API: nil means ready).
+            if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                if let (Ok(ip), Ok(port)) = (address.parse::<IpAddr>(), u16::try_from(target)) {
+                    servers.push(SocketAddr::new(ip, port));
                 }
             }
         }
-        servers.sort();
-        servers.dedup();
-        Some(Resolved { name, servers, https })
     }
+    servers.sort();
+    servers.dedup();
+    servers
 }
 
 /// Namespace, Service, port (name or number) and scheme override: what a resolution depends on.
@@ -232,8 +247,18 @@ struct Route {
     strip_prefix: Option<String>,
 }
 
-/// Renders the cluster into the routes the agents serve.
-pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
+/// Everything but the servers: what Ingresses, IngressClasses and Services decide. EndpointSlices change far
+/// more often, so the plan is kept while only they change.
+struct Plan {
+    /// The routes with every service's servers left empty.
+    http: model::Http,
+    /// Per Traefik service: where its servers come from, and the scheme to reach them.
+    sources: BTreeMap<String, (Option<ServerSource>, &'static str)>,
+    served: BTreeSet<(String, String)>,
+    notices: Vec<Notice>,
+}
+
+fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
     let (classes, we_are_default) = our_classes(cluster, settings);
     let backends = Backends::index(cluster);
     let mut notices = Vec::new();
@@ -367,7 +392,7 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
     }
 
     let mut http = model::Http::default();
-    let mut endpoints = BTreeSet::new();
+    let mut sources = BTreeMap::new();
     let mut resolved_cache: HashMap<BackendKey, Option<std::rc::Rc<Resolved>>> = HashMap::new();
     for route in routes {
         let svc = route.backend.service.as_ref();
@@ -390,20 +415,9 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
             });
             continue;
         };
-        if !http.services.contains_key(&resolved.name) {
-            endpoints.extend(resolved.servers.iter().copied());
-        }
         let scheme = if resolved.https { "https" } else { "http" };
-        let service = http.services.entry(resolved.name.clone()).or_insert_with(|| model::HttpService {
-            load_balancer: model::HttpLoadBalancer {
-                servers: resolved
-                    .servers
-                    .iter()
-                    .map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None })
-                    .collect(),
-                ..Default::default()
-            },
-        });
+        sources.entry(resolved.name.clone()).or_insert_with(|| (resolved.source.clone(), scheme));
+        let service = http.services.entry(resolved.name.clone()).or_default();
         let lb = &mut service.load_balancer;
         if let Some(pass) = route.annotations.pass_host_header {
             lb.pass_host_header = Some(pass);
@@ -479,12 +493,131 @@ pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
             },
         );
     }
-    // Always an `http` section, even an empty one: with no Ingress left, the agents must serve nothing, and an
-    // explicit empty section says so (a bare `{}` is refused as a likely mistake).
-    let config = DynamicConfig { http: Some(http), ..Default::default() };
-    let mut document = serde_json::to_string_pretty(&config).expect("the model always serializes");
-    document.push('\n');
-    Rendered { config, document, endpoints, served, notices }
+    Plan { http, sources, served, notices }
+}
+
+/// A plan with its unchanging parts already serialized.
+struct Planned {
+    plan: Plan,
+    routers: String,
+    middlewares: String,
+    transports: String,
+}
+
+impl Planned {
+    fn new(plan: Plan) -> Planned {
+        Planned {
+            routers: json(&plan.http.routers),
+            middlewares: json(&plan.http.middlewares),
+            transports: json(&plan.http.servers_transports),
+            plan,
+        }
+    }
+}
+
+/// Compact JSON of a part of the model.
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("the model always serializes")
+}
+
+/// Which objects a plan was made from, by identity: reflector stores hand out the same `Arc` for an unchanged
+/// object, so equal pointers mean unchanged inputs. The cache also holds the `Arc`s themselves
+/// ([`PlanInputs`]): a freed object's address could otherwise be reused by a new one and fake a match.
+fn plan_inputs(cluster: &Cluster) -> Vec<usize> {
+    let mut key = Vec::with_capacity(cluster.ingresses.len() + cluster.classes.len() + cluster.services.len() + 2);
+    let mut add = |mut ptrs: Vec<usize>| {
+        ptrs.sort_unstable();
+        key.extend(ptrs);
+        key.push(usize::MAX);
+    };
+    add(cluster.ingresses.iter().map(|i| Arc::as_ptr(i) as usize).collect());
+    add(cluster.classes.iter().map(|c| Arc::as_ptr(c) as usize).collect());
+    add(cluster.services.iter().map(|s| Arc::as_ptr(s) as usize).collect());
+    key
+}
+
+/// The renderer with memory: when only EndpointSlices changed since the last render, it keeps the plan (and
+/// its serialized routers) and recomputes only the servers. Same input, same bytes as [`render`].
+pub struct Renderer {
+    settings: Settings,
+    cache: Option<(Vec<usize>, PlanInputs, Arc<Planned>)>,
+}
+
+/// The objects behind a cached plan, kept alive so their addresses stay theirs.
+type PlanInputs = (Vec<Arc<Ingress>>, Vec<Arc<IngressClass>>, Vec<Arc<Service>>);
+
+impl Renderer {
+    /// A renderer with nothing cached.
+    pub fn new(settings: Settings) -> Renderer {
+        Renderer { settings, cache: None }
+    }
+
+    /// Renders the cluster into the routes the agents serve.
+    pub fn render(&mut self, cluster: &Cluster) -> Rendered {
+        let inputs = plan_inputs(cluster);
+        let planned = match &self.cache {
+            Some((cached, _, planned)) if *cached == inputs => Arc::clone(planned),
+            _ => {
+                let planned = Arc::new(Planned::new(plan(cluster, &self.settings)));
+                let alive = (cluster.ingresses.clone(), cluster.classes.clone(), cluster.services.clone());
+                self.cache = Some((inputs, alive, Arc::clone(&planned)));
+                planned
+            }
+        };
+        let slices = slice_index(cluster);
+        let mut services = planned.plan.http.services.clone();
+        let mut endpoints = BTreeSet::new();
+        for (name, (source, scheme)) in &planned.plan.sources {
+            let servers = source.as_ref().map(|s| servers_of(s, &slices)).unwrap_or_default();
+            endpoints.extend(servers.iter().copied());
+            if let Some(service) = services.get_mut(name) {
+                service.load_balancer.servers = servers
+                    .iter()
+                    .map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None })
+                    .collect();
+            }
+        }
+        let services = json(&services);
+        let http = &planned.plan.http;
+        // Exactly serde_json's compact form of `DynamicConfig { http: Some(http) }` (a test holds it to that),
+        // assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an
+        // empty one: with no Ingress left the agents must serve nothing, and an explicit empty section says so.
+        let mut document = String::with_capacity(planned.routers.len() + services.len() + 256);
+        document.push_str("{\"http\":{");
+        let parts = [
+            ("routers", &planned.routers, http.routers.is_empty()),
+            ("services", &services, http.services.is_empty()),
+            ("middlewares", &planned.middlewares, http.middlewares.is_empty()),
+            ("serversTransports", &planned.transports, http.servers_transports.is_empty()),
+        ];
+        let mut first = true;
+        for (key, json, empty) in parts {
+            if empty {
+                continue;
+            }
+            if !first {
+                document.push(',');
+            }
+            first = false;
+            document.push('"');
+            document.push_str(key);
+            document.push_str("\":");
+            document.push_str(json);
+        }
+        document.push_str("}}\n");
+        Rendered {
+            document,
+            routers: http.routers.len(),
+            endpoints,
+            served: planned.plan.served.clone(),
+            notices: planned.plan.notices.clone(),
+        }
+    }
+}
+
+/// Renders the cluster into the routes the agents serve (no memory; see [`Renderer`]).
+pub fn render(cluster: &Cluster, settings: &Settings) -> Rendered {
+    Renderer::new(settings.clone()).render(cluster)
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ fn one_path(host: &str, path_type: &str, path: &str) -> String {
 }
 
 fn routers(rendered: &Rendered) -> Vec<(String, i64, Vec<String>)> {
-    let http = rendered.config.http.as_ref().expect("routes rendered");
+    let http = rendered.config().http.expect("routes rendered");
     http.routers.values().map(|r| (r.rule.clone(), r.priority.unwrap(), r.entry_points.clone())).collect()
 }
 
@@ -102,7 +102,7 @@ fn only_ready_endpoints_are_servers_and_are_the_relay_allow_list() {
         &cluster(&ingress("i", "2024-01-01T00:00:00Z", "", &one_path("a.test", "Prefix", "/"))),
         &Settings::default(),
     );
-    let http = rendered.config.http.as_ref().unwrap();
+    let http = rendered.config().http.unwrap();
     let servers: Vec<&str> =
         http.services["default-web-80"].load_balancer.servers.iter().map(|s| s.url.as_str()).collect();
     assert_eq!(servers, ["http://10.0.0.1:8080"]);
@@ -113,7 +113,7 @@ fn only_ready_endpoints_are_servers_and_are_the_relay_allow_list() {
 fn a_service_without_ready_endpoints_still_gets_a_route_with_no_servers() {
     let spec = "  rules:\n  - host: gone.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}\n";
     let rendered = render(&cluster(&ingress("i", "2024-01-01T00:00:00Z", "", spec)), &Settings::default());
-    let http = rendered.config.http.as_ref().unwrap();
+    let http = rendered.config().http.unwrap();
     assert!(http.services["default-missing-80"].load_balancer.servers.is_empty());
     assert_eq!(http.routers.len(), 1);
 }
@@ -137,7 +137,7 @@ fn named_ports_and_https_backends_resolve_through_the_endpoint_slice() {
     let text = ingress("i", "2024-01-01T00:00:00Z", "", spec).replace("namespace: default", "namespace: shop");
     add_yaml(&mut c, &text, "i").unwrap();
     let rendered = render(&c, &Settings::default());
-    let http = rendered.config.http.as_ref().unwrap();
+    let http = rendered.config().http.unwrap();
     let lb = &http.services["shop-api-https-api"].load_balancer;
     assert_eq!(lb.servers[0].url, "https://10.0.1.5:9443");
     assert_eq!(lb.servers_transport.as_deref(), Some("polaredge-pods"));
@@ -167,7 +167,7 @@ fn conflicts_go_to_the_oldest_ingress_and_are_reported_on_the_loser() {
     let newer = ingress("newer", "2024-06-01T00:00:00Z", "", &one_path("a.test", "Prefix", "/"));
     let older = ingress("older", "2024-01-01T00:00:00Z", "", &one_path("a.test", "Prefix", "/"));
     let rendered = render(&cluster(&format!("{newer}{older}")), &Settings::default());
-    let http = rendered.config.http.as_ref().unwrap();
+    let http = rendered.config().http.unwrap();
     assert_eq!(http.routers.len(), 1);
     assert!(http.routers.keys().next().unwrap().starts_with("default-older-"));
     assert_eq!(rendered.notices.len(), 1);
@@ -181,7 +181,7 @@ fn tls_hosts_get_a_router_on_the_tls_entrypoint_and_redirect_when_annotated() {
         &cluster(&ingress("i", "2024-01-01T00:00:00Z", "polaredge.io/redirect-to-https: \"true\"", &spec)),
         &Settings::default(),
     );
-    let http = rendered.config.http.as_ref().unwrap();
+    let http = rendered.config().http.unwrap();
     let tls = http.routers.values().find(|r| r.tls.is_some()).unwrap();
     assert_eq!(tls.entry_points, ["websecure"]);
     assert_eq!(tls.tls.as_ref().unwrap().cert_resolver.as_deref(), Some("acme"));
@@ -196,7 +196,7 @@ fn annotations_strip_prefix_priority_sticky_and_bad_values_are_reported() {
         &cluster(&ingress("i", "2024-01-01T00:00:00Z", annotations, &one_path("a.test", "Prefix", "/api"))),
         &Settings::default(),
     );
-    let http = rendered.config.http.as_ref().unwrap();
+    let http = rendered.config().http.unwrap();
     let router = http.routers.values().next().unwrap();
     assert_eq!(router.priority, Some(77));
     let mw = &http.middlewares[&router.middlewares[0]];
@@ -215,10 +215,7 @@ fn only_our_classes_and_the_default_class_are_rendered() {
     let classless = ingress("classless", "2024-01-01T00:00:00Z", "", &one_path("c.test", "Prefix", "/"))
         .replace("  ingressClassName: polaredge\n", "");
     let rendered = render(&cluster(&format!("{theirs}{classless}")), &Settings::default());
-    assert!(
-        rendered.config.http.as_ref().unwrap().routers.is_empty(),
-        "neither is ours while our class is not the default"
-    );
+    assert!(rendered.config().http.unwrap().routers.is_empty(), "neither is ours while our class is not the default");
     let mut c = cluster(&format!("{theirs}{classless}"));
     c.classes.clear();
     add_yaml(
@@ -252,4 +249,48 @@ fn output_is_deterministic_and_passes_the_agents_validation() {
         cert_resolvers: ["acme".to_string()].into(),
     };
     routes::parse(&first.document, &policy).expect("the agent accepts what the client renders");
+}
+
+#[test]
+fn the_incremental_renderer_gives_the_bytes_of_a_fresh_render() {
+    let yaml = format!(
+        "{}{}",
+        ingress(
+            "b",
+            "2024-01-02T00:00:00Z",
+            "polaredge.io/strip-prefix: \"true\"",
+            &one_path("b.test", "Prefix", "/b")
+        ),
+        ingress("a", "2024-01-01T00:00:00Z", "", &one_path("a.test", "Exact", "/x"))
+    );
+    let mut c = cluster(&yaml);
+    let mut renderer = Renderer::new(Settings::default());
+    let first = renderer.render(&c);
+    assert_eq!(first.document, render(&c, &Settings::default()).document);
+    assert_eq!(first.document, serde_json::to_string(&first.config()).unwrap() + "\n", "exactly serde's compact form");
+    // Only an EndpointSlice changes: the cached plan is reused, and the bytes equal a fresh render's.
+    let slice = c.slices.iter().position(|s| s.metadata.name.as_deref() == Some("web-abc")).unwrap();
+    let mut changed = (*c.slices[slice]).clone();
+    changed.endpoints[1].conditions.as_mut().unwrap().ready = Some(true);
+    c.slices[slice] = Arc::new(changed);
+    let second = renderer.render(&c);
+    assert_eq!(second.document, render(&c, &Settings::default()).document);
+    assert_ne!(second.document, first.document, "the newly ready endpoint is served");
+    assert_eq!(second.endpoints.len(), 2);
+    // An Ingress changes: a new plan.
+    c.ingresses.remove(0);
+    let third = renderer.render(&c);
+    assert_eq!(third.document, render(&c, &Settings::default()).document);
+    assert_eq!(third.routers, 1);
+}
+
+#[test]
+fn a_reloaded_cluster_is_never_mistaken_for_the_cached_one() {
+    // Objects reloaded from files are new allocations, which may land where the old ones were freed.
+    let mut renderer = Renderer::new(Settings::default());
+    for host in ["one.test", "two.test", "three.test"] {
+        let c = cluster(&ingress("i", "2024-01-01T00:00:00Z", "", &one_path(host, "Prefix", "/")));
+        let rendered = renderer.render(&c);
+        assert!(rendered.document.contains(host), "{host}: {}", rendered.document);
+    }
 }
