@@ -188,23 +188,11 @@ impl<'a> Backends<'a> {
     }
 }
 
-/// EndpointSlices by (namespace, Service name).
-fn slice_index(cluster: &Cluster) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
-    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for slice in &cluster.slices {
-        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-        if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            slices.entry((ns, svc.as_str())).or_default().push(&**slice);
-        }
-    }
-    slices
-}
-
-/// The ready endpoints of a Service port, from its EndpointSlices, sorted.
-fn servers_of(source: &ServerSource, slices: &HashMap<(&str, &str), Vec<&EndpointSlice>>) -> Vec<SocketAddr> {
-    let (ns, svc, wanted) = source;
+/// The ready endpoints of a Service port (`wanted`: the EndpointSlice port name) from the Service's
+/// EndpointSlices, sorted.
+fn servers_of(wanted: &str, slices: &[&Arc<EndpointSlice>]) -> Vec<SocketAddr> {
     let mut servers = Vec::new();
-    for slice in slices.get(&(ns.as_str(), svc.as_str())).into_iter().flatten() {
+    for slice in slices {
         if slice.address_type == "FQDN" {
             continue;
         }
@@ -541,6 +529,15 @@ fn plan_inputs(cluster: &Cluster) -> Vec<usize> {
 pub struct Renderer {
     settings: Settings,
     cache: Option<(Vec<usize>, PlanInputs, Arc<Planned>)>,
+    /// Per Traefik service: the EndpointSlices its servers came from (held, so their addresses stay theirs),
+    /// its serialized JSON, and its servers.
+    services: HashMap<String, CachedService>,
+}
+
+struct CachedService {
+    slices: Vec<Arc<EndpointSlice>>,
+    json: String,
+    servers: Vec<SocketAddr>,
 }
 
 /// The objects behind a cached plan, kept alive so their addresses stay theirs.
@@ -549,7 +546,7 @@ type PlanInputs = (Vec<Arc<Ingress>>, Vec<Arc<IngressClass>>, Vec<Arc<Service>>)
 impl Renderer {
     /// A renderer with nothing cached.
     pub fn new(settings: Settings) -> Renderer {
-        Renderer { settings, cache: None }
+        Renderer { settings, cache: None, services: HashMap::new() }
     }
 
     /// Renders the cluster into the routes the agents serve.
@@ -564,20 +561,52 @@ impl Renderer {
                 planned
             }
         };
-        let slices = slice_index(cluster);
-        let mut services = planned.plan.http.services.clone();
-        let mut endpoints = BTreeSet::new();
-        for (name, (source, scheme)) in &planned.plan.sources {
-            let servers = source.as_ref().map(|s| servers_of(s, &slices)).unwrap_or_default();
-            endpoints.extend(servers.iter().copied());
-            if let Some(service) = services.get_mut(name) {
-                service.load_balancer.servers = servers
-                    .iter()
-                    .map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None })
-                    .collect();
+        // Servers: only services whose EndpointSlices changed (or that are new) are resolved and serialized again.
+        let mut slices: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+        for slice in &cluster.slices {
+            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                slices.entry((ns, svc.as_str())).or_default().push(slice);
             }
         }
-        let services = json(&services);
+        let mut cached = std::mem::take(&mut self.services);
+        let mut endpoints = BTreeSet::new();
+        let mut services = String::with_capacity(planned.routers.len());
+        services.push('{');
+        for (i, (name, (source, scheme))) in planned.plan.sources.iter().enumerate() {
+            let mut mine: Vec<&Arc<EndpointSlice>> = source
+                .as_ref()
+                .and_then(|(ns, svc, _)| slices.get(&(ns.as_str(), svc.as_str())))
+                .cloned()
+                .unwrap_or_default();
+            mine.sort_by_key(|s| Arc::as_ptr(s) as usize);
+            let entry = match cached.remove(name) {
+                Some(entry)
+                    if entry.slices.len() == mine.len()
+                        && entry.slices.iter().zip(&mine).all(|(a, b)| Arc::ptr_eq(a, b)) =>
+                {
+                    entry
+                }
+                _ => {
+                    let servers = source.as_ref().map(|(_, _, wanted)| servers_of(wanted, &mine)).unwrap_or_default();
+                    let mut service = planned.plan.http.services.get(name).cloned().unwrap_or_default();
+                    service.load_balancer.servers = servers
+                        .iter()
+                        .map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None })
+                        .collect();
+                    CachedService { slices: mine.into_iter().cloned().collect(), json: json(&service), servers }
+                }
+            };
+            endpoints.extend(entry.servers.iter().copied());
+            if i > 0 {
+                services.push(',');
+            }
+            services.push_str(&json(name));
+            services.push(':');
+            services.push_str(&entry.json);
+            self.services.insert(name.clone(), entry);
+        }
+        services.push('}');
         let http = &planned.plan.http;
         // Exactly serde_json's compact form of `DynamicConfig { http: Some(http) }` (a test holds it to that),
         // assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an
