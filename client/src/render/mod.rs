@@ -530,7 +530,7 @@ pub struct Renderer {
     settings: Settings,
     cache: Option<(Vec<usize>, PlanInputs, Arc<Planned>)>,
     /// Per Traefik service: the EndpointSlices its servers came from (held, so their addresses stay theirs),
-    /// its serialized JSON, and its servers.
+    /// its serialized `"name":{...}` JSON member, and its servers.
     services: HashMap<String, CachedService>,
 }
 
@@ -569,8 +569,9 @@ impl Renderer {
                 slices.entry((ns, svc.as_str())).or_default().push(slice);
             }
         }
-        let mut cached = std::mem::take(&mut self.services);
-        let mut endpoints = BTreeSet::new();
+        // Services gone from the plan are forgotten.
+        self.services.retain(|name, _| planned.plan.sources.contains_key(name));
+        let mut endpoints = Vec::new();
         let mut services = String::with_capacity(planned.routers.len());
         services.push('{');
         for (i, (name, (source, scheme))) in planned.plan.sources.iter().enumerate() {
@@ -580,33 +581,31 @@ impl Renderer {
                 .cloned()
                 .unwrap_or_default();
             mine.sort_by_key(|s| Arc::as_ptr(s) as usize);
-            let entry = match cached.remove(name) {
-                Some(entry)
-                    if entry.slices.len() == mine.len()
-                        && entry.slices.iter().zip(&mine).all(|(a, b)| Arc::ptr_eq(a, b)) =>
-                {
-                    entry
-                }
-                _ => {
-                    let servers = source.as_ref().map(|(_, _, wanted)| servers_of(wanted, &mine)).unwrap_or_default();
-                    let mut service = planned.plan.http.services.get(name).cloned().unwrap_or_default();
-                    service.load_balancer.servers = servers
-                        .iter()
-                        .map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None })
-                        .collect();
-                    CachedService { slices: mine.into_iter().cloned().collect(), json: json(&service), servers }
-                }
-            };
-            endpoints.extend(entry.servers.iter().copied());
+            let unchanged = self.services.get(name).is_some_and(|entry| {
+                entry.slices.len() == mine.len() && entry.slices.iter().zip(&mine).all(|(a, b)| Arc::ptr_eq(a, b))
+            });
+            if !unchanged {
+                let servers = source.as_ref().map(|(_, _, wanted)| servers_of(wanted, &mine)).unwrap_or_default();
+                let mut service = planned.plan.http.services.get(name).cloned().unwrap_or_default();
+                service.load_balancer.servers = servers
+                    .iter()
+                    .map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None })
+                    .collect();
+                let json = format!("{}:{}", json(name), json(&service));
+                let entry = CachedService { slices: mine.into_iter().cloned().collect(), json, servers };
+                self.services.insert(name.clone(), entry);
+            }
+            let entry = &self.services[name];
+            endpoints.extend_from_slice(&entry.servers);
             if i > 0 {
                 services.push(',');
             }
-            services.push_str(&json(name));
-            services.push(':');
             services.push_str(&entry.json);
-            self.services.insert(name.clone(), entry);
         }
         services.push('}');
+        // Building the set from sorted input is linear.
+        endpoints.sort_unstable();
+        let endpoints: BTreeSet<SocketAddr> = endpoints.into_iter().collect();
         let http = &planned.plan.http;
         // Exactly serde_json's compact form of `DynamicConfig { http: Some(http) }` (a test holds it to that),
         // assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an
