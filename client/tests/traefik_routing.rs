@@ -2,52 +2,15 @@
 //! `/v1` does not match `/v12` under Prefix, Exact matches only itself, a wildcard matches one label, the most
 //! specific path wins, the default backend catches the rest, TLS hosts answer on the TLS entrypoint.
 
+mod support;
+
 use client::manifests::add_yaml;
 use client::render::{render, Cluster, Settings};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn traefik_binary() -> PathBuf {
-    std::env::var_os("POLAREDGE_TRAEFIK")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/traefik/3.7.15/x86_64/traefik"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// An HTTP server answering `<name> <path>`.
-fn backend(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut conn = conn;
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut first = String::new();
-                let _ = reader.read_line(&mut first);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                }
-                let body = format!("{name} {}", first.split_whitespace().nth(1).unwrap_or("?"));
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
-}
+use support::{backend, free_tcp as free_port, traefik_binary};
 
 fn service(name: &str, port: u16) -> String {
     format!(
