@@ -478,11 +478,6 @@ impl Core {
         PeerStatus { endpoint: self.endpoint, last_handshake, tx_bytes: tx as u64, rx_bytes: rx as u64 }
     }
 
-    /// Our first tunnel address of the given family.
-    pub fn address(&self, v6: bool) -> Option<IpAddr> {
-        self.iface.ip_addrs().iter().map(|c| IpAddr::from(c.address())).find(|a| a.is_ipv6() == v6)
-    }
-
     fn new_tcp_socket(&self) -> tcp::Socket<'static> {
         let t = &self.tcp;
         let mut socket = tcp::Socket::new(
