@@ -12,7 +12,7 @@ use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 /// How often boringtun's timers (handshake retries, keepalives, rekeying) are serviced, as boringtun's own
 /// device does. This is the only periodic wake-up of an idle tunnel.
