@@ -139,6 +139,14 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     );
     spawn_api(Arc::clone(&agent), listener);
     crate::admin::spawn(&config.admin_socket, Arc::clone(&agent))?;
+    log::info!(
+        "ready: tunnel listening, {}{}",
+        match &restored {
+            Some(generation) => format!("last good generation {generation} served"),
+            None => "no routes yet (waiting for the client's first upload)".into(),
+        },
+        since_init()
+    );
 
     loop {
         match signals.wait() {
@@ -153,6 +161,14 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     agent.supervisor.lock().unwrap().stop();
     let _ = std::fs::remove_file(&config.admin_socket);
     Ok(())
+}
+
+/// On the appliance, how long after /init started the agent became ready (the init passes its start time).
+fn since_init() -> String {
+    let Some(started) = std::env::var(crate::init::STARTED_ENV).ok().and_then(|v| v.parse::<u128>().ok()) else {
+        return String::new();
+    };
+    format!(", {} ms after /init", crate::init::monotonic_ns().saturating_sub(started) / 1_000_000)
 }
 
 fn spawn_api(agent: Arc<Agent>, listener: tunnel::Listener) {

@@ -3,7 +3,7 @@
 //!
 //! Module map: `config` (the YAML file), `apply` (upload -> live), `store` (atomic files), `forwarders`,
 //! `traefik` (static config, supervisor, API client), `http` (control API server), `ports` (port picker),
-//! `install` (install-traefik), `admin` (status socket), `agent` (wiring), `cli` (commands). The Traefik
+//! `install` (install-traefik), `admin` (status socket), `init` (PID 1 of the appliance image), `agent` (wiring), `cli` (commands). The Traefik
 //! dynamic config model, its validation and the backend rewrite live in the `routes` crate.
 
 mod admin;
@@ -13,6 +13,7 @@ mod cli;
 mod config;
 mod forwarders;
 mod http;
+mod init;
 mod install;
 mod logger;
 mod ports;
@@ -21,5 +22,8 @@ mod traefik;
 
 fn main() -> std::process::ExitCode {
     logger::init();
+    if init::is_pid1() {
+        init::main();
+    }
     cli::main(std::env::args().skip(1).collect())
 }

@@ -1,0 +1,192 @@
+//! The kernel command line, as the appliance's init reads it (pure parsing; no I/O).
+//!
+//! Debian's kernels have `CONFIG_IP_PNP` off, so the kernel itself ignores `ip=`: the init takes the same
+//! syntax so operators can use what they know:
+//!
+//! ```text
+//! ip=<client-ip>:<server-ip>:<gw-ip>:<netmask>:<hostname>:<device>:<autoconf>:<dns0-ip>:<dns1-ip>
+//! ```
+//!
+//! `<client-ip>` may carry a prefix (`10.0.2.15/24`) instead of `<netmask>`; `<autoconf>` must be `off`, `none`
+//! or empty (DHCP is not built in: give the address, or use the provider's static assignment). Unset fields
+//! take defaults: device `eth0`, prefix /24. POLAREDGE's own parameters:
+//!
+//! - `polaredge.config=PATH`: the agent's config (default `/etc/polaredge/agent.yaml`).
+//! - `polaredge.state=DEVICE`: an ext4 block device mounted on the state folder, so the last good routes and
+//!   ACME certificates survive reboots (default: a tmpfs, fresh at every boot).
+//! - `polaredge.modules=a,b`: modules to load after those listed in `/etc/polaredge/modules`.
+//! - `polaredge.log=debug|info|warn|error`: the agent's log level.
+
+use std::net::Ipv4Addr;
+
+/// Default location of the agent's config inside the image.
+pub const DEFAULT_CONFIG: &str = "/etc/polaredge/agent.yaml";
+
+/// Static IPv4 settings for one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Settings {
+    /// Interface name.
+    pub device: String,
+    /// The interface's address.
+    pub address: Ipv4Addr,
+    /// Prefix length of the on-link network.
+    pub prefix: u8,
+    /// Default gateway, if any.
+    pub gateway: Option<Ipv4Addr>,
+    /// Host name to set, if any.
+    pub hostname: Option<String>,
+    /// Name servers for /etc/resolv.conf (Traefik needs them for ACME).
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// What the init takes from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootParams {
+    /// Static network settings (`ip=`); none leaves only loopback up.
+    pub ip: Option<Ipv4Settings>,
+    /// The agent's config file.
+    pub config: String,
+    /// Block device for persistent state.
+    pub state_device: Option<String>,
+    /// Extra modules to load.
+    pub modules: Vec<String>,
+    /// The agent's log level.
+    pub log: Option<String>,
+}
+
+impl BootParams {
+    /// Parses `/proc/cmdline`. Unknown parameters belong to the kernel and are ignored; a malformed `ip=` or
+    /// `polaredge.*` value is an error naming the parameter.
+    pub fn parse(cmdline: &str) -> Result<BootParams, String> {
+        let mut params =
+            BootParams { ip: None, config: DEFAULT_CONFIG.into(), state_device: None, modules: vec![], log: None };
+        for word in cmdline.split_whitespace() {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            match key {
+                "ip" => params.ip = parse_ip(value).map_err(|e| format!("kernel parameter ip={value}: {e}"))?,
+                "polaredge.config" => params.config = non_empty(key, value)?.into(),
+                "polaredge.state" => params.state_device = Some(non_empty(key, value)?.into()),
+                "polaredge.modules" => {
+                    params.modules.extend(value.split(',').filter(|m| !m.is_empty()).map(str::to_string))
+                }
+                "polaredge.log" => match value {
+                    "debug" | "info" | "warn" | "error" => params.log = Some(value.into()),
+                    _ => return Err(format!("kernel parameter polaredge.log={value}: use debug, info, warn or error")),
+                },
+                k if k.starts_with("polaredge.") => {
+                    return Err(format!(
+                        "unknown kernel parameter {k}; known: polaredge.config, polaredge.state, polaredge.modules, \
+                         polaredge.log"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+fn non_empty<'a>(key: &str, value: &'a str) -> Result<&'a str, String> {
+    if value.is_empty() {
+        Err(format!("kernel parameter {key} needs a value"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn parse_ip(value: &str) -> Result<Option<Ipv4Settings>, String> {
+    if matches!(value, "off" | "none" | "") {
+        return Ok(None);
+    }
+    if matches!(value, "dhcp" | "on" | "any" | "bootp" | "rarp" | "both") {
+        return Err("automatic configuration is not built in; give ip=ADDRESS::GATEWAY:NETMASK::DEVICE:off".into());
+    }
+    let fields: Vec<&str> = value.split(':').collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or("");
+    let parse_addr = |what: &str, text: &str| -> Result<Ipv4Addr, String> {
+        text.parse().map_err(|_| format!("{what} {text:?} is not an IPv4 address"))
+    };
+    let (address, mut prefix) = match field(0).split_once('/') {
+        Some((a, p)) => {
+            let p: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("prefix /{p} is not 0..=32"))?;
+            (parse_addr("client address", a)?, Some(p))
+        }
+        None => (parse_addr("client address", field(0))?, None),
+    };
+    let gateway = match field(2) {
+        "" => None,
+        g => Some(parse_addr("gateway", g)?),
+    };
+    if !field(3).is_empty() {
+        let mask = u32::from(parse_addr("netmask", field(3))?);
+        if mask.leading_ones() + mask.trailing_zeros() != 32 {
+            return Err(format!("netmask {} is not contiguous", field(3)));
+        }
+        prefix = Some(mask.leading_ones() as u8);
+    }
+    let hostname = Some(field(4)).filter(|h| !h.is_empty()).map(str::to_string);
+    let device = Some(field(5)).filter(|d| !d.is_empty()).unwrap_or("eth0").to_string();
+    if !matches!(field(6), "" | "off" | "none") {
+        return Err(format!("autoconf {:?} is not built in; use off", field(6)));
+    }
+    let dns = [field(7), field(8)]
+        .into_iter()
+        .filter(|d| !d.is_empty())
+        .map(|d| parse_addr("name server", d))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Ipv4Settings { device, address, prefix: prefix.unwrap_or(24), gateway, hostname, dns }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_ip_syntax_with_a_netmask_or_a_prefix() {
+        let p = BootParams::parse("console=ttyS0 ip=10.0.2.15::10.0.2.2:255.255.255.0:edge:eth0:off:10.0.2.3 quiet")
+            .unwrap();
+        assert_eq!(
+            p.ip,
+            Some(Ipv4Settings {
+                device: "eth0".into(),
+                address: Ipv4Addr::new(10, 0, 2, 15),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+                hostname: Some("edge".into()),
+                dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
+            })
+        );
+        let p = BootParams::parse("ip=192.0.2.7/28::192.0.2.1").unwrap();
+        let ip = p.ip.unwrap();
+        assert_eq!((ip.prefix, ip.device.as_str(), ip.hostname, ip.dns.len()), (28, "eth0", None, 0));
+        assert_eq!(BootParams::parse("ip=off").unwrap().ip, None);
+    }
+
+    #[test]
+    fn polaredge_parameters_and_defaults() {
+        let p = BootParams::parse("root=/dev/sda polaredge.state=/dev/vda polaredge.modules=a,b, polaredge.log=debug")
+            .unwrap();
+        assert_eq!(p.config, DEFAULT_CONFIG);
+        assert_eq!(p.state_device.as_deref(), Some("/dev/vda"));
+        assert_eq!(p.modules, ["a", "b"]);
+        assert_eq!(p.log.as_deref(), Some("debug"));
+        assert_eq!(BootParams::parse("polaredge.config=/x.yaml").unwrap().config, "/x.yaml");
+    }
+
+    #[test]
+    fn malformed_values_name_the_parameter() {
+        for (line, expect) in [
+            ("ip=10.0.2", "not an IPv4 address"),
+            ("ip=10.0.2.15/33", "prefix /33"),
+            ("ip=10.0.2.15:::255.0.255.0", "not contiguous"),
+            ("ip=dhcp", "not built in"),
+            ("ip=10.0.2.15::::::dhcp", "autoconf"),
+            ("polaredge.state=", "needs a value"),
+            ("polaredge.log=loud", "polaredge.log=loud"),
+            ("polaredge.confg=/x", "unknown kernel parameter polaredge.confg"),
+        ] {
+            let err = BootParams::parse(line).unwrap_err();
+            assert!(err.contains(expect), "{line}: {err}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The system calls of early boot and of the end: mounts, kernel modules, reaping, and power off.
+
+use rustix::mount::{mount, MountFlags};
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+/// Where the image keeps the modules (flat, `<name>.ko`) and the list of those to load, in order.
+pub const MODULES_DIR: &str = "/lib/modules";
+/// One module name per line, dependencies first; the image builder writes it.
+pub const MODULES_LIST: &str = "/etc/polaredge/modules";
+
+fn with_context<T>(result: rustix::io::Result<T>, what: impl FnOnce() -> String) -> io::Result<T> {
+    result.map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", what())))
+}
+
+/// Mounts /proc, /sys, /dev (devtmpfs), /dev/pts, /run and /tmp. Already-mounted targets are fine.
+pub fn mount_basics() -> io::Result<()> {
+    let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    for (source, target, fstype, flags, data) in [
+        ("proc", "/proc", "proc", nosuid_nodev_noexec, ""),
+        ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, ""),
+        ("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, "mode=0755"),
+        ("devpts", "/dev/pts", "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, "mode=0620,ptmxmode=0666"),
+        ("tmpfs", "/run", "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, "mode=0755"),
+        ("tmpfs", "/tmp", "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, "mode=1777"),
+    ] {
+        std::fs::create_dir_all(target).map_err(|e| io::Error::new(e.kind(), format!("creating {target}: {e}")))?;
+        let data = CString::new(data).expect("no NUL in mount options");
+        match mount(source, target, fstype, flags, Some(data.as_c_str())) {
+            Ok(()) | Err(rustix::io::Errno::BUSY) => {}
+            Err(e) => return with_context(Err(e), || format!("mounting {fstype} on {target}")),
+        }
+    }
+    Ok(())
+}
+
+/// Gives the agent a writable state folder: the ext4 `device` when given (persistent), else a tmpfs.
+pub fn mount_state(state_dir: &Path, device: Option<&str>) -> io::Result<String> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", state_dir.display())))?;
+    match device {
+        Some(device) => {
+            // The device node appears once its driver (virtio_blk) has probed it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while !Path::new(device).exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let none: Option<&std::ffi::CStr> = None;
+            with_context(mount(device, state_dir, "ext4", MountFlags::NOSUID | MountFlags::NODEV, none), || {
+                format!(
+                    "mounting {device} (ext4) on {}; format it with mkfs.ext4 or drop polaredge.state=",
+                    state_dir.display()
+                )
+            })?;
+            Ok(format!("{device} (ext4, persistent)"))
+        }
+        None => {
+            let data = CString::new("mode=0700").expect("no NUL");
+            with_context(
+                mount("tmpfs", state_dir, "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, Some(data.as_c_str())),
+                || format!("mounting a tmpfs on {}", state_dir.display()),
+            )?;
+            Ok("tmpfs (lost at power off; polaredge.state=DEVICE keeps it)".into())
+        }
+    }
+}
+
+/// The modules to load: the image's list, then `extra`.
+pub fn module_list(extra: &[String]) -> io::Result<Vec<String>> {
+    let listed = match std::fs::read_to_string(MODULES_LIST) {
+        Ok(text) => {
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {MODULES_LIST}: {e}"))),
+    };
+    Ok(listed.into_iter().chain(extra.iter().cloned()).collect())
+}
+
+/// Loads one module from MODULES_DIR; a module already loaded (or built in) is fine.
+pub fn load_module(name: &str) -> io::Result<()> {
+    let path = Path::new(MODULES_DIR).join(format!("{name}.ko"));
+    let file = std::fs::File::open(&path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("module {name}: cannot open {}: {e}; rebuild the image with it", path.display()),
+        )
+    })?;
+    match rustix::system::finit_module(&file, c"", 0) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => with_context(Err(e), || format!("loading module {name} ({}); see dmesg above", path.display())),
+    }
+}
+
+/// Reaps every exited child; returns the pids and how they ended.
+pub fn reap() -> Vec<(u32, String)> {
+    let mut ended = vec![];
+    while let Ok(Some((pid, status))) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {
+        let how = match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (_, Some(signal)) => format!("signal {signal}"),
+            _ => "ended".into(),
+        };
+        ended.push((pid.as_raw_nonzero().get() as u32, how));
+    }
+    ended
+}
+
+/// The last step: flush, end what is left, unmount the state folder, power off or reboot.
+pub fn finish(power: super::lifecycle::Power, state_dir: &Path) -> ! {
+    rustix::fs::sync();
+    // Stray processes (there should be none: the agent took Traefik down) get TERM, then KILL. kill(-1)
+    // reaches every process but PID 1; rustix has no call for it.
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(-1, libc::SIGTERM) };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: as above.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    let _ = reap();
+    let _ = rustix::mount::unmount(state_dir, rustix::mount::UnmountFlags::empty());
+    rustix::fs::sync();
+    let command = match power {
+        super::lifecycle::Power::Off => rustix::system::RebootCommand::PowerOff,
+        super::lifecycle::Power::Reboot => rustix::system::RebootCommand::Restart,
+    };
+    let error = rustix::system::reboot(command).err();
+    super::say(&format!("reboot({command:?}) failed: {error:?}; halting"));
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
