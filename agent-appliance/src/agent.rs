@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use tunnel::{CoreConfig, IpCidr, PresharedKey, PrivateKey, PublicKey, Tunnel, TunnelConfig};
 
+/// How long a restored generation may take to show in Traefik (its start-up included) before a warning.
+const RESTORE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Concurrent control API connections; more are refused so a flood cannot exhaust threads.
 const MAX_API_CONNECTIONS: usize = 16;
 
@@ -120,10 +123,6 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let mut applier = Applier::new(store.clone(), forwarders, admin_port, policy(&config));
     let restored = applier.restore();
     let supervisor = Supervisor::start(traefik_binary, store.static_config_file());
-    if let Some(generation) = &restored {
-        let live = applier.confirm_restored(Duration::from_secs(15));
-        log::info!("restored last good generation {generation}: {}", if live { "live" } else { "NOT confirmed" });
-    }
     let agent = Arc::new(Agent {
         applier: Mutex::new(applier),
         tunnel: Arc::clone(&tunnel),
@@ -139,14 +138,29 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     );
     spawn_api(Arc::clone(&agent), listener);
     crate::admin::spawn(&config.admin_socket, Arc::clone(&agent))?;
+    // Ready without waiting for Traefik: the tunnel and the API take uploads, and the last good routes are in
+    // Traefik's folder, so it serves them from its first moment (which takes seconds on a slow machine).
     log::info!(
-        "ready: tunnel listening, {}{}",
+        "ready: tunnel listening, control API up, {}{}",
         match &restored {
-            Some(generation) => format!("last good generation {generation} served"),
+            Some(generation) => format!("last good generation {generation} handed to Traefik"),
             None => "no routes yet (waiting for the client's first upload)".into(),
         },
         since_init()
     );
+    if let Some(generation) = restored {
+        let agent = Arc::clone(&agent);
+        std::thread::spawn(move || {
+            if crate::traefik::api::wait_for_generation(admin_port, &generation, RESTORE_CONFIRM_TIMEOUT) {
+                agent.applier.lock().unwrap().mark_confirmed(&generation);
+                log::info!("last good generation {generation} live: Traefik serves it{}", since_init());
+            } else {
+                log::warn!(
+                    "Traefik did not show the last good generation {generation} within {RESTORE_CONFIRM_TIMEOUT:?}"
+                );
+            }
+        });
+    }
 
     loop {
         match signals.wait() {

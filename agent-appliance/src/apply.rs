@@ -176,10 +176,11 @@ impl Applier {
         }
     }
 
-    /// Marks the restored generation confirmed once Traefik shows it.
-    pub fn confirm_restored(&mut self, timeout: Duration) -> bool {
-        let Some(live) = self.live.as_mut() else { return false };
-        live.confirmed = api::wait_for_generation(self.admin_port, &live.generation, timeout);
-        live.confirmed
+    /// Marks `generation` confirmed live, if it is still the live one (an upload may have replaced it while
+    /// the caller waited for Traefik without holding the applier).
+    pub fn mark_confirmed(&mut self, generation: &str) {
+        if let Some(live) = self.live.as_mut().filter(|l| l.generation == generation) {
+            live.confirmed = true;
+        }
     }
 }
