@@ -9,7 +9,8 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== tests (the wireguard-go interop test needs root: it creates and removes its own network namespaces)"
+echo "== tests (the wireguard-go interop test needs root: it creates and removes its own network namespaces;"
+echo "   qemu-tests boot the appliance for x86_64 and aarch64 under QEMU TCG, fetching kernels with apt)"
 cargo test --workspace --locked
 
 echo "== the main command, non-interactively (scripts/demo.sh --check)"

@@ -132,3 +132,36 @@ fn x86_64_appliance_end_to_end() {
 fn aarch64_appliance_end_to_end() {
     appliance_end_to_end("aarch64");
 }
+
+/// A broken agent config is an early-boot failure: the console says what failed and what to do, and stays
+/// usable (PID 1 neither exits nor panics the kernel), so `poweroff` still powers off cleanly.
+#[test]
+fn a_broken_config_fails_the_boot_visibly_and_the_console_stays_usable() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let arch = "x86_64";
+    let dir = std::env::temp_dir().join(format!("pe-qemu-broken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let inputs = Inputs::prepare(arch);
+    let keys = write_agent_config(&dir);
+    let yaml = keys.config_dir.join("agent.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, format!("{text}api_prot: 9000\n")).unwrap();
+    build_image(arch, &inputs, &keys.config_dir, &dir.join("image"));
+
+    let mut machine =
+        Machine::boot(&Boot { arch, image_dir: &dir.join("image"), state_disk: None, name: "x86_64-broken-config" });
+    let failed = machine.wait_line("BOOT FAILED", Duration::from_secs(60));
+    assert!(failed.text.contains("unknown field `api_prot`"), "the failure names the problem: {}", failed.text);
+    machine.wait_line("rebuild the image with a config that `polaredge-agent check` accepts", Duration::from_secs(5));
+    machine.wait_line("the console stays open", Duration::from_secs(5));
+    machine.type_line("help");
+    machine.wait_line("console commands: status | poweroff", Duration::from_secs(20));
+    machine.type_line("poweroff");
+    machine.wait_line("powering off", Duration::from_secs(20));
+    let status = machine.wait_exit(Duration::from_secs(30)).expect("QEMU exits when the guest powers off");
+    assert!(status.success(), "QEMU exit {status}");
+    assert!(machine.line("Kernel panic").is_none());
+    drop(machine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
