@@ -42,6 +42,7 @@ fn main() {
                 image_dir: &dir.join("image"),
                 state_disk: Some(&disk),
                 name: &format!("bench-{arch}"),
+                ip: STATIC_IP,
             });
             let config = write_client_config(&dir, &keys, machine.wireguard);
             let client = Proc::spawn(

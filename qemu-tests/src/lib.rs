@@ -223,7 +223,12 @@ pub struct Boot<'a> {
     pub state_disk: Option<&'a Path>,
     /// Name for the saved console file.
     pub name: &'a str,
+    /// The `ip=` kernel parameter: static settings matching QEMU's user network, or `dhcp` (its DHCP server).
+    pub ip: &'a str,
 }
+
+/// `ip=` for QEMU's user network, static.
+pub const STATIC_IP: &str = "10.0.2.15::10.0.2.2:255.255.255.0:edge:eth0:off:10.0.2.3";
 
 impl Machine {
     /// Starts QEMU (TCG unless POLAREDGE_QEMU_ACCEL says otherwise).
@@ -239,8 +244,7 @@ impl Machine {
             "aarch64" => ("qemu-system-aarch64", "virt", "max,pauth-impdef=on", "ttyAMA0"),
             other => panic!("unknown arch {other}"),
         };
-        let mut append =
-            format!("console={console} quiet panic=-1 ip=10.0.2.15::10.0.2.2:255.255.255.0:edge:eth0:off:10.0.2.3");
+        let mut append = format!("console={console} quiet panic=-1 ip={}", boot.ip);
         let mut command = Command::new(qemu);
         command
             .args(["-M", machine, "-accel", &accel, "-cpu", cpu, "-m", "1024", "-smp", "2", "-no-reboot"])

@@ -16,7 +16,8 @@ use std::time::Duration;
 /// Two emulated machines at once would starve each other on a two-core host.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn appliance_end_to_end(arch: &str) {
+/// `ip` is the kernel's `ip=`: static settings, or `dhcp` from QEMU's DHCP server.
+fn appliance_end_to_end(arch: &str, ip: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = std::env::temp_dir().join(format!("pe-qemu-{arch}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -30,7 +31,8 @@ fn appliance_end_to_end(arch: &str) {
     let (a, b) = (backend("backend-A"), backend("backend-B"));
     std::fs::write(dir.join("manifests/app.yaml"), manifests("app.test", a)).unwrap();
 
-    let mut machine = Machine::boot(&Boot { arch, image_dir: &dir.join("image"), state_disk: Some(&disk), name: arch });
+    let mut machine =
+        Machine::boot(&Boot { arch, image_dir: &dir.join("image"), state_disk: Some(&disk), name: arch, ip });
     let client_config = write_client_config(&dir, &keys, machine.wireguard);
     let client = Proc::spawn(
         Command::new(client_binary())
@@ -86,6 +88,7 @@ fn appliance_end_to_end(arch: &str) {
         image_dir: &dir.join("image"),
         state_disk: Some(&disk),
         name: &format!("{arch}-second"),
+        ip,
     });
     let ready2 = machine.wait_line("ready: tunnel listening", Duration::from_secs(90));
     assert!(ready2.text.contains("last good generation"), "{arch}: second boot restored nothing: {}", ready2.text);
@@ -125,12 +128,12 @@ fn appliance_end_to_end(arch: &str) {
 
 #[test]
 fn x86_64_appliance_end_to_end() {
-    appliance_end_to_end("x86_64");
+    appliance_end_to_end("x86_64", STATIC_IP);
 }
 
 #[test]
 fn aarch64_appliance_end_to_end() {
-    appliance_end_to_end("aarch64");
+    appliance_end_to_end("aarch64", "dhcp");
 }
 
 /// A broken agent config is an early-boot failure: the console says what failed and what to do, and stays
@@ -149,8 +152,13 @@ fn a_broken_config_fails_the_boot_visibly_and_the_console_stays_usable() {
     std::fs::write(&yaml, format!("{text}api_prot: 9000\n")).unwrap();
     build_image(arch, &inputs, &keys.config_dir, &dir.join("image"));
 
-    let mut machine =
-        Machine::boot(&Boot { arch, image_dir: &dir.join("image"), state_disk: None, name: "x86_64-broken-config" });
+    let mut machine = Machine::boot(&Boot {
+        arch,
+        image_dir: &dir.join("image"),
+        state_disk: None,
+        name: "x86_64-broken-config",
+        ip: STATIC_IP,
+    });
     let failed = machine.wait_line("BOOT FAILED", Duration::from_secs(60));
     assert!(failed.text.contains("unknown field `api_prot`"), "the failure names the problem: {}", failed.text);
     machine.wait_line("rebuild the image with a config that `polaredge-agent check` accepts", Duration::from_secs(5));

@@ -7,9 +7,9 @@
 //! ip=<client-ip>:<server-ip>:<gw-ip>:<netmask>:<hostname>:<device>:<autoconf>:<dns0-ip>:<dns1-ip>
 //! ```
 //!
-//! `<client-ip>` may carry a prefix (`10.0.2.15/24`) instead of `<netmask>`; `<autoconf>` must be `off`, `none`
-//! or empty (DHCP is not built in: give the address, or use the provider's static assignment). Unset fields
-//! take defaults: device `eth0`, prefix /24. POLAREDGE's own parameters:
+//! `<client-ip>` may carry a prefix (`10.0.2.15/24`) instead of `<netmask>`. `ip=dhcp` (or `<autoconf>` `dhcp`,
+//! with the device in its field: `ip=:::::eth1:dhcp`) asks a DHCP server instead. Unset fields take defaults:
+//! device `eth0`, prefix /24. POLAREDGE's own parameters:
 //!
 //! - `polaredge.config=PATH`: the agent's config (default `/etc/polaredge/agent.yaml`).
 //! - `polaredge.state=DEVICE`: an ext4 block device mounted on the state folder, so the last good routes and
@@ -39,11 +39,25 @@ pub struct Ipv4Settings {
     pub dns: Vec<Ipv4Addr>,
 }
 
+/// How the init configures the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// Fixed settings.
+    Static(Ipv4Settings),
+    /// Ask a DHCP server on the device.
+    Dhcp {
+        /// Interface name.
+        device: String,
+        /// Host name to set, if any.
+        hostname: Option<String>,
+    },
+}
+
 /// What the init takes from the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootParams {
-    /// Static network settings (`ip=`); none leaves only loopback up.
-    pub ip: Option<Ipv4Settings>,
+    /// Network settings (`ip=`); none leaves only loopback up.
+    pub ip: Option<Network>,
     /// The agent's config file.
     pub config: String,
     /// Block device for persistent state.
@@ -94,15 +108,20 @@ fn non_empty<'a>(key: &str, value: &'a str) -> Result<&'a str, String> {
     }
 }
 
-fn parse_ip(value: &str) -> Result<Option<Ipv4Settings>, String> {
-    if matches!(value, "off" | "none" | "") {
-        return Ok(None);
-    }
-    if matches!(value, "dhcp" | "on" | "any" | "bootp" | "rarp" | "both") {
-        return Err("automatic configuration is not built in; give ip=ADDRESS::GATEWAY:NETMASK::DEVICE:off".into());
-    }
+fn parse_ip(value: &str) -> Result<Option<Network>, String> {
     let fields: Vec<&str> = value.split(':').collect();
     let field = |i: usize| fields.get(i).copied().unwrap_or("");
+    let hostname = Some(field(4)).filter(|h| !h.is_empty()).map(str::to_string);
+    let device = Some(field(5)).filter(|d| !d.is_empty()).unwrap_or("eth0").to_string();
+    match (fields.len(), field(0), field(6)) {
+        (1, "off" | "none" | "", _) => return Ok(None),
+        (1, "dhcp" | "on" | "any", _) | (_, _, "dhcp" | "on" | "any") => {
+            return Ok(Some(Network::Dhcp { device, hostname }))
+        }
+        (1, "bootp" | "rarp" | "both", _) => return Err("only static settings and dhcp are built in".into()),
+        (_, _, "" | "off" | "none") => {}
+        (_, _, other) => return Err(format!("autoconf {other:?} is not built in; use off or dhcp")),
+    }
     let parse_addr = |what: &str, text: &str| -> Result<Ipv4Addr, String> {
         text.parse().map_err(|_| format!("{what} {text:?} is not an IPv4 address"))
     };
@@ -124,17 +143,12 @@ fn parse_ip(value: &str) -> Result<Option<Ipv4Settings>, String> {
         }
         prefix = Some(mask.leading_ones() as u8);
     }
-    let hostname = Some(field(4)).filter(|h| !h.is_empty()).map(str::to_string);
-    let device = Some(field(5)).filter(|d| !d.is_empty()).unwrap_or("eth0").to_string();
-    if !matches!(field(6), "" | "off" | "none") {
-        return Err(format!("autoconf {:?} is not built in; use off", field(6)));
-    }
     let dns = [field(7), field(8)]
         .into_iter()
         .filter(|d| !d.is_empty())
         .map(|d| parse_addr("name server", d))
         .collect::<Result<_, _>>()?;
-    Ok(Some(Ipv4Settings { device, address, prefix: prefix.unwrap_or(24), gateway, hostname, dns }))
+    Ok(Some(Network::Static(Ipv4Settings { device, address, prefix: prefix.unwrap_or(24), gateway, hostname, dns })))
 }
 
 #[cfg(test)]
@@ -147,19 +161,27 @@ mod tests {
             .unwrap();
         assert_eq!(
             p.ip,
-            Some(Ipv4Settings {
+            Some(Network::Static(Ipv4Settings {
                 device: "eth0".into(),
                 address: Ipv4Addr::new(10, 0, 2, 15),
                 prefix: 24,
                 gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
                 hostname: Some("edge".into()),
                 dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
-            })
+            }))
         );
         let p = BootParams::parse("ip=192.0.2.7/28::192.0.2.1").unwrap();
-        let ip = p.ip.unwrap();
+        let Some(Network::Static(ip)) = p.ip else { panic!("static") };
         assert_eq!((ip.prefix, ip.device.as_str(), ip.hostname, ip.dns.len()), (28, "eth0", None, 0));
         assert_eq!(BootParams::parse("ip=off").unwrap().ip, None);
+        assert_eq!(
+            BootParams::parse("ip=dhcp").unwrap().ip,
+            Some(Network::Dhcp { device: "eth0".into(), hostname: None })
+        );
+        assert_eq!(
+            BootParams::parse("ip=::::edge:eth1:dhcp").unwrap().ip,
+            Some(Network::Dhcp { device: "eth1".into(), hostname: Some("edge".into()) })
+        );
     }
 
     #[test]
@@ -179,8 +201,8 @@ mod tests {
             ("ip=10.0.2", "not an IPv4 address"),
             ("ip=10.0.2.15/33", "prefix /33"),
             ("ip=10.0.2.15:::255.0.255.0", "not contiguous"),
-            ("ip=dhcp", "not built in"),
-            ("ip=10.0.2.15::::::dhcp", "autoconf"),
+            ("ip=bootp", "only static settings and dhcp"),
+            ("ip=10.0.2.15::::::rarp", "autoconf"),
             ("polaredge.state=", "needs a value"),
             ("polaredge.log=loud", "polaredge.log=loud"),
             ("polaredge.confg=/x", "unknown kernel parameter polaredge.confg"),

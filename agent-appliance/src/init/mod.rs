@@ -1,7 +1,8 @@
 //! The agent as PID 1 of the appliance image (`/init` in the initramfs).
 //!
 //! Boot: mount /proc, /sys, /dev, /run, /tmp; read the kernel command line ([`cmdline`]); load the image's
-//! kernel modules; bring up loopback and the configured interface ([`net`]); load and check the agent's
+//! kernel modules; bring up loopback and the interface, static or by DHCP ([`net`], [`dhcp`]); load and
+//! check the agent's
 //! config; mount the state folder. Then PID 1 starts `polaredge-agent run` as its child and stays a small
 //! supervisor ([`lifecycle`]): it reaps every orphan, restarts the agent if it dies, and on SIGTERM, SIGUSR2,
 //! SIGPWR, the power button or the console's `poweroff` (SIGINT and `reboot` reboot) stops the agent — which
@@ -13,6 +14,7 @@
 
 pub mod cmdline;
 mod console;
+mod dhcp;
 pub mod lifecycle;
 mod net;
 mod system;
@@ -60,7 +62,7 @@ fn boot(started: Instant) -> Result<Booted, String> {
     say(&format!("{:>4} ms  loaded modules: {}", started.elapsed().as_millis(), modules.join(" ")));
     net::link_up("lo").map_err(|e| e.to_string())?;
     match &params.ip {
-        Some(ip) => {
+        Some(cmdline::Network::Static(ip)) => {
             net::configure(ip).map_err(|e| e.to_string())?;
             net::resolver_and_hostname(ip).map_err(|e| e.to_string())?;
             let gateway = ip.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
@@ -71,6 +73,22 @@ fn boot(started: Instant) -> Result<Booted, String> {
                 ip.address,
                 ip.prefix
             ));
+        }
+        Some(cmdline::Network::Dhcp { device, hostname }) => {
+            let lease = net::dhcp(device).map_err(|e| e.to_string())?;
+            let settings = dhcp_settings(device, hostname, &lease);
+            net::configure(&settings).map_err(|e| e.to_string())?;
+            net::resolver_and_hostname(&settings).map_err(|e| e.to_string())?;
+            say(&format!(
+                "{:>4} ms  {device} {}/{} via {} from DHCP server {} for {} s",
+                started.elapsed().as_millis(),
+                lease.address,
+                lease.prefix,
+                lease.router.map_or("-".into(), |r| r.to_string()),
+                lease.server,
+                lease.duration.as_secs()
+            ));
+            spawn_dhcp_renewal(device.clone(), hostname.clone(), lease);
         }
         None => say("no ip= on the kernel command line: only loopback is up"),
     }
@@ -83,6 +101,40 @@ fn boot(started: Instant) -> Result<Booted, String> {
         say(&format!("watching {buttons} input device(s) for the power button"));
     }
     Ok(Booted { config_path: params.config, state_dir: config.state_dir, log: params.log })
+}
+
+fn dhcp_settings(device: &str, hostname: &Option<String>, lease: &dhcp::Lease) -> cmdline::Ipv4Settings {
+    cmdline::Ipv4Settings {
+        device: device.to_string(),
+        address: lease.address,
+        prefix: lease.prefix,
+        gateway: lease.router,
+        hostname: hostname.clone(),
+        dns: lease.dns.clone(),
+    }
+}
+
+/// Asks again at half the lease time (RFC 2131's T1) and applies a changed address; the route and name
+/// servers follow. An unanswered renewal keeps the current settings and tries again a minute later.
+fn spawn_dhcp_renewal(device: String, hostname: Option<String>, mut lease: dhcp::Lease) {
+    let _ = std::thread::Builder::new().name("dhcp-renew".into()).spawn(move || loop {
+        std::thread::sleep((lease.duration / 2).max(std::time::Duration::from_secs(60)));
+        match net::dhcp(&device) {
+            Ok(renewed) if renewed.address == lease.address && renewed.prefix == lease.prefix => lease = renewed,
+            Ok(renewed) => {
+                say(&format!("DHCP: {device} moves from {} to {}/{}", lease.address, renewed.address, renewed.prefix));
+                let settings = dhcp_settings(&device, &hostname, &renewed);
+                if let Err(e) = net::configure(&settings).and_then(|()| net::resolver_and_hostname(&settings)) {
+                    say(&format!("DHCP: applying the new lease failed: {e}"));
+                }
+                lease = renewed;
+            }
+            Err(e) => {
+                say(&format!("DHCP renewal failed ({e}); keeping {}", lease.address));
+                lease.duration = std::time::Duration::from_secs(120);
+            }
+        }
+    });
 }
 
 fn raise(signal: libc::c_int) {
