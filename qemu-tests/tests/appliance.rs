@@ -42,6 +42,10 @@ fn appliance_end_to_end(arch: &str, ip: &str) {
             .arg(dir.join("manifests")),
     );
     let init = machine.wait_line("as PID 1", Duration::from_secs(60));
+    if ip == "dhcp" {
+        let lease = machine.wait_line("from DHCP server", Duration::from_secs(30));
+        assert!(lease.text.contains("eth0 10.0.2.15/24 via 10.0.2.2"), "{arch}: QEMU's DHCP lease: {}", lease.text);
+    }
     let ready = machine.wait_line("ready: tunnel listening", Duration::from_secs(30));
     let first_ready_ms = ready_ms(&ready.text).expect("the ready line says how long after /init");
     assert!(machine.line("BOOT FAILED").is_none() && machine.line("Kernel panic").is_none(), "{arch}: boot failed");
