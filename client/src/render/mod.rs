@@ -18,7 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use routes::model::{self, DynamicConfig};
 use rules::PathMatch;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -190,7 +190,7 @@ impl<'a> Backends<'a> {
 
 /// The ready endpoints of a Service port (`wanted`: the EndpointSlice port name) from the Service's
 /// EndpointSlices, sorted.
-fn servers_of(wanted: &str, slices: &[&Arc<EndpointSlice>]) -> Vec<SocketAddr> {
+fn servers_of(wanted: &str, slices: &[Arc<EndpointSlice>]) -> Vec<SocketAddr> {
     let mut servers = Vec::new();
     for slice in slices {
         if slice.address_type == "FQDN" {
@@ -490,11 +490,20 @@ struct Planned {
     routers: String,
     middlewares: String,
     transports: String,
+    /// Kubernetes Service (namespace, name) -> the Traefik services whose servers come from its EndpointSlices.
+    consumers: HashMap<ServiceKey, Vec<String>>,
 }
 
 impl Planned {
     fn new(plan: Plan) -> Planned {
+        let mut consumers: HashMap<ServiceKey, Vec<String>> = HashMap::new();
+        for (name, (source, _)) in &plan.sources {
+            if let Some((ns, svc, _)) = source {
+                consumers.entry((ns.clone(), svc.clone())).or_default().push(name.clone());
+            }
+        }
         Planned {
+            consumers,
             routers: json(&plan.http.routers),
             middlewares: json(&plan.http.middlewares),
             transports: json(&plan.http.servers_transports),
@@ -524,18 +533,37 @@ fn plan_inputs(cluster: &Cluster) -> Vec<usize> {
     key
 }
 
-/// The renderer with memory: when only EndpointSlices changed since the last render, it keeps the plan (and
-/// its serialized routers) and recomputes only the servers. Same input, same bytes as [`render`].
+/// A Kubernetes Service: namespace and name.
+type ServiceKey = (String, String);
+
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+fn service_of(slice: &EndpointSlice) -> Option<ServiceKey> {
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()), svc.clone()))
+}
+
+/// The renderer with memory, for the client's long-lived loop. When only EndpointSlices changed since the last
+/// render it keeps the plan (and its serialized routers), finds the changed slices by identity, and
+/// re-resolves and re-serializes only the Traefik services fed by their Services; everything else is copied
+/// from the last render. Same input, same bytes as [`render`].
+///
+/// Identity: reflector stores hand out the same `Arc` for an unchanged object, so an unknown pointer is a new
+/// or changed object. The renderer holds every `Arc` it compared, so a freed object's address cannot be
+/// reused by a new one and fake a match.
 pub struct Renderer {
     settings: Settings,
     cache: Option<(Vec<usize>, PlanInputs, Arc<Planned>)>,
-    /// Per Traefik service: the EndpointSlices its servers came from (held, so their addresses stay theirs),
-    /// its serialized `"name":{...}` JSON member, and its servers.
+    /// Every EndpointSlice of the last render by address, with its Service.
+    slices: HashMap<usize, (Arc<EndpointSlice>, Option<ServiceKey>)>,
+    /// The same slices grouped by Service, kept up to date per changed slice.
+    by_service: HashMap<ServiceKey, Vec<Arc<EndpointSlice>>>,
+    /// Per Traefik service of the current plan: its serialized `"name":{...}` member and its servers.
     services: HashMap<String, CachedService>,
+    /// Every routed pod endpoint, with how many Traefik services route to it.
+    endpoints: BTreeMap<SocketAddr, u32>,
 }
 
 struct CachedService {
-    slices: Vec<Arc<EndpointSlice>>,
     json: String,
     servers: Vec<SocketAddr>,
 }
@@ -546,66 +574,120 @@ type PlanInputs = (Vec<Arc<Ingress>>, Vec<Arc<IngressClass>>, Vec<Arc<Service>>)
 impl Renderer {
     /// A renderer with nothing cached.
     pub fn new(settings: Settings) -> Renderer {
-        Renderer { settings, cache: None, services: HashMap::new() }
+        Renderer {
+            settings,
+            cache: None,
+            slices: HashMap::new(),
+            by_service: HashMap::new(),
+            services: HashMap::new(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    /// Brings `slices` and `by_service` up to date; returns the Services whose slices changed.
+    fn track_slices(&mut self, cluster: &Cluster) -> HashSet<ServiceKey> {
+        let mut changed = HashSet::new();
+        let mut seen = HashSet::with_capacity(cluster.slices.len());
+        for slice in &cluster.slices {
+            let address = Arc::as_ptr(slice) as usize;
+            seen.insert(address);
+            if self.slices.contains_key(&address) {
+                continue;
+            }
+            let service = service_of(slice);
+            if let Some(key) = &service {
+                self.by_service.entry(key.clone()).or_default().push(Arc::clone(slice));
+                changed.insert(key.clone());
+            }
+            self.slices.insert(address, (Arc::clone(slice), service));
+        }
+        if seen.len() != self.slices.len() {
+            let by_service = &mut self.by_service;
+            self.slices.retain(|address, (slice, service)| {
+                if seen.contains(address) {
+                    return true;
+                }
+                if let Some(key) = service {
+                    if let Some(group) = by_service.get_mut(key) {
+                        group.retain(|s| !Arc::ptr_eq(s, slice));
+                        if group.is_empty() {
+                            by_service.remove(key);
+                        }
+                    }
+                    changed.insert(key.clone());
+                }
+                false
+            });
+        }
+        changed
+    }
+
+    /// Resolves one Traefik service's servers and serializes it; keeps the endpoint counts in step.
+    fn refresh_service(&mut self, planned: &Planned, name: &str) {
+        let Some((source, scheme)) = planned.plan.sources.get(name) else { return };
+        let servers = source
+            .as_ref()
+            .and_then(|(ns, svc, wanted)| {
+                let slices = self.by_service.get(&(ns.clone(), svc.clone()))?;
+                Some(servers_of(wanted, slices))
+            })
+            .unwrap_or_default();
+        let mut service = planned.plan.http.services.get(name).cloned().unwrap_or_default();
+        service.load_balancer.servers =
+            servers.iter().map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None }).collect();
+        let json = format!("{}:{}", json(&name), json(&service));
+        for server in &servers {
+            *self.endpoints.entry(*server).or_default() += 1;
+        }
+        if let Some(old) = self.services.insert(name.to_string(), CachedService { json, servers }) {
+            for server in old.servers {
+                if let std::collections::btree_map::Entry::Occupied(mut e) = self.endpoints.entry(server) {
+                    *e.get_mut() -= 1;
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
+                }
+            }
+        }
     }
 
     /// Renders the cluster into the routes the agents serve.
     pub fn render(&mut self, cluster: &Cluster) -> Rendered {
         let inputs = plan_inputs(cluster);
-        let planned = match &self.cache {
-            Some((cached, _, planned)) if *cached == inputs => Arc::clone(planned),
+        let (planned, new_plan) = match &self.cache {
+            Some((cached, _, planned)) if *cached == inputs => (Arc::clone(planned), false),
             _ => {
                 let planned = Arc::new(Planned::new(plan(cluster, &self.settings)));
                 let alive = (cluster.ingresses.clone(), cluster.classes.clone(), cluster.services.clone());
                 self.cache = Some((inputs, alive, Arc::clone(&planned)));
-                planned
+                (planned, true)
             }
         };
-        // Servers: only services whose EndpointSlices changed (or that are new) are resolved and serialized again.
-        let mut slices: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
-        for slice in &cluster.slices {
-            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-            if let Some(svc) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-                slices.entry((ns, svc.as_str())).or_default().push(slice);
+        let changed = self.track_slices(cluster);
+        if new_plan {
+            // A new plan may change any service (schemes, sticky cookies, transports): serialize all again.
+            self.services.clear();
+            self.endpoints.clear();
+            for name in planned.plan.sources.keys() {
+                self.refresh_service(&planned, name);
+            }
+        } else {
+            for key in &changed {
+                for name in planned.consumers.get(key).into_iter().flatten() {
+                    self.refresh_service(&planned, name);
+                }
             }
         }
-        // Services gone from the plan are forgotten.
-        self.services.retain(|name, _| planned.plan.sources.contains_key(name));
-        let mut endpoints = Vec::new();
         let mut services = String::with_capacity(planned.routers.len());
         services.push('{');
-        for (i, (name, (source, scheme))) in planned.plan.sources.iter().enumerate() {
-            let mut mine: Vec<&Arc<EndpointSlice>> = source
-                .as_ref()
-                .and_then(|(ns, svc, _)| slices.get(&(ns.as_str(), svc.as_str())))
-                .cloned()
-                .unwrap_or_default();
-            mine.sort_by_key(|s| Arc::as_ptr(s) as usize);
-            let unchanged = self.services.get(name).is_some_and(|entry| {
-                entry.slices.len() == mine.len() && entry.slices.iter().zip(&mine).all(|(a, b)| Arc::ptr_eq(a, b))
-            });
-            if !unchanged {
-                let servers = source.as_ref().map(|(_, _, wanted)| servers_of(wanted, &mine)).unwrap_or_default();
-                let mut service = planned.plan.http.services.get(name).cloned().unwrap_or_default();
-                service.load_balancer.servers = servers
-                    .iter()
-                    .map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None })
-                    .collect();
-                let json = format!("{}:{}", json(name), json(&service));
-                let entry = CachedService { slices: mine.into_iter().cloned().collect(), json, servers };
-                self.services.insert(name.clone(), entry);
-            }
-            let entry = &self.services[name];
-            endpoints.extend_from_slice(&entry.servers);
+        for (i, name) in planned.plan.sources.keys().enumerate() {
             if i > 0 {
                 services.push(',');
             }
-            services.push_str(&entry.json);
+            services.push_str(&self.services[name].json);
         }
         services.push('}');
-        // Building the set from sorted input is linear.
-        endpoints.sort_unstable();
-        let endpoints: BTreeSet<SocketAddr> = endpoints.into_iter().collect();
+        let endpoints: BTreeSet<SocketAddr> = self.endpoints.keys().copied().collect();
         let http = &planned.plan.http;
         // Exactly serde_json's compact form of `DynamicConfig { http: Some(http) }` (a test holds it to that),
         // assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an

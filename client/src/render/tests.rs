@@ -294,3 +294,37 @@ fn a_reloaded_cluster_is_never_mistaken_for_the_cached_one() {
         assert!(rendered.document.contains(host), "{host}: {}", rendered.document);
     }
 }
+
+#[test]
+fn the_incremental_renderer_follows_annotations_and_slices_coming_and_going() {
+    let plain = ingress("a", "2024-01-01T00:00:00Z", "", &one_path("a.test", "Prefix", "/"));
+    let mut c = cluster(&plain);
+    let mut renderer = Renderer::new(Settings::default());
+    let first = renderer.render(&c);
+    // A plan change with the same EndpointSlices: the service's own settings (a sticky cookie) must follow.
+    let sticky =
+        ingress("a", "2024-01-01T00:00:00Z", "polaredge.io/sticky-cookie: pin", &one_path("a.test", "Prefix", "/"));
+    let i = c.ingresses.iter().position(|i| i.metadata.name.as_deref() == Some("a")).unwrap();
+    c.ingresses[i] = cluster(&sticky).ingresses.into_iter().find(|x| x.metadata.name.as_deref() == Some("a")).unwrap();
+    let second = renderer.render(&c);
+    assert!(second.document.contains("\"pin\""), "{}", second.document);
+    assert_eq!(second.document, render(&c, &Settings::default()).document);
+    // A second slice for the same Service arrives, then the first one goes away.
+    let extra = service("default", "web", "[{port: 80, targetPort: 8080}]", "[{port: 8080}]", &[("10.0.0.9", true)])
+        .replace("name: web-abc", "name: web-def");
+    let mut more = Cluster::default();
+    add_yaml(&mut more, &extra, "extra").unwrap();
+    c.slices.extend(more.slices);
+    let third = renderer.render(&c);
+    assert_eq!(third.document, render(&c, &Settings::default()).document);
+    assert_eq!(third.endpoints.len(), 2, "10.0.0.1 and 10.0.0.9");
+    c.slices.retain(|s| s.metadata.name.as_deref() != Some("web-abc"));
+    let fourth = renderer.render(&c);
+    assert_eq!(fourth.document, render(&c, &Settings::default()).document);
+    assert_eq!(fourth.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(), ["10.0.0.9:8080"]);
+    // The last slice goes: the route stays and answers 503 (no servers), nothing is routed to.
+    c.slices.clear();
+    let fifth = renderer.render(&c);
+    assert_eq!(fifth.document, render(&c, &Settings::default()).document);
+    assert!(fifth.endpoints.is_empty() && fifth.routers == first.routers);
+}
