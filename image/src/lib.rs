@@ -8,10 +8,12 @@
 //! Both are reproducible: the same inputs give the same bytes (sorted members, root owner, one fixed time,
 //! gzip header without time or name).
 //!
-//! Modules: [`cpio`] (the archive writer), [`modinfo`] (module dependencies from the ELF files).
+//! Modules: [`cpio`] (the archive writer), [`modinfo`] (module dependencies from the ELF files), [`oci`] (the
+//! client's OCI image archive, written without a container engine).
 
 pub mod cpio;
 pub mod modinfo;
+pub mod oci;
 
 use cpio::{Archive, Node};
 use std::io::Write;
@@ -36,8 +38,9 @@ pub struct Inputs {
     pub agent: PathBuf,
     /// The Traefik binary, or none for an image without it (size checks, or Traefik from elsewhere).
     pub traefik: Option<PathBuf>,
-    /// Folder from `polaredge-agent init`: agent.yaml, agent.key and any other files it references.
-    pub config_dir: PathBuf,
+    /// Folder from `polaredge-agent init`: agent.yaml, agent.key and any other files it references. None for
+    /// a release image, to which the operator appends a config archive (README "Flashing the appliance image").
+    pub config_dir: Option<PathBuf>,
     /// Modules to load at boot (dependencies are added).
     pub modules: Vec<String>,
     /// CA certificates for Traefik's ACME client, if any.
@@ -70,6 +73,30 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("writing to memory")
 }
 
+/// Adds every file of `config_dir` under /etc/polaredge (keys mode 0600).
+fn add_config(base: &mut Archive, config_dir: &Path) -> Result<(), String> {
+    let mut names: Vec<_> = std::fs::read_dir(config_dir)
+        .map_err(|e| format!("cannot read the config folder {}: {e}", config_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if !names.iter().any(|n| n == "agent.yaml") {
+        return Err(format!(
+            "{} has no agent.yaml; create one with `polaredge-agent init --dir {}`",
+            config_dir.display(),
+            config_dir.display()
+        ));
+    }
+    for name in &names {
+        // Keys stay private to root inside the image too.
+        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        base.add(&format!("etc/polaredge/{name}"), Node::File(read(&config_dir.join(name))?), mode)?;
+    }
+    Ok(())
+}
+
 /// Builds the initramfs from the inputs.
 pub fn build_initramfs(inputs: &Inputs) -> Result<Initramfs, String> {
     let mut base = Archive::new();
@@ -85,24 +112,8 @@ pub fn build_initramfs(inputs: &Inputs) -> Result<Initramfs, String> {
         base.add("etc/ssl/certs/ca-certificates.crt", Node::File(read(bundle)?), 0o644)?;
     }
 
-    let mut names: Vec<_> = std::fs::read_dir(&inputs.config_dir)
-        .map_err(|e| format!("cannot read the config folder {}: {e}", inputs.config_dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    if !names.iter().any(|n| n == "agent.yaml") {
-        return Err(format!(
-            "{} has no agent.yaml; create one with `polaredge-agent init --dir {}`",
-            inputs.config_dir.display(),
-            inputs.config_dir.display()
-        ));
-    }
-    for name in &names {
-        // Keys stay private to root inside the image too.
-        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
-        base.add(&format!("etc/polaredge/{name}"), Node::File(read(&inputs.config_dir.join(name))?), mode)?;
+    if let Some(config_dir) = &inputs.config_dir {
+        add_config(&mut base, config_dir)?;
     }
 
     let module_dir = inputs.kernel_dir.join("modules");

@@ -5,12 +5,14 @@ use polaredge_image::{build_initramfs, default_modules, sha256_hex, Inputs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: polaredge-image --arch x86_64|aarch64 --kernel-dir DIR --agent FILE --config-dir DIR
-                       --out DIR [--traefik FILE] [--module NAME]... [--ca-bundle FILE] [--compress-traefik]
+const USAGE: &str = "usage: polaredge-image --arch x86_64|aarch64 --kernel-dir DIR --agent FILE --out DIR
+                       [--config-dir DIR] [--traefik FILE] [--module NAME]... [--ca-bundle FILE]
+                       [--compress-traefik]
 
 Builds the appliance: OUT/vmlinuz (the kernel, copied), OUT/initramfs.img (agent as /init, modules, config,
 CA bundle, Traefik) and OUT/manifest.txt (sizes and SHA-256). Modules default to virtio net/blk/rng, evdev
-and (x86_64) the ACPI button; dependencies are added. Member times come from SOURCE_DATE_EPOCH (default 0).";
+and (x86_64) the ACPI button; dependencies are added. Member times come from SOURCE_DATE_EPOCH (default 0).
+Without --config-dir the image has no agent config: append one (README \"Flashing the appliance image\").";
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -61,7 +63,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
         kernel_dir: kernel_dir.ok_or_else(|| missing("--kernel-dir"))?,
         agent: agent.ok_or_else(|| missing("--agent"))?,
         traefik,
-        config_dir: config_dir.ok_or_else(|| missing("--config-dir"))?,
+        config_dir,
         modules: if modules.is_empty() { default_modules(&arch) } else { modules },
         ca_bundle,
         compress_traefik,

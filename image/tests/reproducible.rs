@@ -25,7 +25,7 @@ fn inputs_in(dir: &Path, kernel_dir: &Path) -> Inputs {
         kernel_dir: kernel_dir.to_path_buf(),
         agent: dir.join("agent"),
         traefik: Some(dir.join("traefik")),
-        config_dir: dir.join("config"),
+        config_dir: Some(dir.join("config")),
         modules: default_modules("x86_64"),
         ca_bundle: None,
         compress_traefik: false,

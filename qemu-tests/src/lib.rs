@@ -444,7 +444,7 @@ pub fn build_image(arch: &str, inputs: &Inputs, config_dir: &Path, out: &Path) -
         kernel_dir: inputs.kernel_dir.clone(),
         agent: inputs.agent.clone(),
         traefik: Some(inputs.traefik.clone()),
-        config_dir: config_dir.to_path_buf(),
+        config_dir: Some(config_dir.to_path_buf()),
         modules: image::default_modules(arch),
         ca_bundle: None,
         compress_traefik: false,
