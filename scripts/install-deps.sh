@@ -2,7 +2,7 @@
 # Installs what building and testing POLAREDGE needs on Debian 12, and nothing twice (idempotent).
 set -euo pipefail
 
-packages=(clang lld llvm iproute2 wireguard-go wireguard-tools iperf3 qemu-user-static file curl cpio e2fsprogs skopeo
+packages=(clang lld llvm iproute2 wireguard-go wireguard-tools iperf3 qemu-user-static file curl cpio e2fsprogs skopeo systemd
   debian-archive-keyring)
 missing=()
 for pkg in "${packages[@]}"; do
