@@ -29,7 +29,8 @@ fn the_shipped_unit_passes_systemd_analyze_verify() {
     std::fs::copy(env!("CARGO_BIN_EXE_polaredge-agent"), root.join("usr/local/bin/polaredge-agent")).unwrap();
     // The targets and services the unit refers to (network-online.target, multi-user.target, ...).
     std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
-    let copied = Command::new("cp").arg("-a").arg("/usr/lib/systemd/system").arg(root.join("usr/lib/systemd/")).status();
+    let copied =
+        Command::new("cp").arg("-a").arg("/usr/lib/systemd/system").arg(root.join("usr/lib/systemd/")).status();
     assert!(copied.unwrap().success(), "copying /usr/lib/systemd/system");
 
     let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/polaredge-agent.service"))
