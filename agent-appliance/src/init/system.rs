@@ -130,3 +130,49 @@ pub fn finish(power: super::lifecycle::Power, state_dir: &Path) -> ! {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    const ISOLATED: &str = "POLAREDGE_REAP_TEST_CHILD";
+
+    /// `reap` collects exited children and orphans handed to us. PID 1 gets orphans by being init; here the
+    /// test process becomes a child subreaper instead. It runs in a fresh copy of the test binary, because
+    /// waitpid(-1) would also collect other tests' children.
+    #[test]
+    fn reap_collects_children_and_orphans() {
+        if std::env::var_os(ISOLATED).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "init::system::tests::reap_collects_children_and_orphans", "--test-threads=1"])
+                .env(ISOLATED, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && text.contains("1 passed"), "isolated run failed:\n{text}");
+            return;
+        }
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+        // The shell starts a sleeper in the background and exits: the sleeper is orphaned to us.
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3 & echo $!"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut text = String::new();
+        shell.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        let orphan: u32 = text.trim().parse().unwrap();
+        let mut ended = vec![];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ended.len() < 2 && Instant::now() < deadline {
+            ended.extend(reap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ended.sort();
+        let mut expected = vec![(shell.id(), "exit status 0".to_string()), (orphan, "exit status 0".to_string())];
+        expected.sort();
+        assert_eq!(ended, expected);
+    }
+}
