@@ -155,7 +155,9 @@ mod tests {
             return;
         }
         rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
-        // The shell starts a sleeper in the background and exits: the sleeper is orphaned to us.
+        // The shell starts a sleeper in the background and exits: the sleeper is orphaned to us. Both are
+        // waited for by `reap` (the code under test), not by `Child::wait`.
+        #[allow(clippy::zombie_processes)]
         let mut shell = std::process::Command::new("sh")
             .args(["-c", "sleep 0.3 & echo $!"])
             .stdout(std::process::Stdio::piped())
