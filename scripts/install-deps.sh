@@ -2,36 +2,36 @@
 # Installs what building and testing POLAREDGE needs on Debian 12, and nothing twice (idempotent).
 set -euo pipefail
 
-packages=(clang lld llvm iproute2 wireguard-go wireguard-tools iperf3 qemu-user-static file curl cpio e2fsprogs skopeo systemd
-  debian-archive-keyring)
-missing=()
-for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+# Installs the packages given that are not installed yet; extra apt-get options come first, then "--".
+install_missing() {
+  local options=()
+  while [ "$1" != "--" ]; do options+=("$1"); shift; done
+  shift
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${options[@]}" \
+    "${missing[@]}" >/dev/null
+}
+
+install_missing -- clang lld llvm iproute2 wireguard-go wireguard-tools iperf3 qemu-user-static file curl cpio \
+  e2fsprogs skopeo systemd debian-archive-keyring
 
 # QEMU for the appliance tests comes from bookworm-backports: the machine's qemu-utils is the backports
 # build, which conflicts with bookworm's own qemu-system packages.
-qemu=(qemu-system-x86 qemu-system-arm)
-missing=()
-for pkg in "${qemu[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing from bookworm-backports: ${missing[*]}"
+qemu_installed=$(dpkg-query -W -f='${Status}\n' qemu-system-x86 qemu-system-arm 2>/dev/null |
+  grep -c "install ok installed" || true)
+if [ "$qemu_installed" -lt 2 ]; then
   echo "deb http://deb.debian.org/debian bookworm-backports main" |
     $sudo tee /etc/apt/sources.list.d/polaredge-backports.list >/dev/null
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends -t bookworm-backports \
-    "${missing[@]}" >/dev/null
+  install_missing -t bookworm-backports -- qemu-system-x86 qemu-system-arm
 fi
 
 installed_targets=$(rustup target list --installed)

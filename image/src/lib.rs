@@ -66,7 +66,8 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+/// Gzip at the best level, reproducibly.
+pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
     // No file name and mtime 0 in the header: the output depends on the bytes only.
     let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
     encoder.write_all(bytes).expect("writing to memory");

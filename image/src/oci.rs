@@ -4,7 +4,7 @@
 //! a multi-platform index with one manifest per platform.
 //! Reproducible: fixed times and owners, sorted members, gzip without a time stamp.
 
-use std::io::Write;
+use crate::gzip;
 
 /// The user the image runs as (the distroless "nonroot" convention).
 pub const USER: u32 = 65532;
@@ -79,12 +79,6 @@ impl Tar {
         self.bytes.extend_from_slice(&[0u8; 1024]);
         self.bytes
     }
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
-    encoder.write_all(bytes).expect("writing to memory");
-    encoder.finish().expect("writing to memory")
 }
 
 fn digest(bytes: &[u8]) -> String {

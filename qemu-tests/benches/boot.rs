@@ -9,7 +9,6 @@
 //! the tunnel and the host client to the backend; initramfs size without Traefik.
 
 use polaredge_qemu_tests::*;
-use std::process::Command;
 use std::time::Duration;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -45,13 +44,7 @@ fn main() {
                 ip: STATIC_IP,
             });
             let config = write_client_config(&dir, &keys, machine.wireguard);
-            let client = Proc::spawn(
-                Command::new(client_binary())
-                    .args(["run", "--config"])
-                    .arg(&config)
-                    .arg("--manifests")
-                    .arg(dir.join("manifests")),
-            );
+            let client = spawn_client(&config, &dir.join("manifests"));
             let served = eventually(Duration::from_secs(180), || get(machine.http, "app.test", "/") == "pod /");
             assert!(served, "{arch}: no proxied request");
             let first_request = machine.started.elapsed();

@@ -8,11 +8,12 @@
 //! `POLAREDGE_QEMU_ACCEL=kvm` where it does.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+pub use testkit::{backend, eventually, free_tcp, free_udp, get, manifests, Proc};
 use tunnel::PrivateKey;
 
 /// The repository's root.
@@ -52,16 +53,6 @@ impl Inputs {
     }
 }
 
-/// A loopback TCP port nobody listens on now.
-pub fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A loopback UDP port nobody uses now.
-pub fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Keys and config folders for one agent and its client.
 pub struct Keys {
     /// The folder the image takes as its config (agent.yaml, agent.key).
@@ -90,100 +81,6 @@ pub fn write_agent_config(dir: &Path) -> Keys {
     let client_key_file = dir.join("client.key");
     std::fs::write(&client_key_file, client_key.to_string()).unwrap();
     Keys { config_dir, client_key_file, agent_public: agent_key.public_key().to_string() }
-}
-
-/// An HTTP/1.1 server on loopback answering `<name> <path>`: the "pod".
-pub fn backend(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut first = String::new();
-                let _ = reader.read_line(&mut first);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                }
-                let body = format!("{name} {}", first.split_whitespace().nth(1).unwrap_or("?"));
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
-}
-
-/// Ingress + Service + EndpointSlice (+ our IngressClass) routing `host` to one loopback pod.
-pub fn manifests(host: &str, pod_port: u16) -> String {
-    format!(
-        r#"apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata: {{name: polaredge}}
-spec: {{controller: polaredge.io/ingress-controller}}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: app, namespace: default}}
-spec:
-  ingressClassName: polaredge
-  rules:
-  - host: {host}
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  ports: [{{name: http, port: 80, targetPort: {pod_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-endpoints:
-- addresses: [127.0.0.1]
-  conditions: {{ready: true}}
-ports: [{{name: http, port: {pod_port}, protocol: TCP}}]
-"#
-    )
-}
-
-/// GET with a Host header: the body for 200, else the status code (or "refused"/"no answer").
-pub fn get(addr: SocketAddr, host: &str, path: &str) -> String {
-    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return "refused".into() };
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(conn, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    match text.split_whitespace().nth(1) {
-        Some("200") => text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default(),
-        Some(status) => status.to_string(),
-        None => "no answer".into(),
-    }
-}
-
-/// Polls `f` every 100 ms until it holds or the timeout passes.
-pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 /// One console line and when the host read it, relative to QEMU's start.
@@ -353,43 +250,6 @@ impl Drop for Machine {
     }
 }
 
-/// A child process (the client) with its stderr kept for failure reports.
-pub struct Proc {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    /// Spawns `command` with stderr captured.
-    pub fn spawn(command: &mut Command) -> Proc {
-        let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&format!("{line}\n"));
-            }
-        });
-        Proc { child, log }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- client log ----\n{}", self.log.lock().unwrap());
-        }
-    }
-}
-
 /// The host's `polaredge-client` (built by `cargo test --workspace`, or `POLAREDGE_CLIENT_BIN`).
 pub fn client_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("POLAREDGE_CLIENT_BIN") {
@@ -406,6 +266,11 @@ pub fn client_binary() -> PathBuf {
         assert!(status.success(), "building polaredge-client failed");
     }
     path
+}
+
+/// Runs the real client on the host: `polaredge-client run --config CONFIG --manifests DIR`.
+pub fn spawn_client(config: &Path, manifests: &Path) -> Proc {
+    Proc::spawn(Command::new(client_binary()).args(["run", "--config"]).arg(config).arg("--manifests").arg(manifests))
 }
 
 /// Writes the client config for one agent reached at `endpoint`.

@@ -9,7 +9,6 @@
 //! The consoles of failed runs are saved under target/qemu-tests/.
 
 use polaredge_qemu_tests::*;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,13 +33,7 @@ fn appliance_end_to_end(arch: &str, ip: &str) {
     let mut machine =
         Machine::boot(&Boot { arch, image_dir: &dir.join("image"), state_disk: Some(&disk), name: arch, ip });
     let client_config = write_client_config(&dir, &keys, machine.wireguard);
-    let client = Proc::spawn(
-        Command::new(client_binary())
-            .args(["run", "--config"])
-            .arg(&client_config)
-            .arg("--manifests")
-            .arg(dir.join("manifests")),
-    );
+    let client = spawn_client(&client_config, &dir.join("manifests"));
     let init = machine.wait_line("as PID 1", Duration::from_secs(60));
     if ip == "dhcp" {
         let lease = machine.wait_line("from DHCP server", Duration::from_secs(30));
@@ -104,13 +97,7 @@ fn appliance_end_to_end(arch: &str, ip: &str) {
     assert_eq!(get(machine.http, "app.test", "/"), "404", "{arch}: a host never routed");
     // The new machine forwards other host ports.
     let client_config = write_client_config(&dir, &keys, machine.wireguard);
-    let client = Proc::spawn(
-        Command::new(client_binary())
-            .args(["run", "--config"])
-            .arg(&client_config)
-            .arg("--manifests")
-            .arg(dir.join("manifests")),
-    );
+    let client = spawn_client(&client_config, &dir.join("manifests"));
     assert!(
         eventually(Duration::from_secs(60), || get(machine.http, "renamed.test", "/z") == "backend-B /z"),
         "{arch}: traffic flows again once the client is back"

@@ -295,17 +295,8 @@ pub fn http_get(entrypoint: SocketAddr, host: &str, path: &str) -> (u16, String)
     read_response(&mut conn)
 }
 
-/// Polls until `f` holds or `timeout`.
-pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
+#[allow(unused_imports)] // not every test binary polls
+pub use testkit::eventually;
 
 /// A routes document: Host(host) -> one pod.
 pub fn route(host: &str, pod: &str) -> String {
