@@ -27,8 +27,6 @@ pub struct ImageSpec {
     pub exposed_ports: Vec<String>,
     /// Version: the manifests' `org.opencontainers.image.ref.name` and `version` annotations.
     pub version: String,
-    /// Where the source lives, for the `source` annotation.
-    pub source: String,
 }
 
 /// A tar archive writer (ustar), deterministic: mode and size only vary by member; owner root, time 0.
@@ -119,7 +117,7 @@ pub fn archive(spec: &ImageSpec, platforms: &[Platform]) -> Vec<u8> {
                 "Env": ["PATH=/"],
                 "WorkingDir": "/",
                 "ExposedPorts": spec.exposed_ports.iter().map(|p| (p.clone(), serde_json::json!({}))).collect::<serde_json::Map<_, _>>(),
-                "Labels": {"org.opencontainers.image.version": spec.version, "org.opencontainers.image.source": spec.source},
+                "Labels": {"org.opencontainers.image.version": spec.version},
             },
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             "history": [{"created_by": format!("polaredge-image oci: static {} on an empty base", spec.binary_name)}],

@@ -13,7 +13,6 @@ fn spec() -> ImageSpec {
         cmd: vec!["run".into()],
         exposed_ports: vec!["9090/tcp".into()],
         version: "0.1.0".into(),
-        source: "https://example.invalid/polaredge".into(),
     }
 }
 

@@ -55,7 +55,6 @@ fn run() -> Result<(), String> {
         cmd: vec!["run".into()],
         exposed_ports: vec!["9090/tcp".into()],
         version,
-        source: "https://github.com/polaredge/polaredge".into(),
     };
     let bytes = archive(&spec, &platforms);
     std::fs::write(&out, &bytes).map_err(|e| format!("cannot write {out}: {e}"))?;
