@@ -2,8 +2,7 @@
 //!
 //! Boot: mount /proc, /sys, /dev, /run, /tmp; read the kernel command line ([`cmdline`]); load the image's
 //! kernel modules; bring up loopback and the interface, static or by DHCP ([`net`], [`dhcp`]); load and
-//! check the agent's
-//! config; mount the state folder. Then PID 1 starts `polaredge-agent run` as its child and stays a small
+//! check the agent's config; mount the state folder. Then PID 1 starts `polaredge-agent run` as its child and stays a small
 //! supervisor ([`lifecycle`]): it reaps every orphan, restarts the agent if it dies, and on SIGTERM, SIGUSR2,
 //! SIGPWR, the power button or the console's `poweroff` (SIGINT and `reboot` reboot) stops the agent — which
 //! stops Traefik — then powers off. Keeping the agent in a child means a crash in it never panics the kernel,
@@ -224,8 +223,9 @@ pub fn main() -> ! {
             actions = next;
         }
         let timeout = lifecycle.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+        let signal = wait_signal(&set, timeout);
         let now = Instant::now();
-        actions = match wait_signal(&set, timeout) {
+        actions = match signal {
             None => lifecycle.poll(now),
             Some(libc::SIGCHLD) => {
                 let mut out = vec![];
