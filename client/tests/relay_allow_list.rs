@@ -6,7 +6,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tunnel::{CoreConfig, PrivateKey, Tunnel, TunnelConfig};
 
 fn echo_pod() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -24,21 +23,9 @@ fn echo_pod() -> SocketAddr {
 
 #[test]
 fn allowed_targets_connect_and_others_are_refused() {
-    let (agent_key, client_key) = (PrivateKey::generate(), PrivateKey::generate());
-    let agent = Tunnel::start(TunnelConfig {
-        core: CoreConfig::new(agent_key.clone(), client_key.public_key(), vec!["10.88.0.1/30".parse().unwrap()]),
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })
-    .unwrap();
-    let client = Tunnel::start(TunnelConfig {
-        core: CoreConfig {
-            endpoint: Some(agent.local_addr()),
-            persistent_keepalive: Some(25),
-            ..CoreConfig::new(client_key, agent_key.public_key(), vec!["10.88.0.2/30".parse().unwrap()])
-        },
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })
-    .unwrap();
+    let (agent, client) =
+        tunnel::testbed::loopback_pair(vec!["10.88.0.1/30".parse().unwrap()], vec!["10.88.0.2/30".parse().unwrap()])
+            .unwrap();
     let allowed_pod = echo_pod();
     let other_pod = echo_pod();
     let allow = Arc::new(RwLock::new([allowed_pod].into_iter().collect()));

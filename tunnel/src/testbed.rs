@@ -229,3 +229,35 @@ impl Drop for WireguardGo {
         self.stop();
     }
 }
+
+/// Two tunnels on loopback, as POLAREDGE pairs them: the "agent" listens on an ephemeral 127.0.0.1 port with
+/// `agent_addresses` inside; the "client" (`client_addresses`) knows its endpoint and keeps the session alive.
+/// Returns once the client's handshake reached the agent, so either side can open streams. Needs no root.
+pub fn loopback_pair(
+    agent_addresses: Vec<crate::IpCidr>,
+    client_addresses: Vec<crate::IpCidr>,
+) -> io::Result<(crate::Tunnel, crate::Tunnel)> {
+    use crate::{CoreConfig, Tunnel, TunnelConfig};
+    let (agent_key, client_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let agent = Tunnel::start(TunnelConfig {
+        core: CoreConfig::new(agent_key.clone(), client_key.public_key(), agent_addresses),
+        listen: loopback,
+    })?;
+    let client = Tunnel::start(TunnelConfig {
+        core: CoreConfig {
+            endpoint: Some(agent.local_addr()),
+            persistent_keepalive: Some(25),
+            ..CoreConfig::new(client_key, agent_key.public_key(), client_addresses)
+        },
+        listen: loopback,
+    })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while agent.status()?.peer.endpoint.is_none() {
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no handshake between the loopback tunnels in 5 s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok((agent, client))
+}

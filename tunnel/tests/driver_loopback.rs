@@ -9,34 +9,12 @@ use tunnel::{CoreConfig, IpCidr, PrivateKey, Tunnel, TunnelConfig};
 const AGENT: &str = "10.88.0.1";
 
 fn tunnels() -> (Tunnel, Tunnel) {
-    let agent_key = PrivateKey::generate();
-    let client_key = PrivateKey::generate();
     let cidr = |s: &str| s.parse::<IpCidr>().unwrap();
-    let agent = Tunnel::start(TunnelConfig {
-        core: CoreConfig::new(
-            agent_key.clone(),
-            client_key.public_key(),
-            vec![cidr("10.88.0.1/30"), cidr("fd88::1/64")],
-        ),
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })
-    .unwrap();
-    let client = Tunnel::start(TunnelConfig {
-        core: CoreConfig {
-            endpoint: Some(agent.local_addr()),
-            persistent_keepalive: Some(25),
-            ..CoreConfig::new(client_key, agent_key.public_key(), vec![cidr("10.88.0.2/30"), cidr("fd88::2/64")])
-        },
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })
-    .unwrap();
-    // The client (keepalive side) handshakes on its own; the agent can reach it once it has.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while agent.status().unwrap().peer.endpoint.is_none() {
-        assert!(std::time::Instant::now() < deadline, "no handshake from the client");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    (agent, client)
+    tunnel::testbed::loopback_pair(
+        vec![cidr("10.88.0.1/30"), cidr("fd88::1/64")],
+        vec![cidr("10.88.0.2/30"), cidr("fd88::2/64")],
+    )
+    .unwrap()
 }
 
 fn tunnel_addr(ip: &str, port: u16) -> SocketAddr {

@@ -389,20 +389,8 @@ fn orchestrate() -> io::Result<()> {
 /// Memory per tunnel connection: RSS growth for N idle connections, and after each carried 256 KiB each way.
 fn connection_memory() -> io::Result<()> {
     const N: usize = 200;
-    let agent_key = PrivateKey::generate();
-    let client_key = PrivateKey::generate();
-    let agent = Tunnel::start(TunnelConfig {
-        core: CoreConfig::new(agent_key.clone(), client_key.public_key(), vec!["10.88.0.1/30".parse().unwrap()]),
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })?;
-    let client = Tunnel::start(TunnelConfig {
-        core: CoreConfig {
-            endpoint: Some(agent.local_addr()),
-            persistent_keepalive: Some(25),
-            ..CoreConfig::new(client_key, agent_key.public_key(), vec!["10.88.0.2/30".parse().unwrap()])
-        },
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })?;
+    let (agent, client) =
+        testbed::loopback_pair(vec!["10.88.0.1/30".parse().unwrap()], vec!["10.88.0.2/30".parse().unwrap()])?;
     let listener = agent.listen(9000)?;
     // Warm up: the first connection pays for the handshake and the buffer pools.
     let _warm = (
