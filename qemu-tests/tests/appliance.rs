@@ -48,6 +48,10 @@ fn appliance_end_to_end(arch: &str, ip: &str) {
     assert!(up, "{arch}: app.test never served backend-A; last answer {}", get(machine.http, "app.test", "/x"));
     let first_request = machine.started.elapsed();
     assert_eq!(get(machine.http, "other.test", "/"), "404", "unknown hosts get Traefik's 404");
+    // The console's `status` asks the running agent over its admin socket.
+    machine.type_line("status");
+    let status = machine.wait_line("\"peer_endpoint\"", Duration::from_secs(30));
+    assert!(status.text.contains("10.0.2.2:"), "{arch}: the client's endpoint as the guest sees it: {}", status.text);
 
     // A changed Ingress (new host, other pod) changes the routing.
     std::fs::write(dir.join("manifests/app.yaml"), manifests("renamed.test", b)).unwrap();

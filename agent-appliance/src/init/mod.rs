@@ -176,7 +176,15 @@ pub fn main() -> ! {
         console::Command::Retry => raise(libc::SIGUSR1),
         console::Command::Help => say(console::HELP),
         console::Command::Status => {
-            let _ = std::process::Command::new("/proc/self/exe").arg0("polaredge-agent").arg("status").spawn();
+            // The agent's admin socket is named in its config, which the command line may have moved.
+            let config = std::fs::read_to_string("/proc/cmdline")
+                .ok()
+                .and_then(|line| cmdline::BootParams::parse(&line).ok())
+                .map_or_else(|| cmdline::DEFAULT_CONFIG.to_string(), |p| p.config);
+            let _ = std::process::Command::new("/proc/self/exe")
+                .arg0("polaredge-agent")
+                .args(["status", "--config", &config])
+                .spawn();
         }
     });
 
