@@ -3,8 +3,9 @@
 //!
 //! Module map: `config` (the YAML file), `apply` (upload -> live), `store` (atomic files), `forwarders`,
 //! `traefik` (static config, supervisor, API client), `http` (control API server), `ports` (port picker),
-//! `install` (install-traefik), `admin` (status socket), `init` (PID 1 of the appliance image), `agent` (wiring), `cli` (commands). The Traefik
-//! dynamic config model, its validation and the backend rewrite live in the `routes` crate.
+//! `install` (install-traefik), `admin` (status socket), `init` (PID 1 of the appliance image), `agent`
+//! (wiring), `cli` (commands). The Traefik dynamic config model, its validation and the backend rewrite live in
+//! the `routes` crate.
 
 mod admin;
 mod agent;
