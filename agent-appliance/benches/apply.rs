@@ -63,20 +63,12 @@ fn main() {
 
     println!("upload -> confirmed live by Traefik's API ({UPLOADS} uploads, each a new generation, loopback):");
     println!("  {:<44} {:>8} {:>8} {:>8}", "", "median", "p90", "max");
-    println!(
-        "  {:<44} {:>6.1}ms {:>6.1}ms {:>6.1}ms",
-        "client round trip through the tunnel",
-        percentile(&round_trip, 0.5),
-        percentile(&round_trip, 0.9),
-        percentile(&round_trip, 1.0)
-    );
-    println!(
-        "  {:<44} {:>6.1}ms {:>6.1}ms {:>6.1}ms",
-        "agent: received -> confirmed (apply_ms)",
-        percentile(&agent_side, 0.5),
-        percentile(&agent_side, 0.9),
-        percentile(&agent_side, 1.0)
-    );
+    let row = |label: &str, samples: &[f64]| {
+        let (median, p90, max) = (percentile(samples, 0.5), percentile(samples, 0.9), percentile(samples, 1.0));
+        println!("  {label:<44} {median:>6.1}ms {p90:>6.1}ms {max:>6.1}ms");
+    };
+    row("client round trip through the tunnel", &round_trip);
+    row("agent: received -> confirmed (apply_ms)", &agent_side);
     println!("  target: median <= 150 ms. Anchors: Traefik's Kubernetes provider 2 s throttle; Pangolin polls 5 s;");
     println!("  frp reloads ~10 s; cloudflared needs a restart.");
     println!("idle RSS after uploads: agent {agent_rss} KiB (target <= 6 MiB = 6144 KiB), Traefik {traefik_rss} KiB");

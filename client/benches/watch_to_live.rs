@@ -5,7 +5,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::apiserver::ApiServer;
 use support::*;
@@ -18,12 +17,7 @@ fn main() {
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let pod = backend("pod");
     api.apply(&manifests("warmup.test", pod));
-    let _client = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-            .env("KUBECONFIG", edge.dir.join("kubeconfig"))
-            .args(["run", "--config"])
-            .arg(edge.dir.join("client.yaml")),
-    );
+    let _client = edge.client_watching_kubeconfig();
     assert!(eventually(Duration::from_secs(30), || get(edge.web, "warmup.test", "/") == "pod /"));
     let ingress = manifests("warmup.test", pod).split("---").nth(1).unwrap().to_string();
     let mut samples = Vec::new();

@@ -20,12 +20,7 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let (a, b) = (backend("backend-A"), backend("backend-B"));
     api.apply(&manifests("app.test", a));
-    let _client = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-            .env("KUBECONFIG", edge.dir.join("kubeconfig"))
-            .args(["run", "--config"])
-            .arg(edge.dir.join("client.yaml")),
-    );
+    let _client = edge.client_watching_kubeconfig();
     assert!(
         eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "backend-A /"),
         "created Ingress is live"

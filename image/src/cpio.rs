@@ -44,17 +44,14 @@ impl Archive {
         if path.is_empty() || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
             return Err(format!("archive path {path:?} must be relative and normal"));
         }
-        let mut parent = String::new();
-        for component in path.split('/').collect::<Vec<_>>().split_last().map(|(_, p)| p.to_vec()).unwrap_or_default() {
-            if !parent.is_empty() {
-                parent.push('/');
-            }
-            parent.push_str(component);
-            match self.entries.get(&parent) {
+        // Every prefix ending before a '/' is a parent directory, outermost first.
+        for (slash, _) in path.match_indices('/') {
+            let parent = &path[..slash];
+            match self.entries.get(parent) {
                 Some(Entry { node: Node::Dir, .. }) => {}
                 Some(_) => return Err(format!("{parent} is not a directory (needed for {path})")),
                 None => {
-                    self.entries.insert(parent.clone(), Entry { node: Node::Dir, mode: 0o755 });
+                    self.entries.insert(parent.to_string(), Entry { node: Node::Dir, mode: 0o755 });
                 }
             }
         }

@@ -125,13 +125,18 @@ pub fn build_initramfs(inputs: &Inputs) -> Result<Initramfs, String> {
             .find(|p| p.exists())
             .ok_or_else(|| format!("no module {name} in {}", module_dir.display()))
     };
+    // Each module is read once: its .modinfo gives the dependencies, its bytes go into the archive.
+    let mut files: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
     let order = modinfo::load_order(&inputs.modules, |name| {
         let path = path_of(name)?;
-        let info = modinfo::parse(&read(&path)?).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = read(&path)?;
+        let info = modinfo::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        files.insert(name.to_string(), bytes);
         Ok(info.depends)
     })?;
     for name in &order {
-        base.add(&format!("lib/modules/{name}.ko"), Node::File(read(&path_of(name)?)?), 0o644)?;
+        let bytes = files.remove(name).expect("load_order looked up every module it returns");
+        base.add(&format!("lib/modules/{name}.ko"), Node::File(bytes), 0o644)?;
     }
     let list: String = order.iter().map(|m| format!("{m}\n")).collect();
     base.add("etc/polaredge/modules", Node::File(list.into_bytes()), 0o644)?;

@@ -4,13 +4,11 @@
 //! /etc/resolv.conf and the host name.
 
 use super::cmdline::Ipv4Settings;
+use super::system::DEVICE_WAIT;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
-
-/// How long to wait for the interface to appear after its driver loaded.
-const DEVICE_WAIT: Duration = Duration::from_secs(3);
+use std::time::Instant;
 
 fn control_socket() -> io::Result<OwnedFd> {
     rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None).map_err(io::Error::from)
@@ -130,24 +128,20 @@ pub fn resolver_and_hostname(settings: &Ipv4Settings) -> io::Result<()> {
 
 /// Waits up to [`DEVICE_WAIT`] for the interface to exist.
 fn wait_for_device(name: &str) -> io::Result<()> {
-    let deadline = Instant::now() + DEVICE_WAIT;
-    while !std::path::Path::new("/sys/class/net").join(name).exists() {
-        if Instant::now() >= deadline {
-            let present: Vec<String> = std::fs::read_dir("/sys/class/net")
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-                .unwrap_or_default();
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "interface {name} did not appear within {DEVICE_WAIT:?} (present: {}); is its driver in \
-                     /etc/polaredge/modules, or is the device name in ip= wrong?",
-                    present.join(", ")
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if super::system::wait_for_path(&std::path::Path::new("/sys/class/net").join(name), DEVICE_WAIT) {
+        return Ok(());
     }
-    Ok(())
+    let present: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "interface {name} did not appear within {DEVICE_WAIT:?} (present: {}); is its driver in \
+             /etc/polaredge/modules, or is the device name in ip= wrong?",
+            present.join(", ")
+        ),
+    ))
 }
 
 /// Asks a DHCP server on `device` for a lease, over a packet socket (the interface has no address yet).

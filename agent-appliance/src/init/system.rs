@@ -14,6 +14,21 @@ fn with_context<T>(result: rustix::io::Result<T>, what: impl FnOnce() -> String)
     result.map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", what())))
 }
 
+/// How long a device (disk node, network interface) may take to appear after its driver loaded.
+pub const DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits until `path` exists or `timeout` passes; whether it exists.
+pub fn wait_for_path(path: &Path, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while !path.exists() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
+
 /// Mounts /proc, /sys, /dev (devtmpfs), /dev/pts, /run and /tmp. Already-mounted targets are fine.
 pub fn mount_basics() -> io::Result<()> {
     let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
@@ -42,10 +57,7 @@ pub fn mount_state(state_dir: &Path, device: Option<&str>) -> io::Result<String>
     match device {
         Some(device) => {
             // The device node appears once its driver (virtio_blk) has probed it.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-            while !Path::new(device).exists() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
+            wait_for_path(Path::new(device), DEVICE_WAIT);
             let none: Option<&std::ffi::CStr> = None;
             with_context(mount(device, state_dir, "ext4", MountFlags::NOSUID | MountFlags::NODEV, none), || {
                 format!(

@@ -78,6 +78,18 @@ impl Edge {
     }
 }
 
+impl Edge {
+    /// Runs the client binary watching the API server its kubeconfig (written into this edge's folder) names.
+    pub fn client_watching_kubeconfig(&self) -> Proc {
+        Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
+                .env("KUBECONFIG", self.dir.join("kubeconfig"))
+                .args(["run", "--config"])
+                .arg(self.dir.join("client.yaml")),
+        )
+    }
+}
+
 impl Drop for Edge {
     fn drop(&mut self) {
         if !std::thread::panicking() {
