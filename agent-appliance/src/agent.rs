@@ -49,14 +49,13 @@ pub fn tunnel_config(config: &AgentConfig) -> Result<TunnelConfig, String> {
     let address: IpCidr =
         wg.address.parse().map_err(|_| format!("wireguard.address {:?} is not an address with prefix", wg.address))?;
     let client = IpCidr::new(wg.client_address.into(), if wg.client_address.is_ipv4() { 32 } else { 128 });
-    Ok(TunnelConfig {
-        core: CoreConfig {
-            preshared_key,
-            peer_allowed_ips: vec![client],
-            ..CoreConfig::new(private_key, peer, vec![address])
-        },
-        listen: wg.listen,
-    })
+    let mut core = CoreConfig {
+        preshared_key,
+        peer_allowed_ips: vec![client],
+        ..CoreConfig::new(private_key, peer, vec![address])
+    };
+    config.streams.apply(&mut core.tcp);
+    Ok(TunnelConfig { core, listen: wg.listen })
 }
 
 /// Finds the Traefik binary: a path as given, or a bare name in PATH.
@@ -116,6 +115,14 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let static_yaml = static_config::render(&config, admin_port, &store.dynamic_dir, &acme);
     store.replace(&store.static_config_file(), static_yaml.as_bytes()).map_err(|e| e.to_string())?;
 
+    let open_files = tunnel::driver::raise_open_files_limit(None);
+    if open_files < 4 * config.streams.max_connections as u64 {
+        log::warn!(
+            "the open-files limit is {open_files}: too low for streams.max_connections {} (each stream holds a \
+             socket); raise LimitNOFILE / ulimit -n",
+            config.streams.max_connections
+        );
+    }
     let tunnel = Arc::new(Tunnel::start(tunnel_config(&config)?).map_err(|e| e.to_string())?);
     log::info!("WireGuard on {} (UDP), tunnel address {}", tunnel.local_addr(), config.wireguard.address);
     let relay = SocketAddr::new(config.wireguard.client_address, config.relay_port);
@@ -329,24 +336,27 @@ impl Agent {
             }
             let _ = writeln!(out, "# HELP polaredge_tunnel_connections Open TCP connections inside the tunnel.\n# TYPE polaredge_tunnel_connections gauge");
             let _ = writeln!(out, "polaredge_tunnel_connections {}", t.connections);
+            let _ = writeln!(out, "# HELP polaredge_tunnel_refused_over_cap_total Connection requests refused at the connection cap (tunnel.max_connections).\n# TYPE polaredge_tunnel_refused_over_cap_total counter");
+            let _ = writeln!(out, "polaredge_tunnel_refused_over_cap_total {}", t.stats.refused_over_cap);
         }
         let m = &applier.forwarders.metrics;
         let _ = writeln!(out, "# HELP polaredge_forwarders Loopback forwarders (one per pod endpoint).\n# TYPE polaredge_forwarders gauge");
         let _ = writeln!(out, "polaredge_forwarders {}", applier.forwarders.listeners().len());
         let _ = writeln!(out, "# HELP polaredge_forwarder_connections_total Connections from Traefik to forwarders.\n# TYPE polaredge_forwarder_connections_total counter");
-        let _ = writeln!(out, "polaredge_forwarder_connections_total {}", m.accepted.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP polaredge_forwarder_failed_total Forwarded connections that ended in a reset or refusal.\n# TYPE polaredge_forwarder_failed_total counter");
-        let _ = writeln!(out, "polaredge_forwarder_failed_total {}", m.failed.load(Ordering::Relaxed));
+        let _ = writeln!(out, "polaredge_forwarder_connections_total {}", m.opened.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP polaredge_forwarder_failed_total Forwarded connections that ended in a reset, a timeout or a refusal.\n# TYPE polaredge_forwarder_failed_total counter");
+        let failed = m.failed.load(Ordering::Relaxed) + m.refused.load(Ordering::Relaxed);
+        let _ = writeln!(out, "polaredge_forwarder_failed_total {failed}");
         let _ = writeln!(out, "# HELP polaredge_forwarder_bytes_total Bytes carried by forwarders.\n# TYPE polaredge_forwarder_bytes_total counter");
         let _ = writeln!(
             out,
             "polaredge_forwarder_bytes_total{{direction=\"to_cluster\"}} {}",
-            m.bytes_to_cluster.load(Ordering::Relaxed)
+            m.bytes_to_tunnel.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,
             "polaredge_forwarder_bytes_total{{direction=\"from_cluster\"}} {}",
-            m.bytes_from_cluster.load(Ordering::Relaxed)
+            m.bytes_from_tunnel.load(Ordering::Relaxed)
         );
         out
     }

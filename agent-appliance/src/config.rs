@@ -35,6 +35,53 @@ pub struct AgentConfig {
     /// Largest accepted upload, in bytes.
     #[serde(default = "default_max_upload")]
     pub max_upload_bytes: usize,
+    /// Limits of the public connections carried through the tunnel.
+    #[serde(default)]
+    pub streams: Streams,
+}
+
+/// Limits of the streams carried through the tunnel (Traefik's backend connections).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Streams {
+    /// Most tunnel connections at once; connection requests beyond it are refused and counted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A stream the client's relay does not answer within this many milliseconds fails (Traefik answers 502).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// A stream that carries nothing for this many seconds is closed; 0 keeps idle streams open.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            max_connections: default_max_connections(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            idle_timeout_s: default_idle_timeout_s(),
+        }
+    }
+}
+
+impl Streams {
+    /// These limits applied to the tunnel's TCP tuning.
+    pub fn apply(&self, tcp: &mut tunnel::TcpTuning) {
+        tcp.max_connections = self.max_connections;
+        tcp.connect_timeout = std::time::Duration::from_millis(self.connect_timeout_ms);
+        tcp.idle_timeout = (self.idle_timeout_s > 0).then(|| std::time::Duration::from_secs(self.idle_timeout_s));
+    }
+}
+
+fn default_max_connections() -> usize {
+    tunnel::core::DEFAULT_MAX_CONNECTIONS
+}
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+fn default_idle_timeout_s() -> u64 {
+    900
 }
 
 /// The WireGuard side of the agent.
@@ -145,6 +192,12 @@ pub fn load(path: &Path) -> Result<AgentConfig, String> {
             path.display()
         ));
     }
+    if config.streams.max_connections == 0 || config.streams.connect_timeout_ms == 0 {
+        return Err(format!(
+            "config {}: streams.max_connections and streams.connect_timeout_ms must be above 0",
+            path.display()
+        ));
+    }
     Ok(config)
 }
 
@@ -189,6 +242,12 @@ traefik:
 
 # admin_socket: /run/polaredge-agent.sock
 # max_upload_bytes: 8388608
+
+# Public connections carried through the tunnel to the cluster.
+# streams:
+#   max_connections: 16384     # more at once are refused (polaredge_tunnel_refused_over_cap_total)
+#   connect_timeout_ms: 5000   # the client must answer a new stream this fast, or Traefik answers 502
+#   idle_timeout_s: 900        # streams that carry nothing this long are closed (0: never)
 "#,
         state_dir = state_dir.display(),
     )
@@ -211,6 +270,7 @@ mod tests {
         assert_eq!(config.wireguard.private_key_file, dir.join("agent.key"));
         assert_eq!(config.entrypoints["websecure"], ":443");
         assert!(config.acme.is_none());
+        assert_eq!((config.streams.max_connections, config.streams.connect_timeout_ms), (16_384, 5000));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -227,6 +287,12 @@ mod tests {
         )
         .unwrap();
         assert!(load(&path).unwrap_err().contains("reserved"));
+        std::fs::write(
+            &path,
+            "wireguard: {private_key_file: k, client_public_key: x}\nstreams: {max_connections: 0}\n",
+        )
+        .unwrap();
+        assert!(load(&path).unwrap_err().contains("streams.max_connections"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -32,6 +32,12 @@ pub struct ClientConfig {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     #[serde(default = "default_ops")]
     pub ops_listen: SocketAddr,
+    /// Most streams per agent tunnel at once; more are refused and counted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long the relay waits for a pod to accept a connection, in milliseconds.
+    #[serde(default = "default_dial_timeout_ms")]
+    pub dial_timeout_ms: u64,
 }
 
 /// One edge host.
@@ -52,6 +58,12 @@ pub struct AgentPeer {
     pub public_address: Option<String>,
 }
 
+fn default_max_connections() -> usize {
+    tunnel::core::DEFAULT_MAX_CONNECTIONS
+}
+fn default_dial_timeout_ms() -> u64 {
+    5000
+}
 fn default_address() -> String {
     "10.88.0.2/30".into()
 }
@@ -133,5 +145,7 @@ pub fn from_env() -> Result<ClientConfig, String> {
         relay_port: default_relay_port(),
         cert_resolver: std::env::var("POLAREDGE_CERT_RESOLVER").unwrap_or_else(|_| default_resolver()),
         ops_listen: default_ops(),
+        max_connections: default_max_connections(),
+        dial_timeout_ms: default_dial_timeout_ms(),
     })
 }

@@ -69,17 +69,19 @@ impl Metrics {
         let m = &self.relay;
         let _ = writeln!(out, "# HELP polaredge_client_relay_streams_total Streams from agents by outcome.\n# TYPE polaredge_client_relay_streams_total counter");
         for (outcome, n) in [
-            ("accepted", r(&m.accepted)),
+            ("accepted", r(&m.opened)),
             ("refused", r(&m.refused)),
             ("dial_failed", r(&m.dial_failed)),
+            ("failed", r(&m.failed)),
             ("completed", r(&m.completed)),
         ] {
             let _ = writeln!(out, "polaredge_client_relay_streams_total{{outcome=\"{outcome}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP polaredge_client_relay_bytes_total Bytes relayed.\n# TYPE polaredge_client_relay_bytes_total counter");
-        let _ = writeln!(out, "polaredge_client_relay_bytes_total{{direction=\"to_pods\"}} {}", r(&m.bytes_to_pods));
         let _ =
-            writeln!(out, "polaredge_client_relay_bytes_total{{direction=\"from_pods\"}} {}", r(&m.bytes_from_pods));
+            writeln!(out, "polaredge_client_relay_bytes_total{{direction=\"to_pods\"}} {}", r(&m.bytes_from_tunnel));
+        let _ =
+            writeln!(out, "polaredge_client_relay_bytes_total{{direction=\"from_pods\"}} {}", r(&m.bytes_to_tunnel));
         out
     }
 }

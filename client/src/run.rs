@@ -154,6 +154,8 @@ fn lead() -> Result<(), String> {
 /// Runs until the process is stopped.
 pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let key = config::private_key(&config)?;
+    let open_files = tunnel::driver::raise_open_files_limit(None);
+    log::info!("open-files limit {open_files}");
     let relay_metrics = Arc::new(RelayMetrics::default());
     let metrics = Arc::new(Metrics { relay: Arc::clone(&relay_metrics), ..Default::default() });
     // Probes answer from the start, also on a replica that waits to lead.
@@ -167,26 +169,26 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let allowed: AllowList = Arc::new(RwLock::new(Default::default()));
 
     let mut senders = Vec::new();
+    // The relays live in the tunnel drivers as long as these handles.
+    let mut relays = Vec::new();
     for agent in &config.agents {
         let peer: tunnel::PublicKey =
             agent.public_key.parse().map_err(|e| format!("agent {}: public_key: {e}", agent.name))?;
-        let tunnel = Arc::new(
-            Tunnel::start(TunnelConfig {
-                core: CoreConfig {
-                    endpoint: Some(agent.endpoint),
-                    persistent_keepalive: Some(config.keepalive),
-                    peer_allowed_ips: vec![IpCidr::new(
-                        agent.api.ip().into(),
-                        if agent.api.is_ipv4() { 32 } else { 128 },
-                    )],
-                    ..CoreConfig::new(key.clone(), peer, vec![address])
-                },
-                listen: std::net::SocketAddr::from(([0, 0, 0, 0], config.listen_port)),
-            })
-            .map_err(|e| format!("agent {}: {e}", agent.name))?,
+        let mut core = CoreConfig {
+            endpoint: Some(agent.endpoint),
+            persistent_keepalive: Some(config.keepalive),
+            peer_allowed_ips: vec![IpCidr::new(agent.api.ip().into(), if agent.api.is_ipv4() { 32 } else { 128 })],
+            ..CoreConfig::new(key.clone(), peer, vec![address])
+        };
+        core.tcp.max_connections = config.max_connections;
+        core.tcp.connect_timeout = Duration::from_millis(config.dial_timeout_ms);
+        let listen = std::net::SocketAddr::from(([0, 0, 0, 0], config.listen_port));
+        let tunnel =
+            Arc::new(Tunnel::start(TunnelConfig { core, listen }).map_err(|e| format!("agent {}: {e}", agent.name))?);
+        relays.push(
+            relay::serve(&tunnel, config.relay_port, Arc::clone(&allowed), Arc::clone(&relay_metrics))
+                .map_err(|e| format!("agent {}: relay: {e}", agent.name))?,
         );
-        relay::spawn(&tunnel, config.relay_port, Arc::clone(&allowed), Arc::clone(&relay_metrics))
-            .map_err(|e| format!("agent {}: relay: {e}", agent.name))?;
         let (tx, rx) = mpsc::channel::<Arc<String>>();
         let (name, api, m) = (agent.name.clone(), agent.api, Arc::clone(&metrics));
         std::thread::Builder::new()
@@ -241,13 +243,15 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         }
         rendered
     };
-    match source {
+    let result = match source {
         Source::Manifests(dir) => {
             watch_manifests(dir, on_change);
             Ok(())
         }
         Source::Kubernetes => watch_kubernetes(on_change, addresses),
-    }
+    };
+    drop(relays);
+    result
 }
 
 /// How often the sender looks at the tunnel for a new WireGuard session (an agent that came back).

@@ -30,17 +30,17 @@ fn allowed_targets_connect_and_others_are_refused() {
     let other_pod = echo_pod();
     let allow = Arc::new(RwLock::new([allowed_pod].into_iter().collect()));
     let metrics = Arc::new(RelayMetrics::default());
-    relay::spawn(&client, 7000, allow, Arc::clone(&metrics)).unwrap();
+    let _relay = relay::serve(&client, 7000, allow, Arc::clone(&metrics)).unwrap();
     while agent.status().unwrap().peer.endpoint.is_none() {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let local = TcpListener::bind("127.0.0.1:0").unwrap();
     let through = |pod: SocketAddr| {
-        let mut user = TcpStream::connect(local.local_addr().unwrap()).unwrap();
+        let counters = Arc::new(tunnel::StreamCounters::default());
+        let relay = "10.88.0.2:7000".parse().unwrap();
+        let local = TcpListener::bind("127.0.0.1:0").unwrap();
+        let forwarding = agent.forward_from(local, relay, tunnel::relay::encode(pod), counters).unwrap();
+        let mut user = TcpStream::connect(forwarding.local_addr()).unwrap();
         user.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let (accepted, _) = local.accept().unwrap();
-        let (done, _) = std::sync::mpsc::channel();
-        agent.forward(accepted, "10.88.0.2:7000".parse().unwrap(), tunnel::relay::encode(pod), done).unwrap();
         let _ = user.write_all(b"ping");
         let mut reply = Vec::new();
         let _ = user.read_to_end(&mut reply);
@@ -49,5 +49,5 @@ fn allowed_targets_connect_and_others_are_refused() {
     assert_eq!(through(allowed_pod), b"PING");
     assert_eq!(through(other_pod), b"", "a pod outside the snapshot is never dialed");
     assert_eq!(metrics.refused.load(Ordering::Relaxed), 1);
-    assert_eq!(metrics.accepted.load(Ordering::Relaxed), 2);
+    assert_eq!(metrics.opened.load(Ordering::Relaxed), 2);
 }

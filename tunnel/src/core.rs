@@ -4,14 +4,17 @@
 //! [`Core::poll`] after input and whenever [`Core::poll_at`] comes due, and moves TCP payload through the smoltcp
 //! sockets the core holds. Outgoing datagrams leave through the [`DatagramSink`] the caller passes in.
 
+use crate::buffers::Buffers;
 use crate::device::{DatagramSink, RxQueue, TxPath, WgDevice};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::listen::{self, ListenPort, SPARE_LISTENERS};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 /// How often boringtun's timers (handshake retries, keepalives, rekeying) are serviced, as boringtun's own
@@ -27,11 +30,15 @@ pub const DEFAULT_MTU: usize = 1420;
 /// Most decrypted packets held before smoltcp must consume them.
 const RX_QUEUE_PACKETS: usize = 256;
 
+/// Default cap on TCP connections (and listening sockets) per tunnel.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
 /// Tuning for each TCP connection carried by the tunnel.
 #[derive(Debug, Clone)]
 pub struct TcpTuning {
     /// Receive buffer per connection. Above 64 KiB smoltcp uses window scaling; the window bounds throughput
-    /// (window / RTT), the buffers bound memory per connection.
+    /// (window / RTT). Buffers live in their own mapping whose pages are only used once data fills them, so
+    /// this bounds the memory of a busy connection, not of an idle one.
     pub rx_buffer: usize,
     /// Send buffer per connection.
     pub tx_buffer: usize,
@@ -44,6 +51,14 @@ pub struct TcpTuning {
     /// A connection whose sent data, SYN or keep-alive goes unanswered this long is reset. Must exceed
     /// `keep_alive`.
     pub timeout: Option<Duration>,
+    /// Most TCP sockets (connections, handshakes, listening sockets) at once. A connection request beyond it
+    /// is reset and counted in [`Stats::refused_over_cap`]; a connect beyond it fails.
+    pub max_connections: usize,
+    /// How long the driver waits for a connection it opens to be answered before giving up on it (a
+    /// forwarded stream then fails at once, and Traefik answers 502 instead of hanging).
+    pub connect_timeout: std::time::Duration,
+    /// A spliced stream that carries nothing either way for this long is closed; `None` keeps idle streams.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for TcpTuning {
@@ -55,6 +70,9 @@ impl Default for TcpTuning {
             congestion: tcp::CongestionControl::Cubic,
             keep_alive: Some(Duration::from_secs(20)),
             timeout: Some(Duration::from_secs(60)),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connect_timeout: std::time::Duration::from_secs(5),
+            idle_timeout: Some(std::time::Duration::from_secs(15 * 60)),
         }
     }
 }
@@ -78,7 +96,7 @@ pub struct CoreConfig {
     pub endpoint: Option<SocketAddr>,
     /// Tunnel MTU: the largest IP packet inside the tunnel.
     pub mtu: usize,
-    /// Per-connection TCP tuning.
+    /// Per-connection TCP tuning and the connection limits.
     pub tcp: TcpTuning,
 }
 
@@ -148,6 +166,8 @@ pub struct Stats {
     pub dropped_encrypt: u64,
     /// Times the peer's outer address changed (roaming, NAT rebinding, or first contact).
     pub endpoint_changes: u64,
+    /// Connection requests reset because the connection cap was reached (or buffers could not be mapped).
+    pub refused_over_cap: u64,
 }
 
 /// What is known about the peer right now.
@@ -172,6 +192,8 @@ pub enum ConnectError {
     Unaddressable,
     /// Every ephemeral port is in use.
     NoFreePort,
+    /// The connection cap is reached, or the connection's buffers could not be mapped.
+    TooManyConnections,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -182,6 +204,9 @@ impl std::fmt::Display for ConnectError {
             }
             ConnectError::Unaddressable => f.write_str("target address or port is not usable"),
             ConnectError::NoFreePort => f.write_str("all ephemeral tunnel ports are in use"),
+            ConnectError::TooManyConnections => {
+                f.write_str("the tunnel's connection cap is reached (or memory for the connection ran out)")
+            }
         }
     }
 }
@@ -211,6 +236,13 @@ pub struct Core {
     stale_session_seen: Option<SocketAddr>,
     next_port: u16,
     tcp: TcpTuning,
+    /// Each TCP socket's buffer mapping; removing the socket unmaps it.
+    buffers: HashMap<SocketHandle, Buffers>,
+    max_connections: usize,
+    listening: HashMap<u16, ListenPort>,
+    accepted: VecDeque<(u16, SocketHandle)>,
+    /// Sockets nobody uses any more, removed once their FIN or RST has gone out.
+    closing: Vec<SocketHandle>,
     stats: Stats,
 }
 
@@ -289,7 +321,12 @@ impl Core {
             next_offered_handshake: now,
             stale_session_seen: None,
             next_port: EPHEMERAL_PORTS.start() + port_seed % 16384,
+            max_connections: config.tcp.max_connections,
             tcp: config.tcp,
+            buffers: HashMap::new(),
+            listening: HashMap::new(),
+            accepted: VecDeque::new(),
+            closing: Vec::new(),
             stats,
         })
     }
@@ -384,12 +421,14 @@ impl Core {
     }
 
     /// Runs WireGuard timers when due and moves packets between smoltcp and WireGuard. Returns true when some
-    /// socket's state may have changed (data arrived, buffer space freed, connection opened or closed).
+    /// socket's state may have changed (data arrived, buffer space freed, connection opened or closed);
+    /// connections that completed their handshake on a listening port are then ready in [`Core::accept`].
     pub fn poll(&mut self, now: Instant, sink: &mut impl DatagramSink) -> bool {
         if now >= self.next_timer {
             self.next_timer = now + TIMER_TICK;
             self.service_timers(now, sink);
         }
+        self.open_listeners_for_requests();
         let mut device = WgDevice {
             rx: &mut self.rx,
             tx: TxPath {
@@ -401,7 +440,94 @@ impl Core {
                 stats: &mut self.stats,
             },
         };
-        self.iface.poll(now, &mut device, &mut self.sockets) == PollResult::SocketStateChanged
+        let changed = self.iface.poll(now, &mut device, &mut self.sockets) == PollResult::SocketStateChanged;
+        if changed {
+            self.collect_accepted();
+        }
+        if !self.closing.is_empty() {
+            self.reap_closing();
+        }
+        changed
+    }
+
+    fn reap_closing(&mut self) {
+        let mut done = Vec::new();
+        self.closing.retain(|&handle| {
+            let gone =
+                matches!(self.sockets.get::<tcp::Socket>(handle).state(), tcp::State::Closed | tcp::State::TimeWait);
+            if gone {
+                done.push(handle);
+            }
+            !gone
+        });
+        for handle in done {
+            self.remove(handle);
+        }
+    }
+
+    /// Opens a listening socket for every connection request queued for smoltcp beyond the idle ones, within
+    /// the cap. See [`crate::listen`].
+    fn open_listeners_for_requests(&mut self) {
+        if self.listening.is_empty() {
+            return;
+        }
+        let mut any = false;
+        for packet in self.rx.queued() {
+            if let Some(port) = listen::connection_request(packet).and_then(|p| self.listening.get_mut(&p)) {
+                port.requests += 1;
+                any = true;
+            }
+        }
+        if !any {
+            return;
+        }
+        let ports: Vec<u16> = self.listening.iter().filter(|(_, l)| l.requests > 0).map(|(&p, _)| p).collect();
+        for port in ports {
+            let listening = &self.listening[&port];
+            let idle = listening.pending.iter().filter(|&&h| self.tcp_ref(h).state() == tcp::State::Listen).count();
+            let missing = listening.requests.saturating_sub(idle);
+            for _ in 0..missing {
+                match self.open_listener(port) {
+                    Some(handle) => self.listening.get_mut(&port).expect("listed above").pending.push(handle),
+                    None => self.stats.refused_over_cap += 1,
+                }
+            }
+            self.listening.get_mut(&port).expect("listed above").requests = 0;
+        }
+    }
+
+    /// Moves sockets that left the handshake to the accept queue, forgets failed handshakes, and closes idle
+    /// listening sockets beyond the spares.
+    fn collect_accepted(&mut self) {
+        let mut freed = Vec::new();
+        for (&port, listening) in self.listening.iter_mut() {
+            let mut idle = 0;
+            let sockets = &self.sockets;
+            listening.pending.retain(|&handle| match sockets.get::<tcp::Socket>(handle).state() {
+                tcp::State::Listen if idle < SPARE_LISTENERS => {
+                    idle += 1;
+                    true
+                }
+                tcp::State::Listen | tcp::State::Closed => {
+                    freed.push(handle);
+                    false
+                }
+                tcp::State::SynReceived => true,
+                _ => {
+                    self.accepted.push_back((port, handle));
+                    false
+                }
+            });
+        }
+        for handle in freed {
+            self.remove(handle);
+        }
+    }
+
+    fn open_listener(&mut self, port: u16) -> Option<SocketHandle> {
+        let (mut socket, buffers) = self.new_tcp_socket()?;
+        socket.listen(port).expect("a fresh socket with a non-zero port can always listen");
+        Some(self.add_socket((socket, buffers)))
     }
 
     fn service_timers(&mut self, now: Instant, sink: &mut impl DatagramSink) {
@@ -434,12 +560,37 @@ impl Core {
         }
     }
 
-    /// Opens one listening socket on a tunnel port. A smoltcp socket takes one connection, so a listener keeps
-    /// a few of these and opens a fresh one as each is taken.
-    pub fn listen(&mut self, port: u16) -> SocketHandle {
-        let mut socket = self.new_tcp_socket();
-        socket.listen(port).expect("a fresh socket with a non-zero port can always listen");
-        self.sockets.add(socket)
+    /// Accepts connections on a tunnel port (not 0), as many at once as the connection cap allows: listening
+    /// sockets are opened as connection requests arrive. Established connections come out of
+    /// [`Core::accept`]. Listening again on an open port changes nothing.
+    pub fn listen(&mut self, port: u16) {
+        assert_ne!(port, 0, "cannot listen on tunnel port 0");
+        if self.listening.contains_key(&port) {
+            return;
+        }
+        let mut listening = ListenPort::default();
+        if let Some(handle) = self.open_listener(port) {
+            listening.pending.push(handle);
+        }
+        self.listening.insert(port, listening);
+    }
+
+    /// Stops accepting on `port`: handshakes under way are reset, connections not yet taken from
+    /// [`Core::accept`] are reset too. Established connections already taken are not touched.
+    pub fn unlisten(&mut self, port: u16) {
+        let Some(listening) = self.listening.remove(&port) else { return };
+        let unaccepted: Vec<SocketHandle> = self.accepted.iter().filter(|(p, _)| *p == port).map(|&(_, h)| h).collect();
+        self.accepted.retain(|(p, _)| *p != port);
+        for handle in listening.pending.into_iter().chain(unaccepted) {
+            self.tcp(handle).abort();
+            self.closing.push(handle);
+        }
+    }
+
+    /// The next connection established on a listening port: its port and socket. The socket is the caller's
+    /// from now on (remove it with [`Core::remove`] once closed).
+    pub fn accept(&mut self) -> Option<(u16, SocketHandle)> {
+        self.accepted.pop_front()
     }
 
     /// Starts a connection to `remote` inside the tunnel, from an ephemeral port of ours.
@@ -452,9 +603,9 @@ impl Core {
             return Err(ConnectError::NoSourceAddress(remote.addr));
         }
         let port = self.free_port().ok_or(ConnectError::NoFreePort)?;
-        let mut socket = self.new_tcp_socket();
+        let (mut socket, buffers) = self.new_tcp_socket().ok_or(ConnectError::TooManyConnections)?;
         socket.connect(self.iface.context(), remote, port).map_err(|_| ConnectError::Unaddressable)?;
-        Ok(self.sockets.add(socket))
+        Ok(self.add_socket((socket, buffers)))
     }
 
     /// The TCP socket behind `handle`.
@@ -462,9 +613,40 @@ impl Core {
         self.sockets.get_mut::<tcp::Socket>(handle)
     }
 
-    /// Frees a socket. Call it once the socket is closed (or after `abort` and a poll to send the reset).
+    fn tcp_ref(&self, handle: SocketHandle) -> &tcp::Socket<'static> {
+        self.sockets.get::<tcp::Socket>(handle)
+    }
+
+    /// Hands a socket back: it is removed (with its buffers) once it is closed, after its FIN — or its RST,
+    /// if the caller called `abort` — has gone out. The handle must not be used afterwards.
+    pub fn release(&mut self, handle: SocketHandle) {
+        self.closing.push(handle);
+    }
+
+    /// Frees a socket and its buffers at once, whatever its state (nothing more is sent for it).
     pub fn remove(&mut self, handle: SocketHandle) {
+        // The socket (holding slices of the mapping) goes first, then the mapping.
         self.sockets.remove(handle);
+        self.buffers.remove(&handle);
+    }
+
+    /// Gives the memory of an idle connection's buffers back to the OS, if they hold nothing (no unread,
+    /// out-of-order or unacknowledged bytes). Returns whether it did. Costs a system call: call it for
+    /// connections that have gone quiet, not on every poll.
+    pub fn release_idle_buffers(&mut self, handle: SocketHandle) -> bool {
+        if !self.tcp_ref(handle).buffers_empty() {
+            return false;
+        }
+        if let Some(buffers) = self.buffers.get(&handle) {
+            // SAFETY: `buffers_empty` says no byte in either ring is needed.
+            unsafe { buffers.release() };
+        }
+        true
+    }
+
+    /// TCP sockets open now: connections, handshakes and listening sockets.
+    pub fn socket_count(&self) -> usize {
+        self.buffers.len()
     }
 
     /// Counters since start.
@@ -478,18 +660,34 @@ impl Core {
         PeerStatus { endpoint: self.endpoint, last_handshake, tx_bytes: tx as u64, rx_bytes: rx as u64 }
     }
 
-    fn new_tcp_socket(&self) -> tcp::Socket<'static> {
+    /// A socket with our tuning and buffers of its own, or `None` at the cap (or if mapping fails).
+    fn new_tcp_socket(&mut self) -> Option<(tcp::Socket<'static>, Buffers)> {
+        if self.buffers.len() >= self.max_connections {
+            return None;
+        }
         let t = &self.tcp;
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; t.rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; t.tx_buffer]),
-        );
+        // SAFETY: the rings go into the socket, which `remove` drops before the mapping.
+        let (buffers, (rx, tx)) = match unsafe { Buffers::map(t.rx_buffer, t.tx_buffer) } {
+            Ok(mapped) => mapped,
+            Err(e) => {
+                log::warn!("cannot map buffers for a tunnel connection: {e}");
+                return None;
+            }
+        };
+        let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         socket.set_nagle_enabled(false);
         socket.set_ack_delay(t.ack_delay);
         socket.set_congestion_control(t.congestion);
         socket.set_keep_alive(t.keep_alive);
         socket.set_timeout(t.timeout);
-        socket
+        Some((socket, buffers))
+    }
+
+    /// Adds a socket made by `new_tcp_socket`, paired with its mapping.
+    fn add_socket(&mut self, (socket, buffers): (tcp::Socket<'static>, Buffers)) -> SocketHandle {
+        let handle = self.sockets.add(socket);
+        self.buffers.insert(handle, buffers);
+        handle
     }
 
     fn free_port(&mut self) -> Option<u16> {

@@ -54,6 +54,11 @@ impl RxQueue {
     pub(crate) fn push(&mut self, buffer: Vec<u8>, len: usize) {
         self.ready.push_back((buffer, len));
     }
+
+    /// The packets waiting for smoltcp, oldest first.
+    pub(crate) fn queued(&self) -> impl Iterator<Item = &[u8]> {
+        self.ready.iter().map(|(buffer, len)| &buffer[..*len])
+    }
 }
 
 /// Borrows the core's parts for the length of one `Interface::poll`.

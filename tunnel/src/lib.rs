@@ -8,22 +8,26 @@
 //! - [`core`]: the sans-IO core (one peer + one smoltcp interface): datagrams and time in, datagrams and socket
 //!   readiness out. Everything protocol-shaped lives here and is tested without sockets or clocks.
 //! - `device` (private): the smoltcp device between the interface and boringtun, allocation-free per packet.
+//! - `listen` (private): listening without a backlog: a listening socket per connection request, on demand.
+//! - `buffers` (private): each connection's buffers in a mapping of their own, paid for as they fill.
 //! - [`relay`]: the tiny preamble naming the pod endpoint of each forwarded stream.
 //! - [`sim`]: an in-memory link between two cores with loss, duplication and reordering, for tests and fuzzing.
 //! - [`testbed`]: network namespaces, veth pairs and `wireguard-go` for interop tests and benchmarks (root).
 //! - [`driver`]: the one-thread I/O driver (epoll + timerfd) that owns the UDP socket and splices tunnel
 //!   streams with kernel sockets; [`Tunnel`] is its handle.
 
+mod buffers;
 pub mod core;
 mod device;
 pub mod driver;
 pub mod keys;
+mod listen;
 pub mod relay;
 pub mod sim;
 pub mod testbed;
 
 pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning};
 pub use device::DatagramSink;
-pub use driver::{Listener, Tunnel, TunnelConfig, TunnelStream};
+pub use driver::{Forwarding, Listener, RelayPolicy, RelayPort, StreamCounters, Tunnel, TunnelConfig, TunnelStream};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use smoltcp::wire::{IpCidr, IpEndpoint};

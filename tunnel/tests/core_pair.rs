@@ -92,18 +92,20 @@ impl Flow {
 
 /// Connects A to B's listener at `agent`, moves `total` bytes each way at once, and checks both FINs arrive.
 fn bulk_both_ways(pair: &mut Pair, agent: IpAddress, total: usize, timeout_s: u64) {
-    let listener = pair.b.listen(9000);
+    pair.b.listen(9000);
     let client = pair.a.connect(IpEndpoint::new(agent, 9000)).unwrap();
     let mut up = Flow::new(7, total);
     let mut down = Flow::new(11, total);
+    let mut server = None;
     let finished = pair.run_until(Duration::from_secs(timeout_s), |p| {
         up.write(&mut p.a, client);
-        if p.b.tcp(listener).may_send() {
-            down.write(&mut p.b, listener);
-        }
-        up.read(&mut p.b, listener);
         down.read(&mut p.a, client);
-        up.received == total && down.received == total && !p.a.tcp(client).may_recv() && !p.b.tcp(listener).may_recv()
+        let Some(server) = accepted(&mut p.b, &mut server) else { return false };
+        if p.b.tcp(server).may_send() {
+            down.write(&mut p.b, server);
+        }
+        up.read(&mut p.b, server);
+        up.received == total && down.received == total && !p.a.tcp(client).may_recv() && !p.b.tcp(server).may_recv()
     });
     assert!(finished, "transfer stalled: up {}/{total}, down {}/{total} at {}", up.received, down.received, pair.now);
     assert!(pair.a.peer().last_handshake.is_some());
@@ -147,6 +149,19 @@ fn bulk_tcp_survives_loss_duplication_and_reordering() {
 }
 
 /// Captures what core `from` sends while polled, without delivering it.
+/// The connection accepted on `core`, taken once from [`Core::accept`] into `slot`.
+fn accepted(core: &mut Core, slot: &mut Option<SocketHandle>) -> Option<SocketHandle> {
+    if slot.is_none() {
+        *slot = core.accept().map(|(_, handle)| handle);
+    }
+    *slot
+}
+
+/// Whether the connection accepted on `core` (kept in `slot`) is established.
+fn established(core: &mut Core, slot: &mut Option<SocketHandle>) -> bool {
+    accepted(core, slot).is_some_and(|handle| core.tcp(handle).state() == State::Established)
+}
+
 fn capture(core: &mut Core, now: smoltcp::time::Instant) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     core.poll(now, &mut |_: SocketAddr, d: &[u8]| out.push(d.to_vec()));
@@ -155,10 +170,11 @@ fn capture(core: &mut Core, now: smoltcp::time::Instant) -> Vec<Vec<u8>> {
 
 fn established_pair() -> (Pair, SocketHandle, SocketHandle) {
     let mut p = pair(Conditions::default());
-    let listener = p.b.listen(9000);
+    p.b.listen(9000);
     let client = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
-    assert!(p.run_until(Duration::from_secs(5), |p| p.b.tcp(listener).state() == State::Established));
-    (p, client, listener)
+    let mut server = None;
+    assert!(p.run_until(Duration::from_secs(5), |p| established(&mut p.b, &mut server)));
+    (p, client, server.unwrap())
 }
 
 #[test]
@@ -266,9 +282,10 @@ fn preshared_keys_must_match() {
         let a = Core::new(mk(&a_key, &b_key, CLIENT_V4, Some(Pair::B_ADDR), a_psk), 1, now).unwrap();
         let b = Core::new(mk(&b_key, &a_key, AGENT_V4, None, b_psk), 2, now).unwrap();
         let mut p = Pair::new(a, b, Conditions::default());
-        let listener = p.b.listen(9000);
+        p.b.listen(9000);
         p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
-        let connected = p.run_until(Duration::from_secs(3), |p| p.b.tcp(listener).state() == State::Established);
+        let mut server = None;
+        let connected = p.run_until(Duration::from_secs(3), |p| established(&mut p.b, &mut server));
         assert_eq!(connected, works);
     }
 }
@@ -301,9 +318,10 @@ fn packets_from_outside_the_peers_allowed_ips_are_dropped() {
     )
     .unwrap();
     let mut p = Pair::new(a, b, Conditions::default());
-    let listener = p.b.listen(9000);
+    p.b.listen(9000);
     p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
-    assert!(!p.run_until(Duration::from_secs(2), |p| p.b.tcp(listener).state() != State::Listen));
+    let mut server = None;
+    assert!(!p.run_until(Duration::from_secs(2), |p| accepted(&mut p.b, &mut server).is_some()));
     assert!(p.b.stats().dropped_source > 0);
 }
 
@@ -313,9 +331,10 @@ fn the_keepalive_side_brings_the_tunnel_up_without_traffic() {
     let mut p = pair(Conditions::default());
     assert!(p.run_until(Duration::from_secs(2), |p| p.b.peer().last_handshake.is_some()));
     assert_eq!(p.b.peer().endpoint, Some(Pair::A_ADDR));
-    let client_side = p.a.listen(7000);
+    p.a.listen(7000);
     p.b.connect(IpEndpoint::new(CLIENT_V4, 7000)).unwrap();
-    assert!(p.run_until(Duration::from_secs(2), |p| p.a.tcp(client_side).state() == State::Established));
+    let mut client_side = None;
+    assert!(p.run_until(Duration::from_secs(2), |p| established(&mut p.a, &mut client_side)));
 }
 
 #[test]
@@ -384,17 +403,107 @@ fn a_restarted_side_offers_a_new_session_when_stale_data_arrives() {
     )
     .unwrap();
     let mut p = Pair::new(a, Core::new(b_config.clone(), 2, now).unwrap(), Conditions::default());
-    let listener = p.b.listen(9000);
+    p.b.listen(9000);
     p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
-    assert!(p.run_until(Duration::from_secs(5), |p| p.b.tcp(listener).state() == State::Established));
+    let mut server = None;
+    assert!(p.run_until(Duration::from_secs(5), |p| established(&mut p.b, &mut server)));
 
     p.b = Core::new(b_config, 3, p.now).unwrap(); // the restart
-    let listener = p.b.listen(9000);
+    p.b.listen(9000);
     let client = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    let mut server = None;
     assert!(
         p.run_until(Duration::from_secs(5), |p| p.a.tcp(client).state() == State::Established
-            && p.b.tcp(listener).state() == State::Established),
+            && established(&mut p.b, &mut server)),
         "a new connection works again within seconds"
     );
     assert!(p.b.stats().dropped_invalid > 0, "the stale data was dropped first");
+}
+
+/// Opens `n` connections from A to B's port 9000 at once and runs until each is settled: established on
+/// both sides, or reset. Returns (accepted on B, established on A, reset on A).
+fn simultaneous_connections(p: &mut Pair, n: usize) -> (usize, usize, usize) {
+    p.b.listen(9000);
+    let clients: Vec<SocketHandle> = (0..n).map(|_| p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap()).collect();
+    let mut servers = Vec::new();
+    p.run_until(Duration::from_secs(10), |p| {
+        while let Some((port, handle)) = p.b.accept() {
+            assert_eq!(port, 9000);
+            servers.push(handle);
+        }
+        let established = clients.iter().filter(|&&c| p.a.tcp(c).state() == State::Established).count();
+        let settled = clients.iter().all(|&c| matches!(p.a.tcp(c).state(), State::Established | State::Closed));
+        settled && servers.len() >= established
+    });
+    let established = clients.iter().filter(|&&c| p.a.tcp(c).state() == State::Established).count();
+    let reset = clients.iter().filter(|&&c| p.a.tcp(c).state() == State::Closed).count();
+    (servers.len(), established, reset)
+}
+
+#[test]
+fn a_thousand_simultaneous_connection_requests_are_all_accepted() {
+    let mut p = pair(Conditions::default());
+    assert!(p.run_until(Duration::from_secs(2), |p| p.b.peer().last_handshake.is_some()));
+    let (accepted, established, reset) = simultaneous_connections(&mut p, 1000);
+    assert_eq!((accepted, established, reset), (1000, 1000, 0));
+    assert_eq!(p.b.stats().refused_over_cap, 0);
+    // Listening sockets were opened on demand and the idle ones closed again: 1000 connections + spares.
+    assert!(p.b.socket_count() <= 1000 + 2, "{} sockets", p.b.socket_count());
+}
+
+#[test]
+fn requests_beyond_the_connection_cap_are_reset_and_counted() {
+    let (a_key, b_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let now = smoltcp::time::Instant::from_millis(0);
+    let a = Core::new(
+        CoreConfig {
+            endpoint: Some(Pair::B_ADDR),
+            persistent_keepalive: Some(25),
+            ..CoreConfig::new(a_key.clone(), b_key.public_key(), vec![IpCidr::new(CLIENT_V4, 30)])
+        },
+        1,
+        now,
+    )
+    .unwrap();
+    let mut b_config = CoreConfig::new(b_key, a_key.public_key(), vec![IpCidr::new(AGENT_V4, 30)]);
+    b_config.tcp.max_connections = 50;
+    let mut p = Pair::new(a, Core::new(b_config, 2, now).unwrap(), Conditions::default());
+    assert!(p.run_until(Duration::from_secs(2), |p| p.b.peer().last_handshake.is_some()));
+    let (accepted, established, reset) = simultaneous_connections(&mut p, 80);
+    assert_eq!((accepted, established, reset), (50, 50, 30));
+    assert_eq!(p.b.stats().refused_over_cap, 30);
+    // Our own connects count against the cap too.
+    assert!(matches!(
+        p.b.connect(IpEndpoint::new(CLIENT_V4, 7000)),
+        Err(tunnel::core::ConnectError::TooManyConnections)
+    ));
+}
+
+#[test]
+fn unlisten_resets_handshakes_and_connections_not_yet_accepted() {
+    let mut p = pair(Conditions::default());
+    p.b.listen(9000);
+    let client = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    assert!(p.run_until(Duration::from_secs(5), |p| p.a.tcp(client).state() == State::Established));
+    p.b.unlisten(9000);
+    assert!(p.b.accept().is_none());
+    assert!(p.run_until(Duration::from_secs(5), |p| p.a.tcp(client).state() == State::Closed), "A sees the reset");
+    let late = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    assert!(p.run_until(Duration::from_secs(5), |p| p.a.tcp(late).state() == State::Closed), "no listener any more");
+    assert_eq!(p.b.socket_count(), 0, "every socket of the port is gone");
+}
+
+#[test]
+fn an_idle_connections_buffers_are_released_only_when_empty() {
+    let (mut p, client, server) = established_pair();
+    p.a.tcp(client).send_slice(&[1u8; 3000]).unwrap();
+    assert!(!p.a.release_idle_buffers(client), "unacknowledged data is still needed");
+    assert!(p.run_until(Duration::from_secs(5), |p| p.b.tcp(server).recv_queue() == 3000));
+    assert!(!p.b.release_idle_buffers(server), "unread data is still needed");
+    let mut buf = [0u8; 4000];
+    assert_eq!(p.b.tcp(server).recv_slice(&mut buf).unwrap(), 3000);
+    assert!(p.run_until(Duration::from_secs(5), |p| p.a.tcp(client).send_queue() == 0));
+    assert!(p.a.release_idle_buffers(client) && p.b.release_idle_buffers(server));
+    // The connection goes on working after its pages went back to the OS.
+    bulk_more(&mut p, client, server);
 }

@@ -1,10 +1,13 @@
 //! Two driver threads talking WireGuard over real UDP sockets on loopback, carrying kernel TCP connections:
-//! splice, half-close, refused connects, idle wake-ups, stats.
+//! splice, half-close, refused connects, idle wake-ups, stats, forwarders and the relay inside the driver,
+//! hundreds of simultaneous connections, and the connect timeout.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
-use tunnel::{CoreConfig, IpCidr, PrivateKey, Tunnel, TunnelConfig};
+use tunnel::{CoreConfig, IpCidr, PrivateKey, RelayPolicy, StreamCounters, Tunnel, TunnelConfig};
 
 const AGENT: &str = "10.88.0.1";
 
@@ -112,7 +115,7 @@ fn an_idle_tunnel_does_not_poll() {
 }
 
 #[test]
-fn forward_sends_the_preamble_then_splices_and_reports_a_refused_target() {
+fn forward_sends_the_preamble_then_splices_and_a_refused_target_closes_the_local_connection() {
     let (agent, client) = tunnels();
     let relay = client.listen(7000).unwrap();
     let pod: SocketAddr = "10.1.2.3:8080".parse().unwrap();
@@ -132,27 +135,138 @@ fn forward_sends_the_preamble_then_splices_and_reports_a_refused_target() {
         io.write_all(&rest.to_ascii_uppercase()).unwrap();
         target
     });
-    let local = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut user = TcpStream::connect(local.local_addr().unwrap()).unwrap();
-    let (accepted, _) = local.accept().unwrap();
-    let (done, outcome) = std::sync::mpsc::channel();
-    agent.forward(accepted, tunnel_addr("10.88.0.2", 7000), tunnel::relay::encode(pod), done.clone()).unwrap();
+    let counters = Arc::new(StreamCounters::default());
+    let forwarding = agent
+        .forward_from(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            tunnel_addr("10.88.0.2", 7000),
+            tunnel::relay::encode(pod),
+            Arc::clone(&counters),
+        )
+        .unwrap();
+    let mut user = TcpStream::connect(forwarding.local_addr()).unwrap();
     user.write_all(b"hello").unwrap();
     let mut reply = [0u8; 5];
     user.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"HELLO");
     assert_eq!(relay_side.join().unwrap(), pod);
+    assert_eq!(counters.opened.load(Relaxed), 1);
+    assert_eq!(counters.bytes_from_tunnel.load(Relaxed), 5);
 
-    // Nobody listens on tunnel port 7001: the forward ends unclean and the local connection is closed.
-    let mut user = TcpStream::connect(local.local_addr().unwrap()).unwrap();
-    let (accepted, _) = local.accept().unwrap();
-    agent.forward(accepted, tunnel_addr("10.88.0.2", 7001), tunnel::relay::encode(pod), done).unwrap();
-    let refused = outcome.recv_timeout(Duration::from_secs(5)).unwrap();
-    let refused = if refused.clean { outcome.recv_timeout(Duration::from_secs(5)).unwrap() } else { refused };
-    assert!(!refused.clean);
+    // Nobody listens on tunnel port 7001: the tunnel connection is reset, and the local connection is closed.
+    let refused_counters = Arc::new(StreamCounters::default());
+    let refused = agent
+        .forward_from(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            tunnel_addr("10.88.0.2", 7001),
+            tunnel::relay::encode(pod),
+            Arc::clone(&refused_counters),
+        )
+        .unwrap();
+    let mut user = TcpStream::connect(refused.local_addr()).unwrap();
     let mut buf = [0u8; 1];
     user.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(matches!(user.read(&mut buf), Ok(0) | Err(_)), "the local side sees the connection end");
+    wait_for(|| refused_counters.failed.load(Relaxed) == 1, "the refused stream counted as failed");
+
+    // Dropping the handle closes the kernel listener.
+    let address = forwarding.local_addr();
+    drop(forwarding);
+    wait_for(|| TcpStream::connect(address).is_err(), "the forwarder's listener closed");
+}
+
+/// Polls `done` for up to 5 s.
+fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_forwarded_connection_to_a_silent_peer_fails_within_the_connect_timeout() {
+    // The agent knows an endpoint for its peer, but nothing answers there: SYNs go out and vanish.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut core = CoreConfig::new(
+        PrivateKey::generate(),
+        PrivateKey::generate().public_key(),
+        vec!["10.88.0.1/30".parse::<IpCidr>().unwrap()],
+    );
+    core.endpoint = Some(silent.local_addr().unwrap());
+    core.tcp.connect_timeout = Duration::from_millis(800);
+    let agent = Tunnel::start(TunnelConfig { core, listen: "127.0.0.1:0".parse().unwrap() }).unwrap();
+    let counters = Arc::new(StreamCounters::default());
+    let forwarding = agent
+        .forward_from(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            tunnel_addr("10.88.0.2", 7000),
+            tunnel::relay::encode("10.1.2.3:80".parse().unwrap()),
+            Arc::clone(&counters),
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut user = TcpStream::connect(forwarding.local_addr()).unwrap();
+    user.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1];
+    assert!(matches!(user.read(&mut buf), Ok(0) | Err(_)), "the local side sees the connection end");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(3), "closed after {took:?}");
+    wait_for(|| counters.failed.load(Relaxed) == 1, "the timed-out stream counted as failed");
+}
+
+#[test]
+fn hundreds_of_simultaneous_forwarded_connections_all_get_through() {
+    const N: usize = 600;
+    let (agent, client) = tunnels();
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pod = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let relay_counters = Arc::new(StreamCounters::default());
+    let _relay = client.relay(7000, Arc::new(Only(pod)), Arc::clone(&relay_counters)).unwrap();
+    let counters = Arc::new(StreamCounters::default());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let forwarding = agent
+        .forward_from(listener, tunnel_addr("10.88.0.2", 7000), tunnel::relay::encode(pod), Arc::clone(&counters))
+        .unwrap();
+    // Open every connection first (all SYNs in flight together), then talk on each.
+    let mut users: Vec<TcpStream> = (0..N).map(|_| TcpStream::connect(forwarding.local_addr()).unwrap()).collect();
+    for (i, user) in users.iter_mut().enumerate() {
+        user.write_all(format!("{i:05}").as_bytes()).unwrap();
+    }
+    for (i, user) in users.iter_mut().enumerate() {
+        user.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reply = [0u8; 5];
+        user.read_exact(&mut reply).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(reply, *format!("{i:05}").as_bytes());
+    }
+    assert_eq!(counters.opened.load(Relaxed), N as u64);
+    assert_eq!(relay_counters.opened.load(Relaxed), N as u64);
+    assert_eq!(agent.status().unwrap().stats.refused_over_cap, 0);
+    assert_eq!(client.status().unwrap().stats.refused_over_cap, 0);
+    drop(users);
+    wait_for(|| counters.completed.load(Relaxed) == N as u64, "every stream ended cleanly");
+    wait_for(|| client.status().unwrap().connections == 0, "the relay forgot every stream");
+}
+
+struct Only(SocketAddr);
+
+impl RelayPolicy for Only {
+    fn permits(&self, target: SocketAddr) -> bool {
+        target == self.0
+    }
 }
 
 #[test]
@@ -173,9 +287,8 @@ fn connecting_before_the_peer_has_shown_up_fails_at_once() {
 }
 
 #[test]
-fn the_relay_reads_the_preamble_in_the_driver_and_splices_the_rest() {
+fn the_relay_reads_the_preamble_dials_a_permitted_target_and_refuses_the_rest() {
     let (agent, client) = tunnels();
-    let relay = client.listen(7000).unwrap();
     let pod_server = TcpListener::bind("127.0.0.1:0").unwrap();
     let pod = pod_server.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -184,30 +297,38 @@ fn the_relay_reads_the_preamble_in_the_driver_and_splices_the_rest() {
         conn.read_exact(&mut got).unwrap();
         conn.write_all(&got.to_ascii_uppercase()).unwrap();
     });
-    let relay_side = std::thread::spawn(move || {
-        let mut stream = relay.accept_timeout(Duration::from_secs(5)).unwrap();
-        let target = stream.read_preamble(Duration::from_secs(5)).unwrap();
-        stream.splice(TcpStream::connect(target).unwrap()).unwrap().recv().unwrap()
-    });
-    let local = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut user = TcpStream::connect(local.local_addr().unwrap()).unwrap();
-    let (accepted, _) = local.accept().unwrap();
-    let (done, _outcome) = std::sync::mpsc::channel();
-    agent.forward(accepted, tunnel_addr("10.88.0.2", 7000), tunnel::relay::encode(pod), done).unwrap();
-    user.write_all(b"hello").unwrap();
+    let counters = Arc::new(StreamCounters::default());
+    let _relay = client.relay(7000, Arc::new(Only(pod)), Arc::clone(&counters)).unwrap();
+    let mut stream = agent.connect(tunnel_addr("10.88.0.2", 7000), Duration::from_secs(5)).unwrap().into_io().unwrap();
+    stream.write_all(&tunnel::relay::encode(pod)).unwrap();
+    stream.write_all(b"hello").unwrap();
     let mut reply = [0u8; 5];
-    user.read_exact(&mut reply).unwrap();
+    stream.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"HELLO", "the pod got exactly the bytes after the preamble");
-    drop(user);
-    assert!(relay_side.join().unwrap().from_tunnel == 5);
+    drop(stream);
+    wait_for(|| counters.bytes_to_tunnel.load(Relaxed) == 5, "the reply counted");
+    assert_eq!(counters.bytes_from_tunnel.load(Relaxed), 5);
 
-    // A stream that starts with junk is refused.
-    let relay = client.listen(7001).unwrap();
-    let mut junk = agent.connect(tunnel_addr("10.88.0.2", 7001), Duration::from_secs(5)).unwrap().into_io().unwrap();
-    junk.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-    let mut stream = relay.accept_timeout(Duration::from_secs(5)).unwrap();
-    let err = stream.read_preamble(Duration::from_secs(5)).unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    // Refused: junk instead of a preamble, a target the policy does not permit, and (dial_failed) a permitted
+    // target where nothing listens.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let policy = Arc::new(Only(closed));
+    let refusing = Arc::new(StreamCounters::default());
+    let _relay = client.relay(7001, policy, Arc::clone(&refusing)).unwrap();
+    let attempts: [&[u8]; 3] = [b"GET / HTTP/1.1\r\n\r\n", &tunnel::relay::encode(pod), &tunnel::relay::encode(closed)];
+    for bytes in attempts {
+        let mut io = agent.connect(tunnel_addr("10.88.0.2", 7001), Duration::from_secs(5)).unwrap().into_io().unwrap();
+        io.write_all(bytes).unwrap();
+        io.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1];
+        assert!(matches!(io.read(&mut buf), Ok(0) | Err(_)), "the stream is closed");
+    }
+    wait_for(|| refusing.refused.load(Relaxed) == 2, "junk and a foreign target refused");
+    wait_for(|| refusing.dial_failed.load(Relaxed) == 1, "a closed port counted as a failed dial");
+    assert_eq!(refusing.opened.load(Relaxed), 3);
 }
 
 #[test]

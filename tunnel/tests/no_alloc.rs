@@ -85,8 +85,9 @@ fn bulk_transfer_makes_no_allocation_per_packet() {
         now,
     )
     .unwrap();
-    let server = b.listen(9000);
+    b.listen(9000);
     let client = a.connect(IpEndpoint::new(IpAddress::v4(10, 88, 0, 1), 9000)).unwrap();
+    let mut server = None;
     let (mut to_a, mut to_b) = (Wire::default(), Wire::default());
     let mut scratch = vec![0u8; 64 * 1024];
     let (mut up, mut down) = (0usize, 0usize);
@@ -100,9 +101,13 @@ fn bulk_transfer_makes_no_allocation_per_packet() {
             break;
         }
         assert!(round < 199_999, "transfer stalled at up {up}, down {down}");
+        if server.is_none() {
+            server = b.accept().map(|(_, handle)| handle);
+        }
         counted(|| {
             // Both directions at once: A writes to B, B writes to A; each drains what it receives.
-            for (index, (core, handle)) in [(&mut a, client), (&mut b, server)].into_iter().enumerate() {
+            let sides = [(&mut a, Some(client)), (&mut b, server)];
+            for (index, (core, handle)) in sides.into_iter().enumerate().filter_map(|(i, (c, h))| Some((i, (c, h?)))) {
                 let socket = core.tcp(handle);
                 if socket.may_send() {
                     let _ = socket.send_slice(&scratch[..16 * 1024]);

@@ -52,6 +52,9 @@ struct Booted {
 
 fn boot(started: Instant) -> Result<Booted, String> {
     system::mount_basics().map_err(|e| e.to_string())?;
+    // The kernel gives PID 1 a limit of 1,024 open files; every public connection holds two sockets at the edge.
+    let open_files = tunnel::driver::raise_open_files_limit(Some(system::OPEN_FILES_LIMIT));
+    say(&format!("{:>4} ms  open-files limit {open_files}", started.elapsed().as_millis()));
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("reading /proc/cmdline: {e}"))?;
     let params = cmdline::BootParams::parse(&cmdline)?;
     let modules = system::module_list(&params.modules).map_err(|e| e.to_string())?;

@@ -17,6 +17,9 @@ fn with_context<T>(result: rustix::io::Result<T>, what: impl FnOnce() -> String)
 /// How long a device (disk node, network interface) may take to appear after its driver loaded.
 pub const DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The open-files limit PID 1 sets for itself and the agent: the kernel's default `fs.nr_open`.
+pub const OPEN_FILES_LIMIT: u64 = 1 << 20;
+
 /// Waits until `path` exists or `timeout` passes; whether it exists.
 pub fn wait_for_path(path: &Path, timeout: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + timeout;

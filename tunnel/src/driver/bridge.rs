@@ -42,6 +42,8 @@ pub(crate) struct Bridge {
     write_closed: bool,
     to_tunnel: u64,
     from_tunnel: u64,
+    /// What [`Bridge::take_counts`] reported so far.
+    reported: (u64, u64),
 }
 
 /// What one pass over a bridge did.
@@ -65,7 +67,15 @@ impl Bridge {
             write_closed: false,
             to_tunnel: 0,
             from_tunnel: 0,
+            reported: (0, 0),
         }
+    }
+
+    /// Bytes carried (to the tunnel, from the tunnel) since the last call.
+    pub(crate) fn take_counts(&mut self) -> (u64, u64) {
+        let delta = (self.to_tunnel - self.reported.0, self.from_tunnel - self.reported.1);
+        self.reported = (self.to_tunnel, self.from_tunnel);
+        delta
     }
 
     fn outcome(&self, clean: bool) -> SpliceOutcome {

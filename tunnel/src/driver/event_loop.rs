@@ -1,9 +1,16 @@
 //! The driver thread's loop. See the module docs of [`crate::driver`].
+//!
+//! Every tunnel connection the driver knows is a [`Connection`] in one [`Stage`]: handed to its owner
+//! (`Detached`), being opened for [`super::Tunnel::connect`] (`Connecting`), a relay stream waiting for its
+//! preamble (`Preamble`) or dialing its target (`Dialing`), or spliced with a kernel socket (`Spliced`).
+//! Deadlines and idle checks live in one timer heap; epoll tokens are connection ids (and forwarder ids).
 
 use super::bridge::{Bridge, Pump, SpliceOutcome};
+use super::kernel;
+use super::timers::{Timer, Timers};
 use super::udp::{self, UdpSink};
-use super::{Command, Shared, TunnelStatus, TunnelStream};
-use crate::core::Core;
+use super::{Command, RelayPolicy, Shared, StreamCounters, TunnelStatus, TunnelStream};
+use crate::core::{Core, TcpTuning};
 use crate::relay;
 use rustix::event::epoll;
 use smoltcp::iface::SocketHandle;
@@ -13,61 +20,119 @@ use smoltcp::wire::IpEndpoint;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
 const TOKEN_UDP: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
-/// Connection ids start here so they can double as epoll tokens.
-const FIRST_CONNECTION: u64 = 16;
-/// Listening sockets kept per listener: how many handshakes can be in progress at once.
-const LISTEN_POOL: usize = 8;
+/// Connection and forwarder ids start here so they can double as epoll tokens.
+const FIRST_ID: u64 = 16;
 /// Datagrams read per wake-up before the stack gets a turn, so one busy peer cannot starve the sockets.
 const DATAGRAM_BATCH: usize = 128;
+/// Connections accepted from one forwarder per wake-up (the listener is level-triggered: the rest wait).
+const ACCEPT_BATCH: usize = 64;
+/// How long a relay stream may take to name its target.
+const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A spliced connection that carried nothing for this long gives its buffer pages back to the OS.
+const QUIET_AFTER: Duration = Duration::from_secs(2);
+/// At most one log line a second about refusals at the connection cap.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Time since the driver started, as smoltcp counts it.
 pub(crate) fn elapsed(start: std::time::Instant) -> Instant {
     Instant::from_micros(start.elapsed().as_micros() as i64)
 }
 
-struct Listening {
-    pool: Vec<SocketHandle>,
-    accepted: Sender<TunnelStream>,
+fn after(now: Instant, d: Duration) -> Instant {
+    now + smoltcp::time::Duration::from_micros(d.as_micros() as u64)
 }
 
-struct Connecting {
-    deadline: Instant,
-    reply: Sender<io::Result<TunnelStream>>,
+/// The stream limits the driver enforces, from [`TcpTuning`].
+pub(crate) struct Limits {
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_connections: usize,
 }
 
-struct PreambleWait {
-    deadline: Instant,
-    reply: Sender<io::Result<SocketAddr>>,
+impl From<&TcpTuning> for Limits {
+    fn from(t: &TcpTuning) -> Limits {
+        Limits { connect_timeout: t.connect_timeout, idle_timeout: t.idle_timeout, max_connections: t.max_connections }
+    }
+}
+
+/// Who takes the connections accepted on a tunnel port.
+enum Accepting {
+    /// A [`super::Listener`].
+    Channel(Sender<TunnelStream>),
+    /// The driver itself, as a relay.
+    Relay(Arc<RelayPort>),
+}
+
+struct RelayPort {
+    policy: Arc<dyn RelayPolicy>,
+    counters: Arc<StreamCounters>,
+}
+
+/// A kernel listening socket whose connections go into the tunnel.
+struct Forwarder {
+    listener: OwnedFd,
+    remote: SocketAddr,
+    preamble: Vec<u8>,
+    counters: Arc<StreamCounters>,
+}
+
+enum Stage {
+    Detached,
+    Connecting { reply: Sender<io::Result<TunnelStream>> },
+    Preamble,
+    Dialing { fd: OwnedFd, target: SocketAddr },
+    Spliced { bridge: Bridge, done: Option<Sender<SpliceOutcome>> },
 }
 
 struct Connection {
     socket: SocketHandle,
-    bridge: Option<(Bridge, Sender<SpliceOutcome>)>,
+    stage: Stage,
+    /// Where the stream's outcome and bytes are counted (forwarded and relayed streams).
+    counters: Option<Arc<StreamCounters>>,
+    /// For relayed streams: the port's policy.
+    relay: Option<Arc<RelayPort>>,
+    /// When the current stage gives up (connect, preamble, dial).
+    deadline: Option<Instant>,
+    last_active: Instant,
+    /// The buffers were given back since the last activity.
+    quiet: bool,
+}
+
+/// How a connection ends, for its counters.
+#[derive(Clone, Copy)]
+enum End {
+    Refused,
+    DialFailed,
+    Failed,
+    Completed,
 }
 
 pub(crate) struct Driver {
     core: Core,
     socket: UdpSocket,
     is_v6: bool,
-    epoll: std::os::fd::OwnedFd,
+    epoll: OwnedFd,
     shared: Arc<Shared>,
     inbox: Receiver<Command>,
     start: std::time::Instant,
-    listeners: HashMap<u16, Listening>,
-    connecting: HashMap<u64, Connecting>,
+    limits: Limits,
+    listeners: HashMap<u16, Accepting>,
+    forwarders: HashMap<u64, Forwarder>,
     connections: HashMap<u64, Connection>,
-    preambles: HashMap<u64, PreambleWait>,
-    /// Sockets whose kernel side is gone, kept until their FIN or RST has gone out.
-    closing: Vec<SocketHandle>,
+    timers: Timers,
     next_id: u64,
     send_errors: u64,
     wakeups: u64,
+    refusals_logged: u64,
+    next_refusal_log: Instant,
     datagram: Box<[u8]>,
 }
 
@@ -78,6 +143,7 @@ impl Driver {
         shared: Arc<Shared>,
         inbox: Receiver<Command>,
         start: std::time::Instant,
+        limits: Limits,
     ) -> io::Result<Driver> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(&epoll, &socket, epoll::EventData::new_u64(TOKEN_UDP), epoll::EventFlags::IN)?;
@@ -91,23 +157,30 @@ impl Driver {
             shared,
             inbox,
             start,
+            limits,
             listeners: HashMap::new(),
-            connecting: HashMap::new(),
+            forwarders: HashMap::new(),
             connections: HashMap::new(),
-            preambles: HashMap::new(),
-            closing: Vec::new(),
-            next_id: FIRST_CONNECTION,
+            timers: Timers::default(),
+            next_id: FIRST_ID,
             send_errors: 0,
             wakeups: 0,
+            refusals_logged: 0,
+            next_refusal_log: Instant::ZERO,
             datagram: vec![0; 65536].into_boxed_slice(),
         })
     }
 
     pub(crate) fn run(mut self) {
         let mut events = Vec::with_capacity(256);
+        let mut dial_ready = Vec::new();
+        let mut accept_ready = Vec::new();
         loop {
             let now = elapsed(self.start);
-            let deadline = self.core.poll_at(now);
+            let mut deadline = self.core.poll_at(now);
+            if let Some(timer) = self.timers.next() {
+                deadline = deadline.min(timer);
+            }
             // epoll's timeout counts whole milliseconds: round up, or we would spin until the deadline.
             let wait =
                 if deadline <= now { Duration::ZERO } else { Duration::from_micros((deadline - now).total_micros()) };
@@ -130,24 +203,22 @@ impl Driver {
                         let mut counter = [0u8; 8];
                         let _ = rustix::io::read(&self.shared.wake, &mut counter);
                     }
-                    id => {
-                        if let Some(Connection { bridge: Some((bridge, _)), .. }) = self.connections.get_mut(&id) {
+                    id => match self.connections.get_mut(&id).map(|c| &mut c.stage) {
+                        Some(Stage::Spliced { bridge, .. }) => {
+                            use epoll::EventFlags as F;
                             let flags = event.flags;
-                            if flags.intersects(
-                                epoll::EventFlags::IN
-                                    | epoll::EventFlags::HUP
-                                    | epoll::EventFlags::RDHUP
-                                    | epoll::EventFlags::ERR,
-                            ) {
+                            if flags.intersects(F::IN | F::HUP | F::RDHUP | F::ERR) {
                                 bridge.readable = true;
                             }
-                            if flags
-                                .intersects(epoll::EventFlags::OUT | epoll::EventFlags::HUP | epoll::EventFlags::ERR)
-                            {
+                            if flags.intersects(F::OUT | F::HUP | F::ERR) {
                                 bridge.writable = true;
                             }
                         }
-                    }
+                        Some(Stage::Dialing { .. }) => dial_ready.push(id),
+                        Some(_) => {}
+                        None if self.forwarders.contains_key(&id) => accept_ready.push(id),
+                        None => {}
+                    },
                 }
             }
             let now = elapsed(self.start);
@@ -159,7 +230,15 @@ impl Driver {
                     return;
                 }
             }
+            for id in dial_ready.drain(..) {
+                self.finish_dial(id, now);
+            }
+            for id in accept_ready.drain(..) {
+                self.accept_forwarded(id, now);
+            }
+            self.fire_timers(now);
             self.pump(now);
+            self.log_refusals(now);
         }
     }
 
@@ -189,23 +268,14 @@ impl Driver {
     fn handle(&mut self, command: Command, now: Instant) -> bool {
         match command {
             Command::Listen { port, accepted, reply } => {
-                let result = if port == 0 {
-                    Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot listen on tunnel port 0"))
-                } else if self.listeners.contains_key(&port) {
-                    Err(io::Error::new(io::ErrorKind::AddrInUse, format!("tunnel port {port} already has a listener")))
-                } else {
-                    let pool = (0..LISTEN_POOL).map(|_| self.core.listen(port)).collect();
-                    self.listeners.insert(port, Listening { pool, accepted });
-                    Ok(())
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.listen(port, Accepting::Channel(accepted)));
+            }
+            Command::Relay { port, policy, counters, reply } => {
+                let _ = reply.send(self.listen(port, Accepting::Relay(Arc::new(RelayPort { policy, counters }))));
             }
             Command::Unlisten { port } => {
-                if let Some(listening) = self.listeners.remove(&port) {
-                    for handle in listening.pool {
-                        self.core.tcp(handle).abort();
-                        self.closing.push(handle);
-                    }
+                if self.listeners.remove(&port).is_some() {
+                    self.core.unlisten(port);
                 }
             }
             Command::Connect { reply, .. } if self.core.peer().endpoint.is_none() => {
@@ -216,49 +286,43 @@ impl Driver {
             }
             Command::Connect { remote, timeout, reply } => match self.core.connect(IpEndpoint::from(remote)) {
                 Ok(handle) => {
-                    let id = self.new_connection(handle);
-                    let deadline = now + smoltcp::time::Duration::from_micros(timeout.as_micros() as u64);
-                    self.connecting.insert(id, Connecting { deadline, reply });
+                    let id = self.add_connection(handle, Stage::Connecting { reply }, None, now);
+                    self.set_deadline(id, after(now, timeout));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(io::Error::new(io::ErrorKind::AddrNotAvailable, e.to_string())));
                 }
             },
-            Command::Attach { id, fd, done } => self.attach(id, fd, Vec::new(), done),
-            // Without a peer address nothing can be sent: fail at once rather than after the TCP timeout, so
-            // whoever waits (Traefik, for a forwarder) reports the backend as unreachable right away.
-            Command::Forward { done, .. } if self.core.peer().endpoint.is_none() => {
-                let _ = done.send(SpliceOutcome::FAILED);
+            Command::Attach { id, fd, done } => self.attach(id, fd, done, now),
+            Command::ForwardFrom { listener, remote, preamble, counters, reply } => {
+                let id = self.new_id();
+                let result = epoll::add(&self.epoll, &listener, epoll::EventData::new_u64(id), epoll::EventFlags::IN)
+                    .map(|()| {
+                        self.forwarders.insert(id, Forwarder { listener, remote, preamble, counters });
+                        id
+                    })
+                    .map_err(io::Error::from);
+                let _ = reply.send(result);
             }
-            Command::Forward { remote, fd, preamble, done } => match self.core.connect(IpEndpoint::from(remote)) {
-                Ok(handle) => {
-                    let id = self.new_connection(handle);
-                    self.attach(id, fd, preamble, done);
-                }
-                Err(e) => {
-                    log::warn!("tunnel driver: cannot open a tunnel connection to {remote}: {e}");
-                    let _ = done.send(SpliceOutcome::FAILED);
-                }
-            },
-            Command::Drop { id } => self.close(id, true),
-            Command::Preamble { id, timeout, reply } => {
-                let deadline = now + smoltcp::time::Duration::from_micros(timeout.as_micros() as u64);
-                self.preambles.insert(id, PreambleWait { deadline, reply });
-                self.service_preambles(now);
+            Command::StopForwarding { id } => {
+                // Closing the listener also takes it out of the epoll set.
+                self.forwarders.remove(&id);
             }
+            Command::Drop { id } => self.close(id, true, None),
             Command::Status { reply } => {
                 let _ = reply.send(TunnelStatus {
                     peer: self.core.peer(),
                     stats: self.core.stats(),
                     send_errors: self.send_errors,
                     connections: self.connections.len(),
+                    sockets: self.core.socket_count(),
                     wakeups: self.wakeups,
                 });
             }
             Command::Shutdown => {
                 let ids: Vec<u64> = self.connections.keys().copied().collect();
                 for id in ids {
-                    self.close(id, true);
+                    self.close(id, true, Some(End::Failed));
                 }
                 let (core, mut sink) = self.sink();
                 core.poll(now, &mut sink);
@@ -268,27 +332,405 @@ impl Driver {
         true
     }
 
-    fn attach(&mut self, id: u64, fd: std::os::fd::OwnedFd, preamble: Vec<u8>, done: Sender<SpliceOutcome>) {
-        let Some(connection) = self.connections.get_mut(&id) else {
+    fn listen(&mut self, port: u16, accepting: Accepting) -> io::Result<()> {
+        if port == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot listen on tunnel port 0"));
+        }
+        if self.listeners.contains_key(&port) {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("tunnel port {port} already has a listener")));
+        }
+        self.core.listen(port);
+        self.listeners.insert(port, accepting);
+        Ok(())
+    }
+
+    fn new_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn add_connection(
+        &mut self,
+        socket: SocketHandle,
+        stage: Stage,
+        counters: Option<Arc<StreamCounters>>,
+        now: Instant,
+    ) -> u64 {
+        let id = self.new_id();
+        let connection =
+            Connection { socket, stage, counters, relay: None, deadline: None, last_active: now, quiet: false };
+        self.connections.insert(id, connection);
+        id
+    }
+
+    fn set_deadline(&mut self, id: u64, at: Instant) {
+        if let Some(connection) = self.connections.get_mut(&id) {
+            connection.deadline = Some(at);
+            self.timers.arm(at, id, Timer::Deadline);
+        }
+    }
+
+    /// Registers a kernel socket for connection `id` (edge-triggered, both ways).
+    fn watch(&self, id: u64, fd: &OwnedFd) -> io::Result<()> {
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::OUT | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
+        epoll::add(&self.epoll, fd, epoll::EventData::new_u64(id), flags).map_err(io::Error::from)
+    }
+
+    /// Splices connection `id` with `fd`, which is already watched.
+    fn splice(&mut self, id: u64, fd: OwnedFd, preamble: Vec<u8>, done: Option<Sender<SpliceOutcome>>, now: Instant) {
+        let Some(connection) = self.connections.get_mut(&id) else { return };
+        connection.stage = Stage::Spliced { bridge: Bridge::new(fd, preamble), done };
+        connection.last_active = now;
+        if let Some(idle) = self.limits.idle_timeout {
+            self.timers.arm(after(now, QUIET_AFTER.min(idle)), id, Timer::Idle);
+        } else {
+            self.timers.arm(after(now, QUIET_AFTER), id, Timer::Idle);
+        }
+    }
+
+    fn attach(&mut self, id: u64, fd: OwnedFd, done: Sender<SpliceOutcome>, now: Instant) {
+        if !self.connections.contains_key(&id) {
             let _ = done.send(SpliceOutcome::FAILED);
             return;
-        };
-        let flags = epoll::EventFlags::IN | epoll::EventFlags::OUT | epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
-        match epoll::add(&self.epoll, &fd, epoll::EventData::new_u64(id), flags) {
-            Ok(()) => connection.bridge = Some((Bridge::new(fd, preamble), done)),
+        }
+        match self.watch(id, &fd) {
+            Ok(()) => self.splice(id, fd, Vec::new(), Some(done), now),
             Err(e) => {
                 log::warn!("tunnel driver: cannot watch a spliced socket ({e}); resetting the connection");
                 let _ = done.send(SpliceOutcome::FAILED);
-                self.close(id, true);
+                self.close(id, true, None);
             }
         }
     }
 
-    fn new_connection(&mut self, socket: SocketHandle) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.connections.insert(id, Connection { socket, bridge: None });
-        id
+    /// Takes the pending connections of forwarder `id` into the tunnel.
+    fn accept_forwarded(&mut self, id: u64, now: Instant) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(forwarder) = self.forwarders.get(&id) else { return };
+            let fd = match kernel::accept(&forwarder.listener) {
+                Ok(Some(fd)) => fd,
+                Ok(None) => return,
+                Err(e) => {
+                    // EMFILE and friends: leave the connection in the backlog; it is retried on the next wake-up.
+                    log::warn!("tunnel driver: a forwarder cannot accept: {e}");
+                    return;
+                }
+            };
+            let (remote, preamble, counters) =
+                (forwarder.remote, forwarder.preamble.clone(), Arc::clone(&forwarder.counters));
+            counters.opened.fetch_add(1, Relaxed);
+            if self.core.peer().endpoint.is_none() {
+                // Without a peer nothing can be sent: closing at once makes Traefik answer 502 now, not later.
+                counters.refused.fetch_add(1, Relaxed);
+                continue;
+            }
+            let handle = match self.core.connect(IpEndpoint::from(remote)) {
+                Ok(handle) => handle,
+                Err(e) => {
+                    log::warn!("tunnel driver: cannot open a tunnel connection to {remote}: {e}");
+                    counters.refused.fetch_add(1, Relaxed);
+                    continue;
+                }
+            };
+            let conn = self.add_connection(handle, Stage::Detached, Some(counters), now);
+            if let Err(e) = self.watch(conn, &fd) {
+                log::warn!("tunnel driver: cannot watch a forwarded connection ({e})");
+                self.close(conn, true, Some(End::Failed));
+                continue;
+            }
+            self.splice(conn, fd, preamble, None, now);
+            self.set_deadline(conn, after(now, self.limits.connect_timeout));
+        }
+    }
+
+    /// Connection `id` finished dialing its relay target (or failed to).
+    fn finish_dial(&mut self, id: u64, now: Instant) {
+        let Some(connection) = self.connections.get_mut(&id) else { return };
+        let Stage::Dialing { fd, target } = std::mem::replace(&mut connection.stage, Stage::Detached) else { return };
+        match kernel::dial_result(&fd) {
+            Ok(()) => {
+                connection.deadline = None;
+                self.splice(id, fd, Vec::new(), None, now);
+            }
+            Err(e) => {
+                log::warn!("relay: cannot reach {target}: {e}");
+                self.close(id, true, Some(End::DialFailed));
+            }
+        }
+    }
+
+    /// Forgets a connection, counting how it ended; its socket stays in the core until the FIN (or the RST,
+    /// with `reset`) has gone out.
+    fn close(&mut self, id: u64, reset: bool, end: Option<End>) {
+        let Some(connection) = self.connections.remove(&id) else { return };
+        let mut outcome = None;
+        match connection.stage {
+            Stage::Spliced { mut bridge, done } => {
+                let _ = epoll::delete(&self.epoll, &bridge.fd);
+                if let Some(counters) = &connection.counters {
+                    add_bytes(counters, bridge.take_counts());
+                }
+                outcome = done;
+            }
+            Stage::Dialing { fd, .. } => {
+                let _ = epoll::delete(&self.epoll, &fd);
+            }
+            Stage::Connecting { reply } => {
+                let _ = reply.send(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the connection was closed")));
+            }
+            Stage::Detached | Stage::Preamble => {}
+        }
+        if let (Some(counters), Some(end)) = (&connection.counters, end) {
+            let counter = match end {
+                End::Refused => &counters.refused,
+                End::DialFailed => &counters.dial_failed,
+                End::Failed => &counters.failed,
+                End::Completed => &counters.completed,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
+        if let Some(done) = outcome {
+            let _ = done.send(SpliceOutcome::FAILED);
+        }
+        if reset {
+            self.core.tcp(connection.socket).abort();
+        }
+        self.core.release(connection.socket);
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some((id, timer)) = self.timers.pop_due(now) {
+            let Some(connection) = self.connections.get_mut(&id) else { continue };
+            match timer {
+                Timer::Deadline => {
+                    if connection.deadline.is_none_or(|at| at > now) {
+                        continue; // the stage moved on, or its deadline moved
+                    }
+                    connection.deadline = None;
+                    self.expire(id);
+                }
+                Timer::Idle => {
+                    let Stage::Spliced { .. } = connection.stage else { continue };
+                    let idle = Duration::from_micros((now - connection.last_active).total_micros());
+                    if self.limits.idle_timeout.is_some_and(|limit| idle >= limit) {
+                        log::debug!("tunnel driver: closing a stream idle for {idle:?}");
+                        self.close(id, true, Some(End::Completed));
+                        continue;
+                    }
+                    if !connection.quiet && idle >= QUIET_AFTER {
+                        connection.quiet = self.core.release_idle_buffers(connection.socket);
+                    }
+                    let next = match (connection.quiet, self.limits.idle_timeout) {
+                        (false, Some(limit)) => QUIET_AFTER.min(limit),
+                        (false, None) => QUIET_AFTER,
+                        (true, Some(limit)) => limit,
+                        // Quiet, no idle limit: look again later in case it went quiet with data still held.
+                        (true, None) => QUIET_AFTER * 30,
+                    };
+                    let at = after(connection.last_active, next).max(after(now, Duration::from_millis(1)));
+                    self.timers.arm(at, id, Timer::Idle);
+                }
+            }
+        }
+    }
+
+    /// The current stage of connection `id` ran out of time.
+    fn expire(&mut self, id: u64) {
+        let connection = self.connections.get_mut(&id).expect("present");
+        let timeout = self.limits.connect_timeout;
+        let end = match &connection.stage {
+            Stage::Connecting { .. } => {
+                if let Stage::Connecting { reply } = std::mem::replace(&mut connection.stage, Stage::Detached) {
+                    let _ = reply.send(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no answer through the tunnel (is the peer up and its handshake done?)",
+                    )));
+                }
+                None
+            }
+            Stage::Preamble => {
+                log::warn!("relay: refused a stream that sent no preamble within {PREAMBLE_TIMEOUT:?}");
+                Some(End::Refused)
+            }
+            Stage::Dialing { target, .. } => {
+                log::warn!("relay: cannot reach {target}: no answer within {timeout:?}");
+                Some(End::DialFailed)
+            }
+            // A forwarded stream whose tunnel connection nobody answered.
+            Stage::Spliced { .. } if self.core.tcp(connection.socket).state() == State::SynSent => {
+                log::warn!(
+                    "tunnel driver: no answer through the tunnel within {timeout:?}; closing a forwarded connection"
+                );
+                Some(End::Failed)
+            }
+            Stage::Spliced { .. } | Stage::Detached => return,
+        };
+        self.close(id, true, end);
+    }
+
+    /// Moves data until nothing moves: kernel sockets <-> smoltcp <-> WireGuard.
+    fn pump(&mut self, now: Instant) {
+        for _ in 0..16 {
+            let moved_before = self.pump_bridges(now);
+            let (core, mut sink) = self.sink();
+            let changed = core.poll(now, &mut sink);
+            let accepted = self.take_accepted(now);
+            let moved_after = self.pump_bridges(now);
+            let settled = self.service_handshakes(now);
+            if !(moved_before || moved_after || changed || accepted || settled) {
+                break;
+            }
+        }
+    }
+
+    fn pump_bridges(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        let mut finished = Vec::new();
+        for (&id, connection) in self.connections.iter_mut() {
+            let Stage::Spliced { bridge, .. } = &mut connection.stage else { continue };
+            let socket = self.core.tcp(connection.socket);
+            match bridge.pump(socket) {
+                Pump::Open { moved: false } => {}
+                Pump::Open { moved: true } => {
+                    moved = true;
+                    connection.last_active = now;
+                    connection.quiet = false;
+                    if let Some(counters) = &connection.counters {
+                        add_bytes(counters, bridge.take_counts());
+                    }
+                }
+                Pump::Finished(outcome) => finished.push((id, outcome)),
+            }
+        }
+        for (id, outcome) in finished {
+            if let Some(Connection { stage: Stage::Spliced { done, .. }, .. }) = self.connections.get_mut(&id) {
+                if let Some(done) = done.take() {
+                    let _ = done.send(outcome);
+                }
+            }
+            self.close(id, false, Some(if outcome.clean { End::Completed } else { End::Failed }));
+            moved = true;
+        }
+        moved
+    }
+
+    /// Hands connections established on listening ports to whoever accepts them.
+    fn take_accepted(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        while let Some((port, handle)) = self.core.accept() {
+            any = true;
+            match self.listeners.get(&port) {
+                Some(Accepting::Channel(accepted)) => {
+                    let accepted = accepted.clone();
+                    let id = self.add_connection(handle, Stage::Detached, None, now);
+                    if let Err(unsent) = accepted.send(self.stream(id)) {
+                        // The Listener is gone; dropping the stream resets the connection via its Drop command.
+                        drop(unsent);
+                    }
+                }
+                Some(Accepting::Relay(relay)) => {
+                    let relay = Arc::clone(relay);
+                    relay.counters.opened.fetch_add(1, Relaxed);
+                    let id = self.add_connection(handle, Stage::Preamble, Some(Arc::clone(&relay.counters)), now);
+                    self.connections.get_mut(&id).expect("just added").relay = Some(relay);
+                    self.set_deadline(id, after(now, PREAMBLE_TIMEOUT));
+                }
+                None => {
+                    self.core.tcp(handle).abort();
+                    self.core.release(handle);
+                }
+            }
+        }
+        any
+    }
+
+    /// Settles connections waiting on the tunnel side: `Tunnel::connect` calls whose handshake finished, and
+    /// relay streams whose preamble arrived. Returns whether any settled.
+    fn service_handshakes(&mut self, now: Instant) -> bool {
+        let mut connected = Vec::new();
+        let mut preambles = Vec::new();
+        for (&id, connection) in &self.connections {
+            match connection.stage {
+                Stage::Connecting { .. } => match self.core.tcp(connection.socket).state() {
+                    State::SynSent => {}
+                    State::Closed => connected.push((id, false)),
+                    _ => connected.push((id, true)),
+                },
+                Stage::Preamble => preambles.push(id),
+                _ => {}
+            }
+        }
+        let settled = !connected.is_empty();
+        for (id, ok) in connected {
+            let connection = self.connections.get_mut(&id).expect("listed above");
+            let Stage::Connecting { reply } = std::mem::replace(&mut connection.stage, Stage::Detached) else {
+                continue;
+            };
+            connection.deadline = None;
+            if ok {
+                let _ = reply.send(Ok(self.stream(id)));
+            } else {
+                let _ = reply.send(Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "connection refused by the tunnel peer",
+                )));
+                self.close(id, true, None);
+            }
+        }
+        let mut any = settled;
+        for id in preambles {
+            any |= self.read_preamble(id, now);
+        }
+        any
+    }
+
+    /// Reads a relay stream's preamble if it has arrived; then checks the target and starts dialing it.
+    fn read_preamble(&mut self, id: u64, now: Instant) -> bool {
+        let connection = &self.connections[&id];
+        let policy = connection.relay.as_ref().map(|r| Arc::clone(&r.policy));
+        let socket = self.core.tcp(connection.socket);
+        let mut head = [0u8; relay::MAX_LEN];
+        let n = socket.peek_slice(&mut head).unwrap_or(0);
+        let target = match relay::decode(&head[..n]) {
+            Ok(Some((target, len))) => {
+                let _ = socket.recv_slice(&mut head[..len]);
+                target
+            }
+            Ok(None) if socket.may_recv() => return false,
+            Ok(None) => {
+                log::warn!("relay: refused a stream that closed before its preamble");
+                self.close(id, true, Some(End::Refused));
+                return true;
+            }
+            Err(e) => {
+                log::warn!("relay: refused a stream without a valid preamble: {e}");
+                self.close(id, true, Some(End::Refused));
+                return true;
+            }
+        };
+        let permitted = policy.is_some_and(|policy| policy.permits(target));
+        if !permitted {
+            log::warn!("relay: refused {target}: not an endpoint of the current snapshot");
+            self.close(id, true, Some(End::Refused));
+            return true;
+        }
+        let fd = match kernel::dial(target) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::warn!("relay: cannot reach {target}: {e}");
+                self.close(id, true, Some(End::DialFailed));
+                return true;
+            }
+        };
+        if let Err(e) = self.watch(id, &fd) {
+            log::warn!("relay: cannot watch the connection to {target}: {e}");
+            self.close(id, true, Some(End::DialFailed));
+            return true;
+        }
+        self.connections.get_mut(&id).expect("present").stage = Stage::Dialing { fd, target };
+        self.set_deadline(id, after(now, self.limits.connect_timeout));
+        true
     }
 
     fn stream(&mut self, id: u64) -> TunnelStream {
@@ -299,158 +741,27 @@ impl Driver {
         TunnelStream { id, local, remote, shared: Some(Arc::clone(&self.shared)) }
     }
 
-    /// Forgets a connection; its socket stays until the FIN (or the RST, with `reset`) has gone out.
-    fn close(&mut self, id: u64, reset: bool) {
-        self.connecting.remove(&id);
-        self.preambles.remove(&id);
-        if let Some(connection) = self.connections.remove(&id) {
-            if let Some((bridge, _)) = &connection.bridge {
-                let _ = epoll::delete(&self.epoll, &bridge.fd);
-            }
-            let tcp = self.core.tcp(connection.socket);
-            if reset {
-                tcp.abort();
-            }
-            self.closing.push(connection.socket);
+    fn log_refusals(&mut self, now: Instant) {
+        let refused = self.core.stats().refused_over_cap;
+        if refused > self.refusals_logged && now >= self.next_refusal_log {
+            log::warn!(
+                "tunnel: refused {} connection request(s): the cap of {} connections is reached \
+                 (tunnel.max_connections)",
+                refused - self.refusals_logged,
+                self.limits.max_connections
+            );
+            self.refusals_logged = refused;
+            self.next_refusal_log = after(now, REFUSAL_LOG_INTERVAL);
         }
     }
+}
 
-    /// Moves data until nothing moves: kernel sockets <-> smoltcp <-> WireGuard.
-    fn pump(&mut self, now: Instant) {
-        for _ in 0..16 {
-            let moved_before = self.pump_bridges();
-            let (core, mut sink) = self.sink();
-            let changed = core.poll(now, &mut sink);
-            self.reap_closing();
-            let moved_after = self.pump_bridges();
-            self.service_listeners();
-            self.service_connecting(now);
-            self.service_preambles(now);
-            if !(moved_before || moved_after || changed) {
-                break;
-            }
-        }
+fn add_bytes(counters: &StreamCounters, (to_tunnel, from_tunnel): (u64, u64)) {
+    if to_tunnel > 0 {
+        counters.bytes_to_tunnel.fetch_add(to_tunnel, Relaxed);
     }
-
-    fn pump_bridges(&mut self) -> bool {
-        let mut moved = false;
-        let mut finished = Vec::new();
-        for (&id, connection) in self.connections.iter_mut() {
-            let Some((bridge, _)) = connection.bridge.as_mut() else { continue };
-            match bridge.pump(self.core.tcp(connection.socket)) {
-                Pump::Open { moved: m } => moved |= m,
-                Pump::Finished(outcome) => finished.push((id, outcome)),
-            }
-        }
-        for (id, outcome) in finished {
-            if let Some(Connection { bridge: Some((_, done)), .. }) = self.connections.get(&id) {
-                let _ = done.send(outcome);
-            }
-            self.close(id, false);
-            moved = true;
-        }
-        moved
-    }
-
-    fn reap_closing(&mut self) {
-        let core = &mut self.core;
-        self.closing.retain(|&handle| {
-            let done = matches!(core.tcp(handle).state(), State::Closed | State::TimeWait);
-            if done {
-                core.remove(handle);
-            }
-            !done
-        });
-    }
-
-    fn service_listeners(&mut self) {
-        let mut ready = Vec::new();
-        for (&port, listening) in self.listeners.iter_mut() {
-            for slot in listening.pool.iter_mut() {
-                let state = self.core.tcp(*slot).state();
-                if !matches!(state, State::Listen | State::SynReceived) {
-                    let taken = std::mem::replace(slot, self.core.listen(port));
-                    ready.push((port, taken));
-                }
-            }
-        }
-        for (port, handle) in ready {
-            let id = self.new_connection(handle);
-            let stream = self.stream(id);
-            let listening = &self.listeners[&port];
-            if let Err(unsent) = listening.accepted.send(stream) {
-                // The Listener is gone; dropping the stream resets the connection via its Drop command.
-                drop(unsent);
-            }
-        }
-    }
-
-    fn service_preambles(&mut self, now: Instant) {
-        if self.preambles.is_empty() {
-            return;
-        }
-        let mut settled = Vec::new();
-        for (&id, wait) in &self.preambles {
-            let Some(connection) = self.connections.get(&id) else {
-                settled.push((id, Err(io::Error::new(io::ErrorKind::NotConnected, "the stream is gone"))));
-                continue;
-            };
-            let socket = self.core.tcp(connection.socket);
-            let mut head = [0u8; relay::MAX_LEN];
-            let n = socket.peek_slice(&mut head).unwrap_or(0);
-            match relay::decode(&head[..n]) {
-                Ok(Some((target, len))) => {
-                    let _ = socket.recv_slice(&mut head[..len]);
-                    settled.push((id, Ok(target)));
-                }
-                Err(e) => settled.push((id, Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())))),
-                Ok(None) if !socket.may_recv() => settled.push((
-                    id,
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the stream closed before its preamble")),
-                )),
-                Ok(None) if now >= wait.deadline => {
-                    settled.push((id, Err(io::Error::new(io::ErrorKind::TimedOut, "no relay preamble in time"))))
-                }
-                Ok(None) => {}
-            }
-        }
-        for (id, result) in settled {
-            if let Some(wait) = self.preambles.remove(&id) {
-                let _ = wait.reply.send(result);
-            }
-        }
-    }
-
-    fn service_connecting(&mut self, now: Instant) {
-        let mut settled = Vec::new();
-        for (&id, connecting) in &self.connecting {
-            let state = self.core.tcp(self.connections[&id].socket).state();
-            match state {
-                State::SynSent if now < connecting.deadline => {}
-                State::SynSent => settled.push((id, Err(io::ErrorKind::TimedOut))),
-                State::Closed => settled.push((id, Err(io::ErrorKind::ConnectionRefused))),
-                _ => settled.push((id, Ok(()))),
-            }
-        }
-        for (id, result) in settled {
-            let connecting = self.connecting.remove(&id).expect("listed above");
-            match result {
-                Ok(()) => {
-                    let stream = self.stream(id);
-                    let _ = connecting.reply.send(Ok(stream));
-                }
-                Err(kind) => {
-                    let message = match kind {
-                        io::ErrorKind::TimedOut => {
-                            "no answer through the tunnel (is the peer up and its handshake done?)"
-                        }
-                        _ => "connection refused by the tunnel peer",
-                    };
-                    let _ = connecting.reply.send(Err(io::Error::new(kind, message)));
-                    self.close(id, true);
-                }
-            }
-        }
+    if from_tunnel > 0 {
+        counters.bytes_from_tunnel.fetch_add(from_tunnel, Relaxed);
     }
 }
 

@@ -8,18 +8,28 @@
 //! [`Tunnel`] is the owner's handle; [`Listener`] accepts streams on a tunnel port; a [`TunnelStream`] is one
 //! connection, which the caller either splices with a kernel socket ([`TunnelStream::splice`]: the bytes then
 //! never leave the driver thread) or turns into a plain blocking [`UnixStream`] ([`TunnelStream::into_io`]).
+//!
+//! The data path needs no thread of its own at all: [`Tunnel::forward_from`] hands the driver a kernel
+//! listening socket whose every connection becomes a tunnel stream (the agent's forwarders), and
+//! [`Tunnel::relay`] has the driver read each incoming stream's relay preamble, ask a [`RelayPolicy`], dial the
+//! target with a non-blocking kernel connect and splice (the client's relay). Thread count stays constant
+//! whatever the load.
 
 mod bridge;
 mod event_loop;
+mod kernel;
+mod timers;
 mod udp;
 
 pub use bridge::SpliceOutcome;
+pub use kernel::raise_open_files_limit;
 
 use crate::core::{Core, CoreConfig, PeerStatus, Stats};
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,19 +55,83 @@ pub struct TunnelStatus {
     pub send_errors: u64,
     /// Open tunnel connections (spliced or waiting to be).
     pub connections: usize,
+    /// TCP sockets in the userspace stack: connections, handshakes, listening sockets, and closing ones.
+    pub sockets: usize,
     /// Times the driver thread woke up.
     pub wakeups: u64,
 }
 
+/// Counters of the streams of one forwarder ([`Tunnel::forward_from`]) or relay port ([`Tunnel::relay`]),
+/// kept by the driver thread as the streams go. Every opened stream ends in exactly one of `refused`,
+/// `dial_failed`, `failed` and `completed`; the byte counters move while the streams carry data.
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    /// Streams begun: connections accepted by a forwarder, or tunnel streams arriving at a relay port.
+    pub opened: AtomicU64,
+    /// Refused before any byte moved: no tunnel connection could be opened (no peer yet, the connection cap)
+    /// for a forwarder; a missing, malformed or late preamble, or a target the policy does not permit, for a
+    /// relay.
+    pub refused: AtomicU64,
+    /// Relay only: the target could not be dialed (refused, unreachable, or no answer within the connect
+    /// timeout).
+    pub dial_failed: AtomicU64,
+    /// Ended with a reset, an error, or a timeout (including a tunnel connection nobody answered).
+    pub failed: AtomicU64,
+    /// Ended with a FIN both ways, or closed after the idle timeout.
+    pub completed: AtomicU64,
+    /// Bytes from the kernel socket into the tunnel.
+    pub bytes_to_tunnel: AtomicU64,
+    /// Bytes from the tunnel to the kernel socket.
+    pub bytes_from_tunnel: AtomicU64,
+}
+
+/// Decides where a relay port may send its streams. Runs on the driver thread: keep it quick (a lookup).
+pub trait RelayPolicy: Send + Sync + 'static {
+    /// Whether a stream whose preamble names `target` may be dialed there.
+    fn permits(&self, target: SocketAddr) -> bool;
+}
+
 pub(crate) enum Command {
-    Listen { port: u16, accepted: Sender<TunnelStream>, reply: Sender<io::Result<()>> },
-    Unlisten { port: u16 },
-    Connect { remote: SocketAddr, timeout: Duration, reply: Sender<io::Result<TunnelStream>> },
-    Attach { id: u64, fd: OwnedFd, done: Sender<SpliceOutcome> },
-    Forward { remote: SocketAddr, fd: OwnedFd, preamble: Vec<u8>, done: Sender<SpliceOutcome> },
-    Drop { id: u64 },
-    Preamble { id: u64, timeout: Duration, reply: Sender<io::Result<SocketAddr>> },
-    Status { reply: Sender<TunnelStatus> },
+    Listen {
+        port: u16,
+        accepted: Sender<TunnelStream>,
+        reply: Sender<io::Result<()>>,
+    },
+    Relay {
+        port: u16,
+        policy: Arc<dyn RelayPolicy>,
+        counters: Arc<StreamCounters>,
+        reply: Sender<io::Result<()>>,
+    },
+    Unlisten {
+        port: u16,
+    },
+    Connect {
+        remote: SocketAddr,
+        timeout: Duration,
+        reply: Sender<io::Result<TunnelStream>>,
+    },
+    Attach {
+        id: u64,
+        fd: OwnedFd,
+        done: Sender<SpliceOutcome>,
+    },
+    ForwardFrom {
+        listener: OwnedFd,
+        remote: SocketAddr,
+        preamble: Vec<u8>,
+        counters: Arc<StreamCounters>,
+        reply: Sender<io::Result<u64>>,
+    },
+    StopForwarding {
+        id: u64,
+    },
+    Drop {
+        id: u64,
+    },
+    Status {
+        reply: Sender<TunnelStatus>,
+    },
     Shutdown,
 }
 
@@ -98,6 +172,7 @@ impl Tunnel {
         let socket = udp::bind(config.listen)?;
         let local_addr = socket.local_addr()?;
         let start = std::time::Instant::now();
+        let limits = event_loop::Limits::from(&config.core.tcp);
         let core =
             Core::new(config.core, rustix::process::getpid().as_raw_nonzero().get() as u32, event_loop::elapsed(start))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -105,7 +180,7 @@ impl Tunnel {
             rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?;
         let (commands, inbox) = mpsc::channel();
         let shared = Arc::new(Shared { commands, wake });
-        let driver = event_loop::Driver::new(core, socket, Arc::clone(&shared), inbox, start)?;
+        let driver = event_loop::Driver::new(core, socket, Arc::clone(&shared), inbox, start, limits)?;
         let thread = std::thread::Builder::new().name("tunnel".into()).spawn(move || driver.run())?;
         Ok(Tunnel { shared, local_addr, thread: Some(thread) })
     }
@@ -115,31 +190,48 @@ impl Tunnel {
         self.local_addr
     }
 
-    /// Accepts connections to `port` on our tunnel addresses.
+    /// Accepts connections to `port` on our tunnel addresses, as many at once as the connection cap allows.
     pub fn listen(&self, port: u16) -> io::Result<Listener> {
         let (accepted, incoming) = mpsc::channel();
         self.shared.ask(|reply| Command::Listen { port, accepted, reply })??;
         Ok(Listener { port, incoming, shared: Arc::clone(&self.shared) })
     }
 
+    /// Relays the streams arriving at tunnel `port`, inside the driver: each must start with a relay preamble
+    /// ([`crate::relay`]) naming a target that `policy` permits; the driver dials the target with kernel TCP
+    /// (failing after the connect timeout) and splices both ways. Anything else is reset. Counted in
+    /// `counters`. Dropping the handle stops accepting; streams under way go on.
+    pub fn relay(
+        &self,
+        port: u16,
+        policy: Arc<dyn RelayPolicy>,
+        counters: Arc<StreamCounters>,
+    ) -> io::Result<RelayPort> {
+        self.shared.ask(|reply| Command::Relay { port, policy, counters, reply })??;
+        Ok(RelayPort { port, shared: Arc::clone(&self.shared) })
+    }
+
+    /// Carries every connection accepted on `listener` (a kernel TCP listening socket) to `remote` inside the
+    /// tunnel, sending `preamble` first, spliced both ways inside the driver. A tunnel connection that cannot
+    /// be opened, or that is not answered within the connect timeout, closes the kernel connection at once.
+    /// Counted in `counters`. Dropping the handle closes the listener; streams under way go on.
+    pub fn forward_from(
+        &self,
+        listener: TcpListener,
+        remote: SocketAddr,
+        preamble: Vec<u8>,
+        counters: Arc<StreamCounters>,
+    ) -> io::Result<Forwarding> {
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let listener = OwnedFd::from(listener);
+        let id = self.shared.ask(|reply| Command::ForwardFrom { listener, remote, preamble, counters, reply })??;
+        Ok(Forwarding { id, local_addr, shared: Arc::clone(&self.shared) })
+    }
+
     /// Opens a connection to `remote` inside the tunnel; waits until it is established, refused, or `timeout`.
     pub fn connect(&self, remote: SocketAddr, timeout: Duration) -> io::Result<TunnelStream> {
         self.shared.ask(|reply| Command::Connect { remote, timeout, reply })?
-    }
-
-    /// Carries a kernel TCP connection to `remote` inside the tunnel without waiting: the driver opens the
-    /// tunnel connection, sends `preamble` first, then splices both ways. `done` hears how it ended (a
-    /// refused or timed-out tunnel connection ends unclean, and the kernel connection is closed).
-    pub fn forward(
-        &self,
-        stream: TcpStream,
-        remote: SocketAddr,
-        preamble: Vec<u8>,
-        done: Sender<SpliceOutcome>,
-    ) -> io::Result<()> {
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
-        self.shared.send(Command::Forward { remote, fd: stream.into(), preamble, done })
     }
 
     /// The peer, counters and connection count, read from the driver thread.
@@ -190,6 +282,46 @@ impl Drop for Listener {
     }
 }
 
+/// A relay port served by the driver ([`Tunnel::relay`]). Dropping it stops accepting.
+pub struct RelayPort {
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+impl RelayPort {
+    /// The tunnel port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for RelayPort {
+    fn drop(&mut self) {
+        let _ = self.shared.send(Command::Unlisten { port: self.port });
+    }
+}
+
+/// A kernel listening socket whose connections the driver carries into the tunnel ([`Tunnel::forward_from`]).
+/// Dropping it closes the listener.
+pub struct Forwarding {
+    id: u64,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Forwarding {
+    /// The kernel listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let _ = self.shared.send(Command::StopForwarding { id: self.id });
+    }
+}
+
 /// One established TCP connection inside the tunnel, not yet attached to anything. Dropping it resets the
 /// connection.
 pub struct TunnelStream {
@@ -208,14 +340,6 @@ impl TunnelStream {
     /// The other end's tunnel address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.remote
-    }
-
-    /// Reads the relay preamble ([`crate::relay`]) that leads the stream, inside the driver: the bytes after it
-    /// stay in the tunnel socket for [`TunnelStream::splice`]. Fails on a malformed preamble, on a stream that
-    /// closes first, or after `timeout`.
-    pub fn read_preamble(&mut self, timeout: Duration) -> io::Result<SocketAddr> {
-        let id = self.id;
-        self.shared.as_ref().ok_or_else(stopped)?.ask(|reply| Command::Preamble { id, timeout, reply })?
     }
 
     /// Splices the connection with a kernel TCP socket inside the driver thread; the returned receiver yields
