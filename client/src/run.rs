@@ -154,13 +154,15 @@ fn lead() -> Result<(), String> {
 /// Runs until the process is stopped.
 pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let key = config::private_key(&config)?;
-    let open_files = tunnel::driver::raise_open_files_limit(None);
-    log::info!("open-files limit {open_files}");
     let relay_metrics = Arc::new(RelayMetrics::default());
     let metrics = Arc::new(Metrics { relay: Arc::clone(&relay_metrics), ..Default::default() });
     // Probes answer from the start, also on a replica that waits to lead.
     let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&metrics))?;
     log::info!("/healthz, /readyz and /metrics on {ops}");
+    let open_files = tunnel::driver::raise_open_files_limit(None);
+    if open_files < 2 * config.max_connections as u64 {
+        log::warn!("the open-files limit is {open_files}: too low for max_connections {}", config.max_connections);
+    }
     if matches!(source, Source::Kubernetes) {
         lead()?;
     }
