@@ -51,7 +51,7 @@ pub fn raise_open_files_limit(ceiling: Option<u64>) -> u64 {
     let mut limit = getrlimit(Resource::Nofile);
     if let Some(ceiling) = ceiling.filter(|&c| limit.maximum.is_some_and(|max| max < c)) {
         let raised = Rlimit { current: Some(ceiling), maximum: Some(ceiling) };
-        if setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+        if setrlimit(Resource::Nofile, raised).is_ok() {
             limit = raised;
         }
     }
