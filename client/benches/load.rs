@@ -1,0 +1,341 @@
+//! Public load through the edge, side by side with its anchors, in one run: wrk at 100, 1,000 and 10,000
+//! keep-alive connections and bursts of simultaneous one-request connections, each against
+//! (a) the backend directly (Debian's nginx), (b) the same Traefik proxying straight to it (what the edge
+//! itself costs), (c) through the edge (agent + Traefik + userspace WireGuard + client relay).
+//! Prints req/s, latency percentiles, errors, and the RSS and threads of the agent and the client; then the
+//! memory of 1,000 idle keep-alive connections, and RSS after the load.
+//!
+//! Run (root, for the open-files limit; needs wrk and nginx): `scripts/bench.sh`, or
+//! `cargo build --release -p polaredge-agent && cargo bench -p polaredge-client --bench load`.
+//! `POLAREDGE_LOAD_SECONDS` sets each wrk run's length (default 8).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+const HOST: &str = "bench.test";
+
+fn main() {
+    let open_files = tunnel::driver::raise_open_files_limit(Some(1 << 20));
+    // 10,000 connections take 10,000 sockets in wrk and the agent and up to 20,000 in Traefik (both sides).
+    println!("open-files limit for every process of this run: {open_files}");
+    let seconds: u64 = std::env::var("POLAREDGE_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let edge = Edge::start("bench-load");
+    let nginx = Nginx::start(&edge.dir);
+    let direct_traefik = DirectTraefik::start(&edge.dir, nginx.addr);
+    std::fs::write(edge.dir.join("manifests/app.yaml"), manifests(HOST, nginx.addr.port())).unwrap();
+    let client = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
+            .args(["run", "--config"])
+            .arg(edge.dir.join("client.yaml"))
+            .arg("--manifests")
+            .arg(edge.dir.join("manifests")),
+    );
+    assert!(eventually(Duration::from_secs(30), || get(edge.web, HOST, "/") == "ok\n"), "edge route live");
+    assert!(eventually(Duration::from_secs(10), || get(direct_traefik.web, HOST, "/") == "ok\n"), "direct Traefik");
+    let (agent_pid, client_pid) = (edge.agent.child.id(), client.child.id());
+    let targets = [
+        ("(a) backend direct", nginx.addr),
+        ("(b) Traefik direct", direct_traefik.web),
+        ("(c) through the edge", edge.web),
+    ];
+
+    println!(
+        "load: wrk -t2 -d{seconds}s, keep-alive, one URL (nginx answers \"ok\"); medians are wrk's own percentiles"
+    );
+    println!(
+        "{:<22} {:>6} {:>10} {:>9} {:>9} {:>9} {:>8} {:>13} {:>13} {:>14}",
+        "target",
+        "conns",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "agent RSS MB",
+        "client RSS MB",
+        "threads a/c"
+    );
+    let mut ratios = Vec::new();
+    for connections in [100usize, 1_000, 10_000] {
+        let mut rps = Vec::new();
+        for (name, addr) in targets {
+            let edge_run = addr == edge.web;
+            let sampler = Sampler::start(agent_pid, client_pid);
+            let run = wrk(addr, connections, seconds);
+            let peak = sampler.stop();
+            let procs = if edge_run {
+                format!(
+                    "{:>13.1} {:>13.1} {:>14}",
+                    peak.agent_rss_kib as f64 / 1024.0,
+                    peak.client_rss_kib as f64 / 1024.0,
+                    format!("{}/{}", peak.agent_threads, peak.client_threads)
+                )
+            } else {
+                format!("{:>13} {:>13} {:>14}", "-", "-", "-")
+            };
+            println!(
+                "{name:<22} {connections:>6} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {procs}",
+                run.rps, run.p50_ms, run.p99_ms, run.max_ms, run.errors
+            );
+            rps.push(run.rps);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        ratios.push((connections, rps[2] / rps[1]));
+    }
+    for (connections, ratio) in &ratios {
+        let target = match connections {
+            100 => ">= 0.80",
+            1_000 => ">= 0.70",
+            _ => "-",
+        };
+        println!("through-edge / Traefik-direct req/s at {connections} connections: {ratio:.2} (target {target})");
+    }
+
+    println!("\nbursts: N connections opened at once, then one request each (Connection: close); failed = not 200");
+    println!("{:<22} {:>6} {:>8} {:>10}", "target", "N", "failed", "all in ms");
+    for n in [50usize, 200, 1_000, 5_000] {
+        for (name, addr) in targets {
+            let (failed, took) = burst(addr, n);
+            println!("{name:<22} {n:>6} {failed:>8} {:>10.0}", took.as_secs_f64() * 1000.0);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    // Idle keep-alive connections: 1,000 clients each make one request through the edge and stay connected.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = (rss_kib(agent_pid), rss_kib(client_pid));
+    let idle: Vec<TcpStream> = (0..1_000).map(|_| keep_alive_request(edge.web)).collect();
+    std::thread::sleep(Duration::from_secs(4)); // past the driver's quiet time: buffers released
+    let during = (rss_kib(agent_pid), rss_kib(client_pid));
+    let tunnel_connections = 1_000.0;
+    println!(
+        "\n1,000 idle keep-alive connections through the edge: agent RSS {:.1} MB (+{:.1} KiB per connection end), \
+         client RSS {:.1} MB (+{:.1} KiB per connection end); target <= 32 KiB per idle connection end, agent <= 64 MB, \
+         client <= 128 MB",
+        during.0 as f64 / 1024.0,
+        during.0.saturating_sub(before.0) as f64 / tunnel_connections,
+        during.1 as f64 / 1024.0,
+        during.1.saturating_sub(before.1) as f64 / tunnel_connections,
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_secs(5));
+    println!(
+        "after the load: agent RSS {:.1} MB (peak {:.1} MB), client RSS {:.1} MB (peak {:.1} MB); threads {}/{}",
+        rss_kib(agent_pid) as f64 / 1024.0,
+        status_kib(agent_pid, "VmHWM:") as f64 / 1024.0,
+        rss_kib(client_pid) as f64 / 1024.0,
+        status_kib(client_pid, "VmHWM:") as f64 / 1024.0,
+        status_kib(agent_pid, "Threads:"),
+        status_kib(client_pid, "Threads:"),
+    );
+    drop(client);
+}
+
+/// Debian's nginx on a loopback port, answering "ok" to everything, keep-alive without limits.
+struct Nginx {
+    addr: SocketAddr,
+    _process: Proc,
+}
+
+impl Nginx {
+    fn start(dir: &Path) -> Nginx {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 100000;\n\
+                 pid {d}/nginx.pid;\nerror_log {d}/nginx-error.log error;\n\
+                 events {{ worker_connections 50000; }}\n\
+                 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;\n\
+                 client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                 server {{ listen {addr} backlog=16384; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let process = Proc::spawn(Command::new("/usr/sbin/nginx").arg("-c").arg(&conf).arg("-p").arg(dir));
+        assert!(eventually(Duration::from_secs(10), || get(addr, HOST, "/") == "ok\n"), "nginx up\n{}", process.log());
+        Nginx { addr, _process: process }
+    }
+}
+
+/// Traefik on its own, proxying to the backend with the same (default) transport as the edge's Traefik.
+struct DirectTraefik {
+    web: SocketAddr,
+    _process: Proc,
+}
+
+impl DirectTraefik {
+    fn start(dir: &Path, backend: SocketAddr) -> DirectTraefik {
+        let web = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+        let routes = dir.join("direct-routes.yaml");
+        std::fs::write(
+            &routes,
+            format!(
+                "http:\n  routers:\n    app: {{rule: \"Host(`{HOST}`)\", service: app, entryPoints: [web]}}\n  services:\n    app:\n      loadBalancer:\n        servers: [{{url: \"http://{backend}\"}}]\n"
+            ),
+        )
+        .unwrap();
+        let config = dir.join("direct-traefik.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{checkNewVersion: false, sendAnonymousUsage: false}}\nentryPoints:\n  web: {{address: \"{web}\"}}\n  traefik: {{address: \"127.0.0.1:{}\"}}\nproviders:\n  file: {{filename: \"{}\"}}\nlog: {{level: ERROR}}\n",
+                free_tcp(),
+                routes.display()
+            ),
+        )
+        .unwrap();
+        let process = Proc::spawn(Command::new(traefik_binary()).arg(format!("--configFile={}", config.display())));
+        DirectTraefik { web, _process: process }
+    }
+}
+
+struct WrkRun {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    errors: u64,
+}
+
+fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> WrkRun {
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "10s"])
+        .args(["-H", &format!("Host: {HOST}")])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let number_after = |label: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .map(|l| l.trim_start()[label.len()..].trim().to_string())
+    };
+    let ms = |value: &str| -> f64 {
+        let value = value.split_whitespace().next().unwrap_or("0");
+        let (digits, factor) = if let Some(v) = value.strip_suffix("us") {
+            (v, 0.001)
+        } else if let Some(v) = value.strip_suffix("ms") {
+            (v, 1.0)
+        } else if let Some(v) = value.strip_suffix('s') {
+            (v, 1000.0)
+        } else {
+            (value, 1.0)
+        };
+        digits.parse::<f64>().unwrap_or(f64::NAN) * factor
+    };
+    let rps = number_after("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let max_ms = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Latency"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .map(ms)
+        .unwrap_or(f64::NAN);
+    // "Socket errors: connect 0, read 12, write 0, timeout 3" and "Non-2xx or 3xx responses: 5".
+    let mut errors = 0;
+    if let Some(line) = number_after("Socket errors:") {
+        errors += line.split(',').filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok()).sum::<u64>();
+    }
+    if let Some(n) = number_after("Non-2xx or 3xx responses:") {
+        errors += n.parse::<u64>().unwrap_or(0);
+    }
+    WrkRun {
+        rps,
+        p50_ms: number_after("50%").map(|v| ms(&v)).unwrap_or(f64::NAN),
+        p99_ms: number_after("99%").map(|v| ms(&v)).unwrap_or(f64::NAN),
+        max_ms,
+        errors,
+    }
+}
+
+/// Opens `n` connections at once, then sends one request on each; returns how many did not get a 200, and
+/// how long all took.
+fn burst(addr: SocketAddr, n: usize) -> (usize, Duration) {
+    let started = Instant::now();
+    let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| TcpStream::connect(addr).ok()).collect();
+    for conn in conns.iter_mut().flatten() {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        let _ = write!(conn, "GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    }
+    let mut failed = 0;
+    for conn in conns.iter_mut() {
+        let mut answer = String::new();
+        let ok =
+            conn.as_mut().is_some_and(|c| c.read_to_string(&mut answer).is_ok() && answer.starts_with("HTTP/1.1 200"));
+        failed += usize::from(!ok);
+    }
+    (failed, started.elapsed())
+}
+
+/// One request on a keep-alive connection, which stays open.
+fn keep_alive_request(addr: SocketAddr) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(conn, "GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    let mut got = 0;
+    while !String::from_utf8_lossy(&buf[..got]).ends_with("ok\n") {
+        let n = conn.read(&mut buf[got..]).unwrap();
+        assert!(n > 0, "connection closed before the answer");
+        got += n;
+    }
+    conn
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+#[derive(Default, Clone, Copy)]
+struct Peak {
+    agent_rss_kib: u64,
+    client_rss_kib: u64,
+    agent_threads: u64,
+    client_threads: u64,
+}
+
+/// Samples RSS and threads of agent and client every 200 ms; keeps the maxima.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Peak>,
+}
+
+impl Sampler {
+    fn start(agent: u32, client: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = Peak::default();
+            while !flag.load(Ordering::Relaxed) {
+                peak.agent_rss_kib = peak.agent_rss_kib.max(rss_kib(agent));
+                peak.client_rss_kib = peak.client_rss_kib.max(rss_kib(client));
+                peak.agent_threads = peak.agent_threads.max(status_kib(agent, "Threads:"));
+                peak.client_threads = peak.client_threads.max(status_kib(client, "Threads:"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            peak
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> Peak {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
