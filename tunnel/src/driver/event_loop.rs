@@ -4,6 +4,10 @@
 //! (`Detached`), being opened for [`super::Tunnel::connect`] (`Connecting`), a relay stream waiting for its
 //! preamble (`Preamble`) or dialing its target (`Dialing`), or spliced with a kernel socket (`Spliced`).
 //! Deadlines and idle checks live in one timer heap; epoll tokens are connection ids (and forwarder ids).
+//!
+//! Work per wake-up follows what changed, not how many connections are open: a spliced connection is pumped
+//! only when its kernel socket reported readiness (epoll) or its tunnel socket woke (smoltcp's wakers), and
+//! only connections still in their handshake are looked at for that.
 
 use super::bridge::{Bridge, Pump, SpliceOutcome};
 use super::kernel;
@@ -23,7 +27,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
 use std::time::Duration;
 
 const TOKEN_UDP: u64 = 0;
@@ -92,9 +97,33 @@ enum Stage {
     Spliced { bridge: Bridge, done: Option<Sender<SpliceOutcome>> },
 }
 
+/// Ids of connections whose tunnel socket woke during a poll (filled by [`ConnectionWaker`]s).
+#[derive(Default)]
+struct Woken(Mutex<Vec<u64>>);
+
+/// The waker a spliced connection registers on its smoltcp socket.
+struct ConnectionWaker {
+    id: u64,
+    woken: Arc<Woken>,
+}
+
+impl Wake for ConnectionWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.0.lock().unwrap_or_else(|p| p.into_inner()).push(self.id);
+    }
+}
+
 struct Connection {
     socket: SocketHandle,
     stage: Stage,
+    /// Registered on the socket while spliced.
+    waker: Option<Waker>,
+    /// Listed in `Driver::dirty`.
+    dirty: bool,
     /// Where the stream's outcome and bytes are counted (forwarded and relayed streams).
     counters: Option<Arc<StreamCounters>>,
     /// For relayed streams: the port's policy.
@@ -127,6 +156,11 @@ pub(crate) struct Driver {
     listeners: HashMap<u16, Accepting>,
     forwarders: HashMap<u64, Forwarder>,
     connections: HashMap<u64, Connection>,
+    /// Spliced connections to pump: kernel socket ready, or tunnel socket woke.
+    dirty: Vec<u64>,
+    woken: Arc<Woken>,
+    /// Connections in `Connecting` or `Preamble`.
+    handshaking: Vec<u64>,
     timers: Timers,
     next_id: u64,
     send_errors: u64,
@@ -161,6 +195,9 @@ impl Driver {
             listeners: HashMap::new(),
             forwarders: HashMap::new(),
             connections: HashMap::new(),
+            dirty: Vec::new(),
+            woken: Arc::default(),
+            handshaking: Vec::new(),
             timers: Timers::default(),
             next_id: FIRST_ID,
             send_errors: 0,
@@ -203,8 +240,8 @@ impl Driver {
                         let mut counter = [0u8; 8];
                         let _ = rustix::io::read(&self.shared.wake, &mut counter);
                     }
-                    id => match self.connections.get_mut(&id).map(|c| &mut c.stage) {
-                        Some(Stage::Spliced { bridge, .. }) => {
+                    id => match self.connections.get_mut(&id) {
+                        Some(Connection { stage: Stage::Spliced { bridge, .. }, dirty, .. }) => {
                             use epoll::EventFlags as F;
                             let flags = event.flags;
                             if flags.intersects(F::IN | F::HUP | F::RDHUP | F::ERR) {
@@ -213,8 +250,12 @@ impl Driver {
                             if flags.intersects(F::OUT | F::HUP | F::ERR) {
                                 bridge.writable = true;
                             }
+                            if !*dirty {
+                                *dirty = true;
+                                self.dirty.push(id);
+                            }
                         }
-                        Some(Stage::Dialing { .. }) => dial_ready.push(id),
+                        Some(Connection { stage: Stage::Dialing { .. }, .. }) => dial_ready.push(id),
                         Some(_) => {}
                         None if self.forwarders.contains_key(&id) => accept_ready.push(id),
                         None => {}
@@ -287,6 +328,7 @@ impl Driver {
             Command::Connect { remote, timeout, reply } => match self.core.connect(IpEndpoint::from(remote)) {
                 Ok(handle) => {
                     let id = self.add_connection(handle, Stage::Connecting { reply }, None, now);
+                    self.handshaking.push(id);
                     self.set_deadline(id, after(now, timeout));
                 }
                 Err(e) => {
@@ -358,8 +400,17 @@ impl Driver {
         now: Instant,
     ) -> u64 {
         let id = self.new_id();
-        let connection =
-            Connection { socket, stage, counters, relay: None, deadline: None, last_active: now, quiet: false };
+        let connection = Connection {
+            socket,
+            stage,
+            waker: None,
+            dirty: false,
+            counters,
+            relay: None,
+            deadline: None,
+            last_active: now,
+            quiet: false,
+        };
         self.connections.insert(id, connection);
         id
     }
@@ -382,6 +433,11 @@ impl Driver {
         let Some(connection) = self.connections.get_mut(&id) else { return };
         connection.stage = Stage::Spliced { bridge: Bridge::new(fd, preamble), done };
         connection.last_active = now;
+        connection.waker = Some(Waker::from(Arc::new(ConnectionWaker { id, woken: Arc::clone(&self.woken) })));
+        if !connection.dirty {
+            connection.dirty = true;
+            self.dirty.push(id);
+        }
         if let Some(idle) = self.limits.idle_timeout {
             self.timers.arm(after(now, QUIET_AFTER.min(idle)), id, Timer::Idle);
         } else {
@@ -576,6 +632,7 @@ impl Driver {
             let (core, mut sink) = self.sink();
             let changed = core.poll(now, &mut sink);
             let accepted = self.take_accepted(now);
+            self.collect_woken();
             let moved_after = self.pump_bridges(now);
             let settled = self.service_handshakes(now);
             if !(moved_before || moved_after || changed || accepted || settled) {
@@ -584,13 +641,35 @@ impl Driver {
         }
     }
 
+    /// Moves the connections whose tunnel socket woke into the dirty list.
+    fn collect_woken(&mut self) {
+        let woken = std::mem::take(&mut *self.woken.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in woken {
+            if let Some(connection) = self.connections.get_mut(&id) {
+                if !connection.dirty {
+                    connection.dirty = true;
+                    self.dirty.push(id);
+                }
+            }
+        }
+    }
+
+    /// Pumps the dirty connections.
     fn pump_bridges(&mut self, now: Instant) -> bool {
         let mut moved = false;
         let mut finished = Vec::new();
-        for (&id, connection) in self.connections.iter_mut() {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            let Some(connection) = self.connections.get_mut(&id) else { continue };
+            connection.dirty = false;
             let Stage::Spliced { bridge, .. } = &mut connection.stage else { continue };
             let socket = self.core.tcp(connection.socket);
-            match bridge.pump(socket) {
+            let result = bridge.pump(socket);
+            if let Some(waker) = &connection.waker {
+                socket.register_recv_waker(waker);
+                socket.register_send_waker(waker);
+            }
+            match result {
                 Pump::Open { moved: false } => {}
                 Pump::Open { moved: true } => {
                     moved = true;
@@ -602,6 +681,10 @@ impl Driver {
                 }
                 Pump::Finished(outcome) => finished.push((id, outcome)),
             }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
         }
         for (id, outcome) in finished {
             if let Some(Connection { stage: Stage::Spliced { done, .. }, .. }) = self.connections.get_mut(&id) {
@@ -634,6 +717,7 @@ impl Driver {
                     relay.counters.opened.fetch_add(1, Relaxed);
                     let id = self.add_connection(handle, Stage::Preamble, Some(Arc::clone(&relay.counters)), now);
                     self.connections.get_mut(&id).expect("just added").relay = Some(relay);
+                    self.handshaking.push(id);
                     self.set_deadline(id, after(now, PREAMBLE_TIMEOUT));
                 }
                 None => {
@@ -650,7 +734,12 @@ impl Driver {
     fn service_handshakes(&mut self, now: Instant) -> bool {
         let mut connected = Vec::new();
         let mut preambles = Vec::new();
-        for (&id, connection) in &self.connections {
+        let connections = &self.connections;
+        self.handshaking.retain(|id| {
+            connections.get(id).is_some_and(|c| matches!(c.stage, Stage::Connecting { .. } | Stage::Preamble))
+        });
+        for &id in &self.handshaking {
+            let connection = &self.connections[&id];
             match connection.stage {
                 Stage::Connecting { .. } => match self.core.tcp(connection.socket).state() {
                     State::SynSent => {}
