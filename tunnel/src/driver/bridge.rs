@@ -33,6 +33,8 @@ pub(crate) struct Bridge {
     pub fd: OwnedFd,
     pub readable: bool,
     pub writable: bool,
+    /// epoll reported the peer's FIN or an error: read until EOF or the error, even after a short read.
+    pub hangup: bool,
     /// Bytes to send into the tunnel before anything read from the kernel socket (the relay preamble).
     preamble: Vec<u8>,
     preamble_sent: usize,
@@ -61,6 +63,7 @@ impl Bridge {
             fd,
             readable: true,
             writable: true,
+            hangup: false,
             preamble,
             preamble_sent: 0,
             read_closed: false,
@@ -94,18 +97,23 @@ impl Bridge {
         // Kernel -> tunnel.
         while preamble_done && self.readable && !self.read_closed && socket.may_send() && socket.can_send() {
             let fd = &self.fd;
-            match socket.send(|buf| match rustix::io::read(fd, buf) {
-                Ok(n) => (n, Ok(n)),
+            match socket.send(|buf| match rustix::io::read(fd, &mut *buf) {
+                Ok(n) => (n, Ok((n, buf.len()))),
                 Err(e) => (0, Err(e)),
             }) {
-                Ok(Ok(0)) => {
+                Ok(Ok((0, _))) => {
                     socket.close();
                     self.read_closed = true;
                     moved = true;
                 }
-                Ok(Ok(n)) => {
+                Ok(Ok((n, offered))) => {
                     self.to_tunnel += n as u64;
                     moved = true;
+                    // A short read drained the socket: with edge-triggered epoll, more data brings a new event,
+                    // so another read now would only return EAGAIN (one system call per wake-up saved).
+                    if n < offered && !self.hangup {
+                        self.readable = false;
+                    }
                 }
                 Ok(Err(Errno::AGAIN)) => self.readable = false,
                 Ok(Err(Errno::INTR)) => {}

@@ -247,6 +247,9 @@ impl Driver {
                             if flags.intersects(F::IN | F::HUP | F::RDHUP | F::ERR) {
                                 bridge.readable = true;
                             }
+                            if flags.intersects(F::HUP | F::RDHUP | F::ERR) {
+                                bridge.hangup = true;
+                            }
                             if flags.intersects(F::OUT | F::HUP | F::ERR) {
                                 bridge.writable = true;
                             }
