@@ -7,7 +7,8 @@
 //!
 //! Run (root, for the open-files limit; needs wrk and nginx): `scripts/bench.sh`, or
 //! `cargo build --release -p polaredge-agent && cargo bench -p polaredge-client --bench load`.
-//! `POLAREDGE_LOAD_SECONDS` sets each wrk run's length (default 8).
+//! `POLAREDGE_LOAD_SECONDS` sets each wrk run's length (default 8), `POLAREDGE_LOAD_ROUNDS` how many times the
+//! targets take turns at 100 and 1,000 connections (default 3; medians are printed).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -48,48 +49,67 @@ fn main() {
         ("(c) through the edge", edge.web),
     ];
 
+    let rounds: usize = std::env::var("POLAREDGE_LOAD_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     println!(
-        "load: wrk -t2 -d{seconds}s, keep-alive, one URL (nginx answers \"ok\"); medians are wrk's own percentiles"
+        "load: wrk -t2 -d{seconds}s --timeout 10s, keep-alive, one URL (nginx answers \"ok\"); targets take turns, \
+         {rounds} rounds at 100 and 1,000 connections (medians), 1 at 10,000"
     );
     println!(
-        "{:<22} {:>6} {:>10} {:>9} {:>9} {:>9} {:>8} {:>13} {:>13} {:>14}",
+        "{:<22} {:>6} {:>10} {:>9} {:>9} {:>8} {:>13} {:>13} {:>12} {:>12}",
         "target",
         "conns",
         "req/s",
         "p50 ms",
         "p99 ms",
-        "max ms",
         "errors",
         "agent RSS MB",
         "client RSS MB",
-        "threads a/c"
+        "threads a/c",
+        "edge CPU/req"
     );
     let mut ratios = Vec::new();
     for connections in [100usize, 1_000, 10_000] {
-        let mut rps = Vec::new();
-        for (name, addr) in targets {
-            let edge_run = addr == edge.web;
-            let sampler = Sampler::start(agent_pid, client_pid);
-            let run = wrk(addr, connections, seconds);
-            let peak = sampler.stop();
-            let procs = if edge_run {
+        let rounds = if connections == 10_000 { 1 } else { rounds };
+        let mut runs: Vec<Vec<(WrkRun, Peak, f64)>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, (_, addr)) in targets.iter().enumerate() {
+                let sampler = Sampler::start(agent_pid, client_pid);
+                let cpu_before = cpu_seconds(agent_pid) + cpu_seconds(client_pid);
+                let run = wrk(*addr, connections, seconds);
+                let cpu = cpu_seconds(agent_pid) + cpu_seconds(client_pid) - cpu_before;
+                let per_request_us = cpu / (run.rps * seconds as f64).max(1.0) * 1e6;
+                runs[i].push((run, sampler.stop(), per_request_us));
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+        let mut medians = Vec::new();
+        for (i, (name, addr)) in targets.iter().enumerate() {
+            let list = &mut runs[i];
+            list.sort_by(|x, y| x.0.rps.total_cmp(&y.0.rps));
+            let (run, peak, cpu_us) = &list[list.len() / 2];
+            let edge_figures = if *addr == edge.web {
                 format!(
-                    "{:>13.1} {:>13.1} {:>14}",
+                    "{:>13.1} {:>13.1} {:>12} {:>9.0} us",
                     peak.agent_rss_kib as f64 / 1024.0,
                     peak.client_rss_kib as f64 / 1024.0,
-                    format!("{}/{}", peak.agent_threads, peak.client_threads)
+                    format!("{}/{}", peak.agent_threads, peak.client_threads),
+                    cpu_us
                 )
             } else {
-                format!("{:>13} {:>13} {:>14}", "-", "-", "-")
+                format!("{:>13} {:>13} {:>12} {:>12}", "-", "-", "-", "-")
             };
+            let all: Vec<String> = list.iter().map(|r| format!("{:.0}", r.0.rps)).collect();
             println!(
-                "{name:<22} {connections:>6} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {procs}",
-                run.rps, run.p50_ms, run.p99_ms, run.max_ms, run.errors
+                "{name:<22} {connections:>6} {:>10.0} {:>9.2} {:>9.2} {:>8} {edge_figures}   (runs: {})",
+                run.rps,
+                run.p50_ms,
+                run.p99_ms,
+                run.errors,
+                all.join(", ")
             );
-            rps.push(run.rps);
-            std::thread::sleep(Duration::from_secs(2));
+            medians.push(run.rps);
         }
-        ratios.push((connections, rps[2] / rps[1]));
+        ratios.push((connections, medians[2] / medians[1]));
     }
     for (connections, ratio) in &ratios {
         let target = match connections {
@@ -99,6 +119,7 @@ fn main() {
         };
         println!("through-edge / Traefik-direct req/s at {connections} connections: {ratio:.2} (target {target})");
     }
+    println!("(edge CPU/req: user+system time of agent and client together per request answered through the edge)");
 
     println!("\nbursts: N connections opened at once, then one request each (Connection: close); failed = not 200");
     println!("{:<22} {:>6} {:>8} {:>10}", "target", "N", "failed", "all in ms");
@@ -205,7 +226,6 @@ struct WrkRun {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
-    max_ms: f64,
     errors: u64,
 }
 
@@ -236,12 +256,6 @@ fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> WrkRun {
         digits.parse::<f64>().unwrap_or(f64::NAN) * factor
     };
     let rps = number_after("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let max_ms = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("Latency"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .map(ms)
-        .unwrap_or(f64::NAN);
     // "Socket errors: connect 0, read 12, write 0, timeout 3" and "Non-2xx or 3xx responses: 5".
     let mut errors = 0;
     if let Some(line) = number_after("Socket errors:") {
@@ -254,7 +268,6 @@ fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> WrkRun {
         rps,
         p50_ms: number_after("50%").map(|v| ms(&v)).unwrap_or(f64::NAN),
         p99_ms: number_after("99%").map(|v| ms(&v)).unwrap_or(f64::NAN),
-        max_ms,
         errors,
     }
 }
@@ -296,6 +309,14 @@ fn keep_alive_request(addr: SocketAddr) -> TcpStream {
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum());
+    ticks / 100.0
 }
 
 fn rss_kib(pid: u32) -> u64 {
