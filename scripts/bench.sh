@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Benchmarks the tunnel against its anchors in one run (root: it creates and removes network namespaces).
-# Prints throughput (both directions), CPU, peak RSS, idle wake-ups, memory per connection, and the agent's
-# upload -> live latency, idle RSS and binary sizes.
+# Prints throughput (both directions), CPU, peak RSS, idle wake-ups, memory per connection, the agent's
+# upload -> live latency, idle RSS and binary sizes, and public load through the whole edge (wrk, bursts)
+# against nginx and Traefik direct.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The load benchmark's tools: wrk drives the load, nginx is the backend.
+for pkg in wrk nginx-light; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+done
 command -v onetun >/dev/null || cargo install --locked onetun --version 0.3.10
 cargo build --release --locked -p polaredge-tunnel --bin polaredge-tunnel-bench
 target/release/polaredge-tunnel-bench all
@@ -17,3 +23,6 @@ cargo bench --locked -p polaredge-agent --bench apply
 cargo build --release --locked -p polaredge-agent
 cargo bench --locked -p polaredge-client --bench render
 cargo bench --locked -p polaredge-client --bench watch_to_live
+# Public load through the edge: wrk at 100, 1,000 and 10,000 connections and bursts, against nginx direct and
+# Traefik direct in the same run.
+cargo bench --locked -p polaredge-client --bench load

@@ -2,8 +2,9 @@
 //! keep-alive connections and bursts of simultaneous one-request connections, each against
 //! (a) the backend directly (Debian's nginx), (b) the same Traefik proxying straight to it (what the edge
 //! itself costs), (c) through the edge (agent + Traefik + userspace WireGuard + client relay).
-//! Prints req/s, latency percentiles, errors, and the RSS and threads of the agent and the client; then the
-//! memory of 1,000 idle keep-alive connections, and RSS after the load.
+//! Prints req/s, latency percentiles, errors, the RSS, threads and CPU per request of the agent and the client;
+//! then the same comparison with the edge host on a core of its own (Traefik + agent on CPU 0, everything else
+//! on CPU 1), and RSS after the load.
 //!
 //! Run (root, for the open-files limit; needs wrk and nginx): `scripts/bench.sh`, or
 //! `cargo build --release -p polaredge-agent && cargo bench -p polaredge-client --bench load`.
@@ -131,23 +132,42 @@ fn main() {
         }
     }
 
-    // Idle keep-alive connections: 1,000 clients each make one request through the edge and stay connected.
-    std::thread::sleep(Duration::from_secs(3));
-    let before = (rss_kib(agent_pid), rss_kib(client_pid));
-    let idle: Vec<TcpStream> = (0..1_000).map(|_| keep_alive_request(edge.web)).collect();
-    std::thread::sleep(Duration::from_secs(4)); // past the driver's quiet time: buffers released
-    let during = (rss_kib(agent_pid), rss_kib(client_pid));
-    let tunnel_connections = 1_000.0;
-    println!(
-        "\n1,000 idle keep-alive connections through the edge: agent RSS {:.1} MB (+{:.1} KiB per connection end), \
-         client RSS {:.1} MB (+{:.1} KiB per connection end); target <= 32 KiB per idle connection end, agent <= 64 MB, \
-         client <= 128 MB",
-        during.0 as f64 / 1024.0,
-        during.0.saturating_sub(before.0) as f64 / tunnel_connections,
-        during.1 as f64 / 1024.0,
-        during.1.saturating_sub(before.1) as f64 / tunnel_connections,
-    );
-    drop(idle);
+    // The edge host on a core of its own, as in production (the client and the pods run in the cluster, the
+    // users elsewhere): Traefik and the agent on CPU 0; wrk, nginx and the client on CPU 1. For (b), Traefik
+    // alone on CPU 0. The ratio then says what the agent costs the edge host, not what the whole demo costs
+    // one shared 2-core machine.
+    let edge_traefik = children(agent_pid);
+    pin(&[agent_pid], 0);
+    pin(&edge_traefik, 0);
+    pin(&[direct_traefik.pid()], 0);
+    pin(&[client_pid, nginx.pid()], 1);
+    println!("\nedge host on its own core (CPU 0: Traefik + agent; CPU 1: wrk, nginx, client), medians of {rounds}:");
+    println!("{:<22} {:>6} {:>10} {:>9} {:>9} {:>8}", "target", "conns", "req/s", "p50 ms", "p99 ms", "errors");
+    for connections in [100usize, 1_000] {
+        let mut medians = Vec::new();
+        for (name, addr) in &targets[1..] {
+            let mut list: Vec<WrkRun> = (0..rounds)
+                .map(|_| {
+                    let run = wrk_on(Some(1), *addr, connections, seconds);
+                    std::thread::sleep(Duration::from_secs(2));
+                    run
+                })
+                .collect();
+            list.sort_by(|x, y| x.rps.total_cmp(&y.rps));
+            let run = &list[list.len() / 2];
+            println!(
+                "{name:<22} {connections:>6} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+                run.rps, run.p50_ms, run.p99_ms, run.errors
+            );
+            medians.push(run.rps);
+        }
+        println!("  through-edge / Traefik-direct at {connections}: {:.2}", medians[1] / medians[0]);
+    }
+    for pid in [agent_pid, client_pid, nginx.pid(), direct_traefik.pid()].into_iter().chain(edge_traefik) {
+        pin(&[pid], -1);
+    }
+
+    // Memory returns to the OS once the load is over (per idle connection: `polaredge-tunnel-bench connmem`).
     std::thread::sleep(Duration::from_secs(5));
     println!(
         "after the load: agent RSS {:.1} MB (peak {:.1} MB), client RSS {:.1} MB (peak {:.1} MB); threads {}/{}",
@@ -164,7 +184,13 @@ fn main() {
 /// Debian's nginx on a loopback port, answering "ok" to everything, keep-alive without limits.
 struct Nginx {
     addr: SocketAddr,
-    _process: Proc,
+    process: Proc,
+}
+
+impl Nginx {
+    fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
 }
 
 impl Nginx {
@@ -186,17 +212,21 @@ impl Nginx {
         .unwrap();
         let process = Proc::spawn(Command::new("/usr/sbin/nginx").arg("-c").arg(&conf).arg("-p").arg(dir));
         assert!(eventually(Duration::from_secs(10), || get(addr, HOST, "/") == "ok\n"), "nginx up\n{}", process.log());
-        Nginx { addr, _process: process }
+        Nginx { addr, process }
     }
 }
 
 /// Traefik on its own, proxying to the backend with the same (default) transport as the edge's Traefik.
 struct DirectTraefik {
     web: SocketAddr,
-    _process: Proc,
+    process: Proc,
 }
 
 impl DirectTraefik {
+    fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     fn start(dir: &Path, backend: SocketAddr) -> DirectTraefik {
         let web = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         let routes = dir.join("direct-routes.yaml");
@@ -218,7 +248,7 @@ impl DirectTraefik {
         )
         .unwrap();
         let process = Proc::spawn(Command::new(traefik_binary()).arg(format!("--configFile={}", config.display())));
-        DirectTraefik { web, _process: process }
+        DirectTraefik { web, process }
     }
 }
 
@@ -230,7 +260,20 @@ struct WrkRun {
 }
 
 fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> WrkRun {
-    let out = Command::new("wrk")
+    wrk_on(None, addr, connections, seconds)
+}
+
+/// wrk, pinned to `cpu` if given.
+fn wrk_on(cpu: Option<usize>, addr: SocketAddr, connections: usize, seconds: u64) -> WrkRun {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "wrk"]);
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    let out = command
         .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "10s"])
         .args(["-H", &format!("Host: {HOST}")])
         .arg(format!("http://{addr}/"))
@@ -291,19 +334,27 @@ fn burst(addr: SocketAddr, n: usize) -> (usize, Duration) {
     (failed, started.elapsed())
 }
 
-/// One request on a keep-alive connection, which stays open.
-fn keep_alive_request(addr: SocketAddr) -> TcpStream {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(conn, "GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").unwrap();
-    let mut buf = [0u8; 1024];
-    let mut got = 0;
-    while !String::from_utf8_lossy(&buf[..got]).ends_with("ok\n") {
-        let n = conn.read(&mut buf[got..]).unwrap();
-        assert!(n > 0, "connection closed before the answer");
-        got += n;
+/// Pins every thread of each process to `cpu`, or lets them run anywhere again with -1 (taskset, util-linux).
+fn pin(pids: &[u32], cpu: i32) {
+    let cpus = if cpu < 0 {
+        format!("0-{}", std::thread::available_parallelism().map_or(1, |n| n.get()) - 1)
+    } else {
+        cpu.to_string()
+    };
+    for pid in pids {
+        let status =
+            Command::new("taskset").args(["-a", "-p", "-c", &cpus, &pid.to_string()]).output().expect("taskset");
+        assert!(status.status.success(), "taskset {pid}: {}", String::from_utf8_lossy(&status.stderr));
     }
-    conn
+}
+
+/// The children of a process (the agent's Traefik).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
