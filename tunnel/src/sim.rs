@@ -1,9 +1,12 @@
 //! Two [`Core`]s wired together in memory, with virtual time and a link that can drop, duplicate, delay and
-//! reorder datagrams. Deterministic for a given seed (WireGuard's own timers read the real clock, but a test
-//! finishes long before any of them matters).
+//! reorder datagrams, and a bottleneck of a given rate with a drop-tail queue (a WAN path: a home uplink to a
+//! VPS). Deterministic for a given seed (WireGuard's own timers read the real clock, but a test finishes long
+//! before any of them matters).
 
 use crate::core::Core;
 use smoltcp::time::{Duration, Instant};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 
 /// How the simulated link treats each datagram.
@@ -22,6 +25,10 @@ pub struct Conditions {
     pub impair_handshakes: bool,
     /// Seed of the link's random choices.
     pub seed: u64,
+    /// Bottleneck rate of each direction in bytes per second (outer datagrams); `None` for no limit.
+    pub rate: Option<u64>,
+    /// The bottleneck's queue in bytes: a datagram that finds it full is dropped (drop-tail).
+    pub queue: usize,
 }
 
 impl Default for Conditions {
@@ -33,12 +40,17 @@ impl Default for Conditions {
             jitter: Duration::ZERO,
             impair_handshakes: false,
             seed: 1,
+            rate: None,
+            queue: 256 * 1024,
         }
     }
 }
 
+/// A datagram on the wire, ordered by arrival time (then by when it was sent).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
     deliver_at: Instant,
+    order: u64,
     to_b: bool,
     data: Vec<u8>,
 }
@@ -56,9 +68,13 @@ pub enum Side {
 struct Link {
     conditions: Conditions,
     rng: u64,
-    flights: Vec<InFlight>,
+    flights: BinaryHeap<Reverse<InFlight>>,
+    sent: u64,
+    /// When the bottleneck of each direction (towards A, towards B) has sent everything queued so far.
+    busy_until: [Instant; 2],
     lost: u64,
     duplicated: u64,
+    overflowed: u64,
 }
 
 impl Link {
@@ -75,9 +91,22 @@ impl Link {
             let copies = if impair && chance(&mut self.rng) < c.duplicate { 2 } else { 1 };
             self.duplicated += copies - 1;
             for _ in 0..copies {
+                // The bottleneck: a datagram leaves once everything ahead of it has; the queue is bounded.
+                let mut departs = now;
+                if let Some(rate) = c.rate {
+                    let busy = &mut self.busy_until[usize::from(to_b)];
+                    let queued = (*busy - now.min(*busy)).total_micros() * rate / 1_000_000;
+                    if queued as usize + data.len() > c.queue.max(data.len()) {
+                        self.overflowed += 1;
+                        continue;
+                    }
+                    *busy = (*busy).max(now) + Duration::from_micros(data.len() as u64 * 1_000_000 / rate);
+                    departs = *busy;
+                }
                 let jitter = (c.jitter.total_micros() as f64 * chance(&mut self.rng)) as u64;
-                let deliver_at = now + c.latency + Duration::from_micros(jitter);
-                self.flights.push(InFlight { deliver_at, to_b, data: data.clone() });
+                let deliver_at = departs + c.latency + Duration::from_micros(jitter);
+                self.sent += 1;
+                self.flights.push(Reverse(InFlight { deliver_at, order: self.sent, to_b, data: data.clone() }));
             }
         }
     }
@@ -113,7 +142,16 @@ impl Pair {
             a,
             b,
             now: Instant::from_millis(0),
-            link: Link { conditions, rng: conditions.seed.max(1), flights: Vec::new(), lost: 0, duplicated: 0 },
+            link: Link {
+                conditions,
+                rng: conditions.seed.max(1),
+                flights: BinaryHeap::new(),
+                sent: 0,
+                busy_until: [Instant::from_millis(0); 2],
+                lost: 0,
+                duplicated: 0,
+                overflowed: 0,
+            },
             outbox: Vec::new(),
         }
     }
@@ -121,6 +159,11 @@ impl Pair {
     /// Datagrams the link dropped and duplicated so far.
     pub fn impairments(&self) -> (u64, u64) {
         (self.link.lost, self.link.duplicated)
+    }
+
+    /// Datagrams the bottleneck dropped because its queue was full.
+    pub fn overflowed(&self) -> u64 {
+        self.link.overflowed
     }
 
     /// The core on `side`.
@@ -134,10 +177,10 @@ impl Pair {
     /// Delivers what is due, polls both cores, and moves time to the next event. Returns false when nothing at
     /// all is pending (no datagram in flight and no timer before `limit`).
     pub fn step(&mut self, limit: Instant) -> bool {
-        let flights = &mut self.link.flights;
-        flights.sort_by_key(|f| f.deliver_at);
-        let due = flights.iter().take_while(|f| f.deliver_at <= self.now).count();
-        let arrived: Vec<InFlight> = flights.drain(..due).collect();
+        let mut arrived = Vec::new();
+        while self.link.flights.peek().is_some_and(|Reverse(f)| f.deliver_at <= self.now) {
+            arrived.push(self.link.flights.pop().expect("peeked").0);
+        }
         let mut outbox = std::mem::take(&mut self.outbox);
         for flight in arrived {
             let (core, from) = if flight.to_b { (&mut self.b, Self::A_ADDR) } else { (&mut self.a, Self::B_ADDR) };
@@ -151,7 +194,7 @@ impl Pair {
             self.link.carry(&mut outbox, self.now);
         }
         self.outbox = outbox;
-        let next_flight = self.link.flights.iter().map(|f| f.deliver_at).min();
+        let next_flight = self.link.flights.peek().map(|Reverse(f)| f.deliver_at);
         let next_timer = self.a.poll_at(self.now).min(self.b.poll_at(self.now));
         let next = next_flight.map_or(next_timer, |f| f.min(next_timer));
         if next > limit && next_flight.is_none() {

@@ -152,7 +152,9 @@ const RTTE_K: u32 = 4;
 
 // RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
 // RTO SHOULD be rounded up to 1 second.
-const RTTE_MIN_RTO: u32 = 1000;
+// POLAREDGE patch: 200 ms, as Linux (TCP_RTO_MIN). Inside a WireGuard tunnel over a 10-80 ms path a lost
+// retransmission or tail segment otherwise stalls the stream for a whole second (doubled on each repeat).
+const RTTE_MIN_RTO: u32 = 200;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
