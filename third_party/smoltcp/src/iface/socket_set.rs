@@ -29,6 +29,13 @@ pub(crate) struct Item<'a> {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SocketHandle(usize);
 
+impl SocketHandle {
+    /// POLAREDGE patch: the slot this handle names (for the interface's segment-to-socket cache).
+    pub(crate) fn index(self) -> usize {
+        self.0
+    }
+}
+
 impl fmt::Display for SocketHandle {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "#{}", self.0)
@@ -147,5 +154,10 @@ impl<'a> SocketSet<'a> {
     /// Iterate every socket in this set.
     pub(crate) fn items_mut(&mut self) -> impl Iterator<Item = &mut Item<'a>> + '_ {
         self.sockets.iter_mut().filter_map(|x| x.inner.as_mut())
+    }
+
+    /// POLAREDGE patch: the item in slot `index`, if the slot holds one (no panic for an empty slot).
+    pub(crate) fn item_at_mut(&mut self, index: usize) -> Option<&mut Item<'a>> {
+        self.sockets.get_mut(index)?.inner.as_mut()
     }
 }

@@ -155,6 +155,9 @@ pub struct InterfaceInner {
     routes: Routes,
     #[cfg(feature = "multicast")]
     multicast: multicast::State,
+    /// POLAREDGE patch: which socket slot took the last segment of a 4-tuple (by hash), see `process_tcp`.
+    #[cfg(feature = "socket-tcp")]
+    tcp_slots: alloc::boxed::Box<[usize; tcp::TCP_SLOT_CACHE]>,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -276,6 +279,8 @@ impl Interface {
                 ip_addrs: Vec::new(),
                 any_ip: false,
                 routes: Routes::new(),
+                #[cfg(feature = "socket-tcp")]
+                tcp_slots: alloc::boxed::Box::new([0; tcp::TCP_SLOT_CACHE]),
                 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
                 neighbor_cache: NeighborCache::new(),
                 #[cfg(feature = "multicast")]
