@@ -40,9 +40,16 @@ struct Outcome {
 fn main() {
     let seconds: u64 = std::env::var("POLAREDGE_WAN_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let first_version = TcpTuning { rx_buffer: 512 * 1024, tx_buffer: 512 * 1024, ..TcpTuning::default() };
-    let shipped = TcpTuning::default();
+    let mut shipped = TcpTuning::default();
+    if let Ok(cc) = std::env::var("POLAREDGE_WAN_CC") {
+        shipped.congestion = match cc.as_str() {
+            "none" => smoltcp::socket::tcp::CongestionControl::None,
+            "reno" => smoltcp::socket::tcp::CongestionControl::Reno,
+            _ => smoltcp::socket::tcp::CongestionControl::Cubic,
+        };
+    }
     println!(
-        "WAN in virtual time: one bulk stream A -> B for {seconds} s, bottleneck queue = 1/2 BDP (min 64 KiB), \
+        "WAN in virtual time: one bulk stream A -> B for {seconds} s, bottleneck queue = 1 BDP (min 1 MiB), \
          seed 1; MB/s = 10^6 bytes/s of payload delivered"
     );
     println!(
@@ -76,7 +83,7 @@ fn transfer(profile: &Profile, tuning: TcpTuning, seconds: u64) -> Outcome {
         loss: profile.loss,
         latency: one_way,
         rate: Some(profile.rate),
-        queue: (bdp / 2).max(64 * 1024),
+        queue: bdp.max(1 << 20),
         ..Conditions::default()
     };
     let mut pair = pair(conditions, tuning);

@@ -64,8 +64,9 @@ pub struct TcpTuning {
 impl Default for TcpTuning {
     fn default() -> Self {
         TcpTuning {
-            rx_buffer: 512 * 1024,
-            tx_buffer: 512 * 1024,
+            // 4 MiB windows carry 40 MB/s over a 100 ms round trip; pages are only used as data fills them.
+            rx_buffer: 4 << 20,
+            tx_buffer: 4 << 20,
             ack_delay: Some(Duration::from_millis(1)),
             congestion: tcp::CongestionControl::Cubic,
             keep_alive: Some(Duration::from_secs(20)),
