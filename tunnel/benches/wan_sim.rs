@@ -45,6 +45,7 @@ fn main() {
         shipped.congestion = match cc.as_str() {
             "none" => smoltcp::socket::tcp::CongestionControl::None,
             "reno" => smoltcp::socket::tcp::CongestionControl::Reno,
+            "bbr" => smoltcp::socket::tcp::CongestionControl::BbrLite,
             _ => smoltcp::socket::tcp::CongestionControl::Cubic,
         };
     }

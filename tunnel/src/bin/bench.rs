@@ -421,7 +421,12 @@ fn connection_memory() -> io::Result<()> {
     let rss3 = status_field(pid, "VmRSS:");
     // Each connection has an end in each tunnel, both in this process.
     let per_end = |delta: u64| delta as f64 / (2 * N) as f64;
-    println!("memory per tunnel connection end ({N} connections, both ends in one process; buffers 512 KiB rx + 512 KiB tx):");
+    let tuning = tunnel::TcpTuning::default();
+    println!(
+        "memory per tunnel connection end ({N} connections, both ends in one process; buffers {} KiB rx + {} KiB tx):",
+        tuning.rx_buffer / 1024,
+        tuning.tx_buffer / 1024
+    );
     println!("  idle (just opened):            {:.1} KiB", per_end(rss1.saturating_sub(rss0)));
     println!("  after 256 KiB each way:        {:.1} KiB", per_end(rss2.saturating_sub(rss0)));
     println!(

@@ -133,6 +133,8 @@ struct Connection {
     last_active: Instant,
     /// The buffers were given back since the last activity.
     quiet: bool,
+    /// When the one live idle check of this connection is due (older ones in the heap are stale).
+    idle_check: Option<Instant>,
 }
 
 /// How a connection ends, for its counters.
@@ -413,6 +415,7 @@ impl Driver {
             deadline: None,
             last_active: now,
             quiet: false,
+            idle_check: None,
         };
         self.connections.insert(id, connection);
         id
@@ -441,11 +444,9 @@ impl Driver {
             connection.dirty = true;
             self.dirty.push(id);
         }
-        if let Some(idle) = self.limits.idle_timeout {
-            self.timers.arm(after(now, QUIET_AFTER.min(idle)), id, Timer::Idle);
-        } else {
-            self.timers.arm(after(now, QUIET_AFTER), id, Timer::Idle);
-        }
+        let at = after(now, self.limits.idle_timeout.map_or(QUIET_AFTER, |idle| QUIET_AFTER.min(idle)));
+        connection.idle_check = Some(at);
+        self.timers.arm(at, id, Timer::Idle);
     }
 
     fn attach(&mut self, id: u64, fd: OwnedFd, done: Sender<SpliceOutcome>, now: Instant) {
@@ -559,7 +560,7 @@ impl Driver {
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some((id, timer)) = self.timers.pop_due(now) {
+        while let Some((armed_for, id, timer)) = self.timers.pop_due(now) {
             let Some(connection) = self.connections.get_mut(&id) else { continue };
             match timer {
                 Timer::Deadline => {
@@ -571,6 +572,9 @@ impl Driver {
                 }
                 Timer::Idle => {
                     let Stage::Spliced { .. } = connection.stage else { continue };
+                    if connection.idle_check != Some(armed_for) {
+                        continue; // replaced by a later check
+                    }
                     let idle = Duration::from_micros((now - connection.last_active).total_micros());
                     if self.limits.idle_timeout.is_some_and(|limit| idle >= limit) {
                         log::debug!("tunnel driver: closing a stream idle for {idle:?}");
@@ -588,6 +592,7 @@ impl Driver {
                         (true, None) => QUIET_AFTER * 30,
                     };
                     let at = after(connection.last_active, next).max(after(now, Duration::from_millis(1)));
+                    connection.idle_check = Some(at);
                     self.timers.arm(at, id, Timer::Idle);
                 }
             }
@@ -677,7 +682,13 @@ impl Driver {
                 Pump::Open { moved: true } => {
                     moved = true;
                     connection.last_active = now;
-                    connection.quiet = false;
+                    if connection.quiet {
+                        // Its next check was far off (quiet connections are looked at rarely): bring it back.
+                        connection.quiet = false;
+                        let at = after(now, QUIET_AFTER);
+                        connection.idle_check = Some(at);
+                        self.timers.arm(at, id, Timer::Idle);
+                    }
                     if let Some(counters) = &connection.counters {
                         add_bytes(counters, bridge.take_counts());
                     }

@@ -1,6 +1,6 @@
 //! The driver's per-connection timers: one min-heap of (when, connection, what), checked lazily. A timer
 //! that fires for a connection that has gone, or whose deadline has moved, is simply dropped or re-armed:
-//! activity on a connection never touches the heap.
+//! activity on a connection touches the heap only when it wakes a connection that had gone quiet.
 
 use smoltcp::time::Instant;
 use std::cmp::Reverse;
@@ -32,10 +32,10 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    /// Takes the next timer due at or before `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(u64, Timer)> {
+    /// Takes the next timer due at or before `now`: (when it was armed for, connection, what).
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, u64, Timer)> {
         match self.heap.peek() {
-            Some(Reverse((at, _, _))) if *at <= now => self.heap.pop().map(|Reverse((_, id, timer))| (id, timer)),
+            Some(Reverse((at, _, _))) if *at <= now => self.heap.pop().map(|Reverse((at, id, timer))| (at, id, timer)),
             _ => None,
         }
     }
@@ -53,10 +53,10 @@ mod tests {
         timers.arm(Instant::from_millis(20), 2, Timer::Deadline);
         assert_eq!(timers.next(), Some(Instant::from_millis(10)));
         assert_eq!(timers.pop_due(Instant::from_millis(5)), None);
-        assert_eq!(timers.pop_due(Instant::from_millis(25)), Some((1, Timer::Deadline)));
-        assert_eq!(timers.pop_due(Instant::from_millis(25)), Some((2, Timer::Deadline)));
+        assert_eq!(timers.pop_due(Instant::from_millis(25)), Some((Instant::from_millis(10), 1, Timer::Deadline)));
+        assert_eq!(timers.pop_due(Instant::from_millis(25)), Some((Instant::from_millis(20), 2, Timer::Deadline)));
         assert_eq!(timers.pop_due(Instant::from_millis(25)), None);
-        assert_eq!(timers.pop_due(Instant::from_millis(30)), Some((3, Timer::Idle)));
+        assert_eq!(timers.pop_due(Instant::from_millis(30)), Some((Instant::from_millis(30), 3, Timer::Idle)));
         assert_eq!(timers.next(), None);
     }
 }

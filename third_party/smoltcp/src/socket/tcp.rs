@@ -460,6 +460,11 @@ pub enum CongestionControl {
 
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic,
+
+    /// POLAREDGE patch: loss-tolerant, BBR-like (delivery rate x minimum RTT; losses do not shrink the
+    /// window). See `congestion/bbr_lite.rs`.
+    #[cfg(feature = "socket-tcp-cubic")]
+    BbrLite,
 }
 
 /// A Transmission Control Protocol socket.
@@ -675,6 +680,9 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             CongestionControl::Cubic => AnyController::Cubic(cubic::Cubic::new()),
+
+            #[cfg(feature = "socket-tcp-cubic")]
+            CongestionControl::BbrLite => AnyController::BbrLite(bbr_lite::BbrLite::new()),
         }
     }
 
@@ -690,6 +698,9 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(_) => CongestionControl::Cubic,
+
+            #[cfg(feature = "socket-tcp-cubic")]
+            AnyController::BbrLite(_) => CongestionControl::BbrLite,
         }
     }
 

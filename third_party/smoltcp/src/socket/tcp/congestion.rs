@@ -4,6 +4,10 @@ use super::RttEstimator;
 
 pub(super) mod no_control;
 
+// POLAREDGE patch: a loss-tolerant controller (see the module).
+#[cfg(feature = "socket-tcp-cubic")]
+pub(super) mod bbr_lite;
+
 #[cfg(feature = "socket-tcp-cubic")]
 pub(super) mod cubic;
 
@@ -47,6 +51,9 @@ pub(super) enum AnyController {
 
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic(cubic::Cubic),
+
+    #[cfg(feature = "socket-tcp-cubic")]
+    BbrLite(bbr_lite::BbrLite),
 }
 
 impl AnyController {
@@ -88,6 +95,9 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(c) => c,
+
+            #[cfg(feature = "socket-tcp-cubic")]
+            AnyController::BbrLite(b) => b,
         }
     }
 
@@ -101,6 +111,9 @@ impl AnyController {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(c) => c,
+
+            #[cfg(feature = "socket-tcp-cubic")]
+            AnyController::BbrLite(b) => b,
         }
     }
 }

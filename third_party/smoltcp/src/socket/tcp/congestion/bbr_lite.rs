@@ -1,0 +1,148 @@
+//! POLAREDGE patch: a loss-tolerant congestion controller in the spirit of BBR, without pacing.
+//!
+//! Reno and CUBIC read every loss as congestion and halve their window; on a path with random loss (a WAN
+//! link, Wi-Fi) that collapses throughput to a fraction of what the path carries. This controller instead
+//! models the path: it measures the delivery rate once per round trip (acknowledged bytes over the round),
+//! keeps the highest rate of the last rounds and the lowest smoothed RTT of the last seconds, and allows two
+//! bandwidth-delay products in flight. Losses do not shrink the window: the bottleneck's queue (at most one
+//! BDP more in flight than the path holds) is what bounds the damage, and retransmission repairs the holes.
+//!
+//! Startup grows the window by every acknowledged byte (like slow start) until the measured rate stops
+//! growing by a quarter for three rounds. Rounds in which the sender had little in flight (application
+//! limited) may raise the rate estimate but never lower it.
+
+use crate::time::{Duration, Instant};
+
+use super::Controller;
+use crate::socket::tcp::RttEstimator;
+
+const DEFAULT_MSS: usize = 1024;
+/// Rounds over which the highest delivery rate is kept.
+const BW_ROUNDS: usize = 10;
+/// How long the lowest RTT stays valid.
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// Startup ends after this many rounds without a quarter more rate.
+const STARTUP_FLAT_ROUNDS: u8 = 3;
+/// Packets in flight allowed whatever the model says.
+const MIN_WINDOW_PACKETS: usize = 4;
+/// Window at the start, in packets (RFC 6928).
+const INITIAL_WINDOW_PACKETS: usize = 10;
+
+#[derive(Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BbrLite {
+    mss: usize,
+    rwnd: usize,
+    cwnd: usize,
+    startup: bool,
+    flat_rounds: u8,
+    startup_best: u64,
+    /// Highest delivery rates (bytes per second) of the last rounds, a ring.
+    bw: [u64; BW_ROUNDS],
+    bw_next: usize,
+    min_rtt_ms: u32,
+    min_rtt_at: Instant,
+    round_start: Option<Instant>,
+    round_acked: usize,
+    round_cwnd_limited: bool,
+}
+
+impl BbrLite {
+    pub fn new() -> Self {
+        BbrLite {
+            mss: DEFAULT_MSS,
+            rwnd: 64 * 1024,
+            cwnd: INITIAL_WINDOW_PACKETS * DEFAULT_MSS,
+            startup: true,
+            flat_rounds: 0,
+            startup_best: 0,
+            bw: [0; BW_ROUNDS],
+            bw_next: 0,
+            min_rtt_ms: u32::MAX,
+            min_rtt_at: Instant::from_millis(0),
+            round_start: None,
+            round_acked: 0,
+            round_cwnd_limited: false,
+        }
+    }
+
+    fn max_bw(&self) -> u64 {
+        self.bw.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Two bandwidth-delay products, at least a few packets.
+    fn model_window(&self) -> usize {
+        let bdp = self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000;
+        (2 * bdp as usize).max(MIN_WINDOW_PACKETS * self.mss)
+    }
+
+    fn end_round(&mut self, now: Instant, elapsed: Duration) {
+        let micros = elapsed.total_micros().max(1);
+        let sample = self.round_acked as u64 * 1_000_000 / micros;
+        if self.round_cwnd_limited || sample > self.max_bw() {
+            self.bw[self.bw_next] = sample;
+            self.bw_next = (self.bw_next + 1) % BW_ROUNDS;
+        }
+        if self.startup {
+            let best = self.max_bw();
+            if best >= self.startup_best + self.startup_best / 4 {
+                self.startup_best = best;
+                self.flat_rounds = 0;
+            } else {
+                self.flat_rounds += 1;
+                if self.flat_rounds >= STARTUP_FLAT_ROUNDS {
+                    self.startup = false;
+                }
+            }
+        }
+        self.round_start = Some(now);
+        self.round_acked = 0;
+        self.round_cwnd_limited = false;
+    }
+}
+
+impl Controller for BbrLite {
+    fn window(&self) -> usize {
+        self.cwnd
+    }
+
+    fn set_remote_window(&mut self, remote_window: usize) {
+        if self.rwnd < remote_window {
+            self.rwnd = remote_window;
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
+        if len == 0 {
+            return;
+        }
+        let srtt = rtt.smoothed_rtt();
+        if srtt > 0 && (srtt <= self.min_rtt_ms || now >= self.min_rtt_at + MIN_RTT_WINDOW) {
+            self.min_rtt_ms = srtt;
+            self.min_rtt_at = now;
+        }
+        self.round_acked += len;
+        if in_flight + len >= self.cwnd / 2 {
+            self.round_cwnd_limited = true;
+        }
+        let round_length = Duration::from_millis(u64::from(srtt.max(1)));
+        match self.round_start {
+            None => self.round_start = Some(now),
+            Some(start) if now >= start + round_length => self.end_round(now, now - start),
+            Some(_) => {}
+        }
+        self.cwnd = if self.startup {
+            self.cwnd.saturating_add(len).max(self.model_window())
+        } else {
+            self.model_window()
+        };
+        self.cwnd = self.cwnd.min(self.rwnd.max(MIN_WINDOW_PACKETS * self.mss));
+    }
+
+    fn set_mss(&mut self, mss: usize) {
+        self.mss = mss;
+        if self.startup && self.max_bw() == 0 {
+            self.cwnd = INITIAL_WINDOW_PACKETS * mss;
+        }
+    }
+}
