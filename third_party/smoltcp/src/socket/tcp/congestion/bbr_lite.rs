@@ -35,6 +35,8 @@ pub struct BbrLite {
     rwnd: usize,
     cwnd: usize,
     startup: bool,
+    /// After a retransmission timeout: growing back towards the model like startup.
+    recovering: bool,
     flat_rounds: u8,
     startup_best: u64,
     /// Highest delivery rates (bytes per second) of the last rounds, a ring.
@@ -54,6 +56,7 @@ impl BbrLite {
             rwnd: 64 * 1024,
             cwnd: INITIAL_WINDOW_PACKETS * DEFAULT_MSS,
             startup: true,
+            recovering: false,
             flat_rounds: 0,
             startup_best: 0,
             bw: [0; BW_ROUNDS],
@@ -70,8 +73,11 @@ impl BbrLite {
         self.bw.iter().copied().max().unwrap_or(0)
     }
 
-    /// Two bandwidth-delay products, at least a few packets.
+    /// Two bandwidth-delay products, at least a few packets; nothing before the first RTT measurement.
     fn model_window(&self) -> usize {
+        if self.min_rtt_ms == u32::MAX {
+            return MIN_WINDOW_PACKETS * self.mss;
+        }
         let bdp = self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000;
         (2 * bdp as usize).max(MIN_WINDOW_PACKETS * self.mss)
     }
@@ -116,8 +122,9 @@ impl Controller for BbrLite {
         if len == 0 {
             return;
         }
-        let srtt = rtt.smoothed_rtt();
-        if srtt > 0 && (srtt <= self.min_rtt_ms || now >= self.min_rtt_at + MIN_RTT_WINDOW) {
+        // smoltcp keeps RTTs in whole milliseconds: a sub-millisecond path reads as 0.
+        let srtt = rtt.smoothed_rtt().max(1);
+        if srtt <= self.min_rtt_ms || now >= self.min_rtt_at + MIN_RTT_WINDOW {
             self.min_rtt_ms = srtt;
             self.min_rtt_at = now;
         }
@@ -125,18 +132,29 @@ impl Controller for BbrLite {
         if in_flight + len >= self.cwnd / 2 {
             self.round_cwnd_limited = true;
         }
-        let round_length = Duration::from_millis(u64::from(srtt.max(1)));
+        let round_length = Duration::from_millis(u64::from(srtt));
         match self.round_start {
             None => self.round_start = Some(now),
             Some(start) if now >= start + round_length => self.end_round(now, now - start),
             Some(_) => {}
         }
+        let model = self.model_window();
         self.cwnd = if self.startup {
-            self.cwnd.saturating_add(len).max(self.model_window())
+            self.cwnd.saturating_add(len).max(model)
+        } else if self.recovering {
+            let grown = self.cwnd.saturating_add(len);
+            self.recovering = grown < model;
+            grown.min(model)
         } else {
-            self.model_window()
+            model
         };
         self.cwnd = self.cwnd.min(self.rwnd.max(MIN_WINDOW_PACKETS * self.mss));
+    }
+
+    fn on_rto(&mut self, _now: Instant, _in_flight: usize) {
+        // Everything unacknowledged goes out again: start small and grow back to the model (which is kept).
+        self.cwnd = INITIAL_WINDOW_PACKETS * self.mss;
+        self.recovering = !self.startup;
     }
 
     fn set_mss(&mut self, mss: usize) {
