@@ -34,13 +34,7 @@ fn main() {
     let nginx = Nginx::start(&edge.dir);
     let direct_traefik = DirectTraefik::start(&edge.dir, nginx.addr);
     std::fs::write(edge.dir.join("manifests/app.yaml"), manifests(HOST, nginx.addr.port())).unwrap();
-    let client = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-            .args(["run", "--config"])
-            .arg(edge.dir.join("client.yaml"))
-            .arg("--manifests")
-            .arg(edge.dir.join("manifests")),
-    );
+    let client = edge.client_reading_manifests();
     assert!(eventually(Duration::from_secs(30), || get(edge.web, HOST, "/") == "ok\n"), "edge route live");
     assert!(eventually(Duration::from_secs(10), || get(direct_traefik.web, HOST, "/") == "ok\n"), "direct Traefik");
     let (agent_pid, client_pid) = (edge.agent.child.id(), client.child.id());

@@ -6,7 +6,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 use support::*;
 
@@ -17,13 +16,7 @@ fn hundreds_of_simultaneous_connections_through_the_edge_all_get_200() {
     let edge = Edge::start("burst");
     let pod = backend("burst-pod");
     std::fs::write(edge.dir.join("manifests/app.yaml"), manifests("burst.test", pod)).unwrap();
-    let client = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-            .args(["run", "--config"])
-            .arg(edge.dir.join("client.yaml"))
-            .arg("--manifests")
-            .arg(edge.dir.join("manifests")),
-    );
+    let client = edge.client_reading_manifests();
     assert!(
         eventually(Duration::from_secs(30), || get(edge.web, "burst.test", "/") == "burst-pod /"),
         "route live\n{}",

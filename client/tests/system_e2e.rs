@@ -15,13 +15,7 @@ fn client_and_agent_serve_the_manifests_and_follow_their_edits() {
     let web = edge.web;
     let (a, b) = (backend("backend-A"), backend("backend-B"));
     std::fs::write(dir.join("manifests/app.yaml"), manifests("app.test", a)).unwrap();
-    let _client = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-            .args(["run", "--config"])
-            .arg(dir.join("client.yaml"))
-            .arg("--manifests")
-            .arg(dir.join("manifests")),
-    );
+    let _client = edge.client_reading_manifests();
     assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/x") == "backend-A /x"), "first route live");
     assert_eq!(get(edge.ops, "client", "/healthz"), "ok\n");
     assert!(eventually(Duration::from_secs(5), || get(edge.ops, "client", "/readyz") == "ready\n"));

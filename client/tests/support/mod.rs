@@ -79,6 +79,17 @@ impl Edge {
 }
 
 impl Edge {
+    /// Runs the client binary reading this edge's manifests folder (standing in for the cluster).
+    pub fn client_reading_manifests(&self) -> Proc {
+        Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
+                .args(["run", "--config"])
+                .arg(self.dir.join("client.yaml"))
+                .arg("--manifests")
+                .arg(self.dir.join("manifests")),
+        )
+    }
+
     /// Runs the client binary watching the API server its kubeconfig (written into this edge's folder) names.
     pub fn client_watching_kubeconfig(&self) -> Proc {
         Proc::spawn(
