@@ -16,6 +16,11 @@ const CLIENT_V6: IpAddress = IpAddress::v6(0xfd88, 0, 0, 0, 0, 0, 0, 2);
 
 /// Core A plays the client (knows the agent's endpoint, keepalive on); core B plays the agent.
 fn pair(conditions: Conditions) -> Pair {
+    pair_tuned(conditions, TcpTuning::default())
+}
+
+/// [`pair`] with other TCP tuning on both sides.
+fn pair_tuned(conditions: Conditions, tcp: TcpTuning) -> Pair {
     let a_key = PrivateKey::generate();
     let b_key = PrivateKey::generate();
     let config =
@@ -28,7 +33,7 @@ fn pair(conditions: Conditions) -> Pair {
             peer_allowed_ips: vec![],
             endpoint,
             mtu: 1420,
-            tcp: TcpTuning::default(),
+            tcp: tcp.clone(),
         };
     let now = smoltcp::time::Instant::from_millis(0);
     let a = Core::new(config(&a_key, &b_key, CLIENT_V4, CLIENT_V6, Some(Pair::B_ADDR)), 1, now).unwrap();
@@ -117,6 +122,25 @@ fn bulk_tcp_both_ways_over_ipv4() {
     bulk_both_ways(&mut p, AGENT_V4, 8 << 20, 60);
     assert_eq!(p.b.peer().endpoint, Some(Pair::A_ADDR), "agent learned the client's endpoint from the handshake");
     assert_eq!(p.b.stats().dropped_invalid + p.a.stats().dropped_invalid, 0);
+}
+
+#[test]
+fn bulk_tcp_with_the_loss_tolerant_controller_survives_loss_reordering_and_a_bottleneck() {
+    let conditions = Conditions {
+        loss: 0.01,
+        duplicate: 0.01,
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(2),
+        rate: Some(5_000_000),
+        queue: 256 * 1024,
+        seed: 9,
+        ..Conditions::default()
+    };
+    let tcp = TcpTuning { congestion: smoltcp::socket::tcp::CongestionControl::BbrLite, ..TcpTuning::default() };
+    let mut p = pair_tuned(conditions, tcp);
+    bulk_both_ways(&mut p, AGENT_V4, 2 << 20, 600);
+    let (lost, _) = p.impairments();
+    assert!(lost > 20, "the link must really have lost datagrams: {lost}");
 }
 
 #[test]
