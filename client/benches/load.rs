@@ -9,7 +9,8 @@
 //! Run (root, for the open-files limit; needs wrk and nginx): `scripts/bench.sh`, or
 //! `cargo build --release -p polaredge-agent && cargo bench -p polaredge-client --bench load`.
 //! `POLAREDGE_LOAD_SECONDS` sets each wrk run's length (default 8), `POLAREDGE_LOAD_ROUNDS` how many times the
-//! targets take turns at 100 and 1,000 connections (default 3; medians are printed).
+//! targets take turns at 100 and 1,000 connections (default 3; medians are printed),
+//! `POLAREDGE_LOAD_SOAK_SECONDS` the length of the closing soak at 1,000 connections (default 120; 0 skips it).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -172,6 +173,24 @@ fn main() {
         status_kib(agent_pid, "Threads:"),
         status_kib(client_pid, "Threads:"),
     );
+
+    // Soak: steady load through the edge for a few minutes; RSS must stay flat from slice to slice.
+    let soak: u64 = std::env::var("POLAREDGE_LOAD_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    if soak > 0 {
+        let slice = 20.min(soak);
+        println!("\nsoak: wrk -c1000 through the edge for {soak} s in {slice} s slices (RSS after each slice)");
+        println!("{:>6} {:>10} {:>8} {:>14} {:>15}", "slice", "req/s", "errors", "agent RSS MB", "client RSS MB");
+        for i in 1..=soak / slice {
+            let run = wrk(edge.web, 1_000, slice);
+            println!(
+                "{i:>6} {:>10.0} {:>8} {:>14.1} {:>15.1}",
+                run.rps,
+                run.errors,
+                rss_kib(agent_pid) as f64 / 1024.0,
+                rss_kib(client_pid) as f64 / 1024.0
+            );
+        }
+    }
     drop(client);
 }
 
