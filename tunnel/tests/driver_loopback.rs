@@ -367,3 +367,26 @@ fn after_the_agent_restarts_the_client_reaches_it_again_within_seconds() {
     assert!(stream.is_ok(), "{:?} after {:?}", stream.err(), started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
 }
+
+#[test]
+fn a_stalled_connection_holding_data_does_not_keep_the_driver_awake() {
+    let (agent, client) = tunnels();
+    let listener = client.listen(7000).unwrap();
+    let mut sender = agent.connect(tunnel_addr("10.88.0.2", 7000), Duration::from_secs(5)).unwrap().into_io().unwrap();
+    // The receiving side never reads: its kernel socket fills, the rest stays in the tunnel's buffers, so the
+    // buffers cannot be given back when the connection goes quiet.
+    let _unread = listener.accept().unwrap().into_io().unwrap();
+    sender.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    for _ in 0..32 {
+        if sender.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    // Past the quiet time (2 s), where the driver tries to release the buffers and finds data held.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = client.status().unwrap().wakeups;
+    std::thread::sleep(Duration::from_secs(2));
+    let per_second = (client.status().unwrap().wakeups - before - 1) as f64 / 2.0;
+    assert!(per_second <= 10.0, "a stalled connection woke the driver {per_second} times a second");
+}

@@ -581,17 +581,24 @@ impl Driver {
                         self.close(id, true, Some(End::Completed));
                         continue;
                     }
-                    if !connection.quiet && idle >= QUIET_AFTER {
+                    let mut next = None;
+                    if !connection.quiet && idle < QUIET_AFTER {
+                        next = Some(after(connection.last_active, QUIET_AFTER));
+                    } else if !connection.quiet {
                         connection.quiet = self.core.release_idle_buffers(connection.socket);
+                        if !connection.quiet {
+                            // Idle with bytes still held (a stalled reader or peer): try again a quiet period
+                            // from now, not at once.
+                            next = Some(after(now, QUIET_AFTER));
+                        }
                     }
-                    let next = match (connection.quiet, self.limits.idle_timeout) {
-                        (false, Some(limit)) => QUIET_AFTER.min(limit),
-                        (false, None) => QUIET_AFTER,
-                        (true, Some(limit)) => limit,
-                        // Quiet, no idle limit: look again later in case it went quiet with data still held.
-                        (true, None) => QUIET_AFTER * 30,
+                    // Activity brings a released connection's check back (pump_bridges); until then only the
+                    // idle timeout is left to watch.
+                    let limit = self.limits.idle_timeout.map(|limit| after(connection.last_active, limit));
+                    let Some(at) = [next, limit].into_iter().flatten().min() else {
+                        connection.idle_check = None;
+                        continue;
                     };
-                    let at = after(connection.last_active, next).max(after(now, Duration::from_millis(1)));
                     connection.idle_check = Some(at);
                     self.timers.arm(at, id, Timer::Idle);
                 }
