@@ -5,12 +5,7 @@
 # against nginx and Traefik direct.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
-# The load benchmark's tools: wrk drives the load, nginx is the backend.
-for pkg in wrk nginx-light; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
-done
+scripts/install-deps.sh --bench
 command -v onetun >/dev/null || cargo install --locked onetun --version 0.3.10
 cargo build --release --locked -p polaredge-tunnel --bin polaredge-tunnel-bench
 target/release/polaredge-tunnel-bench all

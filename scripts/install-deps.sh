@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing POLAREDGE needs on Debian 12, and nothing twice (idempotent).
+# --bench: also the benchmarks' tools.
 set -euo pipefail
 
 sudo=""
@@ -32,6 +33,11 @@ if [ "$qemu_installed" -lt 2 ]; then
   echo "deb http://deb.debian.org/debian bookworm-backports main" |
     $sudo tee /etc/apt/sources.list.d/polaredge-backports.list >/dev/null
   install_missing -t bookworm-backports -- qemu-system-x86 qemu-system-arm
+fi
+
+# The benchmarks' own tools (scripts/bench.sh): wrk drives the load, nginx is the backend.
+if [ "${1:-}" = "--bench" ]; then
+  install_missing -- wrk nginx-light
 fi
 
 installed_targets=$(rustup target list --installed)
