@@ -115,14 +115,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let static_yaml = static_config::render(&config, admin_port, &store.dynamic_dir, &acme);
     store.replace(&store.static_config_file(), static_yaml.as_bytes()).map_err(|e| e.to_string())?;
 
-    let open_files = tunnel::driver::raise_open_files_limit(None);
-    if open_files < 4 * config.streams.max_connections as u64 {
-        log::warn!(
-            "the open-files limit is {open_files}: too low for streams.max_connections {} (each stream holds a \
-             socket); raise LimitNOFILE / ulimit -n",
-            config.streams.max_connections
-        );
-    }
+    tunnel::driver::raise_open_files_limit(None); // the tunnel warns if it is still below its cap
     let tunnel = Arc::new(Tunnel::start(tunnel_config(&config)?).map_err(|e| e.to_string())?);
     log::info!("WireGuard on {} (UDP), tunnel address {}", tunnel.local_addr(), config.wireguard.address);
     let relay = SocketAddr::new(config.wireguard.client_address, config.relay_port);
@@ -336,7 +329,7 @@ impl Agent {
             }
             let _ = writeln!(out, "# HELP polaredge_tunnel_connections Open TCP connections inside the tunnel.\n# TYPE polaredge_tunnel_connections gauge");
             let _ = writeln!(out, "polaredge_tunnel_connections {}", t.connections);
-            let _ = writeln!(out, "# HELP polaredge_tunnel_refused_over_cap_total Connection requests refused at the connection cap (tunnel.max_connections).\n# TYPE polaredge_tunnel_refused_over_cap_total counter");
+            let _ = writeln!(out, "# HELP polaredge_tunnel_refused_over_cap_total Connection requests refused at the connection cap (streams.max_connections).\n# TYPE polaredge_tunnel_refused_over_cap_total counter");
             let _ = writeln!(out, "polaredge_tunnel_refused_over_cap_total {}", t.stats.refused_over_cap);
         }
         let m = &applier.forwarders.metrics;

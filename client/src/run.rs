@@ -159,10 +159,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     // Probes answer from the start, also on a replica that waits to lead.
     let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&metrics))?;
     log::info!("/healthz, /readyz and /metrics on {ops}");
-    let open_files = tunnel::driver::raise_open_files_limit(None);
-    if open_files < 2 * config.max_connections as u64 {
-        log::warn!("the open-files limit is {open_files}: too low for max_connections {}", config.max_connections);
-    }
+    tunnel::driver::raise_open_files_limit(None); // each tunnel warns if it is still below its cap
     if matches!(source, Source::Kubernetes) {
         lead()?;
     }

@@ -855,8 +855,7 @@ impl Driver {
         let refused = self.core.stats().refused_over_cap;
         if refused > self.refusals_logged && now >= self.next_refusal_log {
             log::warn!(
-                "tunnel: refused {} connection request(s): the cap of {} connections is reached \
-                 (tunnel.max_connections)",
+                "tunnel: refused {} connection request(s): the cap of {} connections is reached",
                 refused - self.refusals_logged,
                 self.limits.max_connections
             );

@@ -155,6 +155,18 @@ impl Shared {
     }
 }
 
+/// Every stream holds a kernel socket: say so when the open-files limit cannot cover the connection cap.
+fn warn_if_few_open_files(max_connections: usize) {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = max_connections as u64 + 1024;
+    if limit < needed {
+        log::warn!(
+            "the open-files limit is {limit}, below the {needed} that {max_connections} tunnel connections may need \
+             (each holds a socket): raise it (LimitNOFILE, ulimit -n) or lower the connection cap"
+        );
+    }
+}
+
 fn stopped() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the tunnel driver has stopped")
 }
@@ -169,6 +181,7 @@ pub struct Tunnel {
 impl Tunnel {
     /// Binds the outer socket and starts the driver thread.
     pub fn start(config: TunnelConfig) -> io::Result<Tunnel> {
+        warn_if_few_open_files(config.core.tcp.max_connections);
         let socket = udp::bind(config.listen)?;
         let local_addr = socket.local_addr()?;
         let start = std::time::Instant::now();
