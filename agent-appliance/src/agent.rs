@@ -1,40 +1,63 @@
-//! `polaredge-agent run`: wires the tunnel, forwarders, apply pipeline, Traefik supervisor, control API and
-//! admin socket together, and shuts them down on SIGTERM/SIGINT.
+//! `polaredge-agent run`: wires the tunnel, forwarders, apply pipeline, Traefik supervisor, watchdog, control
+//! API and admin socket together, and shuts them down on SIGTERM/SIGINT.
+//!
+//! Locks: the [`Applier`] is taken by uploads (one at a time, for the whole upload, its wait for Traefik
+//! included) and by the watchdog (only when no upload holds it). /status and /metrics never take it: they read
+//! the applier's [`View`], the health judgement and the supervisor's state, each behind a short lock.
 
-use crate::apply::{Applier, CONFIRM_TIMEOUT};
+use crate::apply::{self, Applier, View, CONFIRM_TIMEOUT};
 use crate::config::AgentConfig;
 use crate::forwarders::Forwarders;
-use crate::http::{self, parse::Limits, Request, Response};
+use crate::http::{self, parse::Limits, slots::Slots, Request, Response};
 use crate::ports;
 use crate::store::Store;
-use crate::traefik::{static_config, supervisor::Supervisor};
+use crate::traefik::{api::Api, health::Health, static_config, supervisor::Supervisor};
 use nix::sys::signal::{SigSet, Signal};
 use routes::Policy;
 use serde_json::json;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
-use tunnel::{CoreConfig, IpCidr, PresharedKey, PrivateKey, PublicKey, Tunnel, TunnelConfig};
+use std::time::{Instant, UNIX_EPOCH};
+use tunnel::{CoreConfig, IpCidr, PresharedKey, PrivateKey, PublicKey, StreamCounters, Tunnel, TunnelConfig};
 
-/// How long a restored generation may take to show in Traefik (its start-up included) before a warning.
-const RESTORE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Concurrent control API connections; more are refused so a flood cannot exhaust threads.
+/// Concurrent control API connections; a new one evicts the longest-idle one, so a flood cannot exhaust
+/// threads and idle connections cannot lock the API out.
 const MAX_API_CONNECTIONS: usize = 16;
 
-/// The running agent, shared by the API handlers.
+/// The running agent, shared by the API handlers and the watchdog.
 pub struct Agent {
-    applier: Mutex<Applier>,
+    pub(crate) applier: Mutex<Applier>,
+    pub(crate) view: Arc<Mutex<View>>,
+    pub(crate) health: Mutex<Health>,
+    pub(crate) supervisor: Mutex<Supervisor>,
+    pub(crate) api: Api,
+    /// The public entrypoint address the canary request goes to.
+    pub(crate) canary: Option<SocketAddr>,
+    forwarder_metrics: Arc<StreamCounters>,
+    policy: Policy,
     tunnel: Arc<Tunnel>,
-    supervisor: Mutex<Supervisor>,
     started: Instant,
     limits: Limits,
 }
 
+/// Reads a secret key file, refusing one that other users can read (as wg(8) warns about).
 fn read_key<T: std::str::FromStr<Err = tunnel::KeyError>>(path: &Path, what: &str) -> Result<T, String> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the {what} {} is readable by other users (mode {:04o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        ));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
     text.parse().map_err(|e| format!("{what} {}: {e}", path.display()))
 }
@@ -90,7 +113,22 @@ pub fn policy(config: &AgentConfig) -> Policy {
     Policy {
         entry_points: config.entrypoints.keys().cloned().collect(),
         cert_resolvers: config.acme.iter().map(|_| static_config::ACME_RESOLVER.to_string()).collect(),
+        max_backends: routes::DEFAULT_MAX_BACKENDS,
     }
+}
+
+/// The public entrypoint that carries the canary router (`web` if there is one), and where to reach it from
+/// this host: an entrypoint on every address is reached on loopback.
+pub fn canary_entry_point(config: &AgentConfig) -> Option<(String, SocketAddr)> {
+    let (name, address) = config.entrypoints.get_key_value("web").or_else(|| config.entrypoints.iter().next())?;
+    let mut addr = ports::entrypoint_addr(address).ok()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    Some((name.clone(), addr))
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -120,13 +158,22 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     log::info!("WireGuard on {} (UDP), tunnel address {}", tunnel.local_addr(), config.wireguard.address);
     let relay = SocketAddr::new(config.wireguard.client_address, config.relay_port);
     let forwarders = Forwarders::new(Arc::clone(&tunnel), relay);
-    let mut applier = Applier::new(store.clone(), forwarders, admin_port, policy(&config));
-    let restored = applier.restore();
+    let canary = canary_entry_point(&config);
+    let policy = policy(&config);
+    let mut applier = Applier::new(store.clone(), forwarders, canary.as_ref().map(|(name, _)| name.clone()));
+    // Before Traefik starts: it must never read a routes file left by an earlier run.
+    let restored = applier.start(&policy);
     let supervisor = Supervisor::start(traefik_binary, store.static_config_file());
     let agent = Arc::new(Agent {
+        view: applier.view(),
+        forwarder_metrics: applier.forwarder_metrics(),
         applier: Mutex::new(applier),
-        tunnel: Arc::clone(&tunnel),
+        health: Mutex::new(Health::default()),
         supervisor: Mutex::new(supervisor),
+        api: Api { port: admin_port },
+        canary: canary.map(|(_, addr)| addr),
+        policy,
+        tunnel: Arc::clone(&tunnel),
         started: Instant::now(),
         limits: Limits { max_head: 16 * 1024, max_body: config.max_upload_bytes },
     });
@@ -148,19 +195,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         },
         since_init()
     );
-    if let Some(generation) = restored {
-        let agent = Arc::clone(&agent);
-        std::thread::spawn(move || {
-            if crate::traefik::api::wait_for_generation(admin_port, &generation, RESTORE_CONFIRM_TIMEOUT) {
-                agent.applier.lock().unwrap().mark_confirmed(&generation);
-                log::info!("last good generation {generation} live: Traefik serves it{}", since_init());
-            } else {
-                log::warn!(
-                    "Traefik did not show the last good generation {generation} within {RESTORE_CONFIRM_TIMEOUT:?}"
-                );
-            }
-        });
-    }
+    crate::watchdog::spawn(Arc::clone(&agent));
 
     loop {
         match signals.wait() {
@@ -178,7 +213,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
 }
 
 /// On the appliance, how long after /init started the agent became ready (the init passes its start time).
-fn since_init() -> String {
+pub(crate) fn since_init() -> String {
     let Some(started) = std::env::var(crate::init::STARTED_ENV).ok().and_then(|v| v.parse::<u128>().ok()) else {
         return String::new();
     };
@@ -186,24 +221,29 @@ fn since_init() -> String {
 }
 
 fn spawn_api(agent: Arc<Agent>, listener: tunnel::Listener) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Slots::new(MAX_API_CONNECTIONS);
     std::thread::Builder::new()
         .name("api-accept".into())
         .spawn(move || {
             while let Ok(stream) = listener.accept() {
-                if active.load(Ordering::Relaxed) >= MAX_API_CONNECTIONS {
-                    log::warn!("control API: {MAX_API_CONNECTIONS} connections open; refusing {}", stream.peer_addr());
-                    continue; // dropping the stream resets it
-                }
+                let peer = stream.peer_addr();
                 let Ok(mut io) = stream.into_io() else { continue };
-                let (agent, active) = (Arc::clone(&agent), Arc::clone(&active));
-                active.fetch_add(1, Ordering::Relaxed);
+                let Ok(handle) = io.try_clone() else { continue };
+                let close = Box::new(move || {
+                    let _ = handle.shutdown(std::net::Shutdown::Both);
+                });
+                let Some(slot) = slots.take(close) else {
+                    log::warn!("control API: {MAX_API_CONNECTIONS} connections busy with requests; refusing {peer}");
+                    continue; // dropping the stream resets it
+                };
+                let agent = Arc::clone(&agent);
                 let _ = std::thread::Builder::new().name("api".into()).spawn(move || {
                     let limits = agent.limits;
-                    if let Err(e) = http::serve(&mut io, limits, &|request| agent.handle(request)) {
+                    if let Err(e) =
+                        http::serve(&mut io, limits, &|request| agent.handle(request), &|idle| slot.idle(idle))
+                    {
                         log::debug!("control API connection ended: {e}");
                     }
-                    active.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         })
@@ -215,7 +255,10 @@ impl Agent {
     pub fn handle(&self, request: &Request) -> Response {
         match (request.method.as_str(), request.path.as_str()) {
             ("POST", "/upload") => {
-                let (status, answer) = self.applier.lock().unwrap().apply(&request.body, CONFIRM_TIMEOUT);
+                // Parsed before any lock: a slow or hostile body costs only this connection's thread.
+                let prepared = apply::prepare(&request.body, &self.policy);
+                let (status, answer) =
+                    self.applier.lock().unwrap().apply(&request.body, prepared, &self.api, CONFIRM_TIMEOUT);
                 Response::json(status, &answer)
             }
             ("GET", "/healthz") => Response::text(200, "ok\n"),
@@ -232,10 +275,11 @@ impl Agent {
 
     /// The live state as JSON (`GET /status`, `polaredge-agent status`).
     pub fn status(&self) -> serde_json::Value {
-        let applier = self.applier.lock().unwrap();
+        let view = self.view.lock().unwrap().clone();
+        let health = self.health.lock().unwrap().clone();
         let traefik = self.supervisor.lock().unwrap().state();
         let tunnel = self.tunnel.status().ok();
-        let live = applier.live.as_ref().map(|l| {
+        let live = view.live.as_ref().map(|l| {
             json!({
                 "generation": l.generation,
                 "confirmed": l.confirmed,
@@ -245,20 +289,24 @@ impl Agent {
                 "errors": l.errors,
             })
         });
-        let forwarders: Vec<serde_json::Value> = applier
+        let forwarders: Vec<serde_json::Value> = view
             .forwarders
-            .listeners()
             .iter()
             .map(|(pod, local)| json!({ "pod": pod.to_string(), "listen": local.to_string() }))
             .collect();
         json!({
             "uptime_s": self.started.elapsed().as_secs(),
             "live": live,
+            "routes_file": { "generation": view.written, "repairs": view.counters.repairs },
             "traefik": {
                 "pid": traefik.pid,
                 "uptime_s": traefik.started.filter(|_| traefik.pid.is_some()).map(|s| s.elapsed().as_secs()),
                 "restarts": traefik.restarts,
                 "last_exit": traefik.last_exit,
+                "healthy": health.healthy,
+                "health": health.state,
+                "health_restarts": health.restarts,
+                "file_rewrites": health.rewrites,
             },
             "tunnel": tunnel.map(|t| json!({
                 "peer_endpoint": t.peer.endpoint.map(|e| e.to_string()),
@@ -275,10 +323,11 @@ impl Agent {
 
     /// Prometheus text (`GET /metrics`).
     pub fn metrics(&self) -> String {
-        let applier = self.applier.lock().unwrap();
+        let view = self.view.lock().unwrap().clone();
+        let health = self.health.lock().unwrap().clone();
         let traefik = self.supervisor.lock().unwrap().state();
         let mut out = String::new();
-        let c = applier.counters;
+        let c = view.counters;
         let _ = writeln!(
             out,
             "# HELP polaredge_agent_uploads_total Uploads by outcome.\n# TYPE polaredge_agent_uploads_total counter"
@@ -287,11 +336,13 @@ impl Agent {
             ("applied", c.applied),
             ("unchanged", c.unchanged),
             ("rejected", c.rejected),
-            ("unconfirmed", c.unconfirmed),
+            ("rolled_back", c.rolled_back),
         ] {
             let _ = writeln!(out, "polaredge_agent_uploads_total{{result=\"{result}\"}} {n}");
         }
-        if let Some(live) = &applier.live {
+        let _ = writeln!(out, "# HELP polaredge_agent_routes_file_repairs_total Routes files found deleted or changed on disk (or not read by Traefik) and written again.\n# TYPE polaredge_agent_routes_file_repairs_total counter");
+        let _ = writeln!(out, "polaredge_agent_routes_file_repairs_total {}", c.repairs);
+        if let Some(live) = &view.live {
             let _ = writeln!(out, "# HELP polaredge_agent_live_generation The generation last given to Traefik (1 = confirmed live).\n# TYPE polaredge_agent_live_generation gauge");
             let _ = writeln!(
                 out,
@@ -311,6 +362,10 @@ impl Agent {
         let _ = writeln!(out, "polaredge_agent_traefik_up {}", u8::from(traefik.pid.is_some()));
         let _ = writeln!(out, "# HELP polaredge_agent_traefik_restarts_total Traefik restarts after crashes.\n# TYPE polaredge_agent_traefik_restarts_total counter");
         let _ = writeln!(out, "polaredge_agent_traefik_restarts_total {}", traefik.restarts);
+        let _ = writeln!(out, "# HELP polaredge_agent_traefik_healthy Whether Traefik answered the last ping and canary with the generation of the routes file.\n# TYPE polaredge_agent_traefik_healthy gauge");
+        let _ = writeln!(out, "polaredge_agent_traefik_healthy {}", u8::from(health.healthy));
+        let _ = writeln!(out, "# HELP polaredge_agent_traefik_health_restarts_total Traefik processes killed by the watchdog (not answering, or serving the wrong generation).\n# TYPE polaredge_agent_traefik_health_restarts_total counter");
+        let _ = writeln!(out, "polaredge_agent_traefik_health_restarts_total {}", health.restarts);
         if let Ok(t) = self.tunnel.status() {
             let _ = writeln!(out, "# HELP polaredge_tunnel_bytes_total Payload bytes through the tunnel.\n# TYPE polaredge_tunnel_bytes_total counter");
             let _ = writeln!(out, "polaredge_tunnel_bytes_total{{direction=\"rx\"}} {}", t.peer.rx_bytes);
@@ -332,9 +387,9 @@ impl Agent {
             let _ = writeln!(out, "# HELP polaredge_tunnel_refused_over_cap_total Connection requests refused at the connection cap (streams.max_connections).\n# TYPE polaredge_tunnel_refused_over_cap_total counter");
             let _ = writeln!(out, "polaredge_tunnel_refused_over_cap_total {}", t.stats.refused_over_cap);
         }
-        let m = &applier.forwarders.metrics;
+        let m = &self.forwarder_metrics;
         let _ = writeln!(out, "# HELP polaredge_forwarders Loopback forwarders (one per pod endpoint).\n# TYPE polaredge_forwarders gauge");
-        let _ = writeln!(out, "polaredge_forwarders {}", applier.forwarders.listeners().len());
+        let _ = writeln!(out, "polaredge_forwarders {}", view.forwarders.len());
         let _ = writeln!(out, "# HELP polaredge_forwarder_connections_total Connections from Traefik to forwarders.\n# TYPE polaredge_forwarder_connections_total counter");
         let _ = writeln!(out, "polaredge_forwarder_connections_total {}", m.opened.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP polaredge_forwarder_failed_total Forwarded connections that ended in a reset, a timeout or a refusal.\n# TYPE polaredge_forwarder_failed_total counter");

@@ -1,25 +1,46 @@
 //! The apply pipeline: an upload becomes the live Traefik config, or is refused with reasons while the last
-//! good config keeps serving.
+//! good config keeps serving. The edge serves exactly what Traefik confirmed.
 //!
-//! parse + validate (strict) -> forwarders for its pods -> rewrite backends, add the generation marker ->
-//! atomic write -> wait (bounded) until Traefik's API shows the marker -> record as last good.
+//! [`prepare`] (parse + validate, pure, run before any lock) -> forwarders for its pods -> rewrite backends, add
+//! the generation marker and the canary -> atomic write -> wait (bounded) until Traefik shows the marker ->
+//! commit as last good, or roll the file back to the last good one. [`Applier`] is owned by the upload path
+//! alone (one upload at a time, the wait included); what /status and /metrics read is a [`View`] behind its own
+//! short lock, so they answer at once while an upload waits for Traefik.
+//!
+//! The routes file is also repaired: [`Applier::verify_file`] rewrites it when it was deleted or changed on
+//! disk (the watchdog calls it every few seconds, and every upload does, unchanged ones included).
 
 use crate::forwarders::Forwarders;
 use crate::store::Store;
-use crate::traefik::api;
+use routes::model::DynamicConfig;
 use routes::{Policy, Problem};
 use serde_json::json;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long an upload waits for Traefik to show the new generation.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The document written when nothing valid is known (first start, or a last good upload that no longer
+/// validates): no routes, so Traefik never reads a file whose forwarders are not the agent's own.
+pub const NOTHING: &[u8] = b"{\"http\": {}}";
+
+/// What the agent asks of Traefik while applying; the real one talks to its API ([`crate::traefik::api`]).
+pub trait Confirm {
+    /// Waits until Traefik shows `generation` live, at most `timeout` (zero: look once).
+    fn shows(&self, generation: &str, timeout: Duration) -> bool;
+    /// Errors Traefik reports for routers and services of the routes file.
+    fn errors(&self) -> Vec<String>;
+}
 
 /// The generation Traefik serves (or was last given).
 #[derive(Debug, Clone)]
 pub struct Live {
     /// First 16 hex digits of the upload's SHA-256.
     pub generation: String,
-    /// Whether Traefik's API showed it.
+    /// Whether Traefik's API showed it (in this run of the agent).
     pub confirmed: bool,
     /// When it was written.
     pub applied_at: SystemTime,
@@ -31,7 +52,7 @@ pub struct Live {
     pub routers: usize,
 }
 
-/// Upload counters for /metrics.
+/// Upload and repair counters for /metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
     /// Made live and confirmed.
@@ -40,21 +61,44 @@ pub struct Counters {
     pub unchanged: u64,
     /// Refused by validation.
     pub rejected: u64,
-    /// Written, but Traefik did not confirm in time.
-    pub unconfirmed: u64,
+    /// Written, but Traefik did not confirm in time: the file was rolled back.
+    pub rolled_back: u64,
+    /// Routes files found deleted or changed on disk and rewritten.
+    pub repairs: u64,
 }
 
-/// Owns the routes file, the forwarders and the record of what is live.
-pub struct Applier {
-    store: Store,
-    /// The forwarders (public for /status and /metrics).
-    pub forwarders: Forwarders,
-    admin_port: u16,
-    policy: Policy,
-    /// What is live.
+/// What /status and /metrics show; updated by the applier under a short lock of its own.
+#[derive(Debug, Default, Clone)]
+pub struct View {
+    /// The generation Traefik serves, as far as the agent knows; `None` before the first good config.
     pub live: Option<Live>,
+    /// The generation the routes file holds now (differs from `live` while an upload waits for Traefik).
+    pub written: Option<String>,
     /// Counters.
     pub counters: Counters,
+    /// Pod -> local forwarder.
+    pub forwarders: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl View {
+    /// Marks `generation` confirmed live if it is still the live one and was not yet; returns whether it did.
+    pub fn mark_confirmed(&mut self, generation: &str) -> bool {
+        match self.live.as_mut().filter(|l| l.generation == generation && !l.confirmed) {
+            Some(live) => {
+                live.confirmed = true;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A validated upload, ready to apply.
+#[derive(Debug)]
+pub struct Prepared {
+    generation: String,
+    config: DynamicConfig,
+    upload: Vec<u8>,
 }
 
 /// SHA-256 of the upload, shortened: names the generation in the marker and in answers.
@@ -63,124 +107,471 @@ pub fn generation_of(upload: &[u8]) -> String {
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn routers(config: &routes::model::DynamicConfig) -> usize {
+/// Parses and validates an upload. Pure and lock-free: a slow or hostile upload costs only its own thread.
+pub fn prepare(upload: &[u8], policy: &Policy) -> Result<Prepared, Vec<Problem>> {
+    let text = std::str::from_utf8(upload)
+        .map_err(|e| vec![Problem { path: String::new(), message: format!("body is not UTF-8 ({e})") }])?;
+    let config = routes::parse(text, policy)?;
+    Ok(Prepared { generation: generation_of(upload), config, upload: upload.to_vec() })
+}
+
+/// A routes file as written: what it serves and the text Traefik reads.
+#[derive(Debug, Clone)]
+struct Written {
+    generation: String,
+    text: String,
+    pods: BTreeSet<SocketAddr>,
+    routers: usize,
+}
+
+/// An answer to the client: status code and JSON body.
+pub type Answer = (u16, serde_json::Value);
+
+/// Owns the routes file, the forwarders and the record of what is live.
+pub struct Applier {
+    store: Store,
+    forwarders: Forwarders,
+    canary_entry_point: Option<String>,
+    /// What the routes file holds (or must hold) now.
+    written: Option<Written>,
+    /// The last config Traefik confirmed (or the last good one restored at start): what the file returns to
+    /// when an upload is not confirmed.
+    good: Option<Written>,
+    view: Arc<Mutex<View>>,
+}
+
+fn routers(config: &DynamicConfig) -> usize {
     config.http.as_ref().map_or(0, |h| h.routers.len()) + config.tcp.as_ref().map_or(0, |t| t.routers.len())
 }
 
 impl Applier {
-    /// An applier writing through `store`, confirming on Traefik's admin port.
-    pub fn new(store: Store, forwarders: Forwarders, admin_port: u16, policy: Policy) -> Applier {
-        Applier { store, forwarders, admin_port, policy, live: None, counters: Counters::default() }
+    /// An applier writing through `store`; `canary_entry_point` is the public entrypoint the canary router
+    /// listens on (see [`routes::CANARY_HOST`]).
+    pub fn new(store: Store, forwarders: Forwarders, canary_entry_point: Option<String>) -> Applier {
+        Applier { store, forwarders, canary_entry_point, written: None, good: None, view: Arc::default() }
     }
 
-    /// Applies an upload and answers with status code and JSON for the client.
-    pub fn apply(&mut self, upload: &[u8], confirm_timeout: Duration) -> (u16, serde_json::Value) {
-        let received = Instant::now();
-        let generation = generation_of(upload);
-        if let Some(live) = &self.live {
-            if live.generation == generation && live.confirmed {
-                self.counters.unchanged += 1;
-                return (
-                    200,
-                    json!({ "generation": generation, "live": true, "unchanged": true, "errors": live.errors }),
+    /// The view /status and /metrics read.
+    pub fn view(&self) -> Arc<Mutex<View>> {
+        Arc::clone(&self.view)
+    }
+
+    /// The forwarders' stream counters.
+    pub fn forwarder_metrics(&self) -> Arc<tunnel::StreamCounters> {
+        Arc::clone(&self.forwarders.metrics)
+    }
+
+    /// The generation the routes file holds now.
+    pub fn written_generation(&self) -> Option<String> {
+        self.written.as_ref().map(|w| w.generation.clone())
+    }
+
+    /// Run before Traefik starts: writes the last good upload (with forwarders of this run) or, when there is
+    /// none or it no longer validates, a file with no routes. Either way Traefik never reads a file left by an
+    /// earlier run, whose forwarder ports may now belong to someone else. Returns the generation restored.
+    pub fn start(&mut self, policy: &Policy) -> Option<String> {
+        let restored = self.store.last_good().and_then(|upload| match prepare(&upload, policy) {
+            Ok(prepared) => Some(prepared),
+            Err(problems) => {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                log::warn!(
+                    "the last good config {} no longer validates ({}); serving no routes until the client uploads",
+                    self.store.last_good_file().display(),
+                    list.join("; ")
                 );
+                None
             }
-        }
-        let problems = |problems: Vec<Problem>| {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            json!({ "generation": generation, "live": false, "error": "upload refused; the previous config keeps serving", "problems": list })
-        };
-        let Ok(text) = std::str::from_utf8(upload) else {
-            self.counters.rejected += 1;
-            return (400, problems(vec![Problem { path: String::new(), message: "body is not UTF-8".into() }]));
-        };
-        let config = match routes::parse(text, &self.policy) {
-            Ok(config) => config,
-            Err(list) => {
-                self.counters.rejected += 1;
-                return (400, problems(list));
-            }
-        };
-        let pods = routes::backends(&config);
-        let forwarders = match self.forwarders.ensure(&pods) {
-            Ok(map) => map,
-            Err(e) => {
-                return (
-                    500,
-                    json!({ "generation": generation, "live": false, "error": format!("cannot open forwarders: {e}") }),
-                )
-            }
-        };
-        let rewritten = routes::rewrite(&config, &forwarders, &generation);
-        // JSON is YAML too (YAML 1.2), and serializes 20x faster than serde_yaml for large configs.
-        let yaml = serde_json::to_string_pretty(&rewritten).expect("the model always serializes") + "\n";
-        if let Err(e) = self.store.write_routes(&yaml) {
-            return (
-                500,
-                json!({ "generation": generation, "live": false, "error": format!("cannot write the routes file: {e}") }),
-            );
-        }
-        let confirmed =
-            confirm_timeout.is_zero() || api::wait_for_generation(self.admin_port, &generation, confirm_timeout);
-        let errors = if confirmed && !confirm_timeout.is_zero() {
-            api::file_provider_errors(self.admin_port)
-        } else {
-            Vec::new()
-        };
-        let apply_ms = received.elapsed().as_millis() as u64;
-        if confirmed {
-            self.counters.applied += 1;
-            self.forwarders.retain(&pods);
-            if let Err(e) = self.store.save_last_good(upload) {
-                log::warn!("cannot record the last good config: {e}");
-            }
-        } else {
-            self.counters.unconfirmed += 1;
-        }
-        let routers = routers(&config);
-        log::info!(
-            "generation {generation}: {routers} routers, {} backends, {} in {apply_ms} ms",
-            pods.len(),
-            if confirmed { "live" } else { "NOT confirmed by Traefik" }
-        );
-        self.live = Some(Live {
-            generation: generation.clone(),
-            confirmed,
-            applied_at: SystemTime::now(),
-            apply_ms,
-            errors: errors.clone(),
-            routers,
         });
-        let status = if confirmed { 200 } else { 202 };
-        (
-            status,
-            json!({ "generation": generation, "live": confirmed, "unchanged": false, "apply_ms": apply_ms, "errors": errors }),
-        )
-    }
-
-    /// Writes the last good upload (if any) without waiting for Traefik: run before Traefik starts, so the
-    /// routes serve from its first moment. Returns the generation restored.
-    pub fn restore(&mut self) -> Option<String> {
-        let upload = self.store.last_good()?;
-        match self.apply(&upload, Duration::ZERO) {
-            (200, _) => {
-                let live = self.live.as_mut()?;
-                live.confirmed = false; // not yet seen by Traefik
-                self.counters.applied -= 1;
-                Some(live.generation.clone())
+        let generation = restored.as_ref().map(|p| p.generation.clone());
+        let written = match restored.map(|p| self.write(&p)) {
+            Some(Ok(written)) => Some(written),
+            Some(Err((_, message))) => {
+                log::warn!(
+                    "cannot restore the last good config: {message}; serving no routes until the client uploads"
+                );
+                None
             }
-            (_, answer) => {
-                log::warn!("the last good config no longer applies: {answer}");
+            None => None,
+        };
+        match written {
+            Some(written) => {
+                let mut view = self.view.lock().unwrap();
+                view.live = Some(Live {
+                    generation: written.generation.clone(),
+                    confirmed: false, // not yet seen by Traefik
+                    applied_at: SystemTime::now(),
+                    apply_ms: 0,
+                    errors: Vec::new(),
+                    routers: written.routers,
+                });
+                drop(view);
+                self.good = Some(written);
+                generation
+            }
+            None => {
+                if let Err(message) = self.write_nothing() {
+                    log::error!("{message}");
+                }
                 None
             }
         }
     }
 
-    /// Marks `generation` confirmed live, if it is still the live one (an upload may have replaced it while
-    /// the caller waited for Traefik without holding the applier).
-    pub fn mark_confirmed(&mut self, generation: &str) {
-        if let Some(live) = self.live.as_mut().filter(|l| l.generation == generation) {
-            live.confirmed = true;
+    /// Applies an upload (already prepared by [`prepare`], or refused by it) and answers for the client.
+    pub fn apply(
+        &mut self,
+        upload: &[u8],
+        prepared: Result<Prepared, Vec<Problem>>,
+        traefik: &dyn Confirm,
+        timeout: Duration,
+    ) -> Answer {
+        let received = Instant::now();
+        let generation = generation_of(upload);
+        if self.is_live(&generation) {
+            // Unchanged, but only if the file is intact and Traefik shows it; otherwise fall through and apply
+            // it again (a deleted file or a Traefik that lost it is repaired by the client's next upload).
+            let intact = !self.verify_file();
+            if intact && traefik.shows(&generation, Duration::ZERO) {
+                let mut view = self.view.lock().unwrap();
+                view.counters.unchanged += 1;
+                let errors = view.live.as_ref().map(|l| l.errors.clone()).unwrap_or_default();
+                return (200, json!({ "generation": generation, "live": true, "unchanged": true, "errors": errors }));
+            }
         }
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(problems) => {
+                self.view.lock().unwrap().counters.rejected += 1;
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                return (
+                    400,
+                    json!({ "generation": generation, "live": false, "error": "upload refused; the previous config keeps serving", "problems": list }),
+                );
+            }
+        };
+        let written = match self.write(&prepared) {
+            Ok(written) => written,
+            Err((status, message)) => {
+                return (status, json!({ "generation": generation, "live": false, "error": message }))
+            }
+        };
+        self.view.lock().unwrap().written = Some(generation.clone());
+        let confirmed = timeout.is_zero() || traefik.shows(&generation, timeout);
+        let apply_ms = received.elapsed().as_millis() as u64;
+        if !confirmed {
+            return self.roll_back(&generation, timeout);
+        }
+        let errors = if timeout.is_zero() { Vec::new() } else { traefik.errors() };
+        self.forwarders.retain(&written.pods);
+        if let Err(e) = self.store.save_last_good(&prepared.upload) {
+            log::warn!("cannot record the last good config: {e}");
+        }
+        log::info!(
+            "generation {generation}: {} routers, {} backends, live in {apply_ms} ms",
+            written.routers,
+            written.pods.len()
+        );
+        {
+            let mut view = self.view.lock().unwrap();
+            view.counters.applied += 1;
+            view.live = Some(Live {
+                generation: generation.clone(),
+                confirmed: true,
+                applied_at: SystemTime::now(),
+                apply_ms,
+                errors: errors.clone(),
+                routers: written.routers,
+            });
+            view.forwarders = self.forwarders.listeners().into_iter().collect();
+        }
+        self.good = Some(written);
+        (
+            200,
+            json!({ "generation": generation, "live": true, "unchanged": false, "apply_ms": apply_ms, "errors": errors }),
+        )
+    }
+
+    /// Traefik did not show `generation`: the file goes back to the last good config (or to no routes), so no
+    /// restart of Traefik can ever load what it did not confirm, and the new forwarders close.
+    fn roll_back(&mut self, generation: &str, timeout: Duration) -> Answer {
+        let back = match self.good.clone() {
+            Some(good) => {
+                if let Err(e) = self.store.write_routes(&good.text) {
+                    log::error!("cannot roll the routes file back to generation {}: {e}", good.generation);
+                }
+                self.written = Some(good.clone());
+                self.forwarders.retain(&good.pods);
+                Some(good.generation)
+            }
+            None => {
+                if let Err(message) = self.write_nothing() {
+                    log::error!("{message}");
+                }
+                None
+            }
+        };
+        let serving = back.as_deref().unwrap_or("none (no routes)");
+        log::warn!(
+            "generation {generation}: Traefik did not show it within {timeout:?}; the routes file is back at \
+             generation {serving}"
+        );
+        let mut view = self.view.lock().unwrap();
+        view.counters.rolled_back += 1;
+        view.written = self.written.as_ref().map(|w| w.generation.clone());
+        view.forwarders = self.forwarders.listeners().into_iter().collect();
+        (
+            503,
+            json!({
+                "generation": generation,
+                "live": false,
+                "serving": back,
+                "error": format!(
+                    "Traefik did not show generation {generation} within {timeout:?} (see the agent's status: \
+                     traefik); the routes file was rolled back to generation {serving}, which keeps serving; retry later"
+                ),
+            }),
+        )
+    }
+
+    /// Rewrites the routes file if it is missing or differs from what the agent wrote. Returns whether it did.
+    pub fn verify_file(&mut self) -> bool {
+        let Some(written) = &self.written else { return false };
+        let on_disk = std::fs::read(self.store.routes_file());
+        if on_disk.as_deref().is_ok_and(|bytes| bytes == written.text.as_bytes()) {
+            return false;
+        }
+        let what = match &on_disk {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "was deleted".to_string(),
+            Err(e) => format!("cannot be read ({e})"),
+            Ok(_) => "was changed on disk".to_string(),
+        };
+        match self.store.write_routes(&written.text) {
+            Ok(()) => log::warn!(
+                "the routes file {} {what}: rewrote generation {}",
+                self.store.routes_file().display(),
+                written.generation
+            ),
+            Err(e) => log::error!(
+                "the routes file {} {what} and cannot be rewritten: {e}",
+                self.store.routes_file().display()
+            ),
+        }
+        self.view.lock().unwrap().counters.repairs += 1;
+        true
+    }
+
+    /// Rewrites the routes file with the same content, so that Traefik reads it again (it serves another
+    /// generation than the file holds: it missed an event).
+    pub fn touch_file(&mut self) {
+        let Some(written) = &self.written else { return };
+        if let Err(e) = self.store.write_routes(&written.text) {
+            log::error!("cannot rewrite the routes file: {e}");
+        }
+        self.view.lock().unwrap().counters.repairs += 1;
+    }
+
+    fn is_live(&self, generation: &str) -> bool {
+        self.written.as_ref().is_some_and(|w| w.generation == generation)
+            && self.view.lock().unwrap().live.as_ref().is_some_and(|l| l.generation == generation && l.confirmed)
+    }
+
+    /// Opens forwarders for the pods, renders and writes the file. On failure the file and the forwarders are
+    /// as before.
+    fn write(&mut self, prepared: &Prepared) -> Result<Written, (u16, String)> {
+        let pods = routes::backends(&prepared.config);
+        let map = self.forwarders.ensure(&pods).map_err(|e| (500, format!("cannot open forwarders: {e}")))?;
+        let rewritten =
+            routes::rewrite(&prepared.config, &map, &prepared.generation, self.canary_entry_point.as_deref());
+        let written = Written {
+            generation: prepared.generation.clone(),
+            text: render(&rewritten),
+            pods,
+            routers: routers(&prepared.config),
+        };
+        if let Err(e) = self.store.write_routes(&written.text) {
+            self.close_unused();
+            return Err((500, format!("cannot write the routes file {}: {e}", self.store.routes_file().display())));
+        }
+        self.written = Some(written.clone());
+        Ok(written)
+    }
+
+    /// Writes the no-routes document.
+    fn write_nothing(&mut self) -> Result<(), String> {
+        let generation = generation_of(NOTHING);
+        let config: DynamicConfig = serde_json::from_slice(NOTHING).expect("NOTHING is a valid document");
+        let rewritten = routes::rewrite(&config, &Default::default(), &generation, self.canary_entry_point.as_deref());
+        let written = Written { generation, text: render(&rewritten), pods: BTreeSet::new(), routers: 0 };
+        self.forwarders.retain(&BTreeSet::new());
+        self.written = Some(written.clone());
+        let mut view = self.view.lock().unwrap();
+        view.written = Some(written.generation.clone());
+        view.forwarders.clear();
+        drop(view);
+        self.store
+            .write_routes(&written.text)
+            .map_err(|e| format!("cannot write the routes file {}: {e}", self.store.routes_file().display()))
+    }
+
+    /// Closes forwarders that the file on disk does not use.
+    fn close_unused(&mut self) {
+        let pods = self.written.as_ref().map(|w| w.pods.clone()).unwrap_or_default();
+        self.forwarders.retain(&pods);
+    }
+}
+
+/// The text Traefik reads. JSON is YAML too (YAML 1.2), and serializes 20x faster than serde_yaml for large
+/// configs. Validation refused every `{{` in strings and JSON never writes two braces in a row of its own, so
+/// the text holds no template action; checked again here because a template in the file would run.
+fn render(config: &DynamicConfig) -> String {
+    let text = serde_json::to_string_pretty(config).expect("the model always serializes") + "\n";
+    assert!(!text.contains("{{"), "a validated document rendered a template action");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn policy() -> Policy {
+        Policy { entry_points: ["web".to_string()].into(), cert_resolvers: BTreeSet::new(), max_backends: 100 }
+    }
+
+    /// Traefik as the applier sees it: shows a generation or not, as the test says.
+    struct FakeTraefik {
+        accepts: Cell<bool>,
+    }
+
+    impl Confirm for FakeTraefik {
+        fn shows(&self, _generation: &str, _timeout: Duration) -> bool {
+            self.accepts.get()
+        }
+        fn errors(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    fn doc(pod: &str) -> Vec<u8> {
+        format!(
+            "{{\"http\": {{\"routers\": {{\"a\": {{\"rule\": \"Host(`a.test`)\", \"service\": \"s\"}}}}, \"services\": {{\"s\": {{\"loadBalancer\": {{\"servers\": [{{\"url\": \"http://{pod}\"}}]}}}}}}}}}}"
+        )
+        .into_bytes()
+    }
+
+    struct Fixture {
+        root: std::path::PathBuf,
+        applier: Applier,
+        tunnel: Arc<tunnel::Tunnel>,
+    }
+
+    fn fixture(name: &str) -> Fixture {
+        let root = std::env::temp_dir().join(format!("pe-apply-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = Store::open(&root).unwrap();
+        let tunnel = Arc::new(
+            tunnel::Tunnel::start(tunnel::TunnelConfig {
+                core: tunnel::CoreConfig::new(
+                    tunnel::PrivateKey::generate(),
+                    tunnel::PrivateKey::generate().public_key(),
+                    vec!["10.88.0.1/30".parse().unwrap()],
+                ),
+                listen: "127.0.0.1:0".parse().unwrap(),
+            })
+            .unwrap(),
+        );
+        let forwarders = Forwarders::new(Arc::clone(&tunnel), "10.88.0.2:7000".parse().unwrap());
+        Fixture { root, applier: Applier::new(store, forwarders, Some("web".into())), tunnel }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    fn apply(f: &mut Fixture, upload: &[u8], traefik: &FakeTraefik) -> Answer {
+        let prepared = prepare(upload, &policy());
+        f.applier.apply(upload, prepared, traefik, Duration::from_millis(10))
+    }
+
+    fn routes_file(f: &Fixture) -> String {
+        std::fs::read_to_string(f.root.join("dynamic/routes.yaml")).unwrap()
+    }
+
+    #[test]
+    fn an_unconfirmed_upload_is_rolled_back_to_the_last_good_file_and_its_forwarders_close() {
+        let mut f = fixture("rollback");
+        let traefik = FakeTraefik { accepts: Cell::new(true) };
+        assert_eq!(apply(&mut f, &doc("10.1.0.1:80"), &traefik).0, 200);
+        let good = routes_file(&f);
+        traefik.accepts.set(false);
+        let (status, body) = apply(&mut f, &doc("10.1.0.2:80"), &traefik);
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["serving"], generation_of(&doc("10.1.0.1:80")));
+        assert_eq!(routes_file(&f), good, "the file is the last confirmed one again");
+        assert_eq!(f.applier.written_generation(), Some(generation_of(&doc("10.1.0.1:80"))));
+        let view = f.applier.view();
+        let view = view.lock().unwrap();
+        let pods: Vec<String> = view.forwarders.iter().map(|(pod, _)| pod.to_string()).collect();
+        assert_eq!(pods, ["10.1.0.1:80"], "the new pod's forwarder closed");
+        assert_eq!(view.counters.rolled_back, 1);
+        assert_eq!(view.live.as_ref().unwrap().generation, generation_of(&doc("10.1.0.1:80")));
+        drop(f.tunnel.clone());
+    }
+
+    #[test]
+    fn without_a_good_config_an_unconfirmed_upload_leaves_a_file_with_no_routes() {
+        let mut f = fixture("rollback-nothing");
+        let traefik = FakeTraefik { accepts: Cell::new(false) };
+        let (status, body) = apply(&mut f, &doc("10.1.0.1:80"), &traefik);
+        assert_eq!(status, 503, "{body}");
+        assert!(body["serving"].is_null());
+        let file = routes_file(&f);
+        assert!(!file.contains("10.1.0.1") && !file.contains("127.0.0.1"), "{file}");
+        assert!(file.contains(routes::CANARY_HOST), "the canary still answers: {file}");
+    }
+
+    #[test]
+    fn a_deleted_or_edited_file_is_repaired_and_an_unchanged_upload_checks_it_first() {
+        let mut f = fixture("repair");
+        let traefik = FakeTraefik { accepts: Cell::new(true) };
+        assert_eq!(apply(&mut f, &doc("10.1.0.1:80"), &traefik).0, 200);
+        let good = routes_file(&f);
+        assert!(!f.applier.verify_file(), "an intact file is left alone");
+        std::fs::remove_file(f.root.join("dynamic/routes.yaml")).unwrap();
+        assert!(f.applier.verify_file());
+        assert_eq!(routes_file(&f), good);
+        std::fs::write(f.root.join("dynamic/routes.yaml"), "http: {}\n").unwrap();
+        // The same upload again: the file is repaired first, and the answer waits for Traefik to confirm.
+        let (status, body) = apply(&mut f, &doc("10.1.0.1:80"), &traefik);
+        assert_eq!(
+            (status, body["live"].as_bool(), body["unchanged"].as_bool()),
+            (200, Some(true), Some(false)),
+            "{body}"
+        );
+        assert_eq!(routes_file(&f), good, "the unchanged upload repaired the file");
+        let (status, body) = apply(&mut f, &doc("10.1.0.1:80"), &traefik);
+        assert_eq!((status, body["unchanged"].as_bool()), (200, Some(true)), "intact now: {body}");
+        assert_eq!(f.applier.view().lock().unwrap().counters.repairs, 2);
+    }
+
+    #[test]
+    fn start_writes_no_routes_when_the_last_good_config_no_longer_validates() {
+        let mut f = fixture("start");
+        // An earlier run's file pointing at a forwarder port that is no longer ours.
+        std::fs::write(
+            f.root.join("dynamic/routes.yaml"),
+            "http:\n  services:\n    s: {loadBalancer: {servers: [{url: \"http://127.0.0.1:40001\"}]}}\n",
+        )
+        .unwrap();
+        std::fs::write(f.root.join("last-good.yaml"), doc("0.0.0.0:80")).unwrap();
+        assert_eq!(f.applier.start(&policy()), None);
+        let file = routes_file(&f);
+        assert!(!file.contains("40001"), "{file}");
+        assert!(f.applier.view().lock().unwrap().live.is_none());
+        std::fs::write(f.root.join("last-good.yaml"), doc("10.1.0.9:80")).unwrap();
+        assert_eq!(f.applier.start(&policy()), Some(generation_of(&doc("10.1.0.9:80"))));
+        assert!(routes_file(&f).contains("127.0.0.1:"), "the pod points at a forwarder of this run");
     }
 }

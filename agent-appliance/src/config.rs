@@ -198,8 +198,21 @@ pub fn load(path: &Path) -> Result<AgentConfig, String> {
             path.display()
         ));
     }
+    if !(MIN_UPLOAD_BYTES..=MAX_UPLOAD_BYTES).contains(&config.max_upload_bytes) {
+        return Err(format!(
+            "config {}: max_upload_bytes {} is outside {MIN_UPLOAD_BYTES}..={MAX_UPLOAD_BYTES} (the default 8 MiB \
+             holds tens of thousands of routes)",
+            path.display(),
+            config.max_upload_bytes
+        ));
+    }
     Ok(config)
 }
+
+/// Smallest `max_upload_bytes`: less could not hold a useful config.
+pub const MIN_UPLOAD_BYTES: usize = 1024;
+/// Largest `max_upload_bytes`: an upload is held in memory several times over while it is applied.
+pub const MAX_UPLOAD_BYTES: usize = 256 << 20;
 
 /// The commented config `polaredge-agent init` writes.
 pub fn template(client_public_key: &str, state_dir: &Path, key_file: &str, listen: SocketAddr) -> String {
@@ -293,6 +306,11 @@ mod tests {
         )
         .unwrap();
         assert!(load(&path).unwrap_err().contains("streams.max_connections"));
+        // Near the integer maximum this used to overflow the HTTP server's arithmetic.
+        let huge =
+            format!("wireguard: {{private_key_file: k, client_public_key: x}}\nmax_upload_bytes: {}\n", usize::MAX);
+        std::fs::write(&path, huge).unwrap();
+        assert!(load(&path).unwrap_err().contains("max_upload_bytes"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

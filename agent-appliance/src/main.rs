@@ -1,25 +1,7 @@
-//! polaredge-agent: the edge half of POLAREDGE. One static binary: userspace WireGuard, the upload API inside
-//! the tunnel, Traefik supervision, and forwarders that carry Traefik's backend connections to the cluster.
-//!
-//! Module map: `config` (the YAML file), `apply` (upload -> live), `store` (atomic files), `forwarders`,
-//! `traefik` (static config, supervisor, API client), `http` (control API server), `ports` (port picker),
-//! `install` (install-traefik), `admin` (status socket), `init` (PID 1 of the appliance image), `agent`
-//! (wiring), `cli` (commands). The Traefik dynamic config model, its validation and the backend rewrite live in
-//! the `routes` crate.
+//! polaredge-agent: the edge half of POLAREDGE, one static binary. The code lives in the library (module map
+//! in lib.rs); this is the entry point: PID 1 of the appliance image, or the command line.
 
-mod admin;
-mod agent;
-mod apply;
-mod cli;
-mod config;
-mod forwarders;
-mod http;
-mod init;
-mod install;
-mod logger;
-mod ports;
-mod store;
-mod traefik;
+use polaredge_agent::{cli, init, logger};
 
 fn main() -> std::process::ExitCode {
     logger::init();

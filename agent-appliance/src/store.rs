@@ -7,7 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Paths under the state directory.
@@ -21,7 +21,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Creates the folders (mode 0700) if needed.
+    /// Creates the folders if needed and makes them private (mode 0700), also when they existed with a wider
+    /// mode: they hold the routes (pod addresses), the last good upload and ACME keys.
     pub fn open(root: &Path) -> io::Result<Store> {
         let store =
             Store { root: root.to_path_buf(), dynamic_dir: root.join("dynamic"), staging: root.join("staging") };
@@ -31,6 +32,9 @@ impl Store {
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot create state folder {}: {e}", dir.display())))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot make state folder {} private (mode 0700): {e}", dir.display()))
+            })?;
         }
         Ok(store)
     }
@@ -91,7 +95,20 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_state_folder_that_exists_with_a_wide_mode_is_made_private() {
+        let root = std::env::temp_dir().join(format!("pe-store-mode-{}", std::process::id()));
+        fs::create_dir_all(root.join("dynamic")).unwrap();
+        for dir in [&root, &root.join("dynamic")] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let store = Store::open(&root).unwrap();
+        for dir in [&store.root, &store.dynamic_dir, &store.staging] {
+            assert_eq!(fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn replace_is_atomic_private_and_leaves_no_temp_in_the_watched_folder() {

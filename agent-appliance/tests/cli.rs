@@ -66,6 +66,18 @@ fn init_writes_private_files_and_prints_what_the_cluster_needs_then_check_explai
     let (ok, stdout, _) = agent(&["check", "--config", config.to_str().unwrap()]);
     assert!(ok, "{stdout}");
     assert!(stdout.contains("ok    traefik:") && stdout.contains("Traefik 3."), "{stdout}");
+    // A state folder that exists with a wide mode is made private.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, stdout, _) = agent(&["check", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{stdout}");
+    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    // A private key other users can read is refused, with the fix.
+    std::fs::set_permissions(dir.join("agent.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, stdout, _) = agent(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stdout.contains("FAIL  keys:") && stdout.contains("readable by other users (mode 0644)"), "{stdout}");
+    assert!(stdout.contains("chmod 600"), "{stdout}");
+    std::fs::set_permissions(dir.join("agent.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(dir.join("agent.key"), "not a key\n").unwrap();
     let (ok, stdout, _) = agent(&["check", "--config", config.to_str().unwrap()]);
     assert!(!ok);

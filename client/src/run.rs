@@ -287,9 +287,9 @@ fn send_loop(
                 let generation = sender::generation_of(&yaml);
                 match sender::upload(tunnel, api, &yaml) {
                     Ok(answer) => {
-                        let live = answer.live_generation();
-                        match &live {
-                            Some(_) => log::info!(
+                        let outcome = answer.outcome(&generation);
+                        match &outcome {
+                            sender::Outcome::Live => log::info!(
                                 "agent {name}: generation {generation} live in {} ms{}",
                                 answer.body["apply_ms"],
                                 match answer.body["errors"].as_array() {
@@ -297,12 +297,17 @@ fn send_loop(
                                     _ => String::new(),
                                 }
                             ),
-                            None => log::warn!(
+                            sender::Outcome::OtherGeneration(other) => log::warn!(
+                                "agent {name}: the answer names generation {other} live, not ours ({generation}); \
+                                 sending again"
+                            ),
+                            sender::Outcome::NotLive => log::warn!(
                                 "agent {name}: generation {generation} not live: {} {}",
                                 answer.status,
                                 answer.body
                             ),
                         }
+                        let live = (outcome == sender::Outcome::Live).then(|| generation.clone());
                         {
                             let mut agents = metrics.agents.lock().unwrap();
                             let state = agents.entry(name.to_string()).or_default();

@@ -156,10 +156,30 @@ pub struct Answer {
     pub body: serde_json::Value,
 }
 
+/// What an upload's answer says about the snapshot that was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent confirmed our generation live.
+    Live,
+    /// The agent answered "live" for another generation (a proxy, a stale answer, a bug): not ours.
+    OtherGeneration(String),
+    /// Not live (refused, rolled back, or Traefik did not confirm).
+    NotLive,
+}
+
 impl Answer {
     /// The generation, if the agent confirmed it live.
     pub fn live_generation(&self) -> Option<String> {
         (self.body["live"] == true).then(|| self.body["generation"].as_str().map(str::to_string)).flatten()
+    }
+
+    /// The answer for the snapshot of generation `ours`.
+    pub fn outcome(&self, ours: &str) -> Outcome {
+        match self.live_generation() {
+            Some(generation) if generation == ours => Outcome::Live,
+            Some(generation) => Outcome::OtherGeneration(generation),
+            None => Outcome::NotLive,
+        }
     }
 }
 
@@ -268,5 +288,17 @@ mod tests {
     fn generation_matches_the_agents_recipe() {
         // SHA-256("abc") = ba7816bf8f01cfea...
         assert_eq!(generation_of("abc"), "ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn an_answer_is_live_only_for_our_generation() {
+        let answer = |body: serde_json::Value| Answer { status: 200, body };
+        let ours = generation_of("a");
+        assert_eq!(answer(serde_json::json!({"live": true, "generation": ours})).outcome(&ours), Outcome::Live);
+        assert_eq!(
+            answer(serde_json::json!({"live": true, "generation": "0123456789abcdef"})).outcome(&ours),
+            Outcome::OtherGeneration("0123456789abcdef".into())
+        );
+        assert_eq!(answer(serde_json::json!({"live": false, "generation": ours})).outcome(&ours), Outcome::NotLive);
     }
 }

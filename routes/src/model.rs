@@ -1,10 +1,40 @@
 //! A typed model of the part of Traefik's dynamic configuration (file provider) that POLAREDGE accepts.
 //!
 //! Every struct denies unknown fields, so a typo or an unsupported feature is an error at upload time instead
-//! of a route that silently does something else. Field names follow Traefik's YAML (camelCase).
+//! of a route that silently does something else, and every map refuses a name given twice. Field names follow
+//! Traefik's YAML (camelCase).
 
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// Deserializes a map whose keys must be unique. Plain maps keep the last of two equal keys, which would let a
+/// second `routers.app` silently replace the first; Traefik's own reader does the same.
+fn unique_keys<'de, D: Deserializer<'de>, V: Deserialize<'de>>(d: D) -> Result<BTreeMap<String, V>, D::Error> {
+    struct Unique<V>(PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map with unique keys")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate key {key:?}: each name may appear once (a later one would silently replace it)"
+                    )));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique(PhantomData))
+}
 
 /// A whole dynamic configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -29,16 +59,16 @@ pub struct DynamicConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Http {
     /// Routers by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub routers: BTreeMap<String, HttpRouter>,
     /// Services by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, HttpService>,
     /// Middlewares by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub middlewares: BTreeMap<String, Middleware>,
     /// Transports (TLS settings towards backends) by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub servers_transports: BTreeMap<String, ServersTransport>,
 }
 
@@ -224,10 +254,10 @@ pub struct RedirectScheme {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Headers {
     /// Headers added to the request.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub custom_request_headers: BTreeMap<String, String>,
     /// Headers added to the response.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub custom_response_headers: BTreeMap<String, String>,
 }
 
@@ -248,10 +278,10 @@ pub struct ServersTransport {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Tcp {
     /// Routers by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub routers: BTreeMap<String, TcpRouter>,
     /// Services by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, TcpService>,
 }
 
@@ -304,10 +334,10 @@ pub struct TcpServer {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Udp {
     /// Routers by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub routers: BTreeMap<String, UdpRouter>,
     /// Services by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, TcpService>,
 }
 
@@ -327,7 +357,7 @@ pub struct UdpRouter {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Tls {
     /// TLS options by name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, TlsOptions>,
 }
 

@@ -155,3 +155,11 @@ endpoints:
 "#
     )
 }
+
+/// Writes a secret (a private key) the way an operator must: mode 0600, which the agent insists on.
+pub fn write_secret(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}

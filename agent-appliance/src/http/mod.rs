@@ -1,7 +1,8 @@
-//! The control API's HTTP/1.1 server: a sans-IO parser ([`parse`]) and a blocking per-connection loop with
-//! keep-alive, limits, and deadlines against slow clients.
+//! The control API's HTTP/1.1 server: a sans-IO parser ([`parse`]), a blocking per-connection loop with
+//! keep-alive, limits, and deadlines against slow clients, and the connection [`slots`].
 
 pub mod parse;
+pub mod slots;
 
 use parse::{parse_head, Limits};
 use std::io::{self, Read, Write};
@@ -120,13 +121,20 @@ fn refuse(stream: &mut impl Timed, response: &Response, chunk: &mut [u8]) {
     }
 }
 
-/// Serves requests on one connection until the client closes it, asks to close, idles out, or errs.
-pub fn serve(stream: &mut impl Timed, limits: Limits, handler: &dyn Fn(&Request) -> Response) -> io::Result<()> {
+/// Serves requests on one connection until the client closes it, asks to close, idles out, or errs. `idle` is
+/// told when the connection waits for a request (`true`) and when one starts arriving (`false`).
+pub fn serve(
+    stream: &mut impl Timed,
+    limits: Limits,
+    handler: &dyn Fn(&Request) -> Response,
+    idle: &dyn Fn(bool),
+) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
         // Idle wait for the first byte of the next request, then a deadline for the whole request.
         let mut deadline: Option<Instant> = if buf.is_empty() { None } else { Some(Instant::now() + REQUEST_DEADLINE) };
+        idle(deadline.is_none());
         let head = loop {
             match parse_head(&buf, &limits) {
                 Ok(Some(head)) => break head,
@@ -149,7 +157,10 @@ pub fn serve(stream: &mut impl Timed, limits: Limits, handler: &dyn Fn(&Request)
                 Ok(0) => return Ok(()),
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
-                    deadline.get_or_insert_with(|| Instant::now() + REQUEST_DEADLINE);
+                    if deadline.is_none() {
+                        idle(false);
+                        deadline = Some(Instant::now() + REQUEST_DEADLINE);
+                    }
                 }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                     if deadline.is_none() {
@@ -160,8 +171,13 @@ pub fn serve(stream: &mut impl Timed, limits: Limits, handler: &dyn Fn(&Request)
                 Err(e) => return Err(e),
             }
         };
+        idle(false);
         let deadline = deadline.unwrap_or_else(|| Instant::now() + REQUEST_DEADLINE);
-        let total = head.len + head.content_length;
+        // The parser bounds the length by `limits.max_body`, which may be configured near the integer maximum.
+        let Some(total) = head.len.checked_add(head.content_length) else {
+            refuse(stream, &Response::text(413, "request body too large\n"), &mut chunk);
+            return Ok(());
+        };
         while buf.len() < total {
             let timeout = deadline.saturating_duration_since(Instant::now());
             if timeout.is_zero() {
@@ -205,7 +221,7 @@ mod tests {
     #[test]
     fn keep_alive_serves_several_requests_on_one_connection_then_honours_close() {
         let (mut server, mut client) = UnixStream::pair().unwrap();
-        let thread = std::thread::spawn(move || serve(&mut server, LIMITS, &handler));
+        let thread = std::thread::spawn(move || serve(&mut server, LIMITS, &handler, &|_| {}));
         client
             .write_all(b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyzGET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
             .unwrap();
@@ -221,7 +237,7 @@ mod tests {
     #[test]
     fn a_refused_request_is_answered_even_while_its_body_keeps_coming() {
         let (mut server, mut client) = UnixStream::pair().unwrap();
-        let thread = std::thread::spawn(move || serve(&mut server, LIMITS, &handler));
+        let thread = std::thread::spawn(move || serve(&mut server, LIMITS, &handler, &|_| {}));
         client.write_all(b"POST /upload HTTP/1.1\r\nContent-Length: 999999\r\n\r\n").unwrap();
         let writer = {
             let mut client = client.try_clone().unwrap();
@@ -235,5 +251,38 @@ mod tests {
         writer.join().unwrap();
         thread.join().unwrap().unwrap();
         assert!(all.starts_with("HTTP/1.1 413"), "{all}");
+    }
+
+    #[test]
+    fn a_length_near_the_integer_maximum_is_refused_without_a_panic() {
+        let limits = Limits { max_head: 1024, max_body: usize::MAX };
+        let (mut server, mut client) = UnixStream::pair().unwrap();
+        let thread = std::thread::spawn(move || serve(&mut server, limits, &handler, &|_| {}));
+        write!(client, "POST /upload HTTP/1.1\r\nContent-Length: {}\r\n\r\n", usize::MAX - 10).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut all = String::new();
+        client.read_to_string(&mut all).unwrap();
+        thread.join().expect("no panic").unwrap();
+        assert!(all.starts_with("HTTP/1.1 413"), "{all}");
+    }
+
+    #[test]
+    fn idle_is_reported_between_requests() {
+        let (mut server, mut client) = UnixStream::pair().unwrap();
+        let states = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&states);
+        let thread =
+            std::thread::spawn(move || serve(&mut server, LIMITS, &handler, &|idle| seen.lock().unwrap().push(idle)));
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").unwrap();
+        let mut first = [0u8; 12];
+        client.read_exact(&mut first).unwrap();
+        client.write_all(b"GET /b HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        let mut rest = String::new();
+        client.read_to_string(&mut rest).unwrap();
+        thread.join().unwrap().unwrap();
+        let states = states.lock().unwrap().clone();
+        assert_eq!(states.first(), Some(&true));
+        assert!(states.windows(2).any(|w| w == [true, false]), "{states:?}");
+        assert_eq!(states.iter().filter(|&&s| s).count(), 2, "idle before each request: {states:?}");
     }
 }

@@ -1,64 +1,138 @@
-//! Just enough HTTP/1.1 client to ask Traefik's API on the loopback admin entrypoint whether a generation is
-//! live and which routers report errors.
+//! Just enough HTTP/1.1 client to ask Traefik, on the loopback admin entrypoint, whether a generation is live,
+//! which routers report errors and whether it answers at all, and to send the canary request through a public
+//! entrypoint.
 
+use crate::apply::Confirm;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// One GET; returns status code and body. Loopback only, so a short timeout is plenty.
-pub fn get(port: u16, path: &str) -> io::Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other("Traefik sent a response without a status line"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
+/// How long one request to Traefik may take: loopback, so a Traefik that needs longer is not well.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A response: status, headers (lowercase names) and body.
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header lines as (lowercase name, value).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
 }
 
-/// Polls until the marker middleware of `generation` exists in Traefik (the file is live) or `timeout`.
-pub fn wait_for_generation(port: u16, generation: &str, timeout: Duration) -> bool {
+/// One GET to `addr` with `host` as Host header.
+pub fn request(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> io::Result<Response> {
     let deadline = Instant::now() + timeout;
-    let path = format!("/api/http/middlewares/{}{generation}@file", routes::MARKER_PREFIX);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
     loop {
-        if matches!(get(port, &path), Ok((200, _))) {
-            return true;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no complete answer from {addr} within {timeout:?}"),
+            ));
         }
-        if Instant::now() >= deadline {
-            return false;
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk)? {
+            0 => break,
+            n => response.extend_from_slice(&chunk[..n]),
         }
-        std::thread::sleep(Duration::from_millis(5));
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("{addr} sent a response without a status line")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Ok(Response { status, headers, body: body.to_string() })
+}
+
+/// One GET to Traefik's API; returns status code and body.
+pub fn get(port: u16, path: &str) -> io::Result<(u16, String)> {
+    let r = request(SocketAddr::from(([127, 0, 0, 1], port)), "127.0.0.1", path, REQUEST_TIMEOUT)?;
+    Ok((r.status, r.body))
+}
+
+/// Traefik's API on the loopback admin entrypoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Api {
+    /// Port of the `traefik` entrypoint.
+    pub port: u16,
+}
+
+impl Api {
+    /// Whether Traefik answers its ping within `timeout`.
+    pub fn ping(&self, timeout: Duration) -> Result<(), String> {
+        match request(SocketAddr::from(([127, 0, 0, 1], self.port)), "127.0.0.1", "/ping", timeout) {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(format!("ping answered {}", r.status)),
+            Err(e) => Err(format!("ping: {e}")),
+        }
     }
 }
 
-/// Errors Traefik reports for routers and services of the file provider, as `name: error` lines.
-pub fn file_provider_errors(port: u16) -> Vec<String> {
-    let mut out = Vec::new();
-    for kind in ["http/routers", "http/services", "http/middlewares", "tcp/routers", "tcp/services"] {
-        let Ok((200, body)) = get(port, &format!("/api/{kind}?per_page=1000")) else { continue };
-        let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
-        for item in items {
-            if item["provider"] != "file" {
-                continue;
+impl Confirm for Api {
+    /// Polls until the marker middleware of `generation` exists in Traefik (the file is live) or `timeout`.
+    fn shows(&self, generation: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let path = format!("/api/http/middlewares/{}{generation}@file", routes::MARKER_PREFIX);
+        loop {
+            if matches!(get(self.port, &path), Ok((200, _))) {
+                return true;
             }
-            if let Some(errors) = item["error"].as_array() {
-                for e in errors {
-                    out.push(format!(
-                        "{} {}: {}",
-                        kind,
-                        item["name"].as_str().unwrap_or("?"),
-                        e.as_str().unwrap_or("?")
-                    ));
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Errors Traefik reports for routers and services of the file provider, as `name: error` lines.
+    fn errors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for kind in ["http/routers", "http/services", "http/middlewares", "tcp/routers", "tcp/services"] {
+            let Ok((200, body)) = get(self.port, &format!("/api/{kind}?per_page=1000")) else { continue };
+            let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            for item in items {
+                if item["provider"] != "file" {
+                    continue;
+                }
+                if let Some(errors) = item["error"].as_array() {
+                    for e in errors {
+                        out.push(format!(
+                            "{} {}: {}",
+                            kind,
+                            item["name"].as_str().unwrap_or("?"),
+                            e.as_str().unwrap_or("?")
+                        ));
+                    }
                 }
             }
         }
+        out
     }
-    out
+}
+
+/// The canary request through a public entrypoint at `addr`: the generation Traefik serves there (the marker
+/// header of the canary router), or why there is none.
+pub fn canary(addr: SocketAddr, timeout: Duration) -> Result<Option<String>, String> {
+    let r = request(addr, routes::CANARY_HOST, routes::backend::CANARY_PATH, timeout)
+        .map_err(|e| format!("canary through {addr}: {e}"))?;
+    let header = routes::backend::GENERATION_HEADER.to_ascii_lowercase();
+    match r.status {
+        200 => Ok(r.headers.into_iter().find(|(name, _)| *name == header).map(|(_, value)| value)),
+        404 => Ok(None), // Traefik answers, without the canary router: it serves no file of ours
+        status => Err(format!("canary through {addr} answered {status}")),
+    }
 }

@@ -1,5 +1,6 @@
-//! Everything about Traefik: its static config, its process, and its API.
+//! Everything about Traefik: its static config, its process, its API, and the judgement of its health.
 
 pub mod api;
+pub mod health;
 pub mod static_config;
 pub mod supervisor;

@@ -114,6 +114,14 @@ impl Supervisor {
         self.state.lock().unwrap().clone()
     }
 
+    /// Kills the running process at once (SIGKILL works on a hung or stopped process too); the supervisor
+    /// starts a new one after its backoff.
+    pub fn kill(&self) {
+        if let Some(pid) = self.state.lock().unwrap().pid.and_then(|p| Pid::from_raw(p as i32)) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+    }
+
     /// Stops Traefik gracefully and the supervisor with it.
     pub fn stop(&mut self) {
         let _ = self.stop.send(());

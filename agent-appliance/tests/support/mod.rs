@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tunnel::{CoreConfig, PrivateKey, Tunnel, TunnelConfig};
@@ -54,7 +55,7 @@ impl Setup {
             web: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
             websecure: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
         };
-        std::fs::write(setup.dir.join("agent.key"), setup.agent_key.to_string()).unwrap();
+        testkit::write_secret(&setup.dir.join("agent.key"), &setup.agent_key.to_string());
         let config = format!(
             "state_dir: state\nadmin_socket: {dir}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{client}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {traefik}\n",
             dir = setup.dir.display(),
@@ -298,9 +299,70 @@ pub fn http_get(entrypoint: SocketAddr, host: &str, path: &str) -> (u16, String)
 #[allow(unused_imports)] // not every test binary polls
 pub use testkit::eventually;
 
-/// A routes document: Host(host) -> one pod.
+/// A routes document (JSON, as the client sends): Host(host) -> one pod.
 pub fn route(host: &str, pod: &str) -> String {
-    format!(
+    json_of(&format!(
         "http:\n  routers:\n    app:\n      rule: \"Host(`{host}`)\"\n      service: app\n      entryPoints: [web]\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"http://{pod}\"\n"
-    )
+    ))
+}
+
+/// A document written as YAML for readability, as the JSON an upload is.
+pub fn json_of(yaml: &str) -> String {
+    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("test YAML");
+    serde_json::to_string(&value).unwrap()
+}
+
+/// Requests Traefik in a loop until stopped; counts answers that are not the expected backend.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prober {
+    pub fn start(web: SocketAddr, host: &'static str, expect: &'static str) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, o, f) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+        let thread = std::thread::spawn(move || {
+            // Bounded: at most 10,000 requests, 10 ms apart.
+            for _ in 0..10_000 {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (status, body) = http_get(web, host, "/");
+                if status == 200 && body.starts_with(expect) {
+                    o.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    f.lock().unwrap().push(format!("{status} {body}"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Prober { stop, ok, failures, thread: Some(thread) }
+    }
+
+    pub fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        (self.ok.load(Ordering::Relaxed), self.failures.lock().unwrap().clone())
+    }
+}
+
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// An agent that serves Host(`app.test`) -> pod 10.1.0.1:80 -> a backend answering "backend-A": its setup,
+/// process, client peer, and the upload's answer.
+pub fn serving_app(name: &str) -> (Setup, Agent, Peer, serde_json::Value) {
+    let setup = Setup::new(name);
+    let agent = Agent::start(&setup);
+    let peer = Peer::connect(&setup);
+    peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), backend("backend-A"));
+    let (status, body) = peer.upload(&route("app.test", "10.1.0.1:80"));
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    (setup, agent, peer, json(&body))
 }

@@ -52,8 +52,8 @@ impl Edge {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let web = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         let ops = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
-        std::fs::write(dir.join("agent.key"), agent_key.to_string()).unwrap();
-        std::fs::write(dir.join("client.key"), client_key.to_string()).unwrap();
+        testkit::write_secret(&dir.join("agent.key"), &agent_key.to_string());
+        testkit::write_secret(&dir.join("client.key"), &client_key.to_string());
         std::fs::write(
             dir.join("agent.yaml"),
             format!(

@@ -1,0 +1,23 @@
+//! polaredge-agent's library: the edge half of POLAREDGE. One static binary: userspace WireGuard, the upload API inside
+//! the tunnel, Traefik supervision, and forwarders that carry Traefik's backend connections to the cluster.
+//!
+//! Module map: `config` (the YAML file), `apply` (upload -> live), `store` (atomic files), `forwarders`,
+//! `traefik` (static config, supervisor, API client), `http` (control API server), `ports` (port picker),
+//! `install` (install-traefik), `admin` (status socket), `watchdog` (Traefik health, routes file repair), `init` (PID 1 of the appliance image), `agent`
+//! (wiring), `cli` (commands). The Traefik dynamic config model, its validation and the backend rewrite live in
+//! the `routes` crate.
+
+pub mod admin;
+pub mod agent;
+pub mod apply;
+pub mod cli;
+pub mod config;
+pub mod forwarders;
+pub mod http;
+pub mod init;
+pub mod install;
+pub mod logger;
+pub mod ports;
+pub mod store;
+pub mod traefik;
+pub mod watchdog;

@@ -1,0 +1,267 @@
+//! Pod backends: their address syntax, the list of distinct pods a document routes to, and the rewrite that
+//! points each at the agent's local forwarder and adds what the agent itself needs in the file (the generation
+//! marker and the canary router).
+
+use crate::model::{self, DynamicConfig};
+use crate::MARKER_PREFIX;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+/// Host of the canary router: a request to a public entrypoint with this Host and [`CANARY_PATH`] is answered
+/// by Traefik itself (its ping service), with the generation marker's header. `.invalid` is reserved (RFC
+/// 2606), so no real site can be shadowed.
+pub const CANARY_HOST: &str = "canary.polaredge.invalid";
+/// Path of the canary router.
+pub const CANARY_PATH: &str = "/.polaredge/canary";
+/// Response header that names the generation Traefik serves (set by the marker middleware).
+pub const GENERATION_HEADER: &str = "X-Polaredge-Generation";
+
+/// Checks that `addr` can be a pod: no port 0, no unspecified, broadcast or multicast address.
+pub fn check_pod_address(addr: SocketAddr) -> Result<SocketAddr, String> {
+    if addr.port() == 0 {
+        return Err(format!("{addr}: port 0 is not a port (1-65535)"));
+    }
+    let ip = addr.ip();
+    let reason = match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        _ => None,
+    };
+    match reason {
+        Some(what) => Err(format!("{ip} is {what}, not a pod")),
+        None => Ok(addr),
+    }
+}
+
+/// Parses a TCP backend, `IP:port` (IPv6 as `[addr]:port`).
+pub fn parse_ip_port(text: &str) -> Result<SocketAddr, String> {
+    let addr = text.parse::<SocketAddr>().map_err(|_| match text.rsplit_once(':') {
+        Some((host, port)) if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() => {
+            format!("{text:?}: port {port:?} is not a number in 1-65535")
+        }
+        Some(_) => {
+            format!(
+                "{text:?}: backends must be pod IP addresses, not host names (the agent cannot resolve cluster DNS)"
+            )
+        }
+        None => format!("{text:?} has no port; write IP:port (IPv6 as [addr]:port)"),
+    })?;
+    check_pod_address(addr)
+}
+
+/// Splits `http://IP:port` / `https://IP:port` into scheme and address.
+pub fn parse_http_backend(url: &str) -> Result<(&str, SocketAddr), String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} has no scheme (http:// or https://)"))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("{url:?}: scheme must be http or https"));
+    }
+    if rest.contains('@') {
+        return Err(format!("{url:?}: backend URLs carry no user info (`user@`)"));
+    }
+    if rest.contains('?') {
+        return Err(format!("{url:?}: backend URLs carry no query string"));
+    }
+    if rest.contains('#') {
+        return Err(format!("{url:?}: backend URLs carry no fragment"));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') {
+        return Err(format!("{url:?}: backend URLs carry no path"));
+    }
+    let addr = match rest.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            let (host, port) = match rest.rsplit_once(':') {
+                // `[v6]` alone has colons inside the brackets only.
+                Some((host, port)) if !port.contains(']') => (host, Some(port)),
+                _ => (rest, None),
+            };
+            let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
+                format!(
+                    "{url:?}: backends must be pod IP addresses, not host names (the agent cannot resolve cluster DNS)"
+                )
+            })?;
+            let port = match port {
+                None => {
+                    if scheme == "https" {
+                        443
+                    } else {
+                        80
+                    }
+                }
+                Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: port {p:?} is not a number in 1-65535"))?,
+            };
+            SocketAddr::new(ip, port)
+        }
+    };
+    Ok((scheme, check_pod_address(addr)?))
+}
+
+/// Every distinct pod endpoint the document routes to (all of them TCP).
+pub fn backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
+    let mut out = BTreeSet::new();
+    if let Some(http) = &config.http {
+        for service in http.services.values() {
+            out.extend(
+                service.load_balancer.servers.iter().filter_map(|s| parse_http_backend(&s.url).ok().map(|(_, a)| a)),
+            );
+        }
+    }
+    if let Some(tcp) = &config.tcp {
+        for service in tcp.services.values() {
+            out.extend(service.load_balancer.servers.iter().filter_map(|s| parse_ip_port(&s.address).ok()));
+        }
+    }
+    out
+}
+
+/// The document Traefik gets: every pod backend replaced by its local forwarder, plus the marker middleware
+/// `gen-<generation>` that tells the agent, through Traefik's API, that this exact file is live, and, when
+/// `canary_entry_point` is given, a router on it that answers [`CANARY_HOST`]`/`[`CANARY_PATH`] with the
+/// marker's header: proof that Traefik serves this generation on a public entrypoint.
+pub fn rewrite(
+    config: &DynamicConfig,
+    forwarders: &BTreeMap<SocketAddr, SocketAddr>,
+    generation: &str,
+    canary_entry_point: Option<&str>,
+) -> DynamicConfig {
+    let mut out = config.clone();
+    let local = |addr: SocketAddr| forwarders.get(&addr).copied();
+    let http = out.http.get_or_insert_with(Default::default);
+    for service in http.services.values_mut() {
+        for server in &mut service.load_balancer.servers {
+            if let Ok((scheme, addr)) = parse_http_backend(&server.url) {
+                if let Some(forwarder) = local(addr) {
+                    server.url = format!("{scheme}://{forwarder}");
+                }
+            }
+        }
+    }
+    let marker = format!("{MARKER_PREFIX}{generation}");
+    let mut headers = model::Headers::default();
+    headers.custom_response_headers.insert(GENERATION_HEADER.into(), generation.into());
+    http.middlewares.insert(marker.clone(), model::Middleware { headers: Some(headers), ..Default::default() });
+    if let Some(entry_point) = canary_entry_point {
+        http.routers.insert(
+            marker.clone(),
+            model::HttpRouter {
+                rule: format!("Host(`{CANARY_HOST}`) && Path(`{CANARY_PATH}`)"),
+                // Traefik's own ping handler: answers 200 "OK" without touching any backend.
+                service: "ping@internal".into(),
+                entry_points: vec![entry_point.into()],
+                middlewares: vec![marker],
+                priority: Some(i64::from(i32::MAX)),
+                tls: None,
+            },
+        );
+    }
+    if let Some(tcp) = &mut out.tcp {
+        for service in tcp.services.values_mut() {
+            for server in &mut service.load_balancer.servers {
+                if let Some(forwarder) = parse_ip_port(&server.address).ok().and_then(local) {
+                    server.address = forwarder.to_string();
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::*;
+
+    const GOOD: &str = r#"
+http:
+  routers:
+    app:
+      rule: "Host(`app.test`)"
+      service: app
+      entryPoints: [web]
+      middlewares: [strip]
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: "http://10.1.2.3:8080"
+          - url: "https://[fd00::5]"
+  middlewares:
+    strip:
+      stripPrefix:
+        prefixes: ["/api"]
+tcp:
+  routers:
+    db:
+      rule: "HostSNI(`*`)"
+      service: db
+  services:
+    db:
+      loadBalancer:
+        servers:
+          - address: "10.1.2.4:5432"
+"#;
+
+    #[test]
+    fn a_good_document_parses_and_lists_its_backends() {
+        let config = crate::parse(&json(GOOD), &policy()).unwrap();
+        let backends: Vec<String> = backends(&config).iter().map(|a| a.to_string()).collect();
+        assert_eq!(backends, ["10.1.2.3:8080", "10.1.2.4:5432", "[fd00::5]:443"]);
+    }
+
+    #[test]
+    fn rewrite_points_backends_at_forwarders_and_adds_the_marker_and_the_canary() {
+        let config = crate::parse(&json(GOOD), &policy()).unwrap();
+        let forwarders: BTreeMap<SocketAddr, SocketAddr> = backends(&config)
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| (a, SocketAddr::from(([127, 0, 0, 1], 40000 + i as u16))))
+            .collect();
+        let out = rewrite(&config, &forwarders, "abc123", Some("web"));
+        let http = out.http.as_ref().unwrap();
+        let urls: Vec<&str> = http.services["app"].load_balancer.servers.iter().map(|s| s.url.as_str()).collect();
+        assert_eq!(urls, ["http://127.0.0.1:40000", "https://127.0.0.1:40002"]);
+        assert_eq!(out.tcp.as_ref().unwrap().services["db"].load_balancer.servers[0].address, "127.0.0.1:40001");
+        assert!(http.middlewares.contains_key("gen-abc123"));
+        let canary = &http.routers["gen-abc123"];
+        assert_eq!(
+            (canary.service.as_str(), canary.entry_points.as_slice()),
+            ("ping@internal", &["web".to_string()][..])
+        );
+        assert!(!rewrite(&config, &forwarders, "abc123", None).http.unwrap().routers.contains_key("gen-abc123"));
+        // The output reads back to the same thing.
+        let text = serde_json::to_string(&out).unwrap();
+        assert_eq!(serde_json::from_str::<DynamicConfig>(&text).unwrap(), out);
+    }
+
+    fn doc(url: &str) -> String {
+        format!("http:\n  routers:\n    a: {{rule: x, service: s}}\n  services:\n    s:\n      loadBalancer:\n        servers: [{{url: \"{url}\"}}]\n")
+    }
+
+    fn tcp(address: &str) -> String {
+        format!("tcp:\n  routers:\n    a: {{rule: x, service: s}}\n  services:\n    s:\n      loadBalancer:\n        servers: [{{address: \"{address}\"}}]\n")
+    }
+
+    #[test]
+    fn each_refused_backend_names_the_real_reason() {
+        refused_for(&doc("http://my-svc.default:80"), "not host names");
+        refused_for(&doc("http://10.0.0.1:80/x"), "no path");
+        refused_for(&doc("ftp://10.0.0.1:21"), "scheme");
+        refused_for(&doc("http://user@10.0.0.1:80"), "no user info");
+        refused_for(&doc("http://10.0.0.1:80?x"), "no query string");
+        refused_for(&doc("http://10.0.0.1:80#x"), "no fragment");
+        refused_for(&doc("http://10.0.0.1:99999"), "port \"99999\" is not a number in 1-65535");
+        refused_for(&doc("http://10.0.0.1:0"), "port 0");
+        refused_for(&doc("http://0.0.0.0:80"), "unspecified");
+        refused_for(&doc("http://[::]:80"), "unspecified");
+        refused_for(&doc("http://255.255.255.255:80"), "broadcast");
+        refused_for(&doc("http://224.0.0.1:80"), "multicast");
+        refused_for(&tcp("db:5432"), "not host names");
+        refused_for(&tcp("10.0.0.1"), "no port");
+        refused_for(&tcp("10.0.0.1:0"), "port 0");
+        refused_for(&tcp("10.0.0.1:70000"), "not a number in 1-65535");
+        assert!(crate::parse(&json(&doc("https://[fd00::1]")), &policy()).is_ok());
+        assert!(crate::parse(&json(&doc("http://10.0.0.1:8080/")), &policy()).is_ok());
+    }
+}

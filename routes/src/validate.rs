@@ -1,0 +1,410 @@
+//! Validation of a parsed document: names, references between its parts, the entrypoints and resolvers the
+//! agent offers, and every value Traefik would refuse or that would make the edge spend too much (durations,
+//! TLS versions, ports, header names, backends). Traefik keeps its old config when it refuses a file, but the
+//! file stays on disk, so anything it would refuse must be refused here first.
+
+use crate::backend::{parse_http_backend, parse_ip_port};
+use crate::model::{self, DynamicConfig};
+use crate::{duration, problem, Policy, Problem, MARKER_PREFIX};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The shortest health-check interval: shorter would have Traefik probe every pod continuously.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// TLS versions Traefik knows, oldest first.
+pub const TLS_VERSIONS: [&str; 4] = ["VersionTLS10", "VersionTLS11", "VersionTLS12", "VersionTLS13"];
+
+/// Checks references, names, entrypoints, values and backends of a parsed document.
+pub fn validate(config: &DynamicConfig, policy: &Policy) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let tls_options: BTreeSet<&String> = config.tls.iter().flat_map(|t| t.options.keys()).collect();
+    let mut routers = 0;
+    if let Some(http) = &config.http {
+        routers += http.routers.len();
+        check_http(&mut problems, http, policy, &tls_options);
+    }
+    if let Some(tcp) = &config.tcp {
+        routers += tcp.routers.len();
+        check_tcp(&mut problems, tcp, policy, &tls_options);
+    }
+    if let Some(udp) = &config.udp {
+        if !udp.routers.is_empty() || !udp.services.is_empty() {
+            problems.push(problem("udp", "UDP routes are not carried through the tunnel yet; remove the udp section"));
+        }
+    }
+    if let Some(tls) = &config.tls {
+        for (name, options) in &tls.options {
+            check_tls_options(&mut problems, &format!("tls.options.{name}"), name, options);
+        }
+    }
+    if routers == 0 && config.http.is_none() && config.tcp.is_none() {
+        // `{}` is what a broken sender produces; "serve nothing" is said explicitly, as `http: {}`.
+        problems.push(problem(
+            "",
+            "no routers and no sections: this would drop every route, so it is refused (send `{\"http\": {}}` to serve nothing on purpose)",
+        ));
+    }
+    let pods = crate::backends(config).len();
+    if pods > policy.max_backends {
+        problems.push(problem(
+            "",
+            format!(
+                "{pods} distinct pod backends exceed this agent's limit of {} (each needs a loopback listener)",
+                policy.max_backends
+            ),
+        ));
+    }
+    problems
+}
+
+fn check_http(problems: &mut Vec<Problem>, http: &model::Http, policy: &Policy, tls_options: &BTreeSet<&String>) {
+    for (name, router) in &http.routers {
+        let path = format!("http.routers.{name}");
+        check_name(problems, &path, name);
+        if router.rule.trim().is_empty() {
+            problems.push(problem(format!("{path}.rule"), "empty rule"));
+        }
+        if !http.services.contains_key(&router.service) {
+            problems.push(problem(format!("{path}.service"), format!("no http service named {:?}", router.service)));
+        }
+        for m in &router.middlewares {
+            if !http.middlewares.contains_key(m) {
+                problems.push(problem(format!("{path}.middlewares"), format!("no middleware named {m:?}")));
+            }
+        }
+        check_entry_points(problems, &format!("{path}.entryPoints"), &router.entry_points, policy);
+        check_tls(problems, &path, &router.tls, policy, tls_options);
+    }
+    for (name, service) in &http.services {
+        let path = format!("http.services.{name}");
+        check_name(problems, &path, name);
+        let lb = &service.load_balancer;
+        for (i, server) in lb.servers.iter().enumerate() {
+            if let Err(message) = parse_http_backend(&server.url) {
+                problems.push(problem(format!("{path}.loadBalancer.servers[{i}].url"), message));
+            }
+        }
+        if let Some(transport) = &lb.servers_transport {
+            if !http.servers_transports.contains_key(transport) {
+                problems.push(problem(
+                    format!("{path}.loadBalancer.serversTransport"),
+                    format!("no servers transport named {transport:?}"),
+                ));
+            }
+        }
+        if let Some(check) = &lb.health_check {
+            check_health(problems, &format!("{path}.loadBalancer.healthCheck"), check);
+        }
+        if let Some(sticky) = &lb.sticky {
+            if let Some(same_site) = &sticky.cookie.same_site {
+                if !matches!(same_site.as_str(), "" | "none" | "lax" | "strict") {
+                    problems.push(problem(
+                        format!("{path}.loadBalancer.sticky.cookie.sameSite"),
+                        format!("{same_site:?} is not one of none, lax, strict"),
+                    ));
+                }
+            }
+        }
+    }
+    for (name, middleware) in &http.middlewares {
+        let path = format!("http.middlewares.{name}");
+        check_name(problems, &path, name);
+        if middleware.kinds() != 1 {
+            problems.push(problem(
+                &path,
+                "a middleware must have exactly one kind (stripPrefix, redirectScheme or headers)",
+            ));
+        }
+        check_middleware(problems, &path, middleware);
+    }
+    for (name, transport) in &http.servers_transports {
+        let path = format!("http.serversTransports.{name}");
+        check_name(problems, &path, name);
+        if let Some(server_name) = &transport.server_name {
+            if !is_host_name(server_name) {
+                problems.push(problem(format!("{path}.serverName"), format!("{server_name:?} is not a host name")));
+            }
+        }
+    }
+}
+
+fn check_tcp(problems: &mut Vec<Problem>, tcp: &model::Tcp, policy: &Policy, tls_options: &BTreeSet<&String>) {
+    for (name, router) in &tcp.routers {
+        let path = format!("tcp.routers.{name}");
+        check_name(problems, &path, name);
+        if router.rule.trim().is_empty() {
+            problems.push(problem(format!("{path}.rule"), "empty rule"));
+        }
+        if !tcp.services.contains_key(&router.service) {
+            problems.push(problem(format!("{path}.service"), format!("no tcp service named {:?}", router.service)));
+        }
+        check_entry_points(problems, &format!("{path}.entryPoints"), &router.entry_points, policy);
+        check_tls(problems, &path, &router.tls, policy, tls_options);
+    }
+    for (name, service) in &tcp.services {
+        let path = format!("tcp.services.{name}");
+        check_name(problems, &path, name);
+        for (i, server) in service.load_balancer.servers.iter().enumerate() {
+            if let Err(message) = parse_ip_port(&server.address) {
+                problems.push(problem(format!("{path}.loadBalancer.servers[{i}].address"), message));
+            }
+        }
+    }
+}
+
+fn check_name(problems: &mut Vec<Problem>, path: &str, name: &str) {
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        problems
+            .push(problem(path, "names may use only letters, digits, '-', '_' and '.' (no '@' provider references)"));
+    } else if name.starts_with(MARKER_PREFIX) {
+        problems.push(problem(path, format!("names starting with '{MARKER_PREFIX}' are reserved for the agent")));
+    }
+}
+
+fn check_entry_points(problems: &mut Vec<Problem>, path: &str, names: &[String], policy: &Policy) {
+    for name in names {
+        if !policy.entry_points.contains(name) {
+            let known: Vec<&str> = policy.entry_points.iter().map(String::as_str).collect();
+            problems.push(problem(path, format!("unknown entrypoint {name:?}; this agent has {known:?}")));
+        }
+    }
+}
+
+fn check_tls(
+    problems: &mut Vec<Problem>,
+    path: &str,
+    tls: &Option<model::RouterTls>,
+    policy: &Policy,
+    options: &BTreeSet<&String>,
+) {
+    let Some(tls) = tls else { return };
+    if let Some(resolver) = &tls.cert_resolver {
+        if !policy.cert_resolvers.contains(resolver) {
+            problems.push(problem(
+                format!("{path}.tls.certResolver"),
+                format!(
+                    "unknown resolver {resolver:?} (an ACME resolver exists only when the agent has an ACME email)"
+                ),
+            ));
+        }
+    }
+    if let Some(name) = &tls.options {
+        if name != "default" && !options.contains(name) {
+            problems.push(problem(format!("{path}.tls.options"), format!("no TLS options named {name:?}")));
+        }
+    }
+    for (i, domain) in tls.domains.iter().enumerate() {
+        for (j, host) in std::iter::once(&domain.main).chain(&domain.sans).enumerate() {
+            if !is_host_name(host) {
+                let field = if j == 0 { "main".to_string() } else { format!("sans[{}]", j - 1) };
+                problems
+                    .push(problem(format!("{path}.tls.domains[{i}].{field}"), format!("{host:?} is not a host name")));
+            }
+        }
+    }
+}
+
+fn check_tls_options(problems: &mut Vec<Problem>, path: &str, name: &str, options: &model::TlsOptions) {
+    if name != "default" {
+        check_name(problems, path, name);
+    }
+    let rank = |field: &str, version: &Option<String>, problems: &mut Vec<Problem>| {
+        let version = version.as_ref()?;
+        let rank = TLS_VERSIONS.iter().position(|v| v == version);
+        if rank.is_none() {
+            problems.push(problem(
+                format!("{path}.{field}"),
+                format!("{version:?} is not a TLS version; use one of {}", TLS_VERSIONS.join(", ")),
+            ));
+        }
+        rank
+    };
+    let min = rank("minVersion", &options.min_version, problems);
+    let max = rank("maxVersion", &options.max_version, problems);
+    if let (Some(min), Some(max)) = (min, max) {
+        if min > max {
+            problems.push(problem(path, "minVersion is newer than maxVersion: no client could connect"));
+        }
+    }
+}
+
+fn check_health(problems: &mut Vec<Problem>, path: &str, check: &model::HealthCheck) {
+    if !check.path.starts_with('/') {
+        problems.push(problem(format!("{path}.path"), format!("{:?} must start with '/'", check.path)));
+    }
+    if let Some(interval) = &check.interval {
+        match duration::parse(interval) {
+            Ok(d) if d < MIN_HEALTH_INTERVAL => problems.push(problem(
+                format!("{path}.interval"),
+                format!(
+                    "{interval:?} is shorter than {MIN_HEALTH_INTERVAL:?}: Traefik would probe every pod continuously"
+                ),
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(problem(format!("{path}.interval"), e)),
+        }
+    }
+    if let Some(timeout) = &check.timeout {
+        match duration::parse(timeout) {
+            Ok(d) if d.is_zero() => {
+                problems.push(problem(format!("{path}.timeout"), "a zero timeout fails every check"))
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(problem(format!("{path}.timeout"), e)),
+        }
+    }
+}
+
+fn check_middleware(problems: &mut Vec<Problem>, path: &str, middleware: &model::Middleware) {
+    if let Some(strip) = &middleware.strip_prefix {
+        for (i, prefix) in strip.prefixes.iter().enumerate() {
+            if !prefix.starts_with('/') {
+                problems.push(problem(
+                    format!("{path}.stripPrefix.prefixes[{i}]"),
+                    format!("{prefix:?} must start with '/'"),
+                ));
+            }
+        }
+    }
+    if let Some(redirect) = &middleware.redirect_scheme {
+        if !matches!(redirect.scheme.as_str(), "http" | "https") {
+            problems.push(problem(
+                format!("{path}.redirectScheme.scheme"),
+                format!("{:?} must be http or https", redirect.scheme),
+            ));
+        }
+        if let Some(port) = &redirect.port {
+            if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                problems
+                    .push(problem(format!("{path}.redirectScheme.port"), format!("{port:?} is not a port (1-65535)")));
+            }
+        }
+    }
+    if let Some(headers) = &middleware.headers {
+        for (field, map) in [
+            ("customRequestHeaders", &headers.custom_request_headers),
+            ("customResponseHeaders", &headers.custom_response_headers),
+        ] {
+            for name in map.keys() {
+                if !is_header_name(name) {
+                    problems.push(problem(
+                        format!("{path}.headers.{field}.{name}"),
+                        "a header name is letters, digits and !#$%&'*+-.^_`|~ only",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// An RFC 9110 token.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A DNS name, possibly with a leading wildcard label.
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::*;
+
+    #[test]
+    fn dangling_references_are_refused() {
+        let p = problems(
+            "http:\n  routers:\n    a:\n      rule: x\n      service: missing\n      middlewares: [nope]\n  services: {}\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "http.routers.a.service: no http service named \"missing\"",
+                "http.routers.a.middlewares: no middleware named \"nope\""
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_names_foreign_references_and_the_admin_entrypoint_are_refused() {
+        let p = problems("http:\n  routers:\n    gen-x: {rule: x, service: api@internal, entryPoints: [traefik]}\n");
+        assert!(p.iter().any(|m| m.contains("reserved")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("no http service named \"api@internal\"")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("unknown entrypoint \"traefik\"")), "{p:?}");
+    }
+
+    #[test]
+    fn middlewares_need_exactly_one_kind_and_resolvers_must_exist() {
+        let p = problems(
+            "http:\n  routers:\n    a: {rule: x, service: s, middlewares: [m], tls: {certResolver: le}}\n  services:\n    s: {loadBalancer: {servers: []}}\n  middlewares:\n    m: {}\n",
+        );
+        assert!(p.iter().any(|m| m.contains("exactly one kind")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("unknown resolver \"le\"")), "{p:?}");
+    }
+
+    #[test]
+    fn udp_is_refused_until_it_is_carried() {
+        refused_for(
+            "udp:\n  routers:\n    a: {service: s}\n  services:\n    s: {loadBalancer: {servers: [{address: \"10.0.0.1:53\"}]}}\n",
+            "UDP",
+        );
+    }
+
+    fn service_with(lb_extra: &str) -> String {
+        format!("http:\n  routers:\n    a: {{rule: x, service: s}}\n  services:\n    s:\n      loadBalancer:\n        servers: []\n{lb_extra}")
+    }
+
+    #[test]
+    fn values_traefik_would_refuse_are_refused_here_with_their_field() {
+        refused_for(
+            &service_with("        healthCheck: {path: /h, interval: abc}\n"),
+            "healthCheck.interval: \"abc\" is not a duration",
+        );
+        refused_for(&service_with("        healthCheck: {path: /h, interval: 1ms}\n"), "probe every pod continuously");
+        refused_for(&service_with("        healthCheck: {path: /h, timeout: \"0s\"}\n"), "zero timeout");
+        refused_for(&service_with("        healthCheck: {path: h}\n"), "healthCheck.path");
+        refused_for(&service_with("        sticky: {cookie: {sameSite: maybe}}\n"), "sameSite");
+        let tls = "http:\n  routers:\n    a: {rule: x, service: s, tls: {options: o}}\n  services:\n    s: {loadBalancer: {servers: []}}\ntls:\n  options:\n";
+        refused_for(
+            &format!("{tls}    o: {{minVersion: TLS1.2}}\n"),
+            "tls.options.o.minVersion: \"TLS1.2\" is not a TLS version",
+        );
+        refused_for(
+            &format!("{tls}    o: {{minVersion: VersionTLS13, maxVersion: VersionTLS12}}\n"),
+            "newer than maxVersion",
+        );
+        let mw = |kind: &str| {
+            format!("http:\n  routers:\n    a: {{rule: x, service: s, middlewares: [m]}}\n  services:\n    s: {{loadBalancer: {{servers: []}}}}\n  middlewares:\n    m: {kind}\n")
+        };
+        refused_for(&mw("{redirectScheme: {scheme: https, port: \"0\"}}"), "redirectScheme.port: \"0\" is not a port");
+        refused_for(&mw("{redirectScheme: {scheme: https, port: \"70000\"}}"), "is not a port");
+        refused_for(&mw("{redirectScheme: {scheme: gopher}}"), "must be http or https");
+        refused_for(&mw("{stripPrefix: {prefixes: [api]}}"), "must start with '/'");
+        refused_for(&mw("{headers: {customRequestHeaders: {\"X Bad\": v}}}"), "a header name");
+        refused_for(
+            "http:\n  routers:\n    a: {rule: x, service: s, tls: {domains: [{main: \"bad host\"}]}}\n  services:\n    s: {loadBalancer: {servers: []}}\n",
+            "tls.domains[0].main",
+        );
+        let good = format!("{tls}    o: {{minVersion: VersionTLS12, maxVersion: VersionTLS13}}\n");
+        assert!(crate::parse(&json(&good), &policy()).is_ok());
+        assert!(crate::parse(
+            &json(&service_with("        healthCheck: {path: /h, interval: 10s, timeout: 3s}\n")),
+            &policy()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn the_number_of_backends_is_bounded() {
+        let servers: Vec<String> =
+            (0..101).map(|i| format!("{{url: \"http://10.0.{}.{}:80\"}}", i / 250, i % 250 + 1)).collect();
+        let doc = format!("http:\n  routers:\n    a: {{rule: x, service: s}}\n  services:\n    s:\n      loadBalancer:\n        servers: [{}]\n", servers.join(", "));
+        refused_for(&doc, "101 distinct pod backends exceed this agent's limit of 100");
+    }
+}
