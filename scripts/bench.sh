@@ -21,3 +21,14 @@ cargo bench --locked -p polaredge-client --bench watch_to_live
 # Public load through the edge: wrk at 100, 1,000 and 10,000 connections and bursts, against nginx direct and
 # Traefik direct in the same run.
 cargo bench --locked -p polaredge-client --bench load
+# Fuzzing (never in CI): each cargo-fuzz target for 60 s from its seeds; prints runs, speed, coverage and peak
+# memory. A crash stops the script with the reproducer in fuzz/artifacts/.
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.2
+for target in datagram http_head upload; do
+  mkdir -p "fuzz/corpus/$target"
+  seeds=()
+  [ -d "fuzz/seeds/$target" ] && seeds=("seeds/$target")
+  echo "== fuzz $target, 60 s"
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" "${seeds[@]}" -- \
+    -max_total_time=60 -print_final_stats=1 2>&1 | grep -E '^(Done|stat::)|cov: .* (DONE|INITED)')
+done
