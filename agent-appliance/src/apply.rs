@@ -134,6 +134,9 @@ pub struct Applier {
     canary_entry_point: Option<String>,
     /// What the routes file holds (or must hold) now.
     written: Option<Written>,
+    /// Inode, size and modification time of the file as last written: an unchanged stamp spares the watchdog
+    /// reading a large file every round.
+    stamp: Option<(u64, u64, SystemTime)>,
     /// The last config Traefik confirmed (or the last good one restored at start): what the file returns to
     /// when an upload is not confirmed.
     good: Option<Written>,
@@ -148,7 +151,7 @@ impl Applier {
     /// An applier writing through `store`; `canary_entry_point` is the public entrypoint the canary router
     /// listens on (see [`routes::CANARY_HOST`]).
     pub fn new(store: Store, forwarders: Forwarders, canary_entry_point: Option<String>) -> Applier {
-        Applier { store, forwarders, canary_entry_point, written: None, good: None, view: Arc::default() }
+        Applier { store, forwarders, canary_entry_point, written: None, stamp: None, good: None, view: Arc::default() }
     }
 
     /// The view /status and /metrics read.
@@ -296,7 +299,7 @@ impl Applier {
     fn roll_back(&mut self, generation: &str, timeout: Duration) -> Answer {
         let back = match self.good.clone() {
             Some(good) => {
-                if let Err(e) = self.store.write_routes(&good.text) {
+                if let Err(e) = self.write_file(&good.text) {
                     log::error!("cannot roll the routes file back to generation {}: {e}", good.generation);
                 }
                 self.written = Some(good.clone());
@@ -335,9 +338,13 @@ impl Applier {
 
     /// Rewrites the routes file if it is missing or differs from what the agent wrote. Returns whether it did.
     pub fn verify_file(&mut self) -> bool {
-        let Some(written) = &self.written else { return false };
+        let Some(written) = self.written.clone() else { return false };
+        if self.stamp.is_some() && self.stamp == self.stamp_on_disk() {
+            return false;
+        }
         let on_disk = std::fs::read(self.store.routes_file());
         if on_disk.as_deref().is_ok_and(|bytes| bytes == written.text.as_bytes()) {
+            self.stamp = self.stamp_on_disk();
             return false;
         }
         let what = match &on_disk {
@@ -345,7 +352,7 @@ impl Applier {
             Err(e) => format!("cannot be read ({e})"),
             Ok(_) => "was changed on disk".to_string(),
         };
-        match self.store.write_routes(&written.text) {
+        match self.write_file(&written.text) {
             Ok(()) => log::warn!(
                 "the routes file {} {what}: rewrote generation {}",
                 self.store.routes_file().display(),
@@ -363,8 +370,8 @@ impl Applier {
     /// Rewrites the routes file with the same content, so that Traefik reads it again (it serves another
     /// generation than the file holds: it missed an event).
     pub fn touch_file(&mut self) {
-        let Some(written) = &self.written else { return };
-        if let Err(e) = self.store.write_routes(&written.text) {
+        let Some(written) = self.written.clone() else { return };
+        if let Err(e) = self.write_file(&written.text) {
             log::error!("cannot rewrite the routes file: {e}");
         }
         self.view.lock().unwrap().counters.repairs += 1;
@@ -388,7 +395,7 @@ impl Applier {
             pods,
             routers: routers(&prepared.config),
         };
-        if let Err(e) = self.store.write_routes(&written.text) {
+        if let Err(e) = self.write_file(&written.text) {
             self.close_unused();
             return Err((500, format!("cannot write the routes file {}: {e}", self.store.routes_file().display())));
         }
@@ -408,9 +415,22 @@ impl Applier {
         view.written = Some(written.generation.clone());
         view.forwarders.clear();
         drop(view);
-        self.store
-            .write_routes(&written.text)
+        self.write_file(&written.text)
             .map_err(|e| format!("cannot write the routes file {}: {e}", self.store.routes_file().display()))
+    }
+
+    /// Writes the routes file and records its stamp.
+    fn write_file(&mut self, text: &str) -> std::io::Result<()> {
+        self.stamp = None;
+        self.store.write_routes(text)?;
+        self.stamp = self.stamp_on_disk();
+        Ok(())
+    }
+
+    fn stamp_on_disk(&self) -> Option<(u64, u64, SystemTime)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(self.store.routes_file()).ok()?;
+        Some((meta.ino(), meta.len(), meta.modified().ok()?))
     }
 
     /// Closes forwarders that the file on disk does not use.

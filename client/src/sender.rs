@@ -186,7 +186,7 @@ impl Answer {
 /// POSTs a snapshot to the agent's /upload.
 pub fn upload(tunnel: &Tunnel, api: SocketAddr, yaml: &str) -> Result<Answer, String> {
     let request = format!(
-        "POST /upload HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
+        "POST /upload HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
         yaml.len()
     );
     let (status, body) = exchange(tunnel, api, request.as_bytes())?;
