@@ -114,6 +114,7 @@ pub fn policy(config: &AgentConfig) -> Policy {
         entry_points: config.entrypoints.keys().cloned().collect(),
         cert_resolvers: config.acme.iter().map(|_| static_config::ACME_RESOLVER.to_string()).collect(),
         max_backends: routes::DEFAULT_MAX_BACKENDS,
+        now: routes::system_now,
     }
 }
 

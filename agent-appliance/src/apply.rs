@@ -455,7 +455,12 @@ mod tests {
     use std::cell::Cell;
 
     fn policy() -> Policy {
-        Policy { entry_points: ["web".to_string()].into(), cert_resolvers: BTreeSet::new(), max_backends: 100 }
+        Policy {
+            entry_points: ["web".to_string()].into(),
+            cert_resolvers: BTreeSet::new(),
+            max_backends: 100,
+            now: routes::system_now,
+        }
     }
 
     /// Traefik as the applier sees it: shows a generation or not, as the test says.

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         entry_points: ["web".to_string(), "websecure".to_string()].into(),
         cert_resolvers: ["acme".to_string()].into(),
         max_backends: 1000,
+        now: || 1_796_000_000,
     };
     let Ok(config) = routes::parse(text, &policy) else { return };
     let pods = routes::backends(&config);

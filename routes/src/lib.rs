@@ -5,6 +5,7 @@
 //!
 //! Module map: [`model`] (the typed document), [`validate`] (references, names and values), [`text`] (every
 //! string: no Go template actions, nothing Traefik's YAML reader refuses), [`duration`] (Go durations),
+//! [`certificate`] (TLS certificates from Secrets: PEM, key match, expiry),
 //! [`backend`] (pod addresses, the backend list and the rewrite to forwarders).
 //!
 //! Uploads are JSON (what the client sends; JSON is also YAML, so Traefik reads the rewritten file as is).
@@ -12,6 +13,7 @@
 //! its parser is slow on deep nesting. serde_json has neither problem and stops at 128 levels.
 
 pub mod backend;
+pub mod certificate;
 pub mod duration;
 pub mod model;
 pub mod text;
@@ -59,6 +61,14 @@ pub struct Policy {
     pub cert_resolvers: BTreeSet<String>,
     /// Most distinct pod backends: each costs the agent a loopback listener (a file descriptor).
     pub max_backends: usize,
+    /// The clock certificates are checked against (seconds since the Unix epoch): [`system_now`] in
+    /// production, a fixed time in tests.
+    pub now: fn() -> i64,
+}
+
+/// The system clock as [`Policy::now`] wants it.
+pub fn system_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Default of [`Policy::max_backends`].
@@ -102,6 +112,7 @@ pub(crate) mod testing {
             entry_points: ["web".to_string(), "websecure".to_string()].into(),
             cert_resolvers: ["acme".to_string()].into(),
             max_backends: 100,
+            now: || 1_796_000_000, // 2026-11
         }
     }
 

@@ -352,13 +352,37 @@ pub struct UdpRouter {
     pub entry_points: Vec<String>,
 }
 
-/// `tls:` section (options only; certificates come from ACME).
+/// `tls:` section: options, and certificates from the cluster's TLS Secrets (hosts without one use ACME).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Tls {
     /// TLS options by name.
     #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, TlsOptions>,
+    /// Certificates Traefik picks by SNI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<TlsCertificate>,
+}
+
+/// A certificate with its key, inline PEM (Traefik's `certFile`/`keyFile` take the content as well as a path;
+/// the agent accepts content only).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsCertificate {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_file: String,
+    /// The private key, PEM.
+    pub key_file: String,
+}
+
+impl fmt::Debug for TlsCertificate {
+    // Never print a private key, not even in a debug log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsCertificate")
+            .field("cert_file", &format_args!("<{} bytes>", self.cert_file.len()))
+            .field("key_file", &format_args!("<redacted>"))
+            .finish()
+    }
 }
 
 /// One set of TLS options.

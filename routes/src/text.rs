@@ -35,7 +35,11 @@ fn allowed(c: char) -> bool {
 fn walk(value: &Value, path: &mut String, problems: &mut Vec<Problem>) {
     match value {
         Value::String(s) => {
-            if let Some(reason) = unsafe_reason(s) {
+            // PEM is lines: certificates and keys may hold line breaks, nothing else may.
+            let pem =
+                path.starts_with("tls.certificates[") && (path.ends_with(".certFile") || path.ends_with(".keyFile"));
+            let reason = if pem { unsafe_reason(&s.replace(['\n', '\r'], "")) } else { unsafe_reason(s) };
+            if let Some(reason) = reason {
                 problems.push(problem(path.clone(), reason));
             }
         }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// The shortest health-check interval: shorter would have Traefik probe every pod continuously.
 pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Most certificates in one document (each costs a key check here and memory in Traefik).
+pub const MAX_CERTIFICATES: usize = 2_000;
 /// TLS versions Traefik knows, oldest first.
 pub const TLS_VERSIONS: [&str; 4] = ["VersionTLS10", "VersionTLS11", "VersionTLS12", "VersionTLS13"];
 
@@ -35,6 +37,19 @@ pub fn validate(config: &DynamicConfig, policy: &Policy) -> Vec<Problem> {
     if let Some(tls) = &config.tls {
         for (name, options) in &tls.options {
             check_tls_options(&mut problems, &format!("tls.options.{name}"), name, options);
+        }
+        if tls.certificates.len() > MAX_CERTIFICATES {
+            problems.push(problem(
+                "tls.certificates",
+                format!("{} certificates exceed the limit of {MAX_CERTIFICATES}", tls.certificates.len()),
+            ));
+        } else {
+            let now = (policy.now)();
+            for (i, c) in tls.certificates.iter().enumerate() {
+                if let Err(message) = crate::certificate::check(&c.cert_file, &c.key_file, now) {
+                    problems.push(problem(format!("tls.certificates[{i}]"), message));
+                }
+            }
         }
     }
     if routers == 0 && config.http.is_none() && config.tcp.is_none() {
@@ -406,5 +421,30 @@ mod tests {
             (0..101).map(|i| format!("{{url: \"http://10.0.{}.{}:80\"}}", i / 250, i % 250 + 1)).collect();
         let doc = format!("http:\n  routers:\n    a: {{rule: x, service: s}}\n  services:\n    s:\n      loadBalancer:\n        servers: [{}]\n", servers.join(", "));
         refused_for(&doc, "101 distinct pod backends exceed this agent's limit of 100");
+    }
+
+    #[test]
+    fn certificates_are_checked_and_their_keys_never_quoted() {
+        let fixture =
+            |name: &str| std::fs::read_to_string(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let doc = |cert: &str, key: &str| {
+            let value = serde_json::json!({
+                "http": {"routers": {"a": {"rule": "Host(`app.test`)", "service": "s", "tls": {}}},
+                         "services": {"s": {"loadBalancer": {"servers": []}}}},
+                "tls": {"certificates": [{"certFile": cert, "keyFile": key}]}
+            });
+            value.to_string()
+        };
+        let good = doc(&fixture("rsa.crt"), &fixture("rsa-pkcs1.key"));
+        let config = crate::parse(&good, &policy()).expect("a valid certificate with its key");
+        assert!(!format!("{config:?}").contains("PRIVATE KEY"), "Debug never prints the key");
+        let bad = doc(&fixture("rsa.crt"), &fixture("ec-sec1.key"));
+        let p = crate::parse(&bad, &policy()).unwrap_err();
+        assert_eq!(p[0].to_string(), "tls.certificates[0]: the private key does not belong to the certificate");
+        // Line breaks belong in PEM only.
+        let p = crate::parse(&doc(&fixture("rsa.crt"), &fixture("rsa-pkcs1.key").replace('\n', "\n\u{1}")), &policy());
+        assert!(p.unwrap_err()[0]
+            .to_string()
+            .contains("tls.certificates[0].keyFile: contains the control character U+0001"));
     }
 }

@@ -248,6 +248,7 @@ fn output_is_deterministic_and_passes_the_agents_validation() {
         entry_points: ["web".to_string(), "websecure".to_string()].into(),
         cert_resolvers: ["acme".to_string()].into(),
         max_backends: routes::DEFAULT_MAX_BACKENDS,
+        now: routes::system_now,
     };
     routes::parse(&first.document, &policy).expect("the agent accepts what the client renders");
 }
