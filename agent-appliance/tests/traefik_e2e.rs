@@ -157,34 +157,13 @@ fn nothing_listens_outside_loopback_but_the_entrypoints_and_the_wireguard_port()
     assert!(seen.iter().filter(|(p, proto, _)| *p == agent.pid() as u64 && proto == "tcp").count() >= 1, "{seen:?}");
 }
 
-/// The certificate a TLS entrypoint presents for `sni`, as openssl's SHA-256 fingerprint line.
-fn presented_fingerprint(entrypoint: SocketAddr, sni: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl s_client -connect {entrypoint} -servername {sni} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
-        ))
-        .output()
-        .expect("openssl (scripts/install-deps.sh installs it)");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn file_fingerprint(path: &str) -> String {
-    let out = std::process::Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in", path])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn a_certificate_in_the_upload_is_served_for_its_host_and_a_bad_one_is_refused() {
     let setup = Setup::new("certificate");
     let agent = Agent::start(&setup);
     let peer = Peer::connect(&setup);
     peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), backend("backend-A"));
-    let testdata = concat!(env!("CARGO_MANIFEST_DIR"), "/../routes/testdata");
-    let read = |name: &str| std::fs::read_to_string(format!("{testdata}/{name}")).unwrap();
+    let read = |name: &str| std::fs::read_to_string(testkit::testdata(name)).unwrap();
     let doc = |cert: &str, key: &str| {
         serde_json::json!({
             "http": {
@@ -197,20 +176,22 @@ fn a_certificate_in_the_upload_is_served_for_its_host_and_a_bad_one_is_refused()
     };
     let (status, body) = peer.upload(&doc(&read("rsa.crt"), &read("rsa-pkcs1.key")));
     assert_eq!(status, 200, "{body}\n{}", agent.log());
-    let expected = file_fingerprint(&format!("{testdata}/rsa.crt"));
-    assert!(expected.contains("Fingerprint="), "{expected}");
-    assert_eq!(presented_fingerprint(setup.websecure, "app.test"), expected, "{}", agent.log());
+    let expected = testkit::file_fingerprint(&testkit::testdata("rsa.crt"));
+    assert_eq!(testkit::presented_fingerprint(setup.websecure, "app.test"), expected, "{}", agent.log());
 
     // A key that is not the certificate's: refused, the old certificate keeps serving, no key in the answer.
     let (status, body) = peer.upload(&doc(&read("rsa.crt"), &read("ec-sec1.key")));
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("tls.certificates[0]: the private key does not belong to the certificate"), "{body}");
     assert!(!body.contains("PRIVATE KEY") && !agent.log().contains("PRIVATE KEY"), "{body}");
-    assert_eq!(presented_fingerprint(setup.websecure, "app.test"), expected);
+    assert_eq!(testkit::presented_fingerprint(setup.websecure, "app.test"), expected);
     // Another certificate for the same host replaces it (a renewal is a new generation).
     let (status, body) = peer.upload(&doc(&read("ec.crt"), &read("ec-sec1.key")));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(presented_fingerprint(setup.websecure, "ec.test"), file_fingerprint(&format!("{testdata}/ec.crt")));
+    assert_eq!(
+        testkit::presented_fingerprint(setup.websecure, "ec.test"),
+        testkit::file_fingerprint(&testkit::testdata("ec.crt"))
+    );
     let (_, status_body) = peer.get("/status");
     assert!(!status_body.contains("PRIVATE KEY") && !status_body.contains("CERTIFICATE"), "{status_body}");
 }

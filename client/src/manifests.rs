@@ -27,6 +27,10 @@ fn add_value(cluster: &mut Cluster, value: serde_yaml::Value, origin: &str) -> R
         "IngressClass" => cluster.classes.push(typed(value, origin)?),
         "Service" => cluster.services.push(typed(value, origin)?),
         "EndpointSlice" => cluster.slices.push(typed(value, origin)?),
+        // As the cluster watch sees them: TLS Secrets only.
+        "Secret" if value.get("type").and_then(|t| t.as_str()) == Some("kubernetes.io/tls") => {
+            cluster.secrets.push(typed(value, origin)?)
+        }
         "List" => {
             if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
                 for item in items.clone() {

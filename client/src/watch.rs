@@ -1,5 +1,9 @@
-//! Watching the cluster with kube-rs reflectors (Ingress, IngressClass, Service, EndpointSlice), and turning
-//! their changes into renderer input.
+//! Watching the cluster with kube-rs reflectors (Ingress, IngressClass, Service, EndpointSlice, and Secrets of
+//! type `kubernetes.io/tls`), and turning their changes into renderer input.
+//!
+//! Secrets are watched with the field selector `type=kubernetes.io/tls`, so no other Secret ever reaches the
+//! client. When RBAC does not allow reading Secrets (manifests from before certificates came from Secrets), the
+//! client says so once and serves every TLS host with ACME, as before.
 //!
 //! A relist (after a dropped watch or a 410 Gone) rebuilds a store atomically at `InitDone`, and renders are
 //! only triggered by `Apply`, `Delete` and `InitDone`, never in the middle of a relist: a relist does not
@@ -8,7 +12,7 @@
 
 use crate::render::Cluster;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::reflector::{self, Store};
@@ -16,14 +20,18 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use std::sync::mpsc::Sender;
 
-/// Readers of the four stores.
+/// Readers of the five stores.
 #[derive(Clone)]
 pub struct Stores {
     ingresses: Store<Ingress>,
     classes: Store<IngressClass>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    secrets: Store<Secret>,
 }
+
+/// The field selector of the Secret watch: TLS Secrets only.
+pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
 
 impl Stores {
     /// The renderer's input, as the stores hold it now.
@@ -33,8 +41,14 @@ impl Stores {
             classes: self.classes.state(),
             services: self.services.state(),
             slices: self.slices.state(),
+            secrets: self.secrets.state(),
         }
     }
+}
+
+/// Whether a watch error is RBAC's refusal.
+fn forbidden(error: &str) -> bool {
+    error.contains("403") || error.to_ascii_lowercase().contains("forbidden")
 }
 
 /// Whether an event should trigger a render (see the module docs).
@@ -117,7 +131,8 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
     let (classes, class_writer) = reflector::store();
     let (services, service_writer) = reflector::store();
     let (slices, slice_writer) = reflector::store();
-    let stores = Stores { ingresses, classes, services, slices };
+    let (secrets, secret_writer) = reflector::store();
+    let stores = Stores { ingresses, classes, services, slices, secrets };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -141,10 +156,10 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                 let config = watcher::Config::default();
                 // Each stream yields (store index, whether to render).
                 macro_rules! watch {
-                    ($kind:ty, $writer:expr, $index:expr) => {
+                    ($kind:ty, $writer:expr, $index:expr, $config:expr) => {
                         reflector::reflector(
                             $writer,
-                            watcher(Api::<$kind>::all(client.clone()), config.clone()).default_backoff(),
+                            watcher(Api::<$kind>::all(client.clone()), $config).default_backoff(),
                         )
                         .map(|event| match event {
                             Ok(event) => ($index, triggers(&event), None),
@@ -154,17 +169,39 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     };
                 }
                 let mut events = futures::stream::select_all([
-                    watch!(Ingress, ingress_writer, 0usize),
-                    watch!(IngressClass, class_writer, 1),
-                    watch!(Service, service_writer, 2),
-                    watch!(EndpointSlice, slice_writer, 3),
+                    watch!(Ingress, ingress_writer, 0usize, config.clone()),
+                    watch!(IngressClass, class_writer, 1, config.clone()),
+                    watch!(Service, service_writer, 2, config.clone()),
+                    watch!(EndpointSlice, slice_writer, 3, config.clone()),
+                    watch!(Secret, secret_writer, SECRETS, config.clone().fields(TLS_SECRETS)),
                 ]);
-                let mut listed = [false; 4];
-                const NAMES: [&str; 4] = ["Ingress", "IngressClass", "Service", "EndpointSlice"];
+                let mut listed = [false; 5];
+                const NAMES: [&str; 5] = ["Ingress", "IngressClass", "Service", "EndpointSlice", "Secret"];
+                const SECRETS: usize = 4;
+                let mut secrets_forbidden = false;
                 while let Some((index, trigger, error)) = events.next().await {
                     if let Some(e) = error {
+                        if index == SECRETS && forbidden(&e) {
+                            // Not allowed to read Secrets: render without them (every TLS host uses ACME).
+                            if !secrets_forbidden {
+                                secrets_forbidden = true;
+                                log::warn!(
+                                    "cannot watch TLS Secrets ({e}); TLS hosts use ACME. Apply deploy/ again to \
+                                     grant get/list/watch on secrets"
+                                );
+                                listed[SECRETS] = true;
+                                if listed.iter().all(|l| *l) && changed.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
                         log::warn!("watch {}: {e} (retrying with backoff)", NAMES[index]);
                         continue;
+                    }
+                    if index == SECRETS && secrets_forbidden && trigger {
+                        secrets_forbidden = false;
+                        log::info!("watching TLS Secrets now");
                     }
                     if trigger {
                         listed[index] = true;

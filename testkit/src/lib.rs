@@ -163,3 +163,32 @@ pub fn write_secret(path: &std::path::Path, text: &str) {
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
     file.write_all(text.as_bytes()).unwrap();
 }
+
+/// The SHA-256 fingerprint line (openssl's) of the certificate a TLS listener presents for `sni`.
+pub fn presented_fingerprint(addr: SocketAddr, sni: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername {sni} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+        ))
+        .output()
+        .expect("openssl (scripts/install-deps.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The SHA-256 fingerprint line (openssl's) of a PEM certificate file.
+pub fn file_fingerprint(path: &std::path::Path) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(path)
+        .output()
+        .expect("openssl (scripts/install-deps.sh installs it)");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(line.contains("Fingerprint="), "{}: {line}", path.display());
+    line
+}
+
+/// The repository's test certificates and keys (routes/testdata, see its README).
+pub fn testdata(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../routes/testdata").join(name)
+}

@@ -6,14 +6,16 @@
 //! pathType Exact / Prefix (element-wise) / ImplementationSpecific (prefix unless annotated); explicit
 //! priorities so the most specific rule wins; default backends at the lowest priority; Service ports by
 //! number or name resolved through EndpointSlices to ready endpoints only (none: a route that answers 503);
-//! https to pods by port 443, port name or annotation; TLS hosts on the TLS entrypoint with the ACME resolver;
-//! conflicting host+path pairs go to the oldest Ingress and are reported.
+//! https to pods by port 443, port name or annotation; TLS hosts on the TLS entrypoint, served with the
+//! certificate of their `secretName` (a `kubernetes.io/tls` Secret in the Ingress's namespace, checked: PEM, key
+//! match, expiry) or, without a usable one, with the ACME resolver and a Warning Event; conflicting host+path
+//! pairs go to the oldest Ingress and are reported.
 
 pub mod annotations;
 pub mod rules;
 
 use annotations::Annotations;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use routes::model::{self, DynamicConfig};
@@ -38,6 +40,8 @@ pub struct Cluster {
     pub services: Vec<Arc<Service>>,
     /// EndpointSlices (discovery.k8s.io/v1).
     pub slices: Vec<Arc<EndpointSlice>>,
+    /// Secrets of type `kubernetes.io/tls`.
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// Settings that shape the output.
@@ -49,8 +53,10 @@ pub struct Settings {
     pub web: String,
     /// TLS entrypoint on the agents.
     pub websecure: String,
-    /// ACME resolver on the agents for TLS hosts; `None`: Traefik's default certificate.
+    /// ACME resolver on the agents for TLS hosts without a usable Secret; `None`: Traefik's default certificate.
     pub cert_resolver: Option<String>,
+    /// The clock TLS Secrets' certificates are checked against (seconds since the Unix epoch).
+    pub now: fn() -> i64,
 }
 
 impl Default for Settings {
@@ -60,6 +66,7 @@ impl Default for Settings {
             web: "web".into(),
             websecure: "websecure".into(),
             cert_resolver: Some("acme".into()),
+            now: routes::system_now,
         }
     }
 }
@@ -231,6 +238,8 @@ struct Route {
     ingress: String,
     backend: IngressBackend,
     tls: bool,
+    /// Served with a certificate from a Secret (no ACME resolver on its TLS router).
+    own_certificate: bool,
     annotations: Annotations,
     strip_prefix: Option<String>,
 }
@@ -244,11 +253,50 @@ struct Plan {
     sources: BTreeMap<String, (Option<ServerSource>, &'static str)>,
     served: BTreeSet<(String, String)>,
     notices: Vec<Notice>,
+    /// Certificates from TLS Secrets by (namespace, name).
+    certificates: BTreeMap<(String, String), model::TlsCertificate>,
+    /// When the first of those certificates expires: the plan is made again then, so an expired certificate
+    /// is never sent (the agent would refuse the whole snapshot).
+    expires: i64,
+}
+
+/// The TLS Secrets by (namespace, name).
+fn secrets_index(cluster: &Cluster) -> HashMap<(String, String), &Secret> {
+    cluster.secrets.iter().map(|s| (ns_name(&s.metadata), &**s)).collect()
+}
+
+/// A `kubernetes.io/tls` Secret's certificate and key, checked; or why it cannot be used.
+fn certificate_of(
+    secret: Option<&&Secret>,
+    now: i64,
+) -> Result<(model::TlsCertificate, routes::certificate::Checked), String> {
+    let secret = secret.ok_or("no Secret of type kubernetes.io/tls by that name in the Ingress's namespace")?;
+    let field = |key: &str| -> Result<String, String> {
+        let bytes = secret.data.as_ref().and_then(|d| d.get(key)).ok_or(format!("no {key} in the Secret"))?;
+        String::from_utf8(bytes.0.clone()).map_err(|_| format!("{key} is not PEM text"))
+    };
+    let (cert_file, key_file) = (field("tls.crt")?, field("tls.key")?);
+    let checked = routes::certificate::check(&cert_file, &key_file, now)?;
+    Ok((model::TlsCertificate { cert_file, key_file }, checked))
+}
+
+/// Whether a certificate's DNS names cover `host` (a wildcard name covers exactly one label).
+fn covers(names: &[String], host: &str) -> bool {
+    names.iter().any(|name| {
+        name.eq_ignore_ascii_case(host)
+            || name
+                .strip_prefix("*.")
+                .is_some_and(|suffix| host.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix)))
+    })
 }
 
 fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
     let (classes, we_are_default) = our_classes(cluster, settings);
     let backends = Backends::index(cluster);
+    let secrets = secrets_index(cluster);
+    let now = (settings.now)();
+    let mut certificates = BTreeMap::new();
+    let mut expires = i64::MAX;
     let mut notices = Vec::new();
     // Oldest first, so the oldest Ingress wins a conflict (then by namespace/name for equal times).
     let mut ingresses: Vec<&Ingress> = cluster
@@ -287,8 +335,44 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             });
         }
         let Some(spec) = &ingress.spec else { continue };
-        let tls_hosts: BTreeSet<&str> =
-            spec.tls.iter().flatten().flat_map(|t| t.hosts.iter().flatten()).map(String::as_str).collect();
+        // TLS host -> served with a certificate from a Secret (else ACME).
+        let mut tls_hosts: BTreeMap<&str, bool> = BTreeMap::new();
+        for entry in spec.tls.iter().flatten() {
+            let hosts: Vec<&str> = entry.hosts.iter().flatten().map(String::as_str).collect();
+            let own = match &entry.secret_name {
+                None => false,
+                Some(secret) => match certificate_of(secrets.get(&(ns.clone(), secret.clone())), now) {
+                    Ok((certificate, checked)) => {
+                        for host in hosts.iter().filter(|h| !covers(&checked.dns_names, h)) {
+                            notices.push(Notice {
+                                namespace: ns.clone(),
+                                name: name.clone(),
+                                reason: "TLSSecretHostMismatch",
+                                message: format!(
+                                    "the certificate in Secret {ns}/{secret} does not name host {host:?} (it names {:?}); clients will see a name mismatch",
+                                    checked.dns_names
+                                ),
+                            });
+                        }
+                        expires = expires.min(checked.not_after);
+                        certificates.insert((ns.clone(), secret.clone()), certificate);
+                        true
+                    }
+                    Err(reason) => {
+                        notices.push(Notice {
+                            namespace: ns.clone(),
+                            name: name.clone(),
+                            reason: "TLSSecretUnusable",
+                            message: format!("TLS Secret {ns}/{secret}: {reason}; hosts {hosts:?} use ACME instead"),
+                        });
+                        false
+                    }
+                },
+            };
+            for host in hosts {
+                *tls_hosts.entry(host).or_default() |= own;
+            }
+        }
         let mut candidates = Vec::new();
         for rule in spec.rules.iter().flatten() {
             let host = rule.host.clone().unwrap_or_default();
@@ -343,7 +427,8 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
                 ns: ns.clone(),
                 ingress: name.clone(),
                 backend,
-                tls: tls_hosts.contains(host.as_str()),
+                tls: tls_hosts.contains_key(host.as_str()),
+                own_certificate: tls_hosts.get(host.as_str()).copied().unwrap_or(false),
                 annotations: annotations.clone(),
                 strip_prefix,
             });
@@ -370,6 +455,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
                         ingress: name.clone(),
                         backend,
                         tls: false,
+                        own_certificate: false,
                         annotations: annotations.clone(),
                         strip_prefix: None,
                     });
@@ -449,7 +535,11 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
                     entry_points: vec![settings.websecure.clone()],
                     middlewares: middlewares.clone(),
                     priority: Some(route.priority),
-                    tls: Some(model::RouterTls { cert_resolver: settings.cert_resolver.clone(), ..Default::default() }),
+                    tls: Some(model::RouterTls {
+                        // Traefik picks a certificate from the Secrets by SNI; a resolver would ask ACME too.
+                        cert_resolver: if route.own_certificate { None } else { settings.cert_resolver.clone() },
+                        ..Default::default()
+                    }),
                 },
             );
         }
@@ -481,7 +571,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             },
         );
     }
-    Plan { http, sources, served, notices }
+    Plan { http, sources, served, notices, certificates, expires }
 }
 
 /// A plan with its unchanging parts already serialized.
@@ -490,6 +580,8 @@ struct Planned {
     routers: String,
     middlewares: String,
     transports: String,
+    /// The `tls` section, empty without certificates.
+    tls: String,
     /// Kubernetes Service (namespace, name) -> the Traefik services whose servers come from its EndpointSlices.
     consumers: HashMap<ServiceKey, Vec<String>>,
 }
@@ -507,6 +599,11 @@ impl Planned {
             routers: json(&plan.http.routers),
             middlewares: json(&plan.http.middlewares),
             transports: json(&plan.http.servers_transports),
+            tls: if plan.certificates.is_empty() {
+                String::new()
+            } else {
+                json(&model::Tls { certificates: plan.certificates.values().cloned().collect(), ..Default::default() })
+            },
             plan,
         }
     }
@@ -530,6 +627,7 @@ fn plan_inputs(cluster: &Cluster) -> Vec<usize> {
     add(cluster.ingresses.iter().map(|i| Arc::as_ptr(i) as usize).collect());
     add(cluster.classes.iter().map(|c| Arc::as_ptr(c) as usize).collect());
     add(cluster.services.iter().map(|s| Arc::as_ptr(s) as usize).collect());
+    add(cluster.secrets.iter().map(|s| Arc::as_ptr(s) as usize).collect());
     key
 }
 
@@ -569,7 +667,7 @@ struct CachedService {
 }
 
 /// The objects behind a cached plan, kept alive so their addresses stay theirs.
-type PlanInputs = (Vec<Arc<Ingress>>, Vec<Arc<IngressClass>>, Vec<Arc<Service>>);
+type PlanInputs = (Vec<Arc<Ingress>>, Vec<Arc<IngressClass>>, Vec<Arc<Service>>, Vec<Arc<Secret>>);
 
 impl Renderer {
     /// A renderer with nothing cached.
@@ -654,11 +752,19 @@ impl Renderer {
     /// Renders the cluster into the routes the agents serve.
     pub fn render(&mut self, cluster: &Cluster) -> Rendered {
         let inputs = plan_inputs(cluster);
+        let now = (self.settings.now)();
         let (planned, new_plan) = match &self.cache {
-            Some((cached, _, planned)) if *cached == inputs => (Arc::clone(planned), false),
+            Some((cached, _, planned)) if *cached == inputs && now < planned.plan.expires => {
+                (Arc::clone(planned), false)
+            }
             _ => {
                 let planned = Arc::new(Planned::new(plan(cluster, &self.settings)));
-                let alive = (cluster.ingresses.clone(), cluster.classes.clone(), cluster.services.clone());
+                let alive = (
+                    cluster.ingresses.clone(),
+                    cluster.classes.clone(),
+                    cluster.services.clone(),
+                    cluster.secrets.clone(),
+                );
                 self.cache = Some((inputs, alive, Arc::clone(&planned)));
                 (planned, true)
             }
@@ -689,7 +795,7 @@ impl Renderer {
         services.push('}');
         let endpoints: BTreeSet<SocketAddr> = self.endpoints.keys().copied().collect();
         let http = &planned.plan.http;
-        // Exactly serde_json's compact form of `DynamicConfig { http: Some(http) }` (a test holds it to that),
+        // Exactly serde_json's compact form of `DynamicConfig { http, tls }` (a test holds it to that),
         // assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an
         // empty one: with no Ingress left the agents must serve nothing, and an explicit empty section says so.
         let mut document = String::with_capacity(planned.routers.len() + services.len() + 256);
@@ -714,7 +820,12 @@ impl Renderer {
             document.push_str("\":");
             document.push_str(json);
         }
-        document.push_str("}}\n");
+        document.push('}');
+        if !planned.tls.is_empty() {
+            document.push_str(",\"tls\":");
+            document.push_str(&planned.tls);
+        }
+        document.push_str("}\n");
         Rendered {
             document,
             routers: http.routers.len(),

@@ -330,3 +330,103 @@ fn the_incremental_renderer_follows_annotations_and_slices_coming_and_going() {
     assert_eq!(fifth.document, render(&c, &Settings::default()).document);
     assert!(fifth.endpoints.is_empty() && fifth.routers == first.routers);
 }
+
+fn tls_secret(ns: &str, name: &str, cert: &str, key: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |name: &str| {
+        let pem = std::fs::read(format!("{}/../routes/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(pem)
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert),
+        b64(key)
+    )
+}
+
+fn tls_ingress(host: &str, secret: &str) -> String {
+    let spec = format!("  tls:\n  - hosts: [{host}]\n    secretName: {secret}\n{}", one_path(host, "Prefix", "/"));
+    ingress("i", "2024-01-01T00:00:00Z", "", &spec)
+}
+
+/// An Ingress with `host` in a TLS entry naming Secret `app-tls`, plus `secret` (YAML), rendered.
+fn render_tls(host: &str, secret: &str) -> Rendered {
+    render(&cluster(&format!("{}{secret}", tls_ingress(host, "app-tls"))), &Settings::default())
+}
+
+/// The TLS router of a rendering with one.
+fn tls_router(config: &DynamicConfig) -> model::HttpRouter {
+    config.http.as_ref().unwrap().routers.values().find(|r| r.tls.is_some()).unwrap().clone()
+}
+
+fn policy() -> routes::Policy {
+    routes::Policy {
+        entry_points: ["web".to_string(), "websecure".to_string()].into(),
+        cert_resolvers: ["acme".to_string()].into(),
+        max_backends: routes::DEFAULT_MAX_BACKENDS,
+        now: routes::system_now,
+    }
+}
+
+#[test]
+fn a_tls_host_with_its_secret_is_served_with_that_certificate_not_acme() {
+    let rendered = render_tls("app.test", &tls_secret("default", "app-tls", "rsa.crt", "rsa-pkcs1.key"));
+    assert!(rendered.notices.is_empty(), "{:?}", rendered.notices);
+    let config = rendered.config();
+    assert_eq!(tls_router(&config).tls.unwrap().cert_resolver, None, "no ACME for a host with a Secret");
+    let certificates = &config.tls.as_ref().unwrap().certificates;
+    assert_eq!(certificates.len(), 1);
+    assert!(certificates[0].cert_file.starts_with("-----BEGIN CERTIFICATE-----"));
+    // The agent accepts it, and the document is serde_json's own form of the model.
+    routes::parse(&rendered.document, &policy()).expect("the agent accepts the certificate");
+    assert_eq!(rendered.document, serde_json::to_string(&config).unwrap() + "\n");
+}
+
+#[test]
+fn a_missing_or_unusable_secret_falls_back_to_acme_with_a_warning() {
+    for (secret, expected) in [
+        (String::new(), "no Secret of type kubernetes.io/tls"),
+        (tls_secret("default", "app-tls", "rsa.crt", "ec-sec1.key"), "does not belong to the certificate"),
+        (tls_secret("other", "app-tls", "rsa.crt", "rsa-pkcs1.key"), "no Secret"),
+    ] {
+        let rendered = render_tls("app.test", &secret);
+        let notice = rendered.notices.iter().find(|n| n.reason == "TLSSecretUnusable").expect("a warning");
+        assert!(notice.message.contains(expected) && notice.message.contains("use ACME"), "{}", notice.message);
+        assert!(!notice.message.contains("PRIVATE KEY"));
+        let config = rendered.config();
+        assert!(config.tls.is_none(), "nothing unusable is sent");
+        assert_eq!(tls_router(&config).tls.unwrap().cert_resolver.as_deref(), Some("acme"));
+    }
+}
+
+#[test]
+fn a_certificate_that_does_not_name_the_host_is_used_with_a_warning() {
+    let rendered = render_tls("other.test", &tls_secret("default", "app-tls", "rsa.crt", "rsa-pkcs1.key"));
+    let notice = rendered.notices.iter().find(|n| n.reason == "TLSSecretHostMismatch").expect("a warning");
+    assert!(notice.message.contains("other.test"), "{}", notice.message);
+    assert!(rendered.config().tls.is_some());
+    assert!(covers(&["*.example.com".into()], "a.example.com"));
+    assert!(!covers(&["*.example.com".into()], "a.b.example.com"));
+}
+
+static CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+#[test]
+fn the_plan_is_made_again_when_a_certificate_expires_so_it_is_never_sent_expired() {
+    let yaml = format!(
+        "{}{}",
+        tls_ingress("app.test", "app-tls"),
+        tls_secret("default", "app-tls", "rsa.crt", "rsa-pkcs1.key")
+    );
+    let cluster = cluster(&yaml);
+    CLOCK.store(routes::system_now(), std::sync::atomic::Ordering::SeqCst);
+    let settings = Settings { now: || CLOCK.load(std::sync::atomic::Ordering::SeqCst), ..Settings::default() };
+    let mut renderer = Renderer::new(settings);
+    let first = renderer.render(&cluster);
+    assert!(first.config().tls.is_some());
+    // Nothing in the cluster changed, but the certificate's time is up.
+    CLOCK.store(i64::MAX / 2, std::sync::atomic::Ordering::SeqCst);
+    let second = renderer.render(&cluster);
+    assert!(second.config().tls.is_none(), "an expired certificate is not sent");
+    assert!(second.notices.iter().any(|n| n.message.contains("expired")), "{:?}", second.notices);
+}

@@ -13,12 +13,28 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The resource types served: (URL prefix of the collection, apiVersion, kind).
-const TYPES: [(&str, &str, &str); 4] = [
+const TYPES: [(&str, &str, &str); 5] = [
     ("/apis/networking.k8s.io/v1/ingresses", "networking.k8s.io/v1", "Ingress"),
     ("/apis/networking.k8s.io/v1/ingressclasses", "networking.k8s.io/v1", "IngressClass"),
     ("/api/v1/services", "v1", "Service"),
     ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
+    ("/api/v1/secrets", "v1", "Secret"),
 ];
+
+/// A field selector as the client sends it (`type=kubernetes.io/tls`, URL-encoded): the only one served, on
+/// Secrets' `type`, as a real API server does. Anything else is refused, as a real one refuses unknown fields.
+fn field_selector(params: &BTreeMap<&str, &str>) -> Result<Option<(String, String)>, String> {
+    let Some(raw) = params.get("fieldSelector") else { return Ok(None) };
+    let decoded = raw.replace("%3D", "=").replace("%3d", "=").replace("%2F", "/").replace("%2f", "/");
+    match decoded.split_once('=') {
+        Some(("type", value)) => Ok(Some(("type".into(), value.trim_start_matches('=').to_string()))),
+        _ => Err(format!("field label not supported: {decoded}")),
+    }
+}
+
+fn selected(object: &Value, selector: &Option<(String, String)>) -> bool {
+    selector.as_ref().is_none_or(|(field, value)| object[field.as_str()].as_str() == Some(value.as_str()))
+}
 
 #[derive(Default)]
 struct State {
@@ -209,14 +225,30 @@ impl ApiServer {
                 );
                 continue;
             };
+            let selector = match field_selector(&params) {
+                Ok(selector) => selector,
+                Err(message) => {
+                    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest", "code": 400, "message": message}).to_string();
+                    let _ = write!(
+                        &conn,
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    continue;
+                }
+            };
             if params.get("watch") == Some(&"true") || params.get("watch") == Some(&"1") {
                 let since: u64 = params.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
                 let timeout = params.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290u64);
-                self.watch(conn, api_version, kind, since, Duration::from_secs(timeout.min(30)));
+                self.watch(conn, api_version, kind, &selector, since, Duration::from_secs(timeout.min(30)));
                 return;
             }
             let st = self.state.0.lock().unwrap();
-            let items: Vec<Value> = st.objects.get(kind).map(|m| m.values().cloned().collect()).unwrap_or_default();
+            let items: Vec<Value> = st
+                .objects
+                .get(kind)
+                .map(|m| m.values().filter(|o| selected(o, &selector)).cloned().collect())
+                .unwrap_or_default();
             let list = json!({"apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
             drop(st);
             let body = list.to_string();
@@ -321,7 +353,15 @@ impl ApiServer {
         self.state.0.lock().unwrap().events.clone()
     }
 
-    fn watch(&self, mut conn: TcpStream, api_version: &str, kind: &str, since: u64, timeout: Duration) {
+    fn watch(
+        &self,
+        mut conn: TcpStream,
+        api_version: &str,
+        kind: &str,
+        selector: &Option<(String, String)>,
+        since: u64,
+        timeout: Duration,
+    ) {
         let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
         let chunk = |conn: &mut TcpStream, event: Value| {
             let line = format!("{event}\n");
@@ -344,7 +384,7 @@ impl ApiServer {
             let events: Vec<Value> = st
                 .log
                 .iter()
-                .filter(|(rv, k, _, _)| *rv > sent && k == kind)
+                .filter(|(rv, k, _, o)| *rv > sent && k == kind && selected(o, selector))
                 .map(|(_, _, t, o)| json!({"type": t, "object": o}))
                 .collect();
             sent = st.rv;

@@ -38,6 +38,7 @@ pub fn traefik_binary() -> PathBuf {
 pub struct Edge {
     pub dir: PathBuf,
     pub web: SocketAddr,
+    pub websecure: SocketAddr,
     /// Where the client serves /healthz, /readyz and /metrics.
     pub ops: SocketAddr,
     pub agent: Proc,
@@ -52,15 +53,15 @@ impl Edge {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let web = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         let ops = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+        let websecure = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         testkit::write_secret(&dir.join("agent.key"), &agent_key.to_string());
         testkit::write_secret(&dir.join("client.key"), &client_key.to_string());
         std::fs::write(
             dir.join("agent.yaml"),
             format!(
-                "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{c}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"127.0.0.1:{s}\"\ntraefik:\n  binary: {t}\n",
+                "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{c}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\n",
                 d = dir.display(),
                 c = client_key.public_key(),
-                s = free_tcp(),
                 t = traefik_binary().display()
             ),
         )
@@ -74,7 +75,7 @@ impl Edge {
         )
         .unwrap();
         let agent = Proc::spawn(Command::new(agent_binary()).args(["run", "--config"]).arg(dir.join("agent.yaml")));
-        Edge { dir, web, ops, agent }
+        Edge { dir, web, websecure, ops, agent }
     }
 }
 
