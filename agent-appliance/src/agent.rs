@@ -164,7 +164,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let mut applier = Applier::new(store.clone(), forwarders, canary.as_ref().map(|(name, _)| name.clone()));
     // Before Traefik starts: it must never read a routes file left by an earlier run.
     let restored = applier.start(&policy);
-    let supervisor = Supervisor::start(traefik_binary, store.static_config_file());
+    let supervisor = Supervisor::start(traefik_binary, store.static_config_file(), static_config::environment(&config));
     let agent = Arc::new(Agent {
         view: applier.view(),
         forwarder_metrics: applier.forwarder_metrics(),

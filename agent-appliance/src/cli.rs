@@ -312,6 +312,21 @@ fn check(path: &Path) -> Result<(), String> {
             crate::ports::check_public(name, address).map(|()| format!("{address} is free")),
         );
     }
+    if let Some(acme) = &config.acme {
+        report(
+            "acme",
+            match &acme.ca_certificates {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("acme.ca_certificates {}: {e}", path.display()))
+                    .and_then(|pem| {
+                        pem.contains("-----BEGIN CERTIFICATE-----")
+                            .then(|| format!("{} (CA from {})", acme.email, path.display()))
+                            .ok_or_else(|| format!("acme.ca_certificates {} holds no PEM certificate", path.display()))
+                    }),
+                None => Ok(acme.email.clone()),
+            },
+        );
+    }
     report(
         "state folder",
         crate::store::Store::open(&config.state_dir).map(|s| s.root.display().to_string()).map_err(|e| e.to_string()),

@@ -112,9 +112,35 @@ pub struct Wireguard {
 pub struct Acme {
     /// Contact email registered with the CA.
     pub email: String,
-    /// CA directory URL; Let's Encrypt production when absent.
+    /// CA directory URL; Let's Encrypt production when absent ([`LETS_ENCRYPT_STAGING`] for trials).
     #[serde(default)]
     pub ca_server: Option<String>,
+    /// How the CA validates a name: an HTTP request on the `web` entrypoint, or a TLS handshake on `websecure`.
+    #[serde(default)]
+    pub challenge: Challenge,
+    /// A PEM file of CA certificates to trust for the ACME server itself (a private CA, or a test CA such as
+    /// pebble); Traefik gets it as `LEGO_CA_CERTIFICATES`.
+    #[serde(default)]
+    pub ca_certificates: Option<PathBuf>,
+    /// How long the CA's certificates are valid, in hours, when not 90 days (e.g. Let's Encrypt's 6-day
+    /// certificates: 160): Traefik derives from it when to renew (a third of the duration before expiry for 90
+    /// days, 20 minutes for under a day).
+    #[serde(default)]
+    pub certificates_duration_hours: Option<u32>,
+}
+
+/// Let's Encrypt's staging directory: untrusted certificates, generous rate limits.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// The ACME challenge type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Challenge {
+    /// HTTP-01 on the `web` entrypoint (port 80 must reach the edge).
+    #[default]
+    Http,
+    /// TLS-ALPN-01 on the `websecure` entrypoint (port 443 only).
+    TlsAlpn,
 }
 
 /// Where Traefik comes from.
@@ -182,6 +208,9 @@ pub fn load(path: &Path) -> Result<AgentConfig, String> {
     config.admin_socket = resolve(&config.admin_socket);
     config.wireguard.private_key_file = resolve(&config.wireguard.private_key_file);
     config.wireguard.preshared_key_file = config.wireguard.preshared_key_file.as_deref().map(resolve);
+    if let Some(acme) = &mut config.acme {
+        acme.ca_certificates = acme.ca_certificates.as_deref().map(resolve);
+    }
     // A bare name is looked up in PATH; anything with a slash is a path.
     if config.traefik.binary.components().count() > 1 {
         config.traefik.binary = resolve(&config.traefik.binary);
@@ -243,9 +272,13 @@ entrypoints:
   web: ":80"
   websecure: ":443"
 
-# Certificates from Let's Encrypt for TLS routers (resolver name "acme"):
+# Certificates from Let's Encrypt for TLS routers without a TLS Secret (resolver name "acme"):
 # acme:
 #   email: ops@example.com
+#   # ca_server: https://acme-staging-v02.api.letsencrypt.org/directory   # staging, for trials
+#   # challenge: http        # or tls-alpn (only port 443 reaches the edge)
+#   # ca_certificates: /etc/polaredge/acme-ca.pem   # trust a private ACME server's CA
+#   # certificates_duration_hours: 160   # a CA with short-lived certificates (default: 90 days)
 
 traefik:
   # Path of the Traefik binary, or a name looked up in PATH.

@@ -1,7 +1,7 @@
 //! Traefik's static configuration, generated from the agent's config. Traefik always starts with
 //! `--configFile` pointing here: static sources are exclusive, and a stray traefik.yml would otherwise win.
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Challenge};
 use serde_json::json;
 use std::path::Path;
 
@@ -32,22 +32,37 @@ pub fn render(config: &AgentConfig, admin_port: u16, dynamic_dir: &Path, acme_st
         "log": { "level": config.traefik.log_level },
     });
     if let Some(acme) = &config.acme {
-        let web = if config.entrypoints.contains_key("web") {
-            "web"
-        } else {
-            config.entrypoints.keys().next().map_or("web", |s| s)
-        };
         let mut resolver = json!({
             "email": acme.email,
             "storage": acme_storage.display().to_string(),
-            "httpChallenge": { "entryPoint": web },
         });
+        match acme.challenge {
+            Challenge::Http => {
+                let web = if config.entrypoints.contains_key("web") {
+                    "web"
+                } else {
+                    config.entrypoints.keys().next().map_or("web", |s| s)
+                };
+                resolver["httpChallenge"] = json!({ "entryPoint": web });
+            }
+            // Answered by Traefik on whichever entrypoint the CA connects to on port 443.
+            Challenge::TlsAlpn => resolver["tlsChallenge"] = json!({}),
+        }
         if let Some(ca) = &acme.ca_server {
             resolver["caServer"] = json!(ca);
+        }
+        if let Some(hours) = acme.certificates_duration_hours {
+            resolver["certificatesDuration"] = json!(hours);
         }
         root["certificatesResolvers"] = json!({ ACME_RESOLVER: { "acme": resolver } });
     }
     serde_yaml::to_string(&root).expect("a JSON value always serializes")
+}
+
+/// Environment variables Traefik runs with: the ACME server's CA, when configured.
+pub fn environment(config: &AgentConfig) -> Vec<(String, String)> {
+    let ca = config.acme.as_ref().and_then(|a| a.ca_certificates.as_ref());
+    ca.map(|path| ("LEGO_CA_CERTIFICATES".to_string(), path.display().to_string())).into_iter().collect()
 }
 
 #[cfg(test)]
@@ -78,5 +93,17 @@ mod tests {
         assert_eq!(acme["email"], "ops@example.com");
         assert_eq!(acme["storage"], "/s/acme.json");
         assert_eq!(acme["httpChallenge"]["entryPoint"], "web");
+        let text = render(&config("acme: {email: a@b.c, challenge: tls-alpn}\n"), 1, Path::new("/d"), Path::new("/a"));
+        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let acme = &v["certificatesResolvers"][ACME_RESOLVER]["acme"];
+        assert!(acme.get("httpChallenge").is_none() && acme.get("tlsChallenge").is_some(), "{text}");
+    }
+
+    /// The environment Traefik gets for ACME.
+    #[test]
+    fn a_private_acme_ca_is_passed_to_traefik() {
+        let c = config("acme: {email: a@b.c, ca_certificates: /etc/ca.pem}\n");
+        assert_eq!(environment(&c), [("LEGO_CA_CERTIFICATES".to_string(), "/etc/ca.pem".to_string())]);
+        assert!(environment(&config("")).is_empty());
     }
 }

@@ -38,8 +38,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts Traefik now and keeps it running.
-    pub fn start(binary: PathBuf, static_config: PathBuf) -> Supervisor {
+    /// Starts Traefik now, with `env` added to its environment, and keeps it running.
+    pub fn start(binary: PathBuf, static_config: PathBuf, env: Vec<(String, String)>) -> Supervisor {
         let state = Arc::new(Mutex::new(TraefikState::default()));
         let (stop, stopped) = mpsc::channel::<()>();
         let shared = Arc::clone(&state);
@@ -53,6 +53,7 @@ impl Supervisor {
                     let mut command = Command::new(&binary);
                     command
                         .arg(format!("--configFile={}", static_config.display()))
+                        .envs(env.iter().map(|(k, v)| (k, v)))
                         .stdin(Stdio::null())
                         .stdout(Stdio::piped())
                         .stderr(Stdio::piped());
