@@ -114,6 +114,11 @@ fn verify(websecure: SocketAddr, host: &str, root: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Waits (up to a minute) until the certificate presented for `host` verifies against `root`.
+fn served(websecure: SocketAddr, host: &str, root: &Path) -> bool {
+    eventually(Duration::from_secs(60), || verify(websecure, host, root) == "Verify return code: 0 (ok)")
+}
+
 /// Points the agent's config at pebble; `extra` is more YAML for the `acme` section.
 fn with_acme(setup: &Setup, pebble: &Pebble, challenge: &str, extra: &str) {
     let config = std::fs::read_to_string(setup.config()).unwrap();
@@ -150,8 +155,7 @@ fn traefik_at_the_edge_gets_serves_and_keeps_certificates_from_an_acme_ca() {
     let root = pebble.issuing_root();
     let started = std::time::Instant::now();
     assert!(
-        eventually(Duration::from_secs(60), || verify(setup.websecure, "app.test", &root)
-            == "Verify return code: 0 (ok)"),
+        served(setup.websecure, "app.test", &root),
         "an ACME certificate for app.test, verified against pebble's root\n{}\n{}",
         agent.log(),
         pebble.pebble.log()
@@ -179,8 +183,7 @@ fn traefik_at_the_edge_gets_serves_and_keeps_certificates_from_an_acme_ca() {
     let (status, body) = peer.upload(&tls_route("alpn.test"));
     assert_eq!(status, 200, "{body}\n{}", agent.log());
     assert!(
-        eventually(Duration::from_secs(60), || verify(setup.websecure, "alpn.test", &root)
-            == "Verify return code: 0 (ok)"),
+        served(setup.websecure, "alpn.test", &root),
         "a TLS-ALPN-01 certificate for alpn.test\n{}\n{}",
         agent.log(),
         pebble.pebble.log()
@@ -199,12 +202,7 @@ fn an_acme_certificate_is_renewed_before_it_expires() {
     let (status, body) = peer.upload(&tls_route("renew.test"));
     assert_eq!(status, 200, "{body}\n{}", agent.log());
     let root = pebble.issuing_root();
-    assert!(
-        eventually(Duration::from_secs(60), || verify(setup.websecure, "renew.test", &root)
-            == "Verify return code: 0 (ok)"),
-        "the first certificate\n{}",
-        agent.log()
-    );
+    assert!(issued(setup.websecure, "renew.test", &root), "the first certificate\n{}", agent.log());
     let first = testkit::presented_fingerprint(setup.websecure, "renew.test");
     let started = std::time::Instant::now();
     assert!(
