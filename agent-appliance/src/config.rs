@@ -127,6 +127,39 @@ pub struct Acme {
     /// days, 20 minutes for under a day).
     #[serde(default)]
     pub certificates_duration_hours: Option<u32>,
+    /// The certificates' key type. ECDSA P-256 by default (Traefik's own default is RSA 4096, whose key
+    /// generation takes seconds on a small ARM host and whose handshakes cost more).
+    #[serde(default)]
+    pub key_type: KeyType,
+}
+
+/// Key types Traefik's ACME resolver can request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum KeyType {
+    /// ECDSA P-256.
+    #[default]
+    EC256,
+    /// ECDSA P-384.
+    EC384,
+    /// RSA 2048.
+    RSA2048,
+    /// RSA 4096.
+    RSA4096,
+    /// RSA 8192.
+    RSA8192,
+}
+
+impl KeyType {
+    /// Traefik's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::EC256 => "EC256",
+            KeyType::EC384 => "EC384",
+            KeyType::RSA2048 => "RSA2048",
+            KeyType::RSA4096 => "RSA4096",
+            KeyType::RSA8192 => "RSA8192",
+        }
+    }
 }
 
 /// Let's Encrypt's staging directory: untrusted certificates, generous rate limits.
@@ -279,6 +312,7 @@ entrypoints:
 #   # challenge: http        # or tls-alpn (only port 443 reaches the edge)
 #   # ca_certificates: /etc/polaredge/acme-ca.pem   # trust a private ACME server's CA
 #   # certificates_duration_hours: 160   # a CA with short-lived certificates (default: 90 days)
+#   # key_type: EC256      # or EC384, RSA2048, RSA4096, RSA8192
 
 traefik:
   # Path of the Traefik binary, or a name looked up in PATH.

@@ -106,6 +106,8 @@ pub struct Machine {
     pub wireguard: SocketAddr,
     /// Host port forwarded to the guest's Traefik HTTP entrypoint.
     pub http: SocketAddr,
+    /// Host port forwarded to the guest's Traefik HTTPS entrypoint.
+    pub https: SocketAddr,
     /// Where the console is saved if the test fails.
     pub console_file: PathBuf,
 }
@@ -132,6 +134,7 @@ impl Machine {
     pub fn boot(boot: &Boot) -> Machine {
         let wireguard = SocketAddr::from(([127, 0, 0, 1], free_udp()));
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+        let https = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         let monitor = std::env::temp_dir().join(format!("pe-qemu-{}-{}.monitor", boot.name, std::process::id()));
         let _ = std::fs::remove_file(&monitor);
         let accel = std::env::var("POLAREDGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
@@ -153,7 +156,7 @@ impl Machine {
             .arg("-initrd")
             .arg(boot.image_dir.join("initramfs.img"))
             .arg("-netdev")
-            .arg(format!("user,id=n0,hostfwd=udp:{wireguard}-:51820,hostfwd=tcp:{http}-:80"))
+            .arg(format!("user,id=n0,hostfwd=udp:{wireguard}-:51820,hostfwd=tcp:{http}-:80,hostfwd=tcp:{https}-:443"))
             .args(["-device", "virtio-net-pci,netdev=n0,romfile=", "-device", "virtio-rng-pci"]);
         if let Some(disk) = boot.state_disk {
             command.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.display()));
@@ -184,6 +187,7 @@ impl Machine {
             started,
             wireguard,
             http,
+            https,
             console_file,
         }
     }
@@ -273,13 +277,23 @@ pub fn spawn_client(config: &Path, manifests: &Path) -> Proc {
     Proc::spawn(Command::new(client_binary()).args(["run", "--config"]).arg(config).arg("--manifests").arg(manifests))
 }
 
-/// Writes the client config for one agent reached at `endpoint`.
+/// Writes the client config for one agent reached at `endpoint` (TLS hosts without an ACME resolver).
 pub fn write_client_config(dir: &Path, keys: &Keys, endpoint: SocketAddr) -> PathBuf {
+    write_client_config_with_resolver(dir, keys, endpoint, "")
+}
+
+/// Writes the client config for one agent reached at `endpoint`, TLS hosts using `cert_resolver`.
+pub fn write_client_config_with_resolver(
+    dir: &Path,
+    keys: &Keys,
+    endpoint: SocketAddr,
+    cert_resolver: &str,
+) -> PathBuf {
     let path = dir.join("client.yaml");
     std::fs::write(
         &path,
         format!(
-            "private_key_file: {}\ncert_resolver: \"\"\nops_listen: \"127.0.0.1:{}\"\nagents:\n- name: edge\n  endpoint: \"{endpoint}\"\n  public_key: \"{}\"\n",
+            "private_key_file: {}\ncert_resolver: \"{cert_resolver}\"\nops_listen: \"127.0.0.1:{}\"\nagents:\n- name: edge\n  endpoint: \"{endpoint}\"\n  public_key: \"{}\"\n",
             keys.client_key_file.display(),
             free_tcp(),
             keys.agent_public

@@ -11,6 +11,7 @@
 use polaredge_qemu_tests::*;
 use std::sync::Mutex;
 use std::time::Duration;
+use testkit::pebble::{self, Options, Pebble};
 
 /// Two emulated machines at once would starve each other on a two-core host.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -135,6 +136,87 @@ fn x86_64_appliance_end_to_end() {
 #[test]
 fn aarch64_appliance_end_to_end() {
     appliance_end_to_end("aarch64", "dhcp");
+}
+
+/// ACME on the appliance: the guest's Traefik gets a certificate from pebble on the host (the guest reaches the
+/// host's loopback as 10.0.2.2 on QEMU's user network; pebble validates through the forwarded HTTP port), keeps
+/// it in acme.json on the state disk, and after a reboot serves the same certificate with pebble gone.
+#[test]
+fn x86_64_appliance_keeps_its_acme_certificate_across_a_reboot() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let arch = "x86_64";
+    let dir = std::env::temp_dir().join(format!("pe-qemu-acme-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let inputs = Inputs::prepare(arch);
+    let keys = write_agent_config(&dir);
+    // pebble's API certificate and port go into the image's config.
+    let (api_cert, api_key) = pebble::api_certificate(&dir.join("pebble"));
+    std::fs::copy(&api_cert, keys.config_dir.join("pebble-api.pem")).unwrap();
+    let port = free_tcp();
+    let config = keys.config_dir.join("agent.yaml");
+    let acme = format!(
+        "acme:\n  email: ops@example.com\n  ca_server: \"https://10.0.2.2:{port}/dir\"\n  ca_certificates: pebble-api.pem\n"
+    );
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + &acme).unwrap();
+    build_image(arch, &inputs, &keys.config_dir, &dir.join("image"));
+    let disk = dir.join("state.ext4");
+    state_disk(&disk, 32);
+    let with_tls = manifests("app.test", backend("backend-A"))
+        .replace("  ingressClassName: polaredge\n", "  ingressClassName: polaredge\n  tls:\n  - hosts: [app.test]\n");
+    std::fs::write(dir.join("manifests/app.yaml"), with_tls).unwrap();
+
+    let boot = |name: &str| {
+        Machine::boot(&Boot { arch, image_dir: &dir.join("image"), state_disk: Some(&disk), name, ip: STATIC_IP })
+    };
+    let mut machine = boot("x86_64-acme");
+    let pebble = Pebble::start(
+        &dir.join("pebble"),
+        Options {
+            api: (&api_cert, &api_key),
+            port: Some(port),
+            http_port: machine.http.port(),
+            tls_port: machine.https.port(),
+            validity: None,
+        },
+    );
+    let client = spawn_client(
+        &write_client_config_with_resolver(&dir, &keys, machine.wireguard, "acme"),
+        &dir.join("manifests"),
+    );
+    assert!(
+        eventually(Duration::from_secs(120), || get(machine.http, "app.test", "/x") == "backend-A /x"),
+        "the route serves"
+    );
+    let root = pebble.issuing_root();
+    let started = std::time::Instant::now();
+    assert!(
+        pebble::served(machine.https, "app.test", &root, Duration::from_secs(180)),
+        "the appliance serves an ACME certificate for app.test\n{}",
+        pebble.process.log()
+    );
+    let issued_in = started.elapsed();
+    let issued = testkit::presented_fingerprint(machine.https, "app.test");
+    machine.monitor("system_powerdown");
+    machine.wait_exit(Duration::from_secs(60)).expect("QEMU exits when the guest powers off");
+    drop(machine);
+    drop(client);
+    drop(pebble);
+
+    // Second boot from the same state disk, pebble gone: the certificate comes from acme.json.
+    let machine = boot("x86_64-acme-second");
+    machine.wait_line("live: Traefik serves it", Duration::from_secs(90));
+    assert!(
+        eventually(Duration::from_secs(60), || testkit::presented_fingerprint(machine.https, "app.test") == issued),
+        "the same certificate after the reboot, without the CA"
+    );
+    assert_eq!(pebble::verify(machine.https, "app.test", &root), "Verify return code: 0 (ok)");
+    println!(
+        "{arch}: ACME certificate served {:.1} s after the route; the same one after a reboot",
+        issued_in.as_secs_f64()
+    );
+    drop(machine);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A broken agent config is an early-boot failure: the console says what failed and what to do, and stays

@@ -1,6 +1,9 @@
 //! Helpers the end-to-end tests share (client, agent and QEMU tests): HTTP backends on loopback standing in
 //! for pods, plain HTTP requests with a Host header, child processes whose stderr is kept and printed when a
-//! test fails, polling, free loopback ports, and the manifests of one routed host.
+//! test fails, polling, free loopback ports, the manifests of one routed host, TLS fingerprints, and a
+//! [`pebble`] ACME CA.
+
+pub mod pebble;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -35,6 +35,7 @@ pub fn render(config: &AgentConfig, admin_port: u16, dynamic_dir: &Path, acme_st
         let mut resolver = json!({
             "email": acme.email,
             "storage": acme_storage.display().to_string(),
+            "keyType": acme.key_type.name(),
         });
         match acme.challenge {
             Challenge::Http => {
@@ -93,6 +94,7 @@ mod tests {
         assert_eq!(acme["email"], "ops@example.com");
         assert_eq!(acme["storage"], "/s/acme.json");
         assert_eq!(acme["httpChallenge"]["entryPoint"], "web");
+        assert_eq!(acme["keyType"], "EC256");
         let text = render(&config("acme: {email: a@b.c, challenge: tls-alpn}\n"), 1, Path::new("/d"), Path::new("/a"));
         let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let acme = &v["certificatesResolvers"][ACME_RESOLVER]["acme"];
