@@ -16,12 +16,18 @@ use testkit::pebble::{self, Options, Pebble};
 /// Two emulated machines at once would starve each other on a two-core host.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// A fresh work folder for one test, with an empty `manifests` folder.
+fn work_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pe-qemu-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    dir
+}
+
 /// `ip` is the kernel's `ip=`: static settings, or `dhcp` from QEMU's DHCP server.
 fn appliance_end_to_end(arch: &str, ip: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("pe-qemu-{arch}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let dir = work_dir(arch);
     let inputs = Inputs::prepare(arch);
     let keys = write_agent_config(&dir);
     let built = build_image(arch, &inputs, &keys.config_dir, &dir.join("image"));
@@ -145,9 +151,7 @@ fn aarch64_appliance_end_to_end() {
 fn x86_64_appliance_keeps_its_acme_certificate_across_a_reboot() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let arch = "x86_64";
-    let dir = std::env::temp_dir().join(format!("pe-qemu-acme-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let dir = work_dir("acme");
     let inputs = Inputs::prepare(arch);
     let keys = write_agent_config(&dir);
     // pebble's API certificate and port go into the image's config.
@@ -225,9 +229,7 @@ fn x86_64_appliance_keeps_its_acme_certificate_across_a_reboot() {
 fn a_broken_config_fails_the_boot_visibly_and_the_console_stays_usable() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let arch = "x86_64";
-    let dir = std::env::temp_dir().join(format!("pe-qemu-broken-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = work_dir("broken");
     let inputs = Inputs::prepare(arch);
     let keys = write_agent_config(&dir);
     let yaml = keys.config_dir.join("agent.yaml");
