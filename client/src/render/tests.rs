@@ -430,3 +430,19 @@ fn the_plan_is_made_again_when_a_certificate_expires_so_it_is_never_sent_expired
     assert!(second.config().tls.is_none(), "an expired certificate is not sent");
     assert!(second.notices.iter().any(|n| n.message.contains("expired")), "{:?}", second.notices);
 }
+
+#[test]
+fn the_https_redirect_works_with_a_certificate_from_a_secret_too() {
+    let spec =
+        format!("  tls:\n  - hosts: [app.test]\n    secretName: app-tls\n{}", one_path("app.test", "Prefix", "/"));
+    let yaml = format!(
+        "{}{}",
+        ingress("i", "2024-01-01T00:00:00Z", "polaredge.io/redirect-to-https: \"true\"", &spec),
+        tls_secret("default", "app-tls", "rsa.crt", "rsa-pkcs1.key")
+    );
+    let config = render(&cluster(&yaml), &Settings::default()).config();
+    assert_eq!(tls_router(&config).tls.unwrap().cert_resolver, None);
+    let http = config.http.unwrap();
+    let plain = http.routers.values().find(|r| r.tls.is_none()).unwrap();
+    assert_eq!(plain.middlewares, ["polaredge-redirect-https"]);
+}
