@@ -8,13 +8,14 @@
 use crate::apply::{self, Applier, View, CONFIRM_TIMEOUT};
 use crate::config::AgentConfig;
 use crate::forwarders::Forwarders;
-use crate::http::{self, parse::Limits, slots::Slots, Request, Response};
+use crate::http::{self, slots::Slots, Request, Response};
 use crate::ports;
 use crate::store::Store;
 use crate::traefik::{api::Api, health::Health, static_config, supervisor::Supervisor};
 use nix::sys::signal::{SigSet, Signal};
+use protocol::api;
+use protocol::http::Limits;
 use routes::Policy;
-use serde_json::json;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -99,8 +100,7 @@ pub fn find_traefik(config: &AgentConfig) -> Result<std::path::PathBuf, String> 
     })?;
     if let Some(expected) = &config.traefik.sha256 {
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let actual: String =
-            ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let actual: String = protocol::generation::sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(expected.trim()) {
             return Err(format!("{}: sha256 {actual} does not match traefik.sha256 {expected}", path.display()));
         }
@@ -275,51 +275,47 @@ impl Agent {
     }
 
     /// The live state as JSON (`GET /status`, `polaredge-agent status`).
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> api::Status {
         let view = self.view.lock().unwrap().clone();
         let health = self.health.lock().unwrap().clone();
         let traefik = self.supervisor.lock().unwrap().state();
         let tunnel = self.tunnel.status().ok();
-        let live = view.live.as_ref().map(|l| {
-            json!({
-                "generation": l.generation,
-                "confirmed": l.confirmed,
-                "applied_at_unix": l.applied_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                "apply_ms": l.apply_ms,
-                "routers": l.routers,
-                "errors": l.errors,
-            })
-        });
-        let forwarders: Vec<serde_json::Value> = view
-            .forwarders
-            .iter()
-            .map(|(pod, local)| json!({ "pod": pod.to_string(), "listen": local.to_string() }))
-            .collect();
-        json!({
-            "uptime_s": self.started.elapsed().as_secs(),
-            "live": live,
-            "routes_file": { "generation": view.written, "repairs": view.counters.repairs },
-            "traefik": {
-                "pid": traefik.pid,
-                "uptime_s": traefik.started.filter(|_| traefik.pid.is_some()).map(|s| s.elapsed().as_secs()),
-                "restarts": traefik.restarts,
-                "last_exit": traefik.last_exit,
-                "healthy": health.healthy,
-                "health": health.state,
-                "health_restarts": health.restarts,
-                "file_rewrites": health.rewrites,
+        api::Status {
+            uptime_s: self.started.elapsed().as_secs(),
+            live: view.live.as_ref().map(|l| api::Live {
+                generation: l.generation.clone(),
+                confirmed: l.confirmed,
+                applied_at_unix: l.applied_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                apply_ms: l.apply_ms,
+                routers: l.routers,
+                errors: l.errors.clone(),
+            }),
+            routes_file: api::RoutesFile { generation: view.written.clone(), repairs: view.counters.repairs },
+            traefik: api::Traefik {
+                pid: traefik.pid,
+                uptime_s: traefik.started.filter(|_| traefik.pid.is_some()).map(|s| s.elapsed().as_secs()),
+                restarts: traefik.restarts,
+                last_exit: traefik.last_exit,
+                healthy: health.healthy,
+                health: health.state,
+                health_restarts: health.restarts,
+                file_rewrites: health.rewrites,
             },
-            "tunnel": tunnel.map(|t| json!({
-                "peer_endpoint": t.peer.endpoint.map(|e| e.to_string()),
-                "last_handshake_s": t.peer.last_handshake.map(|d| d.as_secs()),
-                "rx_bytes": t.peer.rx_bytes,
-                "tx_bytes": t.peer.tx_bytes,
-                "connections": t.connections,
-                "dropped_invalid": t.stats.dropped_invalid,
-                "dropped_replay": t.stats.dropped_replay,
-            })),
-            "forwarders": forwarders,
-        })
+            tunnel: tunnel.map(|t| api::Tunnel {
+                peer_endpoint: t.peer.endpoint.map(|e| e.to_string()),
+                last_handshake_s: t.peer.last_handshake.map(|d| d.as_secs()),
+                rx_bytes: t.peer.rx_bytes,
+                tx_bytes: t.peer.tx_bytes,
+                connections: t.connections,
+                dropped_invalid: t.stats.dropped_invalid,
+                dropped_replay: t.stats.dropped_replay,
+            }),
+            forwarders: view
+                .forwarders
+                .iter()
+                .map(|(pod, local)| api::Forwarder { pod: pod.to_string(), listen: local.to_string() })
+                .collect(),
+        }
     }
 
     /// Prometheus text (`GET /metrics`).

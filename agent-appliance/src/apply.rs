@@ -12,9 +12,9 @@
 
 use crate::forwarders::Forwarders;
 use crate::store::Store;
+use protocol::api::UploadAnswer;
 use routes::model::DynamicConfig;
 use routes::{Policy, Problem};
-use serde_json::json;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -101,11 +101,7 @@ pub struct Prepared {
     upload: Vec<u8>,
 }
 
-/// SHA-256 of the upload, shortened: names the generation in the marker and in answers.
-pub fn generation_of(upload: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, upload);
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use protocol::generation_of;
 
 /// Parses and validates an upload. Pure and lock-free: a slow or hostile upload costs only its own thread.
 pub fn prepare(upload: &[u8], policy: &Policy) -> Result<Prepared, Vec<Problem>> {
@@ -125,7 +121,7 @@ struct Written {
 }
 
 /// An answer to the client: status code and JSON body.
-pub type Answer = (u16, serde_json::Value);
+pub type Answer = (u16, UploadAnswer);
 
 /// Owns the routes file, the forwarders and the record of what is live.
 pub struct Applier {
@@ -238,7 +234,8 @@ impl Applier {
                 let mut view = self.view.lock().unwrap();
                 view.counters.unchanged += 1;
                 let errors = view.live.as_ref().map(|l| l.errors.clone()).unwrap_or_default();
-                return (200, json!({ "generation": generation, "live": true, "unchanged": true, "errors": errors }));
+                let answer = UploadAnswer { generation, live: true, unchanged: true, errors, ..Default::default() };
+                return (200, answer);
             }
         }
         let prepared = match prepared {
@@ -246,17 +243,13 @@ impl Applier {
             Err(problems) => {
                 self.view.lock().unwrap().counters.rejected += 1;
                 let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                return (
-                    400,
-                    json!({ "generation": generation, "live": false, "error": "upload refused; the previous config keeps serving", "problems": list }),
-                );
+                let refused = "upload refused; the previous config keeps serving";
+                return (400, UploadAnswer { problems: list, ..UploadAnswer::refused(&generation, refused) });
             }
         };
         let written = match self.write(&prepared) {
             Ok(written) => written,
-            Err((status, message)) => {
-                return (status, json!({ "generation": generation, "live": false, "error": message }))
-            }
+            Err((status, message)) => return (status, UploadAnswer::refused(&generation, message)),
         };
         self.view.lock().unwrap().written = Some(generation.clone());
         let confirmed = timeout.is_zero() || traefik.shows(&generation, timeout);
@@ -288,10 +281,7 @@ impl Applier {
             view.forwarders = self.forwarders.listeners().into_iter().collect();
         }
         self.good = Some(written);
-        (
-            200,
-            json!({ "generation": generation, "live": true, "unchanged": false, "apply_ms": apply_ms, "errors": errors }),
-        )
+        (200, UploadAnswer { generation, live: true, apply_ms: Some(apply_ms), errors, ..Default::default() })
     }
 
     /// Traefik did not show `generation`: the file goes back to the last good config (or to no routes), so no
@@ -324,15 +314,17 @@ impl Applier {
         view.forwarders = self.forwarders.listeners().into_iter().collect();
         (
             503,
-            json!({
-                "generation": generation,
-                "live": false,
-                "serving": back,
-                "error": format!(
-                    "Traefik did not show generation {generation} within {timeout:?} (see the agent's status: \
-                     traefik); the routes file was rolled back to generation {serving}, which keeps serving; retry later"
-                ),
-            }),
+            UploadAnswer {
+                serving: back.clone(),
+                ..UploadAnswer::refused(
+                    generation,
+                    format!(
+                        "Traefik did not show generation {generation} within {timeout:?} (see the agent's status: \
+                         traefik); the routes file was rolled back to generation {serving}, which keeps serving; \
+                         retry later"
+                    ),
+                )
+            },
         )
     }
 
@@ -532,8 +524,8 @@ mod tests {
         let good = routes_file(&f);
         traefik.accepts.set(false);
         let (status, body) = apply(&mut f, &doc("10.1.0.2:80"), &traefik);
-        assert_eq!(status, 503, "{body}");
-        assert_eq!(body["serving"], generation_of(&doc("10.1.0.1:80")));
+        assert_eq!(status, 503, "{body:?}");
+        assert_eq!(body.serving, Some(generation_of(&doc("10.1.0.1:80"))));
         assert_eq!(routes_file(&f), good, "the file is the last confirmed one again");
         assert_eq!(f.applier.written_generation(), Some(generation_of(&doc("10.1.0.1:80"))));
         let view = f.applier.view();
@@ -550,8 +542,8 @@ mod tests {
         let mut f = fixture("rollback-nothing");
         let traefik = FakeTraefik { accepts: Cell::new(false) };
         let (status, body) = apply(&mut f, &doc("10.1.0.1:80"), &traefik);
-        assert_eq!(status, 503, "{body}");
-        assert!(body["serving"].is_null());
+        assert_eq!(status, 503, "{body:?}");
+        assert_eq!(body.serving, None);
         let file = routes_file(&f);
         assert!(!file.contains("10.1.0.1") && !file.contains("127.0.0.1"), "{file}");
         assert!(file.contains(routes::CANARY_HOST), "the canary still answers: {file}");
@@ -570,14 +562,10 @@ mod tests {
         std::fs::write(f.root.join("dynamic/routes.yaml"), "http: {}\n").unwrap();
         // The same upload again: the file is repaired first, and the answer waits for Traefik to confirm.
         let (status, body) = apply(&mut f, &doc("10.1.0.1:80"), &traefik);
-        assert_eq!(
-            (status, body["live"].as_bool(), body["unchanged"].as_bool()),
-            (200, Some(true), Some(false)),
-            "{body}"
-        );
+        assert_eq!((status, body.live, body.unchanged), (200, true, false), "{body:?}");
         assert_eq!(routes_file(&f), good, "the unchanged upload repaired the file");
         let (status, body) = apply(&mut f, &doc("10.1.0.1:80"), &traefik);
-        assert_eq!((status, body["unchanged"].as_bool()), (200, Some(true)), "intact now: {body}");
+        assert_eq!((status, body.unchanged), (200, true), "intact now: {body:?}");
         assert_eq!(f.applier.view().lock().unwrap().counters.repairs, 2);
     }
 

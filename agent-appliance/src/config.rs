@@ -201,10 +201,10 @@ fn default_state_dir() -> PathBuf {
     "/var/lib/polaredge".into()
 }
 fn default_api_port() -> u16 {
-    9000
+    protocol::defaults::API_PORT
 }
 fn default_relay_port() -> u16 {
-    7000
+    protocol::defaults::RELAY_PORT
 }
 fn default_entrypoints() -> BTreeMap<String, String> {
     [("web".to_string(), ":80".to_string()), ("websecure".to_string(), ":443".to_string())].into()
@@ -216,13 +216,13 @@ fn default_max_upload() -> usize {
     8 << 20
 }
 fn default_listen() -> SocketAddr {
-    "0.0.0.0:51820".parse().unwrap()
+    SocketAddr::from(([0, 0, 0, 0], protocol::defaults::WIREGUARD_PORT))
 }
 fn default_address() -> String {
-    "10.88.0.1/30".into()
+    protocol::defaults::agent_cidr()
 }
 fn default_client_address() -> IpAddr {
-    "10.88.0.2".parse().unwrap()
+    protocol::defaults::CLIENT_ADDRESS
 }
 fn default_traefik_binary() -> PathBuf {
     "traefik".into()

@@ -39,7 +39,7 @@ impl Forwarders {
                     self.tunnel.forward_from(
                         listener,
                         self.relay,
-                        tunnel::relay::encode(pod),
+                        protocol::relay::encode(pod),
                         Arc::clone(&self.metrics),
                     )
                 })

@@ -8,9 +8,7 @@ use std::path::Path;
 /// Largest download accepted (Traefik is ~185 MB unpacked, ~50 MB packed).
 const MAX_DOWNLOAD: u64 = 512 << 20;
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
+use protocol::generation::sha256_hex;
 
 /// Plain HTTP is refused except to loopback (tests, a local mirror through an SSH tunnel).
 fn check_url(url: &str) -> Result<(), String> {

@@ -105,8 +105,7 @@ fn serve(bytes: Vec<u8>) -> String {
 fn install_traefik_verifies_the_checksum_and_that_the_binary_runs() {
     let dir = temp_dir("install");
     let binary = std::fs::read(support::traefik_binary()).unwrap();
-    let sha: String =
-        ring::digest::digest(&ring::digest::SHA256, &binary).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let sha: String = protocol::generation::sha256_hex(&binary);
     let url = serve(binary);
     let dest = dir.join("bin/traefik");
     let d = dest.to_str().unwrap();

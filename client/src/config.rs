@@ -65,16 +65,16 @@ fn default_dial_timeout_ms() -> u64 {
     5000
 }
 fn default_address() -> String {
-    "10.88.0.2/30".into()
+    protocol::defaults::client_cidr()
 }
 fn default_keepalive() -> u16 {
     25
 }
 fn default_relay_port() -> u16 {
-    7000
+    protocol::defaults::RELAY_PORT
 }
 fn default_resolver() -> String {
-    "acme".into()
+    protocol::defaults::ACME_RESOLVER.into()
 }
 fn default_ops() -> SocketAddr {
     std::env::var("POLAREDGE_OPS_LISTEN")
@@ -83,7 +83,7 @@ fn default_ops() -> SocketAddr {
         .unwrap_or_else(|| "0.0.0.0:9090".parse().unwrap())
 }
 fn default_api() -> SocketAddr {
-    "10.88.0.1:9000".parse().unwrap()
+    SocketAddr::new(protocol::defaults::AGENT_ADDRESS, protocol::defaults::API_PORT)
 }
 
 /// Reads the config file.
@@ -127,9 +127,13 @@ pub fn from_env() -> Result<ClientConfig, String> {
         .map_err(|e| format!("POLAREDGE_AGENT_ENDPOINT {endpoint_text:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("POLAREDGE_AGENT_ENDPOINT {endpoint_text:?} resolves to nothing"))?;
-    let agent_ip = std::env::var("POLAREDGE_AGENT_ADDRESS").unwrap_or_else(|_| "10.88.0.1".into());
-    let api =
-        format!("{agent_ip}:9000").parse().map_err(|_| format!("POLAREDGE_AGENT_ADDRESS {agent_ip:?} is not an IP"))?;
+    let api = match std::env::var("POLAREDGE_AGENT_ADDRESS") {
+        Ok(ip) => SocketAddr::new(
+            ip.parse().map_err(|_| format!("POLAREDGE_AGENT_ADDRESS {ip:?} is not an IP"))?,
+            protocol::defaults::API_PORT,
+        ),
+        Err(_) => default_api(),
+    };
     Ok(ClientConfig {
         private_key_file: None,
         address: std::env::var("POLAREDGE_CLIENT_ADDRESS").unwrap_or_else(|_| default_address()),

@@ -22,8 +22,16 @@ pub fn permitted(allowed: &BTreeSet<SocketAddr>, target: SocketAddr) -> bool {
 struct SnapshotEndpoints(AllowList);
 
 impl RelayPolicy for SnapshotEndpoints {
-    fn permits(&self, target: SocketAddr) -> bool {
-        permitted(&self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()), target)
+    fn max_header(&self) -> usize {
+        protocol::relay::MAX_LEN
+    }
+
+    fn route(&self, head: &[u8]) -> Result<Option<(SocketAddr, usize)>, String> {
+        let Some((target, len)) = protocol::relay::decode(head).map_err(|e| e.to_string())? else { return Ok(None) };
+        if !permitted(&self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()), target) {
+            return Err(format!("{target} is not an endpoint of the current snapshot"));
+        }
+        Ok(Some((target, len)))
     }
 }
 

@@ -291,10 +291,11 @@ fn send_loop(
                         match &outcome {
                             sender::Outcome::Live => log::info!(
                                 "agent {name}: generation {generation} live in {} ms{}",
-                                answer.body["apply_ms"],
-                                match answer.body["errors"].as_array() {
-                                    Some(e) if !e.is_empty() => format!("; Traefik reports {e:?}"),
-                                    _ => String::new(),
+                                answer.body.apply_ms.unwrap_or(0),
+                                if answer.body.errors.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; Traefik reports {:?}", answer.body.errors)
                                 }
                             ),
                             sender::Outcome::OtherGeneration(other) => log::warn!(
@@ -302,9 +303,14 @@ fn send_loop(
                                  sending again"
                             ),
                             sender::Outcome::NotLive => log::warn!(
-                                "agent {name}: generation {generation} not live: {} {}",
+                                "agent {name}: generation {generation} not live: {} {}{}",
                                 answer.status,
-                                answer.body
+                                answer.body.error.as_deref().unwrap_or("no reason given"),
+                                if answer.body.problems.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {}", answer.body.problems.join("; "))
+                                }
                             ),
                         }
                         let live = (outcome == sender::Outcome::Live).then(|| generation.clone());
@@ -313,7 +319,7 @@ fn send_loop(
                             let state = agents.entry(name.to_string()).or_default();
                             if live.is_some() {
                                 state.applied += 1;
-                                state.last_apply_ms = answer.body["apply_ms"].as_u64().unwrap_or(0);
+                                state.last_apply_ms = answer.body.apply_ms.unwrap_or(0);
                             } else {
                                 state.failed += 1;
                             }

@@ -5,6 +5,7 @@
 //! generation of what it sends and can compare it with what the agent reports live. An agent that restarted
 //! with an older config, or lost its state, is noticed at the next check and gets the current snapshot.
 
+use protocol::api::{Status, UploadAnswer};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,10 +19,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the agent's live generation is compared with ours when nothing else happens.
 pub const RECHECK: Duration = Duration::from_secs(5);
 
-/// The generation the agent will report for an upload (same recipe as the agent).
-pub fn generation_of(yaml: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, yaml.as_bytes());
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+/// The generation the agent will report for an upload (the shared recipe, [`protocol::generation_of`]).
+pub fn generation_of(document: &str) -> String {
+    protocol::generation_of(document.as_bytes())
 }
 
 /// What the sender wants done next.
@@ -142,9 +142,8 @@ fn exchange(tunnel: &Tunnel, api: SocketAddr, request: &[u8]) -> Result<(u16, St
     io.write_all(request).map_err(|e| format!("sending to the agent failed: {e}"))?;
     let mut response = Vec::new();
     io.read_to_end(&mut response).map_err(|e| format!("reading the agent's answer failed: {e}"))?;
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("the agent sent no status line")?;
-    Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    let response = protocol::http::parse_response(&response).map_err(|e| format!("the agent's answer: {e}"))?;
+    Ok((response.status, response.text()))
 }
 
 /// The agent's answer to an upload.
@@ -152,8 +151,8 @@ fn exchange(tunnel: &Tunnel, api: SocketAddr, request: &[u8]) -> Result<(u16, St
 pub struct Answer {
     /// HTTP status.
     pub status: u16,
-    /// The JSON body.
-    pub body: serde_json::Value,
+    /// The body.
+    pub body: UploadAnswer,
 }
 
 /// What an upload's answer says about the snapshot that was sent.
@@ -170,7 +169,7 @@ pub enum Outcome {
 impl Answer {
     /// The generation, if the agent confirmed it live.
     pub fn live_generation(&self) -> Option<String> {
-        (self.body["live"] == true).then(|| self.body["generation"].as_str().map(str::to_string)).flatten()
+        self.body.live.then(|| self.body.generation.clone())
     }
 
     /// The answer for the snapshot of generation `ours`.
@@ -190,7 +189,8 @@ pub fn upload(tunnel: &Tunnel, api: SocketAddr, yaml: &str) -> Result<Answer, St
         yaml.len()
     );
     let (status, body) = exchange(tunnel, api, request.as_bytes())?;
-    let body = serde_json::from_str(&body).map_err(|_| format!("the agent answered {status} with non-JSON: {body}"))?;
+    let body = serde_json::from_str(&body)
+        .map_err(|e| format!("the agent answered {status} with a body that is not an upload answer ({e}): {body}"))?;
     Ok(Answer { status, body })
 }
 
@@ -201,10 +201,9 @@ pub fn live_generation(tunnel: &Tunnel, api: SocketAddr) -> Result<Option<String
     if status != 200 {
         return Err(format!("the agent's /status answered {status}"));
     }
-    let status: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    Ok((status["live"]["confirmed"] == true)
-        .then(|| status["live"]["generation"].as_str().map(str::to_string))
-        .flatten())
+    let status: Status =
+        serde_json::from_str(&body).map_err(|e| format!("the agent's /status is not a status ({e})"))?;
+    Ok(status.confirmed_generation().map(str::to_string))
 }
 
 #[cfg(test)]
@@ -292,13 +291,16 @@ mod tests {
 
     #[test]
     fn an_answer_is_live_only_for_our_generation() {
-        let answer = |body: serde_json::Value| Answer { status: 200, body };
+        let answer = |live: bool, generation: &str| Answer {
+            status: 200,
+            body: UploadAnswer { live, generation: generation.into(), ..Default::default() },
+        };
         let ours = generation_of("a");
-        assert_eq!(answer(serde_json::json!({"live": true, "generation": ours})).outcome(&ours), Outcome::Live);
+        assert_eq!(answer(true, &ours).outcome(&ours), Outcome::Live);
         assert_eq!(
-            answer(serde_json::json!({"live": true, "generation": "0123456789abcdef"})).outcome(&ours),
+            answer(true, "0123456789abcdef").outcome(&ours),
             Outcome::OtherGeneration("0123456789abcdef".into())
         );
-        assert_eq!(answer(serde_json::json!({"live": false, "generation": ours})).outcome(&ours), Outcome::NotLive);
+        assert_eq!(answer(false, &ours).outcome(&ours), Outcome::NotLive);
     }
 }

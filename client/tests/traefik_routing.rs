@@ -6,11 +6,10 @@ mod support;
 
 use client::manifests::add_yaml;
 use client::render::{render, Cluster, Settings};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{backend, free_tcp as free_port, traefik_binary};
+use support::{backend, free_tcp as free_port, get, traefik_binary};
 
 fn service(name: &str, port: u16) -> String {
     format!(
@@ -75,21 +74,6 @@ impl Drop for Traefik {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn get(addr: SocketAddr, host: &str, path: &str) -> String {
-    let Ok(mut conn) = TcpStream::connect(addr) else { return "refused".into() };
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    let status = text.split_whitespace().nth(1).unwrap_or("0").to_string();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    if status == "200" {
-        body
-    } else {
-        status
     }
 }
 

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use polaredge_agent::http::parse::{parse_head, Limits};
+use protocol::http::{parse_head, Limits};
 use polaredge_agent::http::{serve, Response, Timed};
 use std::io::{self, Read, Write};
 use std::time::Duration;

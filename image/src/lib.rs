@@ -155,6 +155,4 @@ pub fn build_initramfs(inputs: &Inputs) -> Result<Initramfs, String> {
 }
 
 /// Hex SHA-256, for the manifest.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use protocol::generation::sha256_hex;

@@ -54,12 +54,12 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> String {
     let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return "refused".into() };
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = write!(conn, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    match text.split_whitespace().nth(1) {
-        Some("200") => text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default(),
-        Some(status) => status.to_string(),
-        None => "no answer".into(),
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    match protocol::http::parse_response(&bytes) {
+        Ok(response) if response.status == 200 => response.text(),
+        Ok(response) => response.status.to_string(),
+        Err(_) => "no answer".into(),
     }
 }
 

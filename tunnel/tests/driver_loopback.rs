@@ -126,7 +126,7 @@ fn forward_sends_the_preamble_then_splices_and_a_refused_target_closes_the_local
         let (target, _) = loop {
             io.read_exact(&mut byte).unwrap();
             buf.push(byte[0]);
-            if let Some(found) = tunnel::relay::decode(&buf).unwrap() {
+            if let Some(found) = protocol::relay::decode(&buf).unwrap() {
                 break found;
             }
         };
@@ -140,7 +140,7 @@ fn forward_sends_the_preamble_then_splices_and_a_refused_target_closes_the_local
         .forward_from(
             TcpListener::bind("127.0.0.1:0").unwrap(),
             tunnel_addr("10.88.0.2", 7000),
-            tunnel::relay::encode(pod),
+            protocol::relay::encode(pod),
             Arc::clone(&counters),
         )
         .unwrap();
@@ -160,7 +160,7 @@ fn forward_sends_the_preamble_then_splices_and_a_refused_target_closes_the_local
         .forward_from(
             TcpListener::bind("127.0.0.1:0").unwrap(),
             tunnel_addr("10.88.0.2", 7001),
-            tunnel::relay::encode(pod),
+            protocol::relay::encode(pod),
             Arc::clone(&refused_counters),
         )
         .unwrap();
@@ -202,7 +202,7 @@ fn a_forwarded_connection_to_a_silent_peer_fails_within_the_connect_timeout() {
         .forward_from(
             TcpListener::bind("127.0.0.1:0").unwrap(),
             tunnel_addr("10.88.0.2", 7000),
-            tunnel::relay::encode("10.1.2.3:80".parse().unwrap()),
+            protocol::relay::encode("10.1.2.3:80".parse().unwrap()),
             Arc::clone(&counters),
         )
         .unwrap();
@@ -240,7 +240,7 @@ fn hundreds_of_simultaneous_forwarded_connections_all_get_through() {
     let counters = Arc::new(StreamCounters::default());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let forwarding = agent
-        .forward_from(listener, tunnel_addr("10.88.0.2", 7000), tunnel::relay::encode(pod), Arc::clone(&counters))
+        .forward_from(listener, tunnel_addr("10.88.0.2", 7000), protocol::relay::encode(pod), Arc::clone(&counters))
         .unwrap();
     // Open every connection first (all SYNs in flight together), then talk on each.
     let mut users: Vec<TcpStream> = (0..N).map(|_| TcpStream::connect(forwarding.local_addr()).unwrap()).collect();
@@ -264,9 +264,16 @@ fn hundreds_of_simultaneous_forwarded_connections_all_get_through() {
 
 struct Only(SocketAddr);
 
+/// Relays streams whose preamble (POLAREDGE's, `protocol::relay`) names this one target.
 impl RelayPolicy for Only {
-    fn permits(&self, target: SocketAddr) -> bool {
-        target == self.0
+    fn max_header(&self) -> usize {
+        protocol::relay::MAX_LEN
+    }
+    fn route(&self, head: &[u8]) -> Result<Option<(SocketAddr, usize)>, String> {
+        match protocol::relay::decode(head).map_err(|e| e.to_string())? {
+            Some((target, _)) if target != self.0 => Err(format!("{target} is not allowed")),
+            found => Ok(found),
+        }
     }
 }
 
@@ -301,7 +308,7 @@ fn the_relay_reads_the_preamble_dials_a_permitted_target_and_refuses_the_rest() 
     let counters = Arc::new(StreamCounters::default());
     let _relay = client.relay(7000, Arc::new(Only(pod)), Arc::clone(&counters)).unwrap();
     let mut stream = agent.connect(tunnel_addr("10.88.0.2", 7000), Duration::from_secs(5)).unwrap().into_io().unwrap();
-    stream.write_all(&tunnel::relay::encode(pod)).unwrap();
+    stream.write_all(&protocol::relay::encode(pod)).unwrap();
     stream.write_all(b"hello").unwrap();
     let mut reply = [0u8; 5];
     stream.read_exact(&mut reply).unwrap();
@@ -319,7 +326,8 @@ fn the_relay_reads_the_preamble_dials_a_permitted_target_and_refuses_the_rest() 
     let policy = Arc::new(Only(closed));
     let refusing = Arc::new(StreamCounters::default());
     let _relay = client.relay(7001, policy, Arc::clone(&refusing)).unwrap();
-    let attempts: [&[u8]; 3] = [b"GET / HTTP/1.1\r\n\r\n", &tunnel::relay::encode(pod), &tunnel::relay::encode(closed)];
+    let attempts: [&[u8]; 3] =
+        [b"GET / HTTP/1.1\r\n\r\n", &protocol::relay::encode(pod), &protocol::relay::encode(closed)];
     for bytes in attempts {
         let mut io = agent.connect(tunnel_addr("10.88.0.2", 7001), Duration::from_secs(5)).unwrap().into_io().unwrap();
         io.write_all(bytes).unwrap();

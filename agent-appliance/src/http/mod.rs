@@ -1,10 +1,10 @@
-//! The control API's HTTP/1.1 server: a sans-IO parser ([`parse`]), a blocking per-connection loop with
-//! keep-alive, limits, and deadlines against slow clients, and the connection [`slots`].
+//! The control API's HTTP/1.1 server: a blocking per-connection loop with keep-alive, limits, and deadlines
+//! against slow clients, on the sans-IO head parser of the shared [`protocol::http`]; and the connection
+//! [`slots`].
 
-pub mod parse;
 pub mod slots;
 
-use parse::{parse_head, Limits};
+use protocol::http::{parse_head, Limits};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ pub struct Response {
 
 impl Response {
     /// A JSON response.
-    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
         let mut body = serde_json::to_vec_pretty(value).expect("JSON values serialize");
         body.push(b'\n');
         Response { status, content_type: "application/json", body }

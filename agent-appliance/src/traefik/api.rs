@@ -3,6 +3,7 @@
 //! entrypoint.
 
 use crate::apply::Confirm;
+use protocol::http::{parse_response, Response};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -10,17 +11,7 @@ use std::time::{Duration, Instant};
 /// How long one request to Traefik may take: loopback, so a Traefik that needs longer is not well.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A response: status, headers (lowercase names) and body.
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// Header lines as (lowercase name, value).
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: String,
-}
-
-/// One GET to `addr` with `host` as Host header.
+/// One GET to `addr` with `host` as Host header, answered within `timeout`.
 pub fn request(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> io::Result<Response> {
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
@@ -41,25 +32,13 @@ pub fn request(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> i
             n => response.extend_from_slice(&chunk[..n]),
         }
     }
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("{addr} sent a response without a status line")))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    Ok(Response { status, headers, body: body.to_string() })
+    parse_response(&response).map_err(|e| io::Error::other(format!("{addr}: {e}")))
 }
 
 /// One GET to Traefik's API; returns status code and body.
 pub fn get(port: u16, path: &str) -> io::Result<(u16, String)> {
     let r = request(SocketAddr::from(([127, 0, 0, 1], port)), "127.0.0.1", path, REQUEST_TIMEOUT)?;
-    Ok((r.status, r.body))
+    Ok((r.status, r.text()))
 }
 
 /// Traefik's API on the loopback admin entrypoint.
@@ -129,9 +108,8 @@ impl Confirm for Api {
 pub fn canary(addr: SocketAddr, timeout: Duration) -> Result<Option<String>, String> {
     let r = request(addr, routes::CANARY_HOST, routes::backend::CANARY_PATH, timeout)
         .map_err(|e| format!("canary through {addr}: {e}"))?;
-    let header = routes::backend::GENERATION_HEADER.to_ascii_lowercase();
     match r.status {
-        200 => Ok(r.headers.into_iter().find(|(name, _)| *name == header).map(|(_, value)| value)),
+        200 => Ok(r.header(routes::backend::GENERATION_HEADER).map(str::to_string)),
         404 => Ok(None), // Traefik answers, without the canary router: it serves no file of ours
         status => Err(format!("canary through {addr} answered {status}")),
     }

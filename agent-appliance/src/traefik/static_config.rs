@@ -6,7 +6,7 @@ use serde_json::json;
 use std::path::Path;
 
 /// Name of the ACME resolver routers may use (when an ACME email is configured).
-pub const ACME_RESOLVER: &str = "acme";
+pub use protocol::defaults::ACME_RESOLVER;
 
 /// The static configuration as YAML. `admin_port` is the loopback port of the `traefik` entrypoint that
 /// carries ping, the API and metrics; `dynamic_dir` is the watched folder holding routes.yaml.

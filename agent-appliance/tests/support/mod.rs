@@ -216,13 +216,14 @@ impl Peer {
     }
 }
 
+/// Reads a response until the server closes: (status, body); status 0 when there was no valid response.
 pub fn read_response(io: &mut impl Read) -> (u16, String) {
-    let mut text = Vec::new();
-    let _ = io.read_to_end(&mut text);
-    let text = String::from_utf8_lossy(&text).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let mut bytes = Vec::new();
+    let _ = io.read_to_end(&mut bytes);
+    match protocol::http::parse_response(&bytes) {
+        Ok(response) => (response.status, response.text()),
+        Err(_) => (0, String::new()),
+    }
 }
 
 /// The relay: reads the preamble, refuses unknown pods, splices to the local backend.
@@ -235,7 +236,7 @@ fn relay_one(stream: tunnel::TunnelStream, pods: &Mutex<BTreeMap<SocketAddr, Soc
             return;
         }
         buf.push(byte[0]);
-        match tunnel::relay::decode(&buf) {
+        match protocol::relay::decode(&buf) {
             Ok(Some((target, _))) => break target,
             Ok(None) => {}
             Err(_) => return,

@@ -15,7 +15,6 @@ use super::timers::{Timer, Timers};
 use super::udp::{self, UdpSink};
 use super::{Command, RelayPolicy, Shared, StreamCounters, TunnelStatus, TunnelStream};
 use crate::core::{Core, TcpTuning};
-use crate::relay;
 use rustix::event::epoll;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
@@ -795,36 +794,40 @@ impl Driver {
         any
     }
 
-    /// Reads a relay stream's preamble if it has arrived; then checks the target and starts dialing it.
+    /// Reads a relay stream's header if it has arrived (the policy parses and checks it); then starts dialing
+    /// its target.
     fn read_preamble(&mut self, id: u64, now: Instant) -> bool {
         let connection = &self.connections[&id];
-        let policy = connection.relay.as_ref().map(|r| Arc::clone(&r.policy));
+        let Some(policy) = connection.relay.as_ref().map(|r| Arc::clone(&r.policy)) else {
+            self.close(id, true, Some(End::Refused));
+            return true;
+        };
         let socket = self.core.tcp(connection.socket);
-        let mut head = [0u8; relay::MAX_LEN];
-        let n = socket.peek_slice(&mut head).unwrap_or(0);
-        let target = match relay::decode(&head[..n]) {
+        let mut head = [0u8; super::MAX_RELAY_HEADER];
+        let max = policy.max_header().min(head.len());
+        let n = socket.peek_slice(&mut head[..max]).unwrap_or(0);
+        let target = match policy.route(&head[..n]) {
             Ok(Some((target, len))) => {
-                let _ = socket.recv_slice(&mut head[..len]);
+                let _ = socket.recv_slice(&mut head[..len.min(n)]);
                 target
+            }
+            Ok(None) if n >= max => {
+                log::warn!("relay: refused a stream whose header is longer than {max} bytes");
+                self.close(id, true, Some(End::Refused));
+                return true;
             }
             Ok(None) if socket.may_recv() => return false,
             Ok(None) => {
-                log::warn!("relay: refused a stream that closed before its preamble");
+                log::warn!("relay: refused a stream that closed before its header");
                 self.close(id, true, Some(End::Refused));
                 return true;
             }
             Err(e) => {
-                log::warn!("relay: refused a stream without a valid preamble: {e}");
+                log::warn!("relay: refused a stream: {e}");
                 self.close(id, true, Some(End::Refused));
                 return true;
             }
         };
-        let permitted = policy.is_some_and(|policy| policy.permits(target));
-        if !permitted {
-            log::warn!("relay: refused {target}: not an endpoint of the current snapshot");
-            self.close(id, true, Some(End::Refused));
-            return true;
-        }
         let fd = match kernel::dial(target) {
             Ok(fd) => fd,
             Err(e) => {

@@ -11,7 +11,7 @@
 //!
 //! The data path needs no thread of its own at all: [`Tunnel::forward_from`] hands the driver a kernel
 //! listening socket whose every connection becomes a tunnel stream (the agent's forwarders), and
-//! [`Tunnel::relay`] has the driver read each incoming stream's relay preamble, ask a [`RelayPolicy`], dial the
+//! [`Tunnel::relay`] has the driver read each incoming stream's header through a [`RelayPolicy`], dial the
 //! target with a non-blocking kernel connect and splice (the client's relay). Thread count stays constant
 //! whatever the load.
 
@@ -85,11 +85,20 @@ pub struct StreamCounters {
     pub bytes_from_tunnel: AtomicU64,
 }
 
-/// Decides where a relay port may send its streams. Runs on the driver thread: keep it quick (a lookup).
+/// What a relay port reads before splicing: a bounded header at the start of each incoming stream that says
+/// where the stream goes, and whether it may. The application defines the header (POLAREDGE's is
+/// `protocol::relay`); the driver only peeks at the first bytes and asks. Runs on the driver thread: keep it
+/// quick (a parse and a lookup).
 pub trait RelayPolicy: Send + Sync + 'static {
-    /// Whether a stream whose preamble names `target` may be dialed there.
-    fn permits(&self, target: SocketAddr) -> bool;
+    /// Most bytes the header may take (at most [`MAX_RELAY_HEADER`]).
+    fn max_header(&self) -> usize;
+    /// Reads the header at the start of `head`: `Ok(None)` when more bytes are needed, `Ok(Some((target,
+    /// len)))` to dial `target` after dropping the `len` header bytes, `Err(reason)` to refuse the stream.
+    fn route(&self, head: &[u8]) -> Result<Option<(SocketAddr, usize)>, String>;
 }
+
+/// The longest relay header the driver reads.
+pub const MAX_RELAY_HEADER: usize = 256;
 
 pub(crate) enum Command {
     Listen {

@@ -1,5 +1,6 @@
-//! HTTP/1.1 request heads, parsed without I/O: the subset the control API needs (Content-Length bodies,
-//! keep-alive), with hard limits.
+//! HTTP/1.1 heads, parsed without I/O: requests as the control API reads them (Content-Length bodies,
+//! keep-alive, hard limits), and responses as the client, the agent's Traefik API client and the test kits
+//! read them (the whole response, read until the server closes).
 
 /// Limits against oversized or malicious requests.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +103,57 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, HttpError
     Ok(Some(Head { method: method.into(), path: path.into(), content_length, keep_alive, len: end + 4 }))
 }
 
+/// A whole response: status, headers and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header fields as (lower-case name, trimmed value), in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (as much as `Content-Length` says, when it says).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Parses a complete response (read until the server closed the connection). Chunked bodies are not
+/// supported: the servers this talks to (the agent, Traefik's API) send `Content-Length`.
+pub fn parse_response(bytes: &[u8]) -> Result<Response, String> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").ok_or("the response has no complete head")?;
+    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| "the response head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = match status_line.split(' ').collect::<Vec<_>>().as_slice() {
+        [version, code, ..] if version.starts_with("HTTP/1.") => {
+            code.parse().map_err(|_| format!("malformed status line {status_line:?}"))?
+        }
+        _ => return Err(format!("malformed status line {status_line:?}")),
+    };
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = bytes[end + 4..].to_vec();
+    if let Some(length) = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()) {
+        if body.len() < length {
+            return Err(format!("the body ended after {} of {length} bytes", body.len()));
+        }
+        body.truncate(length);
+    }
+    Ok(Response { status, headers, body })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +196,22 @@ mod tests {
         assert!(!head.keep_alive);
         let head = parse_head(b"GET / HTTP/1.0\r\n\r\n", &LIMITS).unwrap().unwrap();
         assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn responses_with_headers_and_bodies() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nX-A:  b \r\n\r\nhello and more",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.text().as_str(), r.header("x-a"), r.header("Content-Type")),
+            (200, "hello", Some("b"), Some("text/plain"))
+        );
+        let r = parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nno length").unwrap();
+        assert_eq!((r.status, r.text().as_str()), (404, "no length"));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").unwrap_err().contains("ended"));
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
     }
 }

@@ -1,0 +1,180 @@
+//! The control API's JSON bodies (`POST /upload`, `GET /status` at [`crate::defaults::API_PORT`] inside the
+//! tunnel). The agent serializes these types and the client deserializes the same types.
+
+use serde::{Deserialize, Serialize};
+
+/// The answer to `POST /upload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadAnswer {
+    /// The generation of the upload ([`crate::generation_of`]).
+    pub generation: String,
+    /// Whether Traefik serves it now.
+    pub live: bool,
+    /// It was already live, and the routes file and Traefik still had it: nothing was done.
+    #[serde(default)]
+    pub unchanged: bool,
+    /// Upload received -> confirmed live, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_ms: Option<u64>,
+    /// Errors Traefik reports for routers and services of the live file.
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// Why it is not live (with what to do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What validation refused, each as `path: reason`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// After a rollback: the generation the routes file holds again (`None`: no routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
+}
+
+impl UploadAnswer {
+    /// A refusal of `generation` for `error`.
+    pub fn refused(generation: &str, error: impl Into<String>) -> UploadAnswer {
+        UploadAnswer { generation: generation.into(), error: Some(error.into()), ..Default::default() }
+    }
+}
+
+/// The answer to `GET /status` (and `polaredge-agent status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Seconds since the agent started.
+    pub uptime_s: u64,
+    /// The generation Traefik serves, as far as the agent knows.
+    pub live: Option<Live>,
+    /// The routes file.
+    pub routes_file: RoutesFile,
+    /// The Traefik process.
+    pub traefik: Traefik,
+    /// The WireGuard tunnel, when the driver answered.
+    pub tunnel: Option<Tunnel>,
+    /// Pod -> loopback forwarder.
+    pub forwarders: Vec<Forwarder>,
+}
+
+impl Status {
+    /// The generation Traefik confirmed, if any.
+    pub fn confirmed_generation(&self) -> Option<&str> {
+        self.live.as_ref().filter(|l| l.confirmed).map(|l| l.generation.as_str())
+    }
+}
+
+/// The live generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    /// Its generation.
+    pub generation: String,
+    /// Whether Traefik showed it in this run of the agent.
+    pub confirmed: bool,
+    /// When it was written, seconds since the Unix epoch.
+    pub applied_at_unix: u64,
+    /// Upload received -> confirmed, in milliseconds.
+    pub apply_ms: u64,
+    /// Routers in it.
+    pub routers: usize,
+    /// Errors Traefik reports for it.
+    pub errors: Vec<String>,
+}
+
+/// The routes file Traefik reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutesFile {
+    /// The generation it holds (differs from the live one while an upload waits for Traefik).
+    pub generation: Option<String>,
+    /// Times it was found deleted or changed on disk, or not read by Traefik, and written again.
+    pub repairs: u64,
+}
+
+/// The Traefik process and its health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traefik {
+    /// Process id while it runs.
+    pub pid: Option<u32>,
+    /// Seconds the current process has run.
+    pub uptime_s: Option<u64>,
+    /// Restarts after it exited.
+    pub restarts: u64,
+    /// How the last process ended.
+    pub last_exit: Option<String>,
+    /// Whether the last probe found it answering and serving the routes file's generation.
+    pub healthy: bool,
+    /// What the last probe found.
+    pub health: String,
+    /// Processes the watchdog killed (not answering, or serving another generation).
+    pub health_restarts: u64,
+    /// Routes files written again because Traefik served another generation.
+    pub file_rewrites: u64,
+}
+
+/// The WireGuard tunnel to the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    /// The client's outer address, once it handshook.
+    pub peer_endpoint: Option<String>,
+    /// Seconds since the last handshake.
+    pub last_handshake_s: Option<u64>,
+    /// Payload bytes received.
+    pub rx_bytes: u64,
+    /// Payload bytes sent.
+    pub tx_bytes: u64,
+    /// Open TCP connections inside the tunnel.
+    pub connections: usize,
+    /// Datagrams dropped as invalid.
+    pub dropped_invalid: u64,
+    /// Datagrams dropped as replays.
+    pub dropped_replay: u64,
+}
+
+/// One forwarder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarder {
+    /// The pod endpoint.
+    pub pod: String,
+    /// The loopback listener Traefik connects to.
+    pub listen: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(value: T) {
+        let text = serde_json::to_string(&value).unwrap();
+        assert_eq!(serde_json::from_str::<T>(&text).unwrap(), value, "{text}");
+    }
+
+    #[test]
+    fn every_body_round_trips() {
+        round_trip(UploadAnswer {
+            generation: "0123456789abcdef".into(),
+            live: true,
+            apply_ms: Some(42),
+            errors: vec!["http/routers a: bad rule".into()],
+            ..Default::default()
+        });
+        round_trip(UploadAnswer {
+            problems: vec!["http.routers.a.rule: empty rule".into()],
+            serving: Some("fedcba9876543210".into()),
+            ..UploadAnswer::refused("0123456789abcdef", "upload refused")
+        });
+        round_trip(Status {
+            uptime_s: 5,
+            live: Some(Live { generation: "g".into(), confirmed: true, routers: 3, ..Default::default() }),
+            routes_file: RoutesFile { generation: Some("g".into()), repairs: 1 },
+            traefik: Traefik { pid: Some(7), healthy: true, health: "ok".into(), ..Default::default() },
+            tunnel: Some(Tunnel { peer_endpoint: Some("192.0.2.1:4000".into()), ..Default::default() }),
+            forwarders: vec![Forwarder { pod: "10.1.0.1:80".into(), listen: "127.0.0.1:40000".into() }],
+        });
+    }
+
+    #[test]
+    fn only_a_confirmed_generation_counts() {
+        let mut status =
+            Status { live: Some(Live { generation: "g".into(), ..Default::default() }), ..Default::default() };
+        assert_eq!(status.confirmed_generation(), None);
+        status.live.as_mut().unwrap().confirmed = true;
+        assert_eq!(status.confirmed_generation(), Some("g"));
+    }
+}

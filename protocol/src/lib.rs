@@ -1,0 +1,17 @@
+//! The one contract between `polaredge-client` (in the cluster) and `polaredge-agent` (on the edge). Both
+//! sides depend on this crate, so a change to what one sends and the other reads is a compile error, not a
+//! field name that drifts.
+//!
+//! Module map: [`defaults`] (tunnel addresses and ports), [`generation`] (how an upload is named), [`api`] (the
+//! control API's JSON bodies), [`relay`] (the preamble of every forwarded stream), [`http`] (HTTP/1 request and
+//! response heads, sans-IO, for the control API, its client, Traefik's API and the test kits).
+
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod defaults;
+pub mod generation;
+pub mod http;
+pub mod relay;
+
+pub use generation::generation_of;
