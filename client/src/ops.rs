@@ -1,11 +1,13 @@
 //! Operations endpoints on a kernel port, for probes and Prometheus: `/healthz`, `/readyz`, `/metrics`.
 
 use crate::relay::RelayMetrics;
+use protocol::http::{parse_head, Limits};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Per-agent send state.
 #[derive(Debug, Default, Clone)]
@@ -86,30 +88,99 @@ impl Metrics {
     }
 }
 
-/// Serves the endpoints on `addr` (one thread; requests are tiny).
+/// Connections served at once; more are closed at once (probes retry). Each is short: see [`REQUEST_DEADLINE`].
+const MAX_CONNECTIONS: usize = 32;
+/// How long a request may take to arrive, whole: a slow scraper is cut off, and never delays a probe, since
+/// every connection is served on its own thread.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Serves the endpoints on `addr`, each connection on a thread of its own (at most [`MAX_CONNECTIONS`]).
 pub fn spawn(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("cannot serve /healthz and /metrics on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("ops".into())
         .spawn(move || {
-            for mut conn in listener.incoming().map_while(Result::ok) {
-                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-                let mut line = String::new();
-                if BufReader::new(&conn).read_line(&mut line).is_err() {
-                    continue;
+            for conn in listener.incoming().map_while(Result::ok) {
+                if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                    continue; // dropped: closed at once
                 }
-                let path = line.split_whitespace().nth(1).unwrap_or("/");
-                let (status, body) = match path {
-                    "/healthz" => ("200 OK", "ok\n".to_string()),
-                    "/readyz" if metrics.ready() => ("200 OK", "ready\n".to_string()),
-                    "/readyz" => ("503 Service Unavailable", "no agent serves the latest snapshot yet\n".to_string()),
-                    "/metrics" => ("200 OK", metrics.text()),
-                    _ => ("404 Not Found", "try /healthz, /readyz or /metrics\n".to_string()),
-                };
-                let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                active.fetch_add(1, Ordering::Relaxed);
+                let (metrics, done) = (Arc::clone(&metrics), Arc::clone(&active));
+                let spawned = std::thread::Builder::new().name("ops-conn".into()).spawn(move || {
+                    serve(conn, &metrics);
+                    done.fetch_sub(1, Ordering::Relaxed);
+                });
+                if spawned.is_err() {
+                    // The thread never ran, nor its decrement.
+                    active.fetch_sub(1, Ordering::Relaxed);
+                    log::warn!("ops: cannot start a thread for a connection");
+                }
             }
         })
         .map_err(|e| e.to_string())?;
     Ok(local)
+}
+
+/// Answers one request (then closes), if it arrives whole within [`REQUEST_DEADLINE`].
+fn serve(mut conn: TcpStream, metrics: &Metrics) {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let limits = Limits { max_head: 8 * 1024, max_body: 0 };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let head = loop {
+        match parse_head(&buf, &limits) {
+            Ok(Some(head)) => break head,
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let (status, body) = match head.path.as_str() {
+        "/healthz" => ("200 OK", "ok\n".to_string()),
+        "/readyz" if metrics.ready() => ("200 OK", "ready\n".to_string()),
+        "/readyz" => ("503 Service Unavailable", "no agent serves the latest snapshot yet\n".to_string()),
+        "/metrics" => ("200 OK", metrics.text()),
+        _ => ("404 Not Found", "try /healthz, /readyz or /metrics\n".to_string()),
+    };
+    let _ = conn.set_write_timeout(Some(REQUEST_DEADLINE));
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_scraper_never_delays_a_probe() {
+        let metrics = Arc::new(Metrics::default());
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), metrics).unwrap();
+        // Drips a byte now and then, as the one that kept /healthz down for 35 s did.
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.write_all(b"GET /met").unwrap();
+        let started = Instant::now();
+        let mut probe = TcpStream::connect(addr).unwrap();
+        probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        probe.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
+        assert!(started.elapsed() < Duration::from_millis(500), "the probe waited {:?}", started.elapsed());
+        // The slow one is cut off at the request deadline.
+        slow.set_read_timeout(Some(REQUEST_DEADLINE * 3)).unwrap();
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "no answer to an incomplete request");
+    }
 }
