@@ -39,6 +39,7 @@ pub struct Agent {
     /// The public entrypoint address the canary request goes to.
     pub(crate) canary: Option<SocketAddr>,
     forwarder_metrics: Arc<StreamCounters>,
+    l4_metrics: Arc<StreamCounters>,
     policy: Policy,
     tunnel: Arc<Tunnel>,
     started: Instant,
@@ -115,6 +116,13 @@ pub fn policy(config: &AgentConfig) -> Policy {
         cert_resolvers: config.acme.iter().map(|_| static_config::ACME_RESOLVER.to_string()).collect(),
         max_backends: routes::DEFAULT_MAX_BACKENDS,
         now: routes::system_now,
+        l4_ports: config.l4.ranges().unwrap_or_default(),
+        reserved_ports: config
+            .entrypoints
+            .values()
+            .filter_map(|address| ports::entrypoint_addr(address).ok().map(|a| a.port()))
+            .chain([config.wireguard.listen.port()])
+            .collect(),
     }
 }
 
@@ -159,15 +167,18 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     log::info!("WireGuard on {} (UDP), tunnel address {}", tunnel.local_addr(), config.wireguard.address);
     let relay = SocketAddr::new(config.wireguard.client_address, config.relay_port);
     let forwarders = Forwarders::new(Arc::clone(&tunnel), relay);
+    let l4 = crate::l4::Ports::new(Arc::clone(&tunnel), relay, config.l4.address);
+    let l4_metrics = Arc::clone(&l4.metrics);
     let canary = canary_entry_point(&config);
     let policy = policy(&config);
-    let mut applier = Applier::new(store.clone(), forwarders, canary.as_ref().map(|(name, _)| name.clone()));
+    let mut applier = Applier::new(store.clone(), forwarders, l4, canary.as_ref().map(|(name, _)| name.clone()));
     // Before Traefik starts: it must never read a routes file left by an earlier run.
     let restored = applier.start(&policy);
     let supervisor = Supervisor::start(traefik_binary, store.static_config_file(), static_config::environment(&config));
     let agent = Arc::new(Agent {
         view: applier.view(),
         forwarder_metrics: applier.forwarder_metrics(),
+        l4_metrics,
         applier: Mutex::new(applier),
         health: Mutex::new(Health::default()),
         supervisor: Mutex::new(supervisor),
@@ -315,6 +326,16 @@ impl Agent {
                 .iter()
                 .map(|(pod, local)| api::Forwarder { pod: pod.to_string(), listen: local.to_string() })
                 .collect(),
+            l4: view
+                .l4
+                .iter()
+                .map(|(port, plan)| api::L4Port {
+                    port: *port,
+                    service: plan.service.clone(),
+                    servers: plan.servers.iter().map(ToString::to_string).collect(),
+                    proxy_protocol: plan.proxy_protocol,
+                })
+                .collect(),
         }
     }
 
@@ -383,6 +404,18 @@ impl Agent {
             let _ = writeln!(out, "polaredge_tunnel_connections {}", t.connections);
             let _ = writeln!(out, "# HELP polaredge_tunnel_refused_over_cap_total Connection requests refused at the connection cap (streams.max_connections).\n# TYPE polaredge_tunnel_refused_over_cap_total counter");
             let _ = writeln!(out, "polaredge_tunnel_refused_over_cap_total {}", t.stats.refused_over_cap);
+        }
+        let _ = writeln!(out, "# HELP polaredge_l4_ports Public TCP ports served for Services of type LoadBalancer.\n# TYPE polaredge_l4_ports gauge");
+        let _ = writeln!(out, "polaredge_l4_ports {}", view.l4.len());
+        let _ = writeln!(out, "# HELP polaredge_l4_connections_total Connections to those ports, by outcome (refused: no pod, or no tunnel).\n# TYPE polaredge_l4_connections_total counter");
+        let l4 = &self.l4_metrics;
+        for (outcome, n) in [
+            ("opened", l4.opened.load(Ordering::Relaxed)),
+            ("refused", l4.refused.load(Ordering::Relaxed)),
+            ("failed", l4.failed.load(Ordering::Relaxed)),
+            ("completed", l4.completed.load(Ordering::Relaxed)),
+        ] {
+            let _ = writeln!(out, "polaredge_l4_connections_total{{outcome=\"{outcome}\"}} {n}");
         }
         let m = &self.forwarder_metrics;
         let _ = writeln!(out, "# HELP polaredge_forwarders Loopback forwarders (one per pod endpoint).\n# TYPE polaredge_forwarders gauge");

@@ -11,11 +11,12 @@
 //! disk (the watchdog calls it every few seconds, and every upload does, unchanged ones included).
 
 use crate::forwarders::Forwarders;
+use crate::l4::{PortPlan, Ports};
 use crate::store::Store;
 use protocol::api::UploadAnswer;
 use routes::model::DynamicConfig;
 use routes::{Policy, Problem};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -78,6 +79,8 @@ pub struct View {
     pub counters: Counters,
     /// Pod -> local forwarder.
     pub forwarders: Vec<(SocketAddr, SocketAddr)>,
+    /// Public TCP port -> where it goes.
+    pub l4: Vec<(u16, PortPlan)>,
 }
 
 impl View {
@@ -118,6 +121,20 @@ struct Written {
     text: String,
     pods: BTreeSet<SocketAddr>,
     routers: usize,
+    /// The public TCP ports it opens, and where they go.
+    l4: BTreeMap<u16, PortPlan>,
+}
+
+impl Written {
+    fn empty() -> Written {
+        Written {
+            generation: String::new(),
+            text: String::new(),
+            pods: BTreeSet::new(),
+            routers: 0,
+            l4: BTreeMap::new(),
+        }
+    }
 }
 
 /// An answer to the client: status code and JSON body.
@@ -127,6 +144,7 @@ pub type Answer = (u16, UploadAnswer);
 pub struct Applier {
     store: Store,
     forwarders: Forwarders,
+    ports: Ports,
     canary_entry_point: Option<String>,
     /// What the routes file holds (or must hold) now.
     written: Option<Written>,
@@ -146,8 +164,17 @@ fn routers(config: &DynamicConfig) -> usize {
 impl Applier {
     /// An applier writing through `store`; `canary_entry_point` is the public entrypoint the canary router
     /// listens on (see [`routes::CANARY_HOST`]).
-    pub fn new(store: Store, forwarders: Forwarders, canary_entry_point: Option<String>) -> Applier {
-        Applier { store, forwarders, canary_entry_point, written: None, stamp: None, good: None, view: Arc::default() }
+    pub fn new(store: Store, forwarders: Forwarders, ports: Ports, canary_entry_point: Option<String>) -> Applier {
+        Applier {
+            store,
+            forwarders,
+            ports,
+            canary_entry_point,
+            written: None,
+            stamp: None,
+            good: None,
+            view: Arc::default(),
+        }
     }
 
     /// The view /status and /metrics read.
@@ -258,7 +285,7 @@ impl Applier {
             return self.roll_back(&generation, timeout);
         }
         let errors = if timeout.is_zero() { Vec::new() } else { traefik.errors() };
-        self.forwarders.retain(&written.pods);
+        self.keep_only(&written);
         if let Err(e) = self.store.save_last_good(&prepared.upload) {
             log::warn!("cannot record the last good config: {e}");
         }
@@ -278,7 +305,6 @@ impl Applier {
                 errors: errors.clone(),
                 routers: written.routers,
             });
-            view.forwarders = self.forwarders.listeners().into_iter().collect();
         }
         self.good = Some(written);
         (200, UploadAnswer { generation, live: true, apply_ms: Some(apply_ms), errors, ..Default::default() })
@@ -293,7 +319,10 @@ impl Applier {
                     log::error!("cannot roll the routes file back to generation {}: {e}", good.generation);
                 }
                 self.written = Some(good.clone());
-                self.forwarders.retain(&good.pods);
+                if let Err(e) = self.ports.ensure(&good.l4) {
+                    log::error!("cannot reopen the TCP ports of generation {}: {e}", good.generation);
+                }
+                self.keep_only(&good);
                 Some(good.generation)
             }
             None => {
@@ -311,7 +340,6 @@ impl Applier {
         let mut view = self.view.lock().unwrap();
         view.counters.rolled_back += 1;
         view.written = self.written.as_ref().map(|w| w.generation.clone());
-        view.forwarders = self.forwarders.listeners().into_iter().collect();
         (
             503,
             UploadAnswer {
@@ -379,6 +407,11 @@ impl Applier {
     fn write(&mut self, prepared: &Prepared) -> Result<Written, (u16, String)> {
         let pods = routes::backends(&prepared.config);
         let map = self.forwarders.ensure(&pods).map_err(|e| (500, format!("cannot open forwarders: {e}")))?;
+        let l4 = crate::l4::plan(&prepared.config);
+        if let Err(e) = self.ports.ensure(&l4) {
+            self.close_unused();
+            return Err((409, e.to_string()));
+        }
         let rewritten =
             routes::rewrite(&prepared.config, &map, &prepared.generation, self.canary_entry_point.as_deref());
         let written = Written {
@@ -386,6 +419,7 @@ impl Applier {
             text: render(&rewritten),
             pods,
             routers: routers(&prepared.config),
+            l4,
         };
         if let Err(e) = self.write_file(&written.text) {
             self.close_unused();
@@ -400,13 +434,10 @@ impl Applier {
         let generation = generation_of(NOTHING);
         let config: DynamicConfig = serde_json::from_slice(NOTHING).expect("NOTHING is a valid document");
         let rewritten = routes::rewrite(&config, &Default::default(), &generation, self.canary_entry_point.as_deref());
-        let written = Written { generation, text: render(&rewritten), pods: BTreeSet::new(), routers: 0 };
-        self.forwarders.retain(&BTreeSet::new());
+        let written = Written { generation, text: render(&rewritten), ..Written::empty() };
+        self.keep_only(&written);
         self.written = Some(written.clone());
-        let mut view = self.view.lock().unwrap();
-        view.written = Some(written.generation.clone());
-        view.forwarders.clear();
-        drop(view);
+        self.view.lock().unwrap().written = Some(written.generation.clone());
         self.write_file(&written.text)
             .map_err(|e| format!("cannot write the routes file {}: {e}", self.store.routes_file().display()))
     }
@@ -425,10 +456,21 @@ impl Applier {
         Some((meta.ino(), meta.len(), meta.modified().ok()?))
     }
 
-    /// Closes forwarders that the file on disk does not use.
+    /// Back to what the file on disk serves: forwarders and TCP ports of another config close, port plans
+    /// return.
     fn close_unused(&mut self) {
-        let pods = self.written.as_ref().map(|w| w.pods.clone()).unwrap_or_default();
-        self.forwarders.retain(&pods);
+        let current = self.written.clone().unwrap_or_else(Written::empty);
+        let _ = self.ports.ensure(&current.l4);
+        self.keep_only(&current);
+    }
+
+    /// Closes the forwarders and TCP ports `written` does not use, and shows what is open in the view.
+    fn keep_only(&mut self, written: &Written) {
+        self.forwarders.retain(&written.pods);
+        self.ports.retain(&written.l4.keys().copied().collect());
+        let mut view = self.view.lock().unwrap();
+        view.forwarders = self.forwarders.listeners().into_iter().collect();
+        view.l4 = self.ports.listening();
     }
 }
 
@@ -451,7 +493,7 @@ mod tests {
             entry_points: ["web".to_string()].into(),
             cert_resolvers: BTreeSet::new(),
             max_backends: 100,
-            now: routes::system_now,
+            ..Policy::default()
         }
     }
 
@@ -498,7 +540,8 @@ mod tests {
             .unwrap(),
         );
         let forwarders = Forwarders::new(Arc::clone(&tunnel), "10.88.0.2:7000".parse().unwrap());
-        Fixture { root, applier: Applier::new(store, forwarders, Some("web".into())), tunnel }
+        let ports = Ports::new(Arc::clone(&tunnel), "10.88.0.2:7000".parse().unwrap(), [127, 0, 0, 1].into());
+        Fixture { root, applier: Applier::new(store, forwarders, ports, Some("web".into())), tunnel }
     }
 
     impl Drop for Fixture {

@@ -38,6 +38,50 @@ pub struct AgentConfig {
     /// Limits of the public connections carried through the tunnel.
     #[serde(default)]
     pub streams: Streams,
+    /// Public TCP ports the agent serves itself for Services of type LoadBalancer.
+    #[serde(default)]
+    pub l4: L4Config,
+}
+
+/// Where and which public TCP ports the agent may open for Services of type LoadBalancer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Config {
+    /// The address they are bound on.
+    #[serde(default = "default_l4_address")]
+    pub address: IpAddr,
+    /// Allowed ports, each `N` or `LOW-HIGH`; the entrypoints' and WireGuard's ports are never allowed.
+    #[serde(default = "default_l4_ports")]
+    pub ports: Vec<String>,
+}
+
+impl Default for L4Config {
+    fn default() -> Self {
+        L4Config { address: default_l4_address(), ports: default_l4_ports() }
+    }
+}
+
+impl L4Config {
+    /// The allowed ports as inclusive ranges.
+    pub fn ranges(&self) -> Result<Vec<(u16, u16)>, String> {
+        self.ports
+            .iter()
+            .map(|text| {
+                let (low, high) = text.split_once('-').unwrap_or((text, text));
+                match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
+                    (Ok(low), Ok(high)) if low >= 1 && low <= high => Ok((low, high)),
+                    _ => Err(format!("l4.ports: {text:?} is not a port or a range LOW-HIGH within 1-65535")),
+                }
+            })
+            .collect()
+    }
+}
+
+fn default_l4_address() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+fn default_l4_ports() -> Vec<String> {
+    vec!["1-65535".into()]
 }
 
 /// Limits of the streams carried through the tunnel (Traefik's backend connections).
@@ -260,6 +304,7 @@ pub fn load(path: &Path) -> Result<AgentConfig, String> {
             path.display()
         ));
     }
+    config.l4.ranges().map_err(|e| format!("config {}: {e}", path.display()))?;
     if !(MIN_UPLOAD_BYTES..=MAX_UPLOAD_BYTES).contains(&config.max_upload_bytes) {
         return Err(format!(
             "config {}: max_upload_bytes {} is outside {MIN_UPLOAD_BYTES}..={MAX_UPLOAD_BYTES} (the default 8 MiB \

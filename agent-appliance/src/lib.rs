@@ -2,7 +2,7 @@
 //! the tunnel, Traefik supervision, and forwarders that carry Traefik's backend connections to the cluster.
 //!
 //! Module map: `config` (the YAML file), `apply` (upload -> live), `store` (atomic files), `forwarders`,
-//! `traefik` (static config, supervisor, API client), `http` (control API server), `ports` (port picker),
+//! `traefik` (static config, supervisor, API client), `http` (control API server), `ports` (port picker), `l4` (public TCP ports of LoadBalancer Services),
 //! `install` (install-traefik), `admin` (status socket), `watchdog` (Traefik health, routes file repair), `init` (PID 1 of the appliance image), `agent`
 //! (wiring), `cli` (commands). The Traefik dynamic config model, its validation and the backend rewrite live in
 //! the `routes` crate.
@@ -16,6 +16,7 @@ pub mod forwarders;
 pub mod http;
 pub mod init;
 pub mod install;
+pub mod l4;
 pub mod logger;
 pub mod ports;
 pub mod store;

@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         cert_resolvers: ["acme".to_string()].into(),
         max_backends: 1000,
         now: || 1_796_000_000,
+        ..routes::Policy::default()
     };
     let Ok(config) = routes::parse(text, &policy) else { return };
     let pods = routes::backends(&config);

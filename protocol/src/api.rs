@@ -52,6 +52,22 @@ pub struct Status {
     pub tunnel: Option<Tunnel>,
     /// Pod -> loopback forwarder.
     pub forwarders: Vec<Forwarder>,
+    /// Public TCP ports the agent serves itself (Services of type LoadBalancer).
+    #[serde(default)]
+    pub l4: Vec<L4Port>,
+}
+
+/// One public TCP port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L4Port {
+    /// The port.
+    pub port: u16,
+    /// `namespace/name` of its Service.
+    pub service: String,
+    /// Its pod endpoints.
+    pub servers: Vec<String>,
+    /// PROXY protocol version sent to the pods, if any.
+    pub proxy_protocol: Option<u8>,
 }
 
 impl Status {
@@ -166,6 +182,12 @@ mod tests {
             traefik: Traefik { pid: Some(7), healthy: true, health: "ok".into(), ..Default::default() },
             tunnel: Some(Tunnel { peer_endpoint: Some("192.0.2.1:4000".into()), ..Default::default() }),
             forwarders: vec![Forwarder { pod: "10.1.0.1:80".into(), listen: "127.0.0.1:40000".into() }],
+            l4: vec![L4Port {
+                port: 5432,
+                service: "db/pg".into(),
+                servers: vec!["10.1.0.5:5432".into()],
+                proxy_protocol: Some(2),
+            }],
         });
     }
 

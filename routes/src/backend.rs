@@ -116,6 +116,16 @@ pub fn backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
     out
 }
 
+/// Every distinct pod endpoint of the `l4` ports (the client's relay allows them too).
+pub fn l4_backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
+    config
+        .l4
+        .iter()
+        .flat_map(|l4| l4.tcp.values())
+        .flat_map(|service| service.servers.iter().filter_map(|s| parse_ip_port(s).ok()))
+        .collect()
+}
+
 /// The document Traefik gets: every pod backend replaced by its local forwarder, plus the marker middleware
 /// `gen-<generation>` that tells the agent, through Traefik's API, that this exact file is live, and, when
 /// `canary_entry_point` is given, a router on it that answers [`CANARY_HOST`]`/`[`CANARY_PATH`] with the
@@ -127,6 +137,7 @@ pub fn rewrite(
     canary_entry_point: Option<&str>,
 ) -> DynamicConfig {
     let mut out = config.clone();
+    out.l4 = None; // the agent serves those ports itself; Traefik would refuse the section
     let local = |addr: SocketAddr| forwarders.get(&addr).copied();
     let http = out.http.get_or_insert_with(Default::default);
     for service in http.services.values_mut() {

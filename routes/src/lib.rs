@@ -64,6 +64,24 @@ pub struct Policy {
     /// The clock certificates are checked against (seconds since the Unix epoch): [`system_now`] in
     /// production, a fixed time in tests.
     pub now: fn() -> i64,
+    /// Public TCP ports the agent may serve itself (`l4`), as inclusive ranges.
+    pub l4_ports: Vec<(u16, u16)>,
+    /// Ports no `l4` entry may take (Traefik's entrypoints, WireGuard).
+    pub reserved_ports: BTreeSet<u16>,
+}
+
+impl Default for Policy {
+    /// No entrypoints or resolvers, the default backend limit, the system clock, every TCP port allowed.
+    fn default() -> Policy {
+        Policy {
+            entry_points: BTreeSet::new(),
+            cert_resolvers: BTreeSet::new(),
+            max_backends: DEFAULT_MAX_BACKENDS,
+            now: system_now,
+            l4_ports: vec![(1, 65535)],
+            reserved_ports: BTreeSet::new(),
+        }
+    }
 }
 
 /// The system clock as [`Policy::now`] wants it.
@@ -113,6 +131,8 @@ pub(crate) mod testing {
             cert_resolvers: ["acme".to_string()].into(),
             max_backends: 100,
             now: || 1_796_000_000, // 2026-11
+            l4_ports: vec![(1, 65535)],
+            reserved_ports: [80, 443, 51820].into(),
         }
     }
 

@@ -49,9 +49,36 @@ pub struct DynamicConfig {
     /// UDP routers and services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<Udp>,
-    /// TLS options.
+    /// TLS options and certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// POLAREDGE's own, not Traefik's: public TCP ports the agent itself listens on (Services of type
+    /// LoadBalancer), left out of the file Traefik reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l4: Option<L4>,
+}
+
+/// Public ports the agent serves itself, each forwarded to a Service's pods through the tunnel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct L4 {
+    /// TCP port (as text: JSON keys are strings) -> where its connections go.
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
+    pub tcp: BTreeMap<String, L4Service>,
+}
+
+/// One public TCP port.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct L4Service {
+    /// The Kubernetes Service it is for, `namespace/name` (for logs and status).
+    pub service: String,
+    /// Pod endpoints as `IP:port`; connections go to them in turn. Empty: connections are closed at once.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// PROXY protocol version (1 or 2) to send the pod first, carrying the public client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<u8>,
 }
 
 /// `http:` section.

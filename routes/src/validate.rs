@@ -59,7 +59,10 @@ pub fn validate(config: &DynamicConfig, policy: &Policy) -> Vec<Problem> {
             "no routers and no sections: this would drop every route, so it is refused (send `{\"http\": {}}` to serve nothing on purpose)",
         ));
     }
-    let pods = crate::backends(config).len();
+    if let Some(l4) = &config.l4 {
+        check_l4(&mut problems, l4, policy);
+    }
+    let pods = crate::backends(config).len() + crate::backend::l4_backends(config).len();
     if pods > policy.max_backends {
         problems.push(problem(
             "",
@@ -162,6 +165,47 @@ fn check_tcp(problems: &mut Vec<Problem>, tcp: &model::Tcp, policy: &Policy, tls
         for (i, server) in service.load_balancer.servers.iter().enumerate() {
             if let Err(message) = parse_ip_port(&server.address) {
                 problems.push(problem(format!("{path}.loadBalancer.servers[{i}].address"), message));
+            }
+        }
+    }
+}
+
+/// Most public ports in `l4`.
+pub const MAX_L4_PORTS: usize = 1_000;
+
+fn check_l4(problems: &mut Vec<Problem>, l4: &model::L4, policy: &Policy) {
+    if l4.tcp.len() > MAX_L4_PORTS {
+        problems.push(problem("l4.tcp", format!("{} ports exceed the limit of {MAX_L4_PORTS}", l4.tcp.len())));
+        return;
+    }
+    for (port_text, service) in &l4.tcp {
+        let path = format!("l4.tcp.{port_text}");
+        match port_text.parse::<u16>() {
+            Ok(port) if port == 0 => problems.push(problem(&path, "port 0 is not a port (1-65535)")),
+            Ok(port) if policy.reserved_ports.contains(&port) => problems.push(problem(
+                &path,
+                format!("port {port} is the edge's own (an entrypoint or WireGuard); pick another"),
+            )),
+            Ok(port) if !policy.l4_ports.iter().any(|(low, high)| (*low..=*high).contains(&port)) => {
+                problems.push(problem(
+                    &path,
+                    format!("port {port} is outside the ports this agent may serve ({:?})", policy.l4_ports),
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => problems.push(problem(&path, format!("{port_text:?} is not a port (1-65535)"))),
+        }
+        for (i, server) in service.servers.iter().enumerate() {
+            if let Err(message) = parse_ip_port(server) {
+                problems.push(problem(format!("{path}.servers[{i}]"), message));
+            }
+        }
+        if let Some(version) = service.proxy_protocol {
+            if !matches!(version, 1 | 2) {
+                problems.push(problem(
+                    format!("{path}.proxyProtocol"),
+                    format!("{version} is not a PROXY protocol version (1 or 2)"),
+                ));
             }
         }
     }
@@ -446,5 +490,25 @@ mod tests {
         assert!(p.unwrap_err()[0]
             .to_string()
             .contains("tls.certificates[0].keyFile: contains the control character U+0001"));
+    }
+
+    #[test]
+    fn l4_ports_are_checked_and_left_out_of_traefiks_file() {
+        let doc = |port: &str, servers: &str, proxy: &str| {
+            format!("http: {{}}\nl4:\n  tcp:\n    \"{port}\": {{service: db/pg, servers: [{servers}]{proxy}}}\n")
+        };
+        let config = crate::parse(&json(&doc("5432", "\"10.1.0.5:5432\"", ", proxyProtocol: 2")), &policy()).unwrap();
+        let pods: Vec<String> = crate::backend::l4_backends(&config).iter().map(|a| a.to_string()).collect();
+        assert_eq!(pods, ["10.1.0.5:5432"]);
+        assert!(crate::backends(&config).is_empty(), "no loopback forwarders for l4 pods");
+        assert_eq!(crate::rewrite(&config, &Default::default(), "g", None).l4, None);
+        refused_for(&doc("443", "\"10.1.0.5:5432\"", ""), "the edge's own");
+        refused_for(&doc("0", "", ""), "port 0");
+        refused_for(&doc("70000", "", ""), "is not a port");
+        refused_for(&doc("5432", "\"db:5432\"", ""), "l4.tcp.5432.servers[0]");
+        refused_for(&doc("5432", "", ", proxyProtocol: 3"), "not a PROXY protocol version");
+        let narrow = crate::Policy { l4_ports: vec![(10000, 10100)], ..policy() };
+        let p = crate::parse(&json(&doc("5432", "", "")), &narrow).unwrap_err();
+        assert!(p[0].to_string().contains("outside the ports this agent may serve"), "{p:?}");
     }
 }

@@ -27,6 +27,8 @@ pub mod testbed;
 
 pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning};
 pub use device::DatagramSink;
-pub use driver::{Forwarding, Listener, RelayPolicy, RelayPort, StreamCounters, Tunnel, TunnelConfig, TunnelStream};
+pub use driver::{
+    Forwarding, Listener, Preamble, RelayPolicy, RelayPort, StreamCounters, Tunnel, TunnelConfig, TunnelStream,
+};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use smoltcp::wire::{IpCidr, IpEndpoint};

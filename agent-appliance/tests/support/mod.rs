@@ -57,7 +57,7 @@ impl Setup {
         };
         testkit::write_secret(&setup.dir.join("agent.key"), &setup.agent_key.to_string());
         let config = format!(
-            "state_dir: state\nadmin_socket: {dir}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{client}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {traefik}\n",
+            "state_dir: state\nadmin_socket: {dir}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{client}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {traefik}\nl4:\n  address: 127.0.0.1\n",
             dir = setup.dir.display(),
             udp = setup.udp,
             client = setup.client_key.public_key(),

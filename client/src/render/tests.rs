@@ -247,8 +247,7 @@ fn output_is_deterministic_and_passes_the_agents_validation() {
     let policy = routes::Policy {
         entry_points: ["web".to_string(), "websecure".to_string()].into(),
         cert_resolvers: ["acme".to_string()].into(),
-        max_backends: routes::DEFAULT_MAX_BACKENDS,
-        now: routes::system_now,
+        ..routes::Policy::default()
     };
     routes::parse(&first.document, &policy).expect("the agent accepts what the client renders");
 }
@@ -363,8 +362,7 @@ fn policy() -> routes::Policy {
     routes::Policy {
         entry_points: ["web".to_string(), "websecure".to_string()].into(),
         cert_resolvers: ["acme".to_string()].into(),
-        max_backends: routes::DEFAULT_MAX_BACKENDS,
-        now: routes::system_now,
+        ..routes::Policy::default()
     }
 }
 

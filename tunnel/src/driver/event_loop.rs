@@ -13,7 +13,7 @@ use super::bridge::{Bridge, Pump, SpliceOutcome};
 use super::kernel;
 use super::timers::{Timer, Timers};
 use super::udp::{self, UdpSink};
-use super::{Command, RelayPolicy, Shared, StreamCounters, TunnelStatus, TunnelStream};
+use super::{Command, Preamble, RelayPolicy, Shared, StreamCounters, TunnelStatus, TunnelStream};
 use crate::core::{Core, TcpTuning};
 use rustix::event::epoll;
 use smoltcp::iface::SocketHandle;
@@ -84,7 +84,7 @@ struct RelayPort {
 struct Forwarder {
     listener: OwnedFd,
     remote: SocketAddr,
-    preamble: Vec<u8>,
+    preamble: Preamble,
     counters: Arc<StreamCounters>,
 }
 
@@ -476,9 +476,17 @@ impl Driver {
                     return;
                 }
             };
-            let (remote, preamble, counters) =
-                (forwarder.remote, forwarder.preamble.clone(), Arc::clone(&forwarder.counters));
+            let preamble = match &forwarder.preamble {
+                Preamble::Fixed(bytes) => Some(bytes.clone()),
+                Preamble::PerConnection(make) => kernel::addresses(&fd).and_then(|(client, local)| make(client, local)),
+            };
+            let (remote, counters) = (forwarder.remote, Arc::clone(&forwarder.counters));
             counters.opened.fetch_add(1, Relaxed);
+            let Some(preamble) = preamble else {
+                // Nowhere to send it (no pod), or reset before its addresses could be read: close it now.
+                counters.refused.fetch_add(1, Relaxed);
+                continue;
+            };
             if self.core.peer().endpoint.is_none() {
                 // Without a peer nothing can be sent: closing at once makes Traefik answer 502 now, not later.
                 counters.refused.fetch_add(1, Relaxed);

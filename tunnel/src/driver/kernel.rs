@@ -23,6 +23,17 @@ pub(crate) fn accept(listener: impl AsFd) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// The peer's and the local address of a connected socket.
+pub(crate) fn addresses(fd: impl AsFd) -> Option<(SocketAddr, SocketAddr)> {
+    let peer = net::getpeername(&fd).ok()??;
+    let local = net::getsockname(&fd).ok()?;
+    Some((std_addr(peer)?, std_addr(local)?))
+}
+
+fn std_addr(addr: net::SocketAddrAny) -> Option<SocketAddr> {
+    SocketAddr::try_from(addr).ok()
+}
+
 /// Starts a TCP connection to `target`; it completes when the socket becomes writable, and [`dial_result`]
 /// then says how it went.
 pub(crate) fn dial(target: SocketAddr) -> io::Result<OwnedFd> {

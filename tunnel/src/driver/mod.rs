@@ -97,6 +97,23 @@ pub trait RelayPolicy: Send + Sync + 'static {
     fn route(&self, head: &[u8]) -> Result<Option<(SocketAddr, usize)>, String>;
 }
 
+/// What a forwarder sends into the tunnel before a connection's own bytes.
+#[derive(Clone)]
+pub enum Preamble {
+    /// The same bytes for every connection (a relay preamble naming one pod).
+    Fixed(Vec<u8>),
+    /// Bytes made for each connection from its addresses (the client's, and the local one it connected to):
+    /// to pick a pod per connection, or to carry the client's address on (PROXY protocol); `None` closes the
+    /// connection at once (counted as refused). Runs on the driver thread: keep it quick.
+    PerConnection(Arc<dyn Fn(SocketAddr, SocketAddr) -> Option<Vec<u8>> + Send + Sync>),
+}
+
+impl From<Vec<u8>> for Preamble {
+    fn from(bytes: Vec<u8>) -> Preamble {
+        Preamble::Fixed(bytes)
+    }
+}
+
 /// The longest relay header the driver reads.
 pub const MAX_RELAY_HEADER: usize = 256;
 
@@ -128,7 +145,7 @@ pub(crate) enum Command {
     ForwardFrom {
         listener: OwnedFd,
         remote: SocketAddr,
-        preamble: Vec<u8>,
+        preamble: Preamble,
         counters: Arc<StreamCounters>,
         reply: Sender<io::Result<u64>>,
     },
@@ -241,9 +258,10 @@ impl Tunnel {
         &self,
         listener: TcpListener,
         remote: SocketAddr,
-        preamble: Vec<u8>,
+        preamble: impl Into<Preamble>,
         counters: Arc<StreamCounters>,
     ) -> io::Result<Forwarding> {
+        let preamble = preamble.into();
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let listener = OwnedFd::from(listener);
