@@ -181,7 +181,7 @@ fn check_l4(problems: &mut Vec<Problem>, l4: &model::L4, policy: &Policy) {
     for (port_text, service) in &l4.tcp {
         let path = format!("l4.tcp.{port_text}");
         match port_text.parse::<u16>() {
-            Ok(port) if port == 0 => problems.push(problem(&path, "port 0 is not a port (1-65535)")),
+            Ok(0) => problems.push(problem(&path, "port 0 is not a port (1-65535)")),
             Ok(port) if policy.reserved_ports.contains(&port) => problems.push(problem(
                 &path,
                 format!("port {port} is the edge's own (an entrypoint or WireGuard); pick another"),
