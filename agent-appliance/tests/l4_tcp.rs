@@ -7,10 +7,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 use support::*;
-use testkit::Proc;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -67,32 +65,13 @@ fn ask(port: u16) -> (String, SocketAddr) {
     (answer, me)
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli (scripts/install-deps.sh installs redis-tools)");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn tcp_services_are_served_on_their_own_ports_with_the_real_client_address_on_request() {
     let setup = Setup::new("l4");
     let agent = Agent::start(&setup);
     let peer = Peer::connect(&setup);
     // A real Redis as the pod behind a LoadBalancer Service.
-    let redis_port = free_port();
-    let _redis = Proc::spawn(Command::new("redis-server").args([
-        "--port",
-        &redis_port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]));
+    let (_redis, redis_port) = testkit::redis_server();
     let proxy_pod = proxy_aware_pod();
     {
         let mut pods = peer.pods.lock().unwrap();
@@ -108,9 +87,9 @@ fn tcp_services_are_served_on_their_own_ports_with_the_real_client_address_on_re
     ]));
     assert_eq!(status, 200, "{body}\n{}", agent.log());
 
-    assert!(eventually(Duration::from_secs(10), || redis_cli(redis, &["PING"]) == "PONG"), "{}", agent.log());
-    assert_eq!(redis_cli(redis, &["SET", "edge", "polaredge"]), "OK");
-    assert_eq!(redis_cli(redis, &["GET", "edge"]), "polaredge");
+    assert!(eventually(Duration::from_secs(10), || testkit::redis_cli(redis, &["PING"]) == "PONG"), "{}", agent.log());
+    assert_eq!(testkit::redis_cli(redis, &["SET", "edge", "polaredge"]), "OK");
+    assert_eq!(testkit::redis_cli(redis, &["GET", "edge"]), "polaredge");
 
     // The pod sees the address the public client connected from, not the relay's.
     for port in [proxied, v1] {
@@ -128,7 +107,7 @@ fn tcp_services_are_served_on_their_own_ports_with_the_real_client_address_on_re
     let (status, body) = peer.upload(&l4(&[(taken_port, "x/y", &["10.1.0.6:6379"], None)]));
     assert_eq!(status, 409, "{body}");
     assert!(body.contains(&format!("cannot serve TCP port {taken_port} for Service x/y")), "{body}");
-    assert_eq!(redis_cli(redis, &["PING"]), "PONG");
+    assert_eq!(testkit::redis_cli(redis, &["PING"]), "PONG");
 
     // Only Redis stays: the other ports close; Redis's connection survives the change.
     let mut held = TcpStream::connect(("127.0.0.1", redis)).unwrap();

@@ -51,7 +51,12 @@ fn watch_kubernetes(
         }
         let cluster = stores.cluster();
         let rendered = changed(cluster.clone());
-        writer.write_status(crate::status::status_changes(&cluster, &rendered.served, &addresses));
+        writer.write_status(crate::status::status_changes(
+            &cluster,
+            &rendered.served,
+            &rendered.served_services,
+            &addresses,
+        ));
         for notice in reported.fresh(&rendered.notices) {
             writer.post_event(notice);
         }

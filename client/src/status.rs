@@ -1,13 +1,15 @@
-//! What to write back to the cluster, decided without I/O: the `status.loadBalancer.ingress` each Ingress
-//! should show (the agents' public addresses while it is ours, nothing once it stops being ours), and which
+//! What to write back to the cluster, decided without I/O: the `status.loadBalancer.ingress` each Ingress and
+//! each LoadBalancer Service of ours should show (the agents' public addresses while it is ours, nothing once it stops being ours), and which
 //! notices are new enough to become Events.
 
 use crate::render::{Cluster, Notice};
 use std::collections::BTreeSet;
 
-/// One Ingress whose status must change to `addresses`.
+/// One Ingress or Service whose status must change to `addresses`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusChange {
+    /// `Ingress` or `Service`.
+    pub kind: &'static str,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -16,32 +18,38 @@ pub struct StatusChange {
     pub addresses: Vec<String>,
 }
 
-/// Status updates that bring the cluster in line: served Ingresses list `addresses`; an Ingress that is not
-/// served and lists exactly our addresses (it was ours) is cleared; others are left alone.
+/// The addresses a status lists (IP, else host name), sorted.
+fn listed<'a>(entries: impl Iterator<Item = (&'a Option<String>, &'a Option<String>)>) -> Vec<String> {
+    let mut list: Vec<String> = entries.filter_map(|(ip, host)| ip.clone().or_else(|| host.clone())).collect();
+    list.sort();
+    list
+}
+
+/// Status updates that bring the cluster in line: served Ingresses and LoadBalancer Services list `addresses`;
+/// one that is not served and lists exactly our addresses (it was ours) is cleared; others are left alone.
 pub fn status_changes(
     cluster: &Cluster,
     served: &BTreeSet<(String, String)>,
+    served_services: &BTreeSet<(String, String)>,
     addresses: &[String],
 ) -> Vec<StatusChange> {
     let mut ours: Vec<String> = addresses.to_vec();
     ours.sort();
     ours.dedup();
+    let ingresses = cluster.ingresses.iter().map(|i| {
+        let entries = i.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+        let current = listed(entries.into_iter().flatten().map(|e| (&e.ip, &e.hostname)));
+        ("Ingress", &i.metadata, served, current)
+    });
+    let services = cluster.services.iter().map(|s| {
+        let entries = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+        let current = listed(entries.into_iter().flatten().map(|e| (&e.ip, &e.hostname)));
+        ("Service", &s.metadata, served_services, current)
+    });
     let mut changes = Vec::new();
-    for ingress in &cluster.ingresses {
-        let key = (
-            ingress.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
-            ingress.metadata.name.clone().unwrap_or_default(),
-        );
-        let mut current: Vec<String> = ingress
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
-            .collect();
-        current.sort();
+    for (kind, metadata, served, current) in ingresses.chain(services) {
+        let key =
+            (metadata.namespace.clone().unwrap_or_else(|| "default".into()), metadata.name.clone().unwrap_or_default());
         let desired = if served.contains(&key) {
             ours.clone()
         } else if !current.is_empty() && current == ours {
@@ -50,7 +58,7 @@ pub fn status_changes(
             continue;
         };
         if current != desired {
-            changes.push(StatusChange { namespace: key.0, name: key.1, addresses: desired });
+            changes.push(StatusChange { kind, namespace: key.0, name: key.1, addresses: desired });
         }
     }
     changes
@@ -92,28 +100,60 @@ mod tests {
     fn served_ingresses_get_the_agents_addresses_once() {
         let served = [("default".to_string(), "a".to_string())].into();
         let addresses = vec!["203.0.113.7".to_string()];
-        let changes = status_changes(&cluster(""), &served, &addresses);
+        let none = BTreeSet::new();
+        let changes = status_changes(&cluster(""), &served, &none, &addresses);
         assert_eq!(
             changes,
-            [StatusChange { namespace: "default".into(), name: "a".into(), addresses: addresses.clone() }]
+            [StatusChange {
+                kind: "Ingress",
+                namespace: "default".into(),
+                name: "a".into(),
+                addresses: addresses.clone()
+            }]
         );
         let done = cluster("status: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}");
-        assert!(status_changes(&done, &served, &addresses).is_empty(), "already right: no write");
+        assert!(status_changes(&done, &served, &none, &addresses).is_empty(), "already right: no write");
     }
 
     #[test]
     fn an_ingress_that_stops_being_ours_is_cleared_and_others_are_left_alone() {
         let addresses = vec!["203.0.113.7".to_string()];
         let was_ours = cluster("status: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}");
-        let changes = status_changes(&was_ours, &BTreeSet::new(), &addresses);
+        let none = BTreeSet::new();
+        let changes = status_changes(&was_ours, &none, &none, &addresses);
         assert_eq!(changes[0].addresses, Vec::<String>::new());
         let someone_elses = cluster("status: {loadBalancer: {ingress: [{ip: 198.51.100.1}]}}");
-        assert!(status_changes(&someone_elses, &BTreeSet::new(), &addresses).is_empty());
+        assert!(status_changes(&someone_elses, &none, &none, &addresses).is_empty());
+    }
+
+    #[test]
+    fn a_served_load_balancer_service_gets_the_addresses_and_loses_them_when_no_longer_ours() {
+        let mut c = Cluster::default();
+        add_yaml(
+            &mut c,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: pg, namespace: db}\nspec: {type: LoadBalancer}\n",
+            "t",
+        )
+        .unwrap();
+        let addresses = vec!["203.0.113.7".to_string()];
+        let served = [("db".to_string(), "pg".to_string())].into();
+        let changes = status_changes(&c, &BTreeSet::new(), &served, &addresses);
+        assert_eq!((changes[0].kind, changes[0].addresses.clone()), ("Service", addresses.clone()));
+        let mut was = Cluster::default();
+        add_yaml(&mut was, "apiVersion: v1\nkind: Service\nmetadata: {name: pg, namespace: db}\nspec: {type: LoadBalancer}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}\n", "t").unwrap();
+        let changes = status_changes(&was, &BTreeSet::new(), &BTreeSet::new(), &addresses);
+        assert_eq!((changes[0].kind, changes[0].addresses.len()), ("Service", 0));
     }
 
     #[test]
     fn each_notice_is_reported_once_while_it_lasts() {
-        let notice = Notice { namespace: "d".into(), name: "n".into(), reason: "RouteConflict", message: "m".into() };
+        let notice = Notice {
+            kind: "Ingress",
+            namespace: "d".into(),
+            name: "n".into(),
+            reason: "RouteConflict",
+            message: "m".into(),
+        };
         let mut reported = Reported::default();
         assert_eq!(reported.fresh(std::slice::from_ref(&notice)).len(), 1);
         assert!(reported.fresh(std::slice::from_ref(&notice)).is_empty());

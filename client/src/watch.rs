@@ -63,10 +63,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Patches `status.loadBalancer.ingress` of each changed Ingress (a merge patch of the status subresource).
+    /// Patches `status.loadBalancer.ingress` of each changed Ingress or Service (a merge patch of the status
+    /// subresource).
     pub fn write_status(&self, changes: Vec<crate::status::StatusChange>) {
         for change in changes {
-            let api: Api<Ingress> = Api::namespaced(self.client.clone(), &change.namespace);
             let ingress: Vec<serde_json::Value> = change
                 .addresses
                 .iter()
@@ -79,16 +79,28 @@ impl Writer {
                 })
                 .collect();
             let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+            let client = self.client.clone();
             self.runtime.spawn(async move {
                 let params = kube::api::PatchParams::default();
-                if let Err(e) = api.patch_status(&change.name, &params, &kube::api::Patch::Merge(&patch)).await {
-                    log::warn!("cannot update the status of Ingress {}/{}: {e}", change.namespace, change.name);
+                let patch = kube::api::Patch::Merge(&patch);
+                let result = match change.kind {
+                    "Service" => Api::<Service>::namespaced(client, &change.namespace)
+                        .patch_status(&change.name, &params, &patch)
+                        .await
+                        .map(drop),
+                    _ => Api::<Ingress>::namespaced(client, &change.namespace)
+                        .patch_status(&change.name, &params, &patch)
+                        .await
+                        .map(drop),
+                };
+                if let Err(e) = result {
+                    log::warn!("cannot update the status of {} {}/{}: {e}", change.kind, change.namespace, change.name);
                 }
             });
         }
     }
 
-    /// Creates a Warning Event on the Ingress a notice is about.
+    /// Creates a Warning Event on the Ingress or Service a notice is about.
     pub fn post_event(&self, notice: &crate::render::Notice) {
         use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -100,8 +112,8 @@ impl Writer {
                 ..Default::default()
             },
             involved_object: ObjectReference {
-                api_version: Some("networking.k8s.io/v1".into()),
-                kind: Some("Ingress".into()),
+                api_version: Some(if notice.kind == "Service" { "v1" } else { "networking.k8s.io/v1" }.into()),
+                kind: Some(notice.kind.into()),
                 name: Some(notice.name.clone()),
                 namespace: Some(notice.namespace.clone()),
                 ..Default::default()

@@ -195,3 +195,29 @@ pub fn file_fingerprint(path: &std::path::Path) -> String {
 pub fn testdata(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../routes/testdata").join(name)
 }
+
+/// A real Redis (Debian's redis-server) on a free loopback port, without persistence: a TCP "pod".
+pub fn redis_server() -> (Proc, u16) {
+    let port = free_tcp();
+    let process = Proc::spawn(Command::new("redis-server").args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]));
+    (process, port)
+}
+
+/// Runs `redis-cli` against 127.0.0.1:`port`; its trimmed output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (scripts/install-deps.sh installs redis-tools)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -12,6 +12,7 @@
 //! pairs go to the oldest Ingress and are reported.
 
 pub mod annotations;
+pub mod l4;
 pub mod rules;
 
 use annotations::Annotations;
@@ -57,6 +58,8 @@ pub struct Settings {
     pub cert_resolver: Option<String>,
     /// The clock TLS Secrets' certificates are checked against (seconds since the Unix epoch).
     pub now: fn() -> i64,
+    /// Ports the edge keeps for itself (its entrypoints, WireGuard): LoadBalancer Services cannot have them.
+    pub reserved_ports: BTreeSet<u16>,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             websecure: "websecure".into(),
             cert_resolver: Some("acme".into()),
             now: routes::system_now,
+            reserved_ports: [80, 443, protocol::defaults::WIREGUARD_PORT].into(),
         }
     }
 }
@@ -74,9 +78,11 @@ impl Default for Settings {
 /// Something to tell the owner of an Ingress (becomes a Kubernetes Event on it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
-    /// Namespace of the Ingress.
+    /// Kind of the object: `Ingress` or `Service`.
+    pub kind: &'static str,
+    /// Namespace of the object.
     pub namespace: String,
-    /// Name of the Ingress.
+    /// Name of the object.
     pub name: String,
     /// Short reason, e.g. `RouteConflict`.
     pub reason: &'static str,
@@ -97,6 +103,8 @@ pub struct Rendered {
     pub endpoints: BTreeSet<SocketAddr>,
     /// Ingresses served (namespace, name), for status updates.
     pub served: BTreeSet<(String, String)>,
+    /// LoadBalancer Services served (namespace, name), for status updates.
+    pub served_services: BTreeSet<(String, String)>,
     /// Conflicts and annotation problems.
     pub notices: Vec<Notice>,
 }
@@ -328,6 +336,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
         let annotations = Annotations::parse(ingress.metadata.annotations.as_ref());
         for problem in &annotations.problems {
             notices.push(Notice {
+                kind: "Ingress",
                 namespace: ns.clone(),
                 name: name.clone(),
                 reason: "BadAnnotation",
@@ -345,6 +354,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
                     Ok((certificate, checked)) => {
                         for host in hosts.iter().filter(|h| !covers(&checked.dns_names, h)) {
                             notices.push(Notice {
+                                kind: "Ingress",
                                 namespace: ns.clone(),
                                 name: name.clone(),
                                 reason: "TLSSecretHostMismatch",
@@ -360,6 +370,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
                     }
                     Err(reason) => {
                         notices.push(Notice {
+                            kind: "Ingress",
                             namespace: ns.clone(),
                             name: name.clone(),
                             reason: "TLSSecretUnusable",
@@ -393,6 +404,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
         for (host, kind, path, backend) in candidates {
             if !rules::literal_ok(&host) || !rules::literal_ok(&path) || !path.starts_with('/') {
                 notices.push(Notice {
+                    kind: "Ingress",
                     namespace: ns.clone(),
                     name: name.clone(),
                     reason: "BadPath",
@@ -404,6 +416,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             if let Some((owner_ns, owner)) = claimed.get(&key) {
                 if (owner_ns, owner) != (&ns, &name) {
                     notices.push(Notice {
+                        kind: "Ingress",
                         namespace: ns.clone(),
                         name: name.clone(),
                         reason: "RouteConflict",
@@ -437,6 +450,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             let key = (String::new(), PathMatch::Prefix, "<default>".to_string());
             match claimed.get(&key) {
                 Some((owner_ns, owner)) => notices.push(Notice {
+                    kind: "Ingress",
                     namespace: ns.clone(),
                     name: name.clone(),
                     reason: "RouteConflict",
@@ -482,6 +496,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             .clone();
         let Some(resolved) = resolved else {
             notices.push(Notice {
+                kind: "Ingress",
                 namespace: route.ns.clone(),
                 name: route.ingress.clone(),
                 reason: "BadBackend",
@@ -793,9 +808,11 @@ impl Renderer {
             services.push_str(&self.services[name].json);
         }
         services.push('}');
-        let endpoints: BTreeSet<SocketAddr> = self.endpoints.keys().copied().collect();
+        let l4 = l4::render(cluster, &self.by_service, &self.settings.reserved_ports);
+        let mut endpoints: BTreeSet<SocketAddr> = self.endpoints.keys().copied().collect();
+        endpoints.extend(l4.endpoints.iter().copied());
         let http = &planned.plan.http;
-        // Exactly serde_json's compact form of `DynamicConfig { http, tls }` (a test holds it to that),
+        // Exactly serde_json's compact form of `DynamicConfig { http, tls, l4 }` (a test holds it to that),
         // assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an
         // empty one: with no Ingress left the agents must serve nothing, and an explicit empty section says so.
         let mut document = String::with_capacity(planned.routers.len() + services.len() + 256);
@@ -825,13 +842,18 @@ impl Renderer {
             document.push_str(",\"tls\":");
             document.push_str(&planned.tls);
         }
+        if let Some(section) = &l4.section {
+            document.push_str(",\"l4\":");
+            document.push_str(&json(section));
+        }
         document.push_str("}\n");
         Rendered {
             document,
             routers: http.routers.len(),
             endpoints,
             served: planned.plan.served.clone(),
-            notices: planned.plan.notices.clone(),
+            served_services: l4.served,
+            notices: planned.plan.notices.iter().cloned().chain(l4.notices).collect(),
         }
     }
 }

@@ -267,11 +267,13 @@ impl ApiServer {
         let (lock, cvar) = &*self.state;
         let mut st = lock.lock().unwrap();
         match (method, parts.as_slice()) {
-            ("PATCH", ["apis", "networking.k8s.io", "v1", "namespaces", ns, "ingresses", name, "status"]) => {
+            ("PATCH", ["apis", "networking.k8s.io", "v1", "namespaces", ns, "ingresses", name, "status"])
+            | ("PATCH", ["api", "v1", "namespaces", ns, "services", name, "status"]) => {
+                let kind = if parts[1] == "v1" { "Service" } else { "Ingress" };
                 st.rv += 1;
                 let rv = st.rv;
                 let Some(object) =
-                    st.objects.get_mut("Ingress").and_then(|m| m.get_mut(&(ns.to_string(), name.to_string())))
+                    st.objects.get_mut(kind).and_then(|m| m.get_mut(&(ns.to_string(), name.to_string())))
                 else {
                     return (
                         "404 Not Found",
@@ -281,7 +283,7 @@ impl ApiServer {
                 object["status"] = request["status"].clone();
                 object["metadata"]["resourceVersion"] = json!(rv.to_string());
                 let object = object.clone();
-                st.log.push((rv, "Ingress".into(), "MODIFIED", object.clone()));
+                st.log.push((rv, kind.into(), "MODIFIED", object.clone()));
                 cvar.notify_all();
                 ("200 OK", object)
             }
@@ -332,9 +334,14 @@ impl ApiServer {
 
     /// The status of an Ingress as stored.
     pub fn ingress_status(&self, ns: &str, name: &str) -> Value {
+        self.status_of("Ingress", ns, name)
+    }
+
+    /// The status of an object of `kind`.
+    pub fn status_of(&self, kind: &str, ns: &str, name: &str) -> Value {
         let st = self.state.0.lock().unwrap();
         st.objects
-            .get("Ingress")
+            .get(kind)
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
             .map(|o| o["status"].clone())
             .unwrap_or(Value::Null)

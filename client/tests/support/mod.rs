@@ -59,7 +59,7 @@ impl Edge {
         std::fs::write(
             dir.join("agent.yaml"),
             format!(
-                "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{c}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\n",
+                "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{c}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\nl4:\n  address: 127.0.0.1\n",
                 d = dir.display(),
                 c = client_key.public_key(),
                 t = traefik_binary().display()
