@@ -195,3 +195,52 @@ fn a_certificate_in_the_upload_is_served_for_its_host_and_a_bad_one_is_refused()
     let (_, status_body) = peer.get("/status");
     assert!(!status_body.contains("PRIVATE KEY") && !status_body.contains("CERTIFICATE"), "{status_body}");
 }
+
+/// A pod that answers with the client-address headers Traefik added.
+fn header_echo() -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut seen = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if lower.starts_with("x-forwarded-for:") || lower.starts_with("x-real-ip:") {
+                    seen.push(line.trim().to_string());
+                }
+            }
+            seen.sort();
+            let body = seen.join(";");
+            let _ =
+                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    addr
+}
+
+#[test]
+fn http_pods_see_the_public_clients_address() {
+    let setup = Setup::new("client-ip");
+    let agent = Agent::start(&setup);
+    let peer = Peer::connect(&setup);
+    peer.pods.lock().unwrap().insert("10.1.0.9:80".parse().unwrap(), header_echo());
+    let (status, body) = peer.upload(&route("ip.test", "10.1.0.9:80"));
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    // The request comes from 127.0.0.2 (the relay dials pods from 127.0.0.1); the pod is reached through
+    // forwarder, tunnel and relay, yet it sees the client's address, not the relay's.
+    use rustix::net::{bind, connect, socket, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+    connect(&fd, &setup.web).unwrap();
+    let mut conn = std::net::TcpStream::from(fd);
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET / HTTP/1.1\r\nHost: ip.test\r\nConnection: close\r\n\r\n").unwrap();
+    let (status, seen) = read_response(&mut conn);
+    assert_eq!((status, seen.as_str()), (200, "X-Forwarded-For: 127.0.0.2;X-Real-Ip: 127.0.0.2"));
+}

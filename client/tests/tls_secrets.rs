@@ -93,3 +93,53 @@ fn an_ingress_tls_secret_is_served_for_its_host_and_a_rotation_follows_within_se
     assert_eq!(get(edge.web, "app.test", "/x"), "backend-A /x");
     assert!(!client.log().contains("PRIVATE KEY"), "no key material in the client's log");
 }
+
+#[test]
+fn tls_passthrough_hands_the_pods_own_certificate_through_while_another_host_is_terminated_at_the_edge() {
+    let edge = Edge::start("tls-passthrough");
+    let api = ApiServer::start();
+    api.kubeconfig(&edge.dir.join("kubeconfig"));
+    // The pod terminates TLS itself, with its own certificate (for ec.test).
+    let pod_port = free_tcp();
+    let _pod = Proc::spawn(
+        std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{pod_port}")])
+            .arg("-cert")
+            .arg(testkit::testdata("ec.crt"))
+            .arg("-key")
+            .arg(testkit::testdata("ec-sec1.key")),
+    );
+    let passthrough = manifests("ec.test", pod_port).replace(
+        "metadata: {name: app, namespace: default}\nspec:",
+        "metadata: {name: app, namespace: default, annotations: {polaredge.io/tls-passthrough: \"true\"}}\nspec:",
+    );
+    assert!(passthrough.contains("tls-passthrough"), "{passthrough}");
+    api.apply(&passthrough);
+    // Another host on the same entrypoint, terminated at the edge with its Secret's certificate.
+    let terminated = manifests("app.test", backend("backend-A"))
+        .replace("name: app,", "name: terminated,")
+        .replace("name: web,", "name: web2,")
+        .replace("service: {name: web,", "service: {name: web2,")
+        .replace("kubernetes.io/service-name: web}", "kubernetes.io/service-name: web2}")
+        .replace("name: web-1", "name: web2-1")
+        .replace(
+            "  ingressClassName: polaredge\n",
+            "  ingressClassName: polaredge\n  tls:\n  - hosts: [app.test]\n    secretName: app-tls\n",
+        );
+    api.apply(&terminated);
+    api.apply(&secret("app-tls", "rsa.crt", "rsa-pkcs1.key"));
+    let client = edge.client_watching_kubeconfig();
+    let pod_certificate = testkit::file_fingerprint(&testkit::testdata("ec.crt"));
+    assert!(
+        eventually(Duration::from_secs(30), || testkit::presented_fingerprint(edge.websecure, "ec.test")
+            == pod_certificate),
+        "the pod's own certificate through the edge\n{}",
+        client.log()
+    );
+    assert_eq!(verify(edge.websecure, "ec.test", &testkit::testdata("ec.crt")), "Verify return code: 0 (ok)");
+    assert!(
+        eventually(Duration::from_secs(10), || testkit::presented_fingerprint(edge.websecure, "app.test")
+            == testkit::file_fingerprint(&testkit::testdata("rsa.crt"))),
+        "the other host is terminated at the edge with its Secret"
+    );
+}

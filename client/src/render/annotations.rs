@@ -25,6 +25,8 @@ pub struct Annotations {
     pub sticky_cookie: Option<String>,
     /// `polaredge.io/path-match: exact|prefix`: how ImplementationSpecific paths match.
     pub path_match: Option<PathMatch>,
+    /// `polaredge.io/tls-passthrough: "true"`: TLS to the hosts goes to the pods untouched, routed by SNI.
+    pub tls_passthrough: bool,
     /// Problems found.
     pub problems: Vec<String>,
 }
@@ -71,6 +73,7 @@ impl Annotations {
                 },
                 "pass-host-header" => a.pass_host_header = boolean(key, value, problems),
                 "sticky-cookie" => a.sticky_cookie = Some(value.to_string()),
+                "tls-passthrough" => a.tls_passthrough = boolean(key, value, problems).unwrap_or(false),
                 "path-match" => match value {
                     "exact" => a.path_match = Some(PathMatch::Exact),
                     "prefix" => a.path_match = Some(PathMatch::Prefix),

@@ -13,6 +13,7 @@
 
 pub mod annotations;
 pub mod l4;
+mod passthrough;
 pub mod rules;
 
 use annotations::Annotations;
@@ -266,6 +267,8 @@ struct Plan {
     /// When the first of those certificates expires: the plan is made again then, so an expired certificate
     /// is never sent (the agent would refuse the whole snapshot).
     expires: i64,
+    /// TLS passthrough hosts (their servers are filled in at each render).
+    passthrough: Vec<passthrough::Route>,
 }
 
 /// The TLS Secrets by (namespace, name).
@@ -306,6 +309,8 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
     let mut certificates = BTreeMap::new();
     let mut expires = i64::MAX;
     let mut notices = Vec::new();
+    let mut passthrough_routes = Vec::new();
+    let mut passthrough_claims = BTreeMap::new();
     // Oldest first, so the oldest Ingress wins a conflict (then by namespace/name for equal times).
     let mut ingresses: Vec<&Ingress> = cluster
         .ingresses
@@ -344,6 +349,17 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             });
         }
         let Some(spec) = &ingress.spec else { continue };
+        if annotations.tls_passthrough {
+            passthrough_routes.extend(passthrough::routes(
+                ingress,
+                (&ns, &name),
+                &backends,
+                &mut passthrough_claims,
+                &mut notices,
+            ));
+            served.insert((ns, name));
+            continue;
+        }
         // TLS host -> served with a certificate from a Secret (else ACME).
         let mut tls_hosts: BTreeMap<&str, bool> = BTreeMap::new();
         for entry in spec.tls.iter().flatten() {
@@ -586,7 +602,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             },
         );
     }
-    Plan { http, sources, served, notices, certificates, expires }
+    Plan { http, sources, served, notices, certificates, expires, passthrough: passthrough_routes }
 }
 
 /// A plan with its unchanging parts already serialized.
@@ -809,10 +825,13 @@ impl Renderer {
         }
         services.push('}');
         let l4 = l4::render(cluster, &self.by_service, &self.settings.reserved_ports);
+        let (tcp, passthrough_endpoints) =
+            passthrough::section(&planned.plan.passthrough, &self.by_service, &self.settings.websecure);
         let mut endpoints: BTreeSet<SocketAddr> = self.endpoints.keys().copied().collect();
         endpoints.extend(l4.endpoints.iter().copied());
+        endpoints.extend(passthrough_endpoints);
         let http = &planned.plan.http;
-        // Exactly serde_json's compact form of `DynamicConfig { http, tls, l4 }` (a test holds it to that),
+        // Exactly serde_json's compact form of `DynamicConfig { http, tcp, tls, l4 }` (a test holds it to that),
         // assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an
         // empty one: with no Ingress left the agents must serve nothing, and an explicit empty section says so.
         let mut document = String::with_capacity(planned.routers.len() + services.len() + 256);
@@ -838,6 +857,10 @@ impl Renderer {
             document.push_str(json);
         }
         document.push('}');
+        if let Some(tcp) = &tcp {
+            document.push_str(",\"tcp\":");
+            document.push_str(&json(tcp));
+        }
         if !planned.tls.is_empty() {
             document.push_str(",\"tls\":");
             document.push_str(&planned.tls);
