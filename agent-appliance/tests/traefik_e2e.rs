@@ -132,11 +132,7 @@ fn sockets_of(pid: u64) -> Vec<(String, SocketAddr)> {
 
 #[test]
 fn nothing_listens_outside_loopback_but_the_entrypoints_and_the_wireguard_port() {
-    let setup = Setup::new("sockets");
-    let agent = Agent::start(&setup);
-    let peer = Peer::connect(&setup);
-    peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), backend("backend-A"));
-    assert_eq!(peer.upload(&route("app.test", "10.1.0.1:80")).0, 200);
+    let (setup, agent, peer, _) = serving_app("sockets");
     let traefik_pid = json(&peer.get("/status").1)["traefik"]["pid"].as_u64().unwrap();
     let allowed_public = [setup.web, setup.websecure, setup.udp];
     let mut seen = Vec::new();
@@ -226,12 +222,7 @@ fn header_echo() -> SocketAddr {
 
 #[test]
 fn http_pods_see_the_public_clients_address() {
-    let setup = Setup::new("client-ip");
-    let agent = Agent::start(&setup);
-    let peer = Peer::connect(&setup);
-    peer.pods.lock().unwrap().insert("10.1.0.9:80".parse().unwrap(), header_echo());
-    let (status, body) = peer.upload(&route("ip.test", "10.1.0.9:80"));
-    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    let (setup, _agent, _peer, _) = serving("client-ip", "ip.test", header_echo());
     // The request comes from 127.0.0.2 (the relay dials pods from 127.0.0.1); the pod is reached through
     // forwarder, tunnel and relay, yet it sees the client's address, not the relay's.
     use rustix::net::{bind, connect, socket, AddressFamily, SocketType};

@@ -359,11 +359,16 @@ pub fn json(body: &str) -> serde_json::Value {
 /// An agent that serves Host(`app.test`) -> pod 10.1.0.1:80 -> a backend answering "backend-A": its setup,
 /// process, client peer, and the upload's answer.
 pub fn serving_app(name: &str) -> (Setup, Agent, Peer, serde_json::Value) {
+    serving(name, "app.test", backend("backend-A"))
+}
+
+/// An agent that serves Host(`host`) -> pod 10.1.0.1:80 -> the local server at `pod`.
+pub fn serving(name: &str, host: &str, pod: SocketAddr) -> (Setup, Agent, Peer, serde_json::Value) {
     let setup = Setup::new(name);
     let agent = Agent::start(&setup);
     let peer = Peer::connect(&setup);
-    peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), backend("backend-A"));
-    let (status, body) = peer.upload(&route("app.test", "10.1.0.1:80"));
+    peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), pod);
+    let (status, body) = peer.upload(&route(host, "10.1.0.1:80"));
     assert_eq!(status, 200, "{body}\n{}", agent.log());
     (setup, agent, peer, json(&body))
 }
