@@ -241,9 +241,10 @@ fn init(options: &HashMap<&str, String>) -> Result<(), String> {
 
 Agent public key:   {agent_public}
 Agent endpoint:     {endpoint}{hint}
-Client tunnel addr: 10.88.0.2/30 (agent: 10.88.0.1)
+Client tunnel addr: {client_cidr} (agent: {agent_address})
 
-Apply this Secret in the cluster (it holds the client's private key; keep it out of git):
+In the cluster, in this order: the Namespace (kubectl apply -f deploy/namespace.yaml), then this Secret
+(it holds the client's private key; keep it out of git), then the client (kubectl apply -k deploy/):
 
 apiVersion: v1
 kind: Secret
@@ -255,14 +256,16 @@ stringData:
   private-key: \"{client_private}\"
   agent-public-key: \"{agent_public}\"
   agent-endpoint: \"{endpoint}\"
-  client-address: \"10.88.0.2/30\"
-  agent-address: \"10.88.0.1\"
+  client-address: \"{client_cidr}\"
+  agent-address: \"{agent_address}\"
 
 Then: polaredge-agent check --config {config} && polaredge-agent run --config {config}",
         config = config_path.display(),
         key = dir.join("agent.key").display(),
         agent_public = agent_key.public_key(),
         client_private = client_key,
+        client_cidr = protocol::defaults::client_cidr(),
+        agent_address = protocol::defaults::AGENT_ADDRESS,
         hint = if options.contains_key("--endpoint") { "" } else { "   <- replace with this host's public address" },
     );
     Ok(())
