@@ -46,6 +46,9 @@ fn spec(me: &str, duration: Duration, now: Timestamp, acquired: Option<MicroTime
     }
 }
 
+/// How often a standby reads the Lease.
+pub const STANDBY_LOOK: Duration = Duration::from_secs(2);
+
 /// Blocks until this replica holds the Lease, then keeps renewing it in the background; `lost` is called if
 /// it is ever lost (the caller exits: a restarted replica comes back as a follower).
 pub async fn elect(
@@ -58,6 +61,8 @@ pub async fn elect(
 ) -> Result<(), String> {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let retry = duration / 3;
+    // A standby looks often (as client-go's 2 s retry period), so a Lease its leader released is taken at once.
+    let look = retry.min(STANDBY_LOOK);
     let mut following = None;
     loop {
         match step(&api, name, &me, duration).await {
@@ -70,14 +75,27 @@ pub async fn elect(
             Ok(_) => break,
             Err(e) => log::warn!("leader election: {e}"),
         }
-        tokio::time::sleep(retry).await;
+        tokio::time::sleep(look).await;
     }
     log::info!("leader election: this replica ({me}) leads");
     let name = name.to_string();
+    // Stopped (a rollout, a drain, an upgrade): hand the Lease over at once instead of letting the standby wait
+    // for it to expire.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
     tokio::spawn(async move {
         let mut failures = 0;
         loop {
-            tokio::time::sleep(retry).await;
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = terminate.recv() => {
+                    match release(&api, &name, &me).await {
+                        Ok(()) => log::info!("SIGTERM: released the Lease {name}; the standby takes over now"),
+                        Err(e) => log::warn!("SIGTERM: cannot release the Lease {name} ({e}); the standby takes over when it expires"),
+                    }
+                    std::process::exit(0);
+                }
+            }
             match step(&api, &name, &me, duration).await {
                 Ok(Decision::Follow(holder)) => {
                     log::error!("leader election: lost the lease to {holder}");
@@ -96,6 +114,19 @@ pub async fn elect(
         }
         lost();
     });
+    Ok(())
+}
+
+/// Gives the Lease up if this replica holds it: no holder, so a standby takes it at its next look. The write
+/// carries the resourceVersion read, so a Lease someone else took meanwhile is left alone.
+pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), String> {
+    let Some(mut lease) = api.get_opt(name).await.map_err(|e| format!("reading Lease {name}: {e}"))? else {
+        return Ok(());
+    };
+    let Some(spec) = lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(me)) else { return Ok(()) };
+    spec.holder_identity = None;
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    api.replace(name, &PostParams::default(), &lease).await.map_err(|e| format!("releasing Lease {name}: {e}"))?;
     Ok(())
 }
 

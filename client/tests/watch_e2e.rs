@@ -110,6 +110,27 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
     assert!(probes > 100 && failed < 50, "route flapped during relists: {failed} of {probes} probes failed");
 }
 
+/// One client replica of `edge` named `name` (its Lease identity), serving probes on `ops`.
+fn replica(edge: &Edge, name: &str, ops: std::net::SocketAddr, lease_seconds: u32) -> Proc {
+    let config =
+        std::fs::read_to_string(edge.dir.join("client.yaml")).unwrap().replace(&edge.ops.to_string(), &ops.to_string());
+    let path = edge.dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
+            .env("KUBECONFIG", edge.dir.join("kubeconfig"))
+            .env("POD_NAME", name)
+            .env("POD_NAMESPACE", "polaredge")
+            .env("POLAREDGE_LEASE_SECONDS", lease_seconds.to_string())
+            .args(["run", "--config"])
+            .arg(&path),
+    )
+}
+
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 #[test]
 fn two_replicas_elect_one_leader_and_the_follower_takes_over_when_it_dies() {
     let edge = Edge::start("leader");
@@ -118,27 +139,11 @@ fn two_replicas_elect_one_leader_and_the_follower_takes_over_when_it_dies() {
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let pod = backend("pod");
     api.apply(&manifests("app.test", pod));
-    let replica = |name: &str, ops: std::net::SocketAddr| {
-        let config = std::fs::read_to_string(edge.dir.join("client.yaml"))
-            .unwrap()
-            .replace(&edge.ops.to_string(), &ops.to_string());
-        let path = edge.dir.join(format!("{name}.yaml"));
-        std::fs::write(&path, config).unwrap();
-        Proc::spawn(
-            Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-                .env("KUBECONFIG", edge.dir.join("kubeconfig"))
-                .env("POD_NAME", name)
-                .env("POD_NAMESPACE", "polaredge")
-                .env("POLAREDGE_LEASE_SECONDS", "3")
-                .args(["run", "--config"])
-                .arg(&path),
-        )
-    };
-    let first = replica("replica-a", std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp())));
+    let first = replica(&edge, "replica-a", local(free_tcp()), 3);
     assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "the leader serves");
     assert_eq!(api.lease_holder("polaredge", "polaredge-client").as_deref(), Some("replica-a"));
-    let second_ops = std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp()));
-    let _second = replica("replica-b", second_ops);
+    let second_ops = local(free_tcp());
+    let _second = replica(&edge, "replica-b", second_ops, 3);
     assert!(
         eventually(Duration::from_secs(5), || get(second_ops, "x", "/healthz") == "ok\n"),
         "a follower answers probes"
@@ -160,4 +165,35 @@ fn two_replicas_elect_one_leader_and_the_follower_takes_over_when_it_dies() {
         eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"),
         "the new leader serves changes"
     );
+}
+
+#[test]
+fn a_stopped_leader_hands_the_lease_over_at_once_instead_of_letting_it_expire() {
+    let edge = Edge::start("handover");
+    let web = edge.web;
+    let api = ApiServer::start();
+    api.kubeconfig(&edge.dir.join("kubeconfig"));
+    api.apply(&manifests("app.test", backend("pod")));
+    // A 15 s Lease: waiting for it to expire would take 15 s or more.
+    let first = replica(&edge, "replica-a", local(free_tcp()), 15);
+    assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "the leader serves");
+    let second_ops = local(free_tcp());
+    let _second = replica(&edge, "replica-b", second_ops, 15);
+    assert!(eventually(Duration::from_secs(5), || get(second_ops, "x", "/healthz") == "ok\n"), "a follower runs");
+
+    // What every rollout does: SIGTERM. The leader releases the Lease; the standby takes it at its next look
+    // (every 2 s).
+    let stopped = std::time::Instant::now();
+    let _ = Command::new("kill").args(["-TERM", &first.child.id().to_string()]).status();
+    assert!(
+        eventually(Duration::from_secs(10), || api.lease_holder("polaredge", "polaredge-client").as_deref()
+            == Some("replica-b")),
+        "the follower took over: {:?}",
+        api.lease_holder("polaredge", "polaredge-client")
+    );
+    let took_over = stopped.elapsed();
+    assert!(took_over < Duration::from_secs(4), "handed over in {took_over:?}, not after the 15 s expiry");
+    assert!(eventually(Duration::from_secs(20), || get(web, "app.test", "/") == "pod /"), "the new leader serves");
+    println!("SIGTERM -> Lease taken over {took_over:?}, serving again {:?}", stopped.elapsed());
+    assert!(first.log().contains("released the Lease"), "{}", first.log());
 }
