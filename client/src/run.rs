@@ -58,7 +58,7 @@ fn watch_kubernetes(
             &addresses,
         ));
         for notice in reported.fresh(&rendered.notices) {
-            writer.post_event(notice);
+            writer.post_event(notice, cluster.uid_of(notice.kind, &notice.namespace, &notice.name));
         }
     }
     Err("the Kubernetes watch stopped".into())

@@ -101,7 +101,7 @@ impl Writer {
     }
 
     /// Creates a Warning Event on the Ingress or Service a notice is about.
-    pub fn post_event(&self, notice: &crate::render::Notice) {
+    pub fn post_event(&self, notice: &crate::render::Notice, uid: Option<String>) {
         use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
         let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -116,6 +116,8 @@ impl Writer {
                 kind: Some(notice.kind.into()),
                 name: Some(notice.name.clone()),
                 namespace: Some(notice.namespace.clone()),
+                // Without the uid `kubectl describe` does not show the Event.
+                uid,
                 ..Default::default()
             },
             reason: Some(notice.reason.into()),

@@ -49,6 +49,7 @@ fn a_load_balancer_service_of_our_class_is_served_at_the_edge_with_status_and_co
             e["reason"] == "PortConflict"
                 && e["involvedObject"]["kind"] == "Service"
                 && e["involvedObject"]["name"] == "copy"
+                && e["involvedObject"]["uid"] == "uid-Service-data-copy"
         })
     };
     assert!(eventually(Duration::from_secs(10), conflict), "events: {:?}", api.events());

@@ -35,8 +35,14 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
     // A second Ingress claiming the same host and path loses (oldest wins; same age: by name) and gets an Event.
     let ingress_doc = manifests("app.test", a).split("---").nth(1).unwrap().to_string();
     api.apply(&ingress_doc.replace("name: app,", "name: dup,"));
-    let conflict_reported =
-        || api.events().iter().any(|e| e["reason"] == "RouteConflict" && e["involvedObject"]["name"] == "dup");
+    // The Event names the Ingress's uid too: `kubectl describe ingress` finds Events by it.
+    let conflict_reported = || {
+        api.events().iter().any(|e| {
+            e["reason"] == "RouteConflict"
+                && e["involvedObject"]["name"] == "dup"
+                && e["involvedObject"]["uid"] == "uid-Ingress-default-dup"
+        })
+    };
     assert!(eventually(Duration::from_secs(10), conflict_reported), "events: {:?}", api.events());
     assert_eq!(get(web, "app.test", "/"), "backend-A /", "the older Ingress keeps the route");
     // Once the duplicate is no longer ours, the address it showed is cleared.

@@ -110,6 +110,20 @@ pub struct Rendered {
     pub notices: Vec<Notice>,
 }
 
+impl Cluster {
+    /// The uid of the Ingress or Service `kind` `namespace/name`, if the stores hold it (Events name it, so
+    /// `kubectl describe` finds them).
+    pub fn uid_of(&self, kind: &str, namespace: &str, name: &str) -> Option<String> {
+        let matches = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            ns_name(m) == (namespace.to_string(), name.to_string())
+        };
+        match kind {
+            "Service" => self.services.iter().find(|s| matches(&s.metadata)).and_then(|s| s.metadata.uid.clone()),
+            _ => self.ingresses.iter().find(|i| matches(&i.metadata)).and_then(|i| i.metadata.uid.clone()),
+        }
+    }
+}
+
 impl Rendered {
     /// The document as the typed model (for people and tests; the sender uses `document`).
     pub fn config(&self) -> DynamicConfig {
