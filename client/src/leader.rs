@@ -5,7 +5,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What to do with the Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,20 +20,45 @@ pub enum Decision {
     Follow(String),
 }
 
-/// The policy: hold the Lease if it is free, ours, or expired (holder silent for longer than its duration).
-pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+/// What a replica has seen of the Lease: its record (holder and renewTime as written by the holder) and when,
+/// on this replica's own monotonic clock, that record last changed. Expiry is judged from that instant, never
+/// by comparing another node's renewTime with the local wall clock (client-go's observed-time semantics), so
+/// clock skew between nodes cannot make a live leader look expired.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    record: Option<(String, Option<Timestamp>)>,
+    changed_at: Option<Instant>,
+}
+
+/// The policy: hold the Lease if it is free, ours, or its record has not changed for its whole duration since
+/// this replica saw it change.
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Instant, seen: &mut Seen) -> Decision {
     let Some(spec) = lease else { return Decision::Create };
     let holder = spec.holder_identity.clone().unwrap_or_default();
+    let record = (holder.clone(), spec.renew_time.as_ref().map(|t| t.0));
+    if seen.record.as_ref() != Some(&record) {
+        seen.record = Some(record);
+        seen.changed_at = Some(now);
+    }
     if holder == me {
         return Decision::Renew;
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let renewed = spec.renew_time.as_ref().map(|t| t.0);
-    match renewed {
-        Some(renewed) if holder.is_empty() || now.as_second() - renewed.as_second() > duration => Decision::TakeOver,
-        None => Decision::TakeOver,
-        Some(_) => Decision::Follow(holder),
+    if holder.is_empty() {
+        return Decision::TakeOver; // released (a stopped leader)
     }
+    let duration = Duration::from_secs(u64::from(spec.lease_duration_seconds.unwrap_or(15).max(1).unsigned_abs()));
+    let unchanged_for = seen.changed_at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+    if unchanged_for > duration {
+        Decision::TakeOver
+    } else {
+        Decision::Follow(holder)
+    }
+}
+
+/// How long a leader may go without a successful renewal before it steps down: well before a standby, which
+/// waits the Lease's whole duration from the last change it saw, can take over.
+pub fn renew_deadline(duration: Duration) -> Duration {
+    duration * 2 / 3
 }
 
 fn spec(me: &str, duration: Duration, now: Timestamp, acquired: Option<MicroTime>) -> LeaseSpec {
@@ -64,8 +89,9 @@ pub async fn elect(
     // A standby looks often (as client-go's 2 s retry period), so a Lease its leader released is taken at once.
     let look = retry.min(STANDBY_LOOK);
     let mut following = None;
+    let mut seen = Seen::default();
     loop {
-        match step(&api, name, &me, duration).await {
+        match step(&api, name, &me, duration, &mut seen).await {
             Ok(Decision::Follow(holder)) => {
                 if following.as_ref() != Some(&holder) {
                     log::info!("leader election: {holder} leads; standing by");
@@ -84,7 +110,7 @@ pub async fn elect(
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
     tokio::spawn(async move {
-        let mut failures = 0;
+        let mut renewed = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
@@ -96,17 +122,22 @@ pub async fn elect(
                     std::process::exit(0);
                 }
             }
-            match step(&api, &name, &me, duration).await {
+            match step(&api, &name, &me, duration, &mut seen).await {
                 Ok(Decision::Follow(holder)) => {
                     log::error!("leader election: lost the lease to {holder}");
                     break;
                 }
-                Ok(_) => failures = 0,
+                Ok(_) => renewed = Instant::now(),
                 Err(e) => {
-                    failures += 1;
                     log::warn!("leader election: renewing failed: {e}");
-                    // Past the lease duration without a renewal another replica may lead: step down.
-                    if retry * failures >= duration {
+                    // Step down before a standby could take over (it waits the whole duration from the last
+                    // change it saw).
+                    if renewed.elapsed() >= renew_deadline(duration) {
+                        log::error!(
+                            "leader election: no renewal for {:?} (deadline {:?}); stepping down",
+                            renewed.elapsed(),
+                            renew_deadline(duration)
+                        );
                         break;
                     }
                 }
@@ -131,10 +162,10 @@ pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), Strin
 }
 
 /// One read-decide-write round. Writes carry the resourceVersion read, so two replicas cannot both win.
-async fn step(api: &Api<Lease>, name: &str, me: &str, duration: Duration) -> Result<Decision, String> {
+async fn step(api: &Api<Lease>, name: &str, me: &str, duration: Duration, seen: &mut Seen) -> Result<Decision, String> {
     let current = api.get_opt(name).await.map_err(|e| format!("reading Lease {name}: {e}"))?;
     let now = Timestamp::now();
-    let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), me, now);
+    let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), me, Instant::now(), seen);
     match (&decision, current) {
         (Decision::Create, _) => {
             let lease = Lease {
@@ -162,23 +193,47 @@ async fn step(api: &Api<Lease>, name: &str, me: &str, duration: Duration) -> Res
 mod tests {
     use super::*;
 
-    fn lease(holder: &str, renewed_secs_ago: i64) -> LeaseSpec {
-        let now = Timestamp::now();
+    /// A Lease as another node wrote it: its renewTime is on that node's clock, which may be far off ours.
+    fn lease(holder: &str, renew_time_secs: i64) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(Timestamp::from_second(now.as_second() - renewed_secs_ago).unwrap())),
+            renew_time: Some(MicroTime(Timestamp::from_second(renew_time_secs).unwrap())),
             ..Default::default()
         }
     }
 
     #[test]
-    fn free_own_fresh_and_expired_leases() {
-        let now = Timestamp::now();
-        assert_eq!(decide(None, "a", now), Decision::Create);
-        assert_eq!(decide(Some(&lease("a", 3)), "a", now), Decision::Renew);
-        assert_eq!(decide(Some(&lease("b", 3)), "a", now), Decision::Follow("b".into()));
-        assert_eq!(decide(Some(&lease("b", 60)), "a", now), Decision::TakeOver);
-        assert_eq!(decide(Some(&lease("", 1)), "a", now), Decision::TakeOver);
+    fn free_own_and_released_leases() {
+        let (now, mut seen) = (Instant::now(), Seen::default());
+        assert_eq!(decide(None, "a", now, &mut seen), Decision::Create);
+        assert_eq!(decide(Some(&lease("a", 1_000)), "a", now, &mut seen), Decision::Renew);
+        assert_eq!(decide(Some(&lease("", 1_000)), "a", now, &mut seen), Decision::TakeOver);
+    }
+
+    #[test]
+    fn expiry_is_judged_on_the_local_clock_from_the_last_change_seen_whatever_the_holders_clock_says() {
+        let t0 = Instant::now();
+        let mut seen = Seen::default();
+        // A renewTime from a clock a year behind ours: a wall-clock comparison would call it long expired.
+        let stale_looking = lease("b", 1_700_000_000 - 365 * 86_400);
+        assert_eq!(decide(Some(&stale_looking), "a", t0, &mut seen), Decision::Follow("b".into()));
+        // The holder keeps renewing: each change restarts the wait.
+        let renewed = lease("b", 1_700_000_000 - 365 * 86_400 + 5);
+        let t10 = t0 + Duration::from_secs(10);
+        assert_eq!(decide(Some(&renewed), "a", t10, &mut seen), Decision::Follow("b".into()));
+        assert_eq!(decide(Some(&renewed), "a", t10 + Duration::from_secs(15), &mut seen), Decision::Follow("b".into()));
+        // Unchanged for longer than its 15 s duration since we saw it change: expired.
+        assert_eq!(decide(Some(&renewed), "a", t10 + Duration::from_secs(16), &mut seen), Decision::TakeOver);
+        // A renewTime from a clock a year ahead does not keep a dead holder alive either.
+        let mut seen = Seen::default();
+        let ahead = lease("c", 1_700_000_000 + 365 * 86_400);
+        assert_eq!(decide(Some(&ahead), "a", t0, &mut seen), Decision::Follow("c".into()));
+        assert_eq!(decide(Some(&ahead), "a", t0 + Duration::from_secs(16), &mut seen), Decision::TakeOver);
+    }
+
+    #[test]
+    fn a_leader_steps_down_well_before_a_standby_may_take_over() {
+        assert_eq!(renew_deadline(Duration::from_secs(15)), Duration::from_secs(10));
     }
 }
