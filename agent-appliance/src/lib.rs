@@ -7,6 +7,8 @@
 //! (wiring), `cli` (commands). The Traefik dynamic config model, its validation and the backend rewrite live in
 //! the `routes` crate.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod agent;
 pub mod apply;

@@ -4,6 +4,9 @@
 //! input), [`sender`] (send policy, sans-IO, and uploads), [`relay`] (agent streams -> pods, allow-listed),
 //! [`status`] (Ingress status and Events to write; sans-IO), [`watch`] (kube-rs reflectors and writes), [`config`], and [`run`] (wiring).
 
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod leader;
 pub mod manifests;

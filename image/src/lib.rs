@@ -11,6 +11,9 @@
 //! Modules: [`cpio`] (the archive writer), [`modinfo`] (module dependencies from the ELF files), [`oci`] (the
 //! client's OCI image archive, written without a container engine).
 
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod cpio;
 pub mod modinfo;
 pub mod oci;

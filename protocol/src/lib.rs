@@ -8,6 +8,7 @@
 //! response heads, sans-IO, for the control API, its client, Traefik's API and the test kits).
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod defaults;

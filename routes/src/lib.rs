@@ -12,6 +12,9 @@
 //! YAML input is refused on purpose: its anchors and aliases expand a small upload into a huge document, and
 //! its parser is slow on deep nesting. serde_json has neither problem and stops at 128 levels.
 
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod certificate;
 pub mod duration;

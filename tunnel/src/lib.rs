@@ -15,6 +15,8 @@
 //! - [`driver`]: the one-thread I/O driver (epoll + timerfd) that owns the UDP socket and splices tunnel
 //!   streams with kernel sockets; [`Tunnel`] is its handle.
 
+#![warn(missing_docs)]
+
 mod buffers;
 pub mod core;
 mod device;
