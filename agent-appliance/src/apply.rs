@@ -279,12 +279,12 @@ impl Applier {
             Err((status, message)) => return (status, UploadAnswer::refused(&generation, message)),
         };
         self.view.lock().unwrap().written = Some(generation.clone());
-        let confirmed = timeout.is_zero() || traefik.shows(&generation, timeout);
+        let confirmed = traefik.shows(&generation, timeout);
         let apply_ms = received.elapsed().as_millis() as u64;
         if !confirmed {
             return self.roll_back(&generation, timeout);
         }
-        let errors = if timeout.is_zero() { Vec::new() } else { traefik.errors() };
+        let errors = traefik.errors();
         self.keep_only(&written);
         if let Err(e) = self.store.save_last_good(&prepared.upload) {
             log::warn!("cannot record the last good config: {e}");

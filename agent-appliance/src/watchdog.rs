@@ -10,7 +10,6 @@ use crate::apply::Confirm;
 use crate::traefik::api;
 use crate::traefik::health::{Action, Observation, INTERVAL, PROBE_TIMEOUT};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Starts the watchdog thread.
 pub fn spawn(agent: Arc<Agent>) {
@@ -78,9 +77,4 @@ fn round(agent: &Agent) {
     if let Ok(mut applier) = agent.applier.try_lock() {
         applier.verify_file();
     }
-}
-
-/// How long the watchdog may take to notice a hung Traefik and have it killed (for docs and tests).
-pub fn detection_bound() -> Duration {
-    (INTERVAL + PROBE_TIMEOUT) * crate::traefik::health::HUNG_ROUNDS
 }

@@ -222,11 +222,7 @@ fn every_bad_upload_is_refused_while_the_live_route_serves_and_status_answers_at
     assert!(slowest < Duration::from_millis(100), "/status took {slowest:?} during the bad uploads");
     // Nothing of the refused uploads reached Traefik: the live generation, no leaked environment.
     let response = raw_get(setup.web, "app.test");
-    assert!(
-        response.contains(&format!("X-Polaredge-Generation: {}", live.as_str().unwrap()))
-            || response.contains("backend-A"),
-        "{response}"
-    );
+    assert!(response.starts_with("HTTP/1.1 200") && response.ends_with("backend-A /"), "{response}");
     assert!(!response.contains("X-Env-Path"), "{response}");
     let routes = std::fs::read_to_string(setup.dir.join("state/dynamic/routes.yaml")).unwrap();
     assert!(routes.contains(&format!("gen-{}", live.as_str().unwrap())), "{routes}");

@@ -244,12 +244,7 @@ fn output_is_deterministic_and_passes_the_agents_validation() {
     shuffled.services.reverse();
     let second = render(&shuffled, &Settings::default());
     assert_eq!(first.document, second.document, "same cluster, same bytes");
-    let policy = routes::Policy {
-        entry_points: ["web".to_string(), "websecure".to_string()].into(),
-        cert_resolvers: ["acme".to_string()].into(),
-        ..routes::Policy::default()
-    };
-    routes::parse(&first.document, &policy).expect("the agent accepts what the client renders");
+    routes::parse(&first.document, &policy()).expect("the agent accepts what the client renders");
 }
 
 #[test]
