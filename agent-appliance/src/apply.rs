@@ -278,7 +278,6 @@ impl Applier {
             Ok(written) => written,
             Err((status, message)) => return (status, UploadAnswer::refused(&generation, message)),
         };
-        self.view.lock().unwrap().written = Some(generation.clone());
         let confirmed = traefik.shows(&generation, timeout);
         let apply_ms = received.elapsed().as_millis() as u64;
         if !confirmed {
@@ -318,7 +317,7 @@ impl Applier {
                 if let Err(e) = self.write_file(&good.text) {
                     log::error!("cannot roll the routes file back to generation {}: {e}", good.generation);
                 }
-                self.written = Some(good.clone());
+                self.set_written(good.clone());
                 if let Err(e) = self.ports.ensure(&good.l4) {
                     log::error!("cannot reopen the TCP ports of generation {}: {e}", good.generation);
                 }
@@ -339,7 +338,6 @@ impl Applier {
         );
         let mut view = self.view.lock().unwrap();
         view.counters.rolled_back += 1;
-        view.written = self.written.as_ref().map(|w| w.generation.clone());
         (
             503,
             UploadAnswer {
@@ -425,7 +423,7 @@ impl Applier {
             self.close_unused();
             return Err((500, format!("cannot write the routes file {}: {e}", self.store.routes_file().display())));
         }
-        self.written = Some(written.clone());
+        self.set_written(written.clone());
         Ok(written)
     }
 
@@ -436,8 +434,7 @@ impl Applier {
         let rewritten = routes::rewrite(&config, &Default::default(), &generation, self.canary_entry_point.as_deref());
         let written = Written { generation, text: render(&rewritten), ..Written::empty() };
         self.keep_only(&written);
-        self.written = Some(written.clone());
-        self.view.lock().unwrap().written = Some(written.generation.clone());
+        self.set_written(written.clone());
         self.write_file(&written.text)
             .map_err(|e| format!("cannot write the routes file {}: {e}", self.store.routes_file().display()))
     }
@@ -454,6 +451,13 @@ impl Applier {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(self.store.routes_file()).ok()?;
         Some((meta.ino(), meta.len(), meta.modified().ok()?))
+    }
+
+    /// Records what the routes file holds, here and in the view the watchdog compares Traefik with (a
+    /// restored file the view did not know had Traefik killed over and over as "serving another generation").
+    fn set_written(&mut self, written: Written) {
+        self.view.lock().unwrap().written = Some(written.generation.clone());
+        self.written = Some(written);
     }
 
     /// Back to what the file on disk serves: forwarders and TCP ports of another config close, port plans
@@ -628,6 +632,11 @@ mod tests {
         assert!(f.applier.view().lock().unwrap().live.is_none());
         std::fs::write(f.root.join("last-good.yaml"), doc("10.1.0.9:80")).unwrap();
         assert_eq!(f.applier.start(&policy()), Some(generation_of(&doc("10.1.0.9:80"))));
+        assert_eq!(
+            f.applier.view().lock().unwrap().written,
+            Some(generation_of(&doc("10.1.0.9:80"))),
+            "the watchdog knows what the restored file holds"
+        );
         assert!(routes_file(&f).contains("127.0.0.1:"), "the pod points at a forwarder of this run");
     }
 }
