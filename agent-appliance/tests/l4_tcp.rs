@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::*;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    testkit::free_port()
 }
 
 /// A snapshot with no HTTP routes and these TCP ports: (port, service, pods, PROXY version).

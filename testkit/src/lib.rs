@@ -11,14 +11,39 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A loopback TCP port nobody listens on now.
-pub fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Ports handed out by this process: never handed out twice.
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A loopback port that is free for TCP and UDP now and that this process has not handed out before.
+///
+/// The port is released before a child process (Traefik, the agent) binds it, so it comes from below the
+/// kernel's ephemeral range (32768-60999 by default): a port from `bind(:0)` could be taken by any outgoing
+/// connection of the test in between (seen in CI as "address already in use" on Traefik's entrypoint).
+pub fn free_port() -> u16 {
+    const FIRST: u32 = 12_000;
+    const SPAN: u32 = 20_000;
+    // Start somewhere depending on the process, so test binaries run one after another pick other ports.
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let n = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < SPAN, "no free loopback port left between {FIRST} and {}", FIRST + SPAN);
+        let port = (FIRST + (start + n) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
 }
 
-/// A loopback UDP port nobody uses now.
+/// A loopback TCP port nobody listens on now (see [`free_port`]).
+pub fn free_tcp() -> u16 {
+    free_port()
+}
+
+/// A loopback UDP port nobody uses now (see [`free_port`]).
 pub fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port()
 }
 
 /// An HTTP/1.1 server on a loopback port answering every request with `<name> <path>`: a pod.
