@@ -6,7 +6,8 @@
 //! `BbrLite` controller, side by side in one run.
 //!
 //! Run: `cargo bench -p polaredge-tunnel --bench wan_sim` (part of `scripts/bench.sh`).
-//! `POLAREDGE_WAN_SECONDS` sets the virtual length of each transfer (default 20).
+//! `POLAREDGE_WAN_SECONDS` sets the virtual length of each transfer (default 20); `POLAREDGE_WAN_PROFILE` runs
+//! only the profiles whose name contains it.
 
 use smoltcp::socket::tcp::CongestionControl;
 use smoltcp::time::Duration;
@@ -55,7 +56,8 @@ fn main() {
         print!(" | {name:>13} {:>8} {:>9}", "stall ms", "drops");
     }
     println!();
-    for profile in PROFILES {
+    let only = std::env::var("POLAREDGE_WAN_PROFILE").unwrap_or_default();
+    for profile in PROFILES.iter().filter(|p| p.name.contains(&only)) {
         print!("{:<26}", profile.name);
         for (_, tuning) in &tunings {
             let run = transfer(profile, tuning.clone(), seconds);

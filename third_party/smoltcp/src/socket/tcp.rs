@@ -19,6 +19,8 @@ use crate::wire::{
 };
 
 mod congestion;
+// POLAREDGE patch: SACK-based loss recovery.
+mod sack;
 
 macro_rules! tcp_trace {
     ($($arg:expr),*) => (net_log!(trace, $($arg),*));
@@ -175,6 +177,9 @@ struct RttEstimator {
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// POLAREDGE patch: the latest raw sample in ms (0: none yet), for controllers that track the path's
+    /// minimum RTT (the smoothed RTT carries queueing delay).
+    latest: u32,
 }
 
 impl Default for RttEstimator {
@@ -187,6 +192,7 @@ impl Default for RttEstimator {
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
+            latest: 0,
         }
     }
 }
@@ -201,7 +207,14 @@ impl RttEstimator {
         if self.have_measurement { self.srtt } else { 0 }
     }
 
+    /// POLAREDGE patch: the latest raw RTT sample in ms, 0 before the first.
+    #[cfg(feature = "socket-tcp-cubic")]
+    fn latest_rtt(&self) -> u32 {
+        self.latest
+    }
+
     fn sample(&mut self, new_rtt: u32) {
+        self.latest = new_rtt.max(1);
         if self.have_measurement {
             // RFC 6298 (2.3) When a subsequent RTT measurement R' is made, a host MUST set (...)
             let diff = (self.srtt as i32 - new_rtt as i32).unsigned_abs();
@@ -530,6 +543,12 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// POLAREDGE patch: what the receiver reported holding above the cumulative ACK.
+    sack_board: sack::Scoreboard,
+    /// POLAREDGE patch: the SACK-based loss recovery in progress, if any.
+    recovery: Option<sack::Recovery>,
+    /// POLAREDGE patch: retransmission timeouts since the cumulative ACK last advanced.
+    rto_strikes: u8,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -621,6 +640,9 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            sack_board: sack::Scoreboard::new(),
+            recovery: None,
+            rto_strikes: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -939,6 +961,9 @@ impl<'a> Socket<'a> {
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
+        self.sack_board.clear();
+        self.recovery = None;
+        self.rto_strikes = 0;
 
         #[cfg(feature = "async")]
         {
@@ -1415,7 +1440,92 @@ impl<'a> Socket<'a> {
         self.congestion_controller
             .inner()
             .window()
-            .saturating_sub(self.flight_size())
+            .saturating_sub(self.pipe())
+    }
+
+    /// POLAREDGE patch: bytes believed to be in the network (RFC 6675's pipe): sent and unacknowledged,
+    /// minus what the receiver SACKed, minus lost holes not retransmitted yet. Without SACK information
+    /// this is the flight size.
+    fn pipe(&self) -> usize {
+        let mut pipe = self
+            .flight_size()
+            .saturating_sub(self.sack_board.sacked_below(self.remote_last_seq));
+        if let Some(recovery) = &self.recovery {
+            let lost = self.sack_board.lost_bytes(
+                self.local_seq_no,
+                recovery.rexmit_next,
+                self.dup_thresh_bytes(),
+            );
+            pipe = pipe.saturating_sub(lost);
+        }
+        pipe
+    }
+
+    /// POLAREDGE patch: SACKed bytes above a hole that mark it lost.
+    fn dup_thresh_bytes(&self) -> usize {
+        sack::DUP_THRESH * self.remote_mss
+    }
+
+    /// POLAREDGE patch: the next lost hole to retransmit in the current recovery, as (start, end).
+    fn recovery_hole(&self) -> Option<(TcpSeqNumber, TcpSeqNumber)> {
+        let recovery = self.recovery.as_ref()?;
+        self.sack_board
+            .lost_holes(
+                self.local_seq_no,
+                recovery.rexmit_next,
+                self.dup_thresh_bytes(),
+            )
+            .next()
+    }
+
+    /// POLAREDGE patch: after an ACK and its SACK blocks were applied, starts, advances or ends the loss
+    /// recovery.
+    fn process_sack(&mut self, acked_new: bool) {
+        let una = self.local_seq_no;
+        if acked_new {
+            self.rto_strikes = 0;
+        }
+        let remote_last_seq = self.remote_last_seq;
+        match self.recovery.as_mut() {
+            Some(recovery) if una >= recovery.end => {
+                net_debug!("sack: recovery complete at {}", una);
+                self.recovery = None;
+            }
+            Some(recovery) => {
+                recovery.rexmit_next = recovery.rexmit_next.max(una);
+                if acked_new {
+                    // A new hole is at the head now. If it was retransmitted already, it was before now.
+                    recovery.head_mark = (una < recovery.rexmit_next).then_some(remote_last_seq);
+                } else if let (Some(mark), Some(highest)) =
+                    (recovery.head_mark, self.sack_board.highest())
+                    && highest > mark
+                {
+                    // Data sent after the head's retransmission arrived, the retransmission did not.
+                    net_debug!("sack: retransmission of {} lost, sending it again", una);
+                    recovery.head_mark = None;
+                    self.pending_fast_retransmit = true;
+                }
+            }
+            None => {
+                let lost = self
+                    .sack_board
+                    .lost_holes(una, una, self.dup_thresh_bytes())
+                    .next()
+                    .is_some();
+                if lost {
+                    net_debug!("sack: entering recovery at {}", una);
+                    self.recovery = Some(sack::Recovery {
+                        end: self.remote_last_seq,
+                        rexmit_next: una,
+                        head_mark: None,
+                    });
+                    // The head goes out at once and the controller hears of the loss once.
+                    if !matches!(self.timer, Timer::FastRetransmit) {
+                        self.timer.set_for_fast_retransmit();
+                    }
+                }
+            }
+        }
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -1548,6 +1658,18 @@ impl<'a> Socket<'a> {
                     .map(|(left, right)| (ack + left, ack + right))
                     .next()
                     .map(|(left, right)| (left.0 as u32, right.0 as u32));
+            }
+
+            // POLAREDGE patch: three blocks fit with timestamps (36 option bytes); the two others report the
+            // lowest ranges not in the first, so a lost ACK costs the sender nothing it needs first.
+            let first = reply_repr.sack_ranges[0];
+            let mut others = self
+                .assembler
+                .iter_data()
+                .map(|(left, right)| ((ack + left).0 as u32, (ack + right).0 as u32))
+                .filter(|&range| Some(range) != first);
+            for slot in reply_repr.sack_ranges[1..].iter_mut() {
+                *slot = others.next();
             }
         }
 
@@ -2109,6 +2231,20 @@ impl<'a> Socket<'a> {
         }
 
         if let Some(ack_number) = repr.ack_number {
+            // POLAREDGE patch: bytes that reached the receiver with this ACK, SACKed ones included (the
+            // controller measures delivery with them; counting them only when a hole closes made one ACK
+            // look like a burst of delivery).
+            let delivered = if self.remote_has_sack {
+                let before = self.sack_board.sacked_bytes();
+                // The send buffer starts at `ack_number` now; nothing beyond its end (and a FIN) was sent.
+                let limit = ack_number + self.tx_buffer.len() + 1;
+                self.sack_board
+                    .update(ack_number, &repr.sack_ranges, limit);
+                (ack_len + self.sack_board.sacked_bytes()).saturating_sub(before)
+            } else {
+                ack_len
+            };
+
             // TODO: When flow control is implemented,
             // refractor the following block within that implementation
 
@@ -2136,7 +2272,8 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // POLAREDGE patch: a SACK recovery in progress already repairs this loss.
+                    if self.local_rx_dup_acks == 3 && self.recovery.is_none() {
                         self.timer.set_for_fast_retransmit();
                         net_debug!("started fast retransmit");
                     }
@@ -2182,6 +2319,19 @@ impl<'a> Socket<'a> {
             // deallocated from the buffer.
             if self.remote_last_seq < self.local_seq_no {
                 self.remote_last_seq = self.local_seq_no
+            }
+
+            if self.remote_has_sack {
+                self.process_sack(ack_len > 0);
+            }
+            if delivered > 0 {
+                let pipe = self.pipe();
+                self.congestion_controller.inner_mut().on_delivered(
+                    cx.now(),
+                    delivered,
+                    pipe,
+                    &self.rtte,
+                );
             }
         }
 
@@ -2322,6 +2472,11 @@ impl<'a> Socket<'a> {
             return true;
         }
 
+        // POLAREDGE patch: a lost hole to retransmit, if the congestion window allows.
+        if self.recovery_hole().is_some() && self.cwnd_remaining() > 0 {
+            return true;
+        }
+
         let ip_header_len = match self.tuple.unwrap().local.addr {
             #[cfg(feature = "proto-ipv4")]
             IpAddress::Ipv4(_) => crate::wire::IPV4_HEADER_LEN,
@@ -2351,9 +2506,15 @@ impl<'a> Socket<'a> {
         let max_send_seq =
             self.local_seq_no + core::cmp::min(self.remote_win_len, self.tx_buffer.len());
 
+        // POLAREDGE patch: after a timeout rewound the send sequence, what the receiver SACKed is skipped.
+        let next_send_seq = self
+            .sack_board
+            .sacked_end(self.remote_last_seq)
+            .unwrap_or(self.remote_last_seq);
+
         // Max amount of octets we can send.
-        let capped_send_seq = if max_send_seq >= self.remote_last_seq {
-            max_send_seq - self.remote_last_seq
+        let capped_send_seq = if max_send_seq >= next_send_seq {
+            max_send_seq - next_send_seq
         } else {
             0
         };
@@ -2507,6 +2668,15 @@ impl<'a> Socket<'a> {
                 // to be sent again.
                 self.remote_last_seq = self.local_seq_no;
 
+                // POLAREDGE patch: everything the receiver does not hold is lost; resending skips what it
+                // SACKed. A second timeout without progress distrusts the SACKs (a receiver may drop data it
+                // SACKed, RFC 2018 section 8).
+                self.recovery = None;
+                self.rto_strikes = self.rto_strikes.saturating_add(1);
+                if self.rto_strikes >= 2 {
+                    self.sack_board.clear();
+                }
+
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
             } else {
@@ -2651,15 +2821,49 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
+                // POLAREDGE patch: in a SACK recovery, the next lost hole goes first.
+                let hole = if self.pending_fast_retransmit {
+                    None
+                } else {
+                    self.recovery_hole()
+                        .filter(|_| self.cwnd_remaining() > 0)
+                };
+
                 let offset = if self.pending_fast_retransmit {
-                    let size = effective_mss.min(self.tx_buffer.len());
+                    let mut size = effective_mss.min(self.tx_buffer.len());
+                    // POLAREDGE patch: only the hole, not what the receiver holds after it.
+                    if let Some(held) = self.sack_board.next_sacked_after(self.local_seq_no) {
+                        size = size.min(held - self.local_seq_no);
+                    }
                     repr.seq_number = self.local_seq_no;
                     repr.payload = self.tx_buffer.get_allocated(0, size);
 
                     self.pending_fast_retransmit = false;
+                    let remote_last_seq = self.remote_last_seq;
+                    if let Some(recovery) = self.recovery.as_mut() {
+                        recovery.rexmit_next = recovery.rexmit_next.max(self.local_seq_no + size);
+                        recovery.head_mark = Some(remote_last_seq);
+                    }
 
                     0
+                } else if let Some((start, end)) = hole {
+                    // POLAREDGE patch: retransmit (part of) a lost hole.
+                    let offset = start - self.local_seq_no;
+                    let size = effective_mss.min(end - start);
+                    repr.seq_number = start;
+                    repr.payload = self.tx_buffer.get_allocated(offset, size);
+                    if let Some(recovery) = self.recovery.as_mut() {
+                        recovery.rexmit_next = start + repr.payload.len();
+                    }
+                    offset
                 } else {
+                    // POLAREDGE patch: after a timeout rewound the send sequence, skip what the receiver
+                    // SACKed.
+                    if let Some(held_until) = self.sack_board.sacked_end(self.remote_last_seq) {
+                        self.remote_last_seq = held_until;
+                        repr.seq_number = held_until;
+                    }
+
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
 
@@ -2723,6 +2927,11 @@ impl<'a> Socket<'a> {
                         win_limit.min(device_limit)
                     } else {
                         win_limit.min(device_limit).min(self.cwnd_remaining())
+                    };
+                    // POLAREDGE patch: stop where the receiver holds data already.
+                    let size = match self.sack_board.next_sacked_after(self.remote_last_seq) {
+                        Some(held) => size.min(held - self.remote_last_seq),
+                        None => size,
                     };
 
                     let offset = self.flight_size();
@@ -7041,6 +7250,179 @@ mod test {
             ack_number: Some(LOCAL_SEQ + 1 + (3 * 5)),
             ..SEND_TEMPL
         });
+    }
+
+    // POLAREDGE patch: SACK-based recovery.
+
+    /// An established socket with SACK on and an MSS of 3 that sent `data` in 3-byte segments.
+    fn socket_sent_with_sack(data: &'static [u8]) -> TestSocket {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        s.remote_mss = 3;
+        s.send_slice(data).unwrap();
+        for (i, chunk) in data.chunks(3).enumerate() {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload:    chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        s
+    }
+
+    fn sack_block(from: usize, to: usize) -> Option<(u32, u32)> {
+        Some(((LOCAL_SEQ + 1 + from).0 as u32, (LOCAL_SEQ + 1 + to).0 as u32))
+    }
+
+    #[test]
+    fn test_sack_recovery_retransmits_every_lost_hole_in_one_round_trip() {
+        // Segments 0 (aaa) and 3 (DDD) are lost; the receiver holds 3..9 and 12..24.
+        let mut s = socket_sent_with_sack(b"aaaBBBcccDDDeeeFFFgggHHH");
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(3, 9), None, None],
+            ..SEND_TEMPL
+        });
+        // 6 bytes SACKed above the first hole: not lost yet (3 segments are needed).
+        recv_nothing!(s, time 1051);
+        send!(s, time 1052, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(12, 24), sack_block(3, 9), None],
+            ..SEND_TEMPL
+        });
+        // Both holes go out at once, nothing the receiver holds does.
+        recv!(s, time 1053, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }, TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 9,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"DDD"[..],
+            ..RECV_TEMPL
+        }]);
+        // Everything arrives: the recovery ends.
+        send!(s, time 1100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 24),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery, None);
+        assert!(s.sack_board.is_empty());
+        recv_nothing!(s, time 1101);
+    }
+
+    #[test]
+    fn test_sack_recovery_resends_a_lost_retransmission() {
+        let mut s = socket_sent_with_sack(b"aaaBBBcccDDDeeeFFF");
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(3, 12), None, None],
+            ..SEND_TEMPL
+        });
+        recv!(s, time 1051, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
+        // New data sent after the retransmission arrives, the retransmission does not: it was lost too.
+        s.send_slice(b"ggg").unwrap();
+        recv!(s, time 1052, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 18,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ggg"[..],
+            ..RECV_TEMPL
+        }]);
+        send!(s, time 1060, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(3, 12), None, None],
+            ..SEND_TEMPL
+        });
+        // Reordering is not loss: SACKs for data sent before the retransmission change nothing.
+        recv_nothing!(s, time 1061);
+        send!(s, time 1070, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(18, 21), sack_block(3, 12), None],
+            ..SEND_TEMPL
+        });
+        // Only the head goes again: 12..18 has too little SACKed above it to be called lost.
+        recv!(s, time 1071, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }]);
+    }
+
+    #[test]
+    fn test_sack_timeout_resends_only_what_the_receiver_lacks() {
+        let mut s = socket_sent_with_sack(b"aaaBBBcccDDD");
+        // The receiver holds the last segment only: too little to call the others lost.
+        send!(s, time 1050, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            sack_ranges: [sack_block(9, 12), None, None],
+            ..SEND_TEMPL
+        });
+        recv_nothing!(s, time 1051);
+        // The retransmission timeout (1 s before any RTT sample) resends 0..9, not 9..12.
+        recv!(s, time 2000, [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"aaa"[..],
+            ..RECV_TEMPL
+        }, TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"BBB"[..],
+            ..RECV_TEMPL
+        }, TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ccc"[..],
+            ..RECV_TEMPL
+        }]);
+    }
+
+    #[test]
+    fn test_ack_reports_three_sack_blocks() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        // Segments at offsets 3, 9 and 15 arrive; 0, 6 and 12 do not.
+        for offset in [3, 9, 15] {
+            send!(s, time 0, TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + offset,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload:    &b"xyz"[..],
+                ..SEND_TEMPL
+            }, Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                window_len: 64,
+                sack_ranges: match offset {
+                    3 => [Some(((REMOTE_SEQ + 4).0 as u32, (REMOTE_SEQ + 7).0 as u32)), None, None],
+                    9 => [
+                        Some(((REMOTE_SEQ + 10).0 as u32, (REMOTE_SEQ + 13).0 as u32)),
+                        Some(((REMOTE_SEQ + 4).0 as u32, (REMOTE_SEQ + 7).0 as u32)),
+                        None,
+                    ],
+                    _ => [
+                        Some(((REMOTE_SEQ + 16).0 as u32, (REMOTE_SEQ + 19).0 as u32)),
+                        Some(((REMOTE_SEQ + 4).0 as u32, (REMOTE_SEQ + 7).0 as u32)),
+                        Some(((REMOTE_SEQ + 10).0 as u32, (REMOTE_SEQ + 13).0 as u32)),
+                    ],
+                },
+                ..RECV_TEMPL
+            }));
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub(super) trait Controller {
 
     fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {}
 
+    /// POLAREDGE patch: fired on every ACK that tells of bytes reaching the receiver, SACKed ones included
+    /// (`on_ack` counts only the cumulative ACK's progress). `in_flight` is the pipe after it.
+    fn on_delivered(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {}
+
     /// Fired on each duplicate ack received, after `on_loss` has been called.
     fn on_dup_ack(&mut self, now: Instant, len: usize, in_flight: usize) {}
 

@@ -10,6 +10,12 @@
 //! Startup grows the window by every acknowledged byte (like slow start) until the measured rate stops
 //! growing by a quarter for three rounds. Rounds in which the sender had little in flight (application
 //! limited) may raise the rate estimate but never lower it.
+//!
+//! Without pacing the window is what limits the queue, so it is 1.25 BDP after startup (2 BDP kept the
+//! bottleneck's queue full: see BENCHMARKS.md). The minimum RTT comes from raw samples; when it is 10 s old
+//! the window drops to a few packets for 200 ms (at least two minimum RTTs) so the queue drains and the path's
+//! RTT can be measured again, as BBR's ProbeRTT does: taking the smoothed RTT instead let queueing delay
+//! inflate the model, which then filled the queue further.
 
 use crate::time::{Duration, Instant};
 
@@ -21,6 +27,8 @@ const DEFAULT_MSS: usize = 1024;
 const BW_ROUNDS: usize = 10;
 /// How long the lowest RTT stays valid.
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// Shortest time spent with a drained queue to measure the minimum RTT again.
+const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// Startup ends after this many rounds without a quarter more rate.
 const STARTUP_FLAT_ROUNDS: u8 = 3;
 /// Packets in flight allowed whatever the model says.
@@ -47,6 +55,9 @@ pub struct BbrLite {
     round_start: Option<Instant>,
     round_acked: usize,
     round_cwnd_limited: bool,
+    /// While measuring the minimum RTT again: until when, and the lowest sample seen so far.
+    probe_rtt_until: Option<Instant>,
+    probe_min_ms: u32,
 }
 
 impl BbrLite {
@@ -66,6 +77,8 @@ impl BbrLite {
             round_start: None,
             round_acked: 0,
             round_cwnd_limited: false,
+            probe_rtt_until: None,
+            probe_min_ms: u32::MAX,
         }
     }
 
@@ -79,7 +92,35 @@ impl BbrLite {
             return MIN_WINDOW_PACKETS * self.mss;
         }
         let bdp = self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000;
-        (2 * bdp as usize).max(MIN_WINDOW_PACKETS * self.mss)
+        (bdp as usize * 5 / 4).max(MIN_WINDOW_PACKETS * self.mss)
+    }
+
+    /// Measures the minimum RTT again once it is old: returns whether the window is held small for that.
+    fn probe_rtt(&mut self, now: Instant, sample: u32) -> bool {
+        match self.probe_rtt_until {
+            None if !self.startup && now >= self.min_rtt_at + MIN_RTT_WINDOW => {
+                let two_rtts = Duration::from_millis(2 * u64::from(self.min_rtt_ms));
+                self.probe_rtt_until = Some(now + PROBE_RTT_TIME.max(two_rtts));
+                self.probe_min_ms = u32::MAX;
+            }
+            None => return false,
+            Some(until) if now >= until => {
+                self.probe_rtt_until = None;
+                if self.probe_min_ms != u32::MAX {
+                    self.min_rtt_ms = self.probe_min_ms;
+                }
+                self.min_rtt_at = now;
+                // The window returns to the model at once; this round saw little in flight.
+                self.round_start = Some(now);
+                self.round_acked = 0;
+                self.round_cwnd_limited = false;
+                self.cwnd = self.model_window().min(self.rwnd.max(MIN_WINDOW_PACKETS * self.mss));
+                return false;
+            }
+            Some(_) => self.probe_min_ms = self.probe_min_ms.min(sample),
+        }
+        self.cwnd = MIN_WINDOW_PACKETS * self.mss;
+        true
     }
 
     fn end_round(&mut self, now: Instant, elapsed: Duration) {
@@ -118,15 +159,22 @@ impl Controller for BbrLite {
         }
     }
 
-    fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
+    fn on_delivered(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
         if len == 0 {
             return;
         }
-        // smoltcp keeps RTTs in whole milliseconds: a sub-millisecond path reads as 0.
+        // smoltcp keeps RTTs in whole milliseconds: a sub-millisecond path reads as 1.
         let srtt = rtt.smoothed_rtt().max(1);
-        if srtt <= self.min_rtt_ms || now >= self.min_rtt_at + MIN_RTT_WINDOW {
-            self.min_rtt_ms = srtt;
+        let sample = match rtt.latest_rtt() {
+            0 => srtt,
+            sample => sample,
+        };
+        if sample <= self.min_rtt_ms {
+            self.min_rtt_ms = sample;
             self.min_rtt_at = now;
+        }
+        if self.probe_rtt(now, sample) {
+            return;
         }
         self.round_acked += len;
         if in_flight + len >= self.cwnd / 2 {
