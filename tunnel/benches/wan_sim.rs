@@ -2,8 +2,8 @@
 //! in-memory link of `tunnel::sim` with one-way delay, random loss and a bottleneck with a drop-tail queue.
 //! Deterministic: the same seed gives the same figures on any machine, however busy. One bulk stream per
 //! profile and direction; prints goodput, the longest stall (no new byte delivered), and what the link dropped,
-//! for the first version's buffers (512 KiB), the tuning as shipped (4 MiB, CUBIC), and the loss-tolerant
-//! `BbrLite` controller, side by side in one run.
+//! for the first version's buffers (512 KiB, CUBIC), 4 MiB buffers with CUBIC, and the tuning as shipped
+//! (4 MiB, the loss-tolerant `BbrLite`), side by side in one run.
 //!
 //! Run: `cargo bench -p polaredge-tunnel --bench wan_sim` (part of `scripts/bench.sh`).
 //! `POLAREDGE_WAN_SECONDS` sets the virtual length of each transfer (default 20); `POLAREDGE_WAN_PROFILE` runs
@@ -12,25 +12,12 @@
 use smoltcp::socket::tcp::CongestionControl;
 use smoltcp::time::Duration;
 use smoltcp::wire::{IpAddress, IpCidr, IpEndpoint};
+use tunnel::impair::{Profile, PROFILES};
 use tunnel::sim::{Conditions, Pair};
 use tunnel::{Core, CoreConfig, PrivateKey, TcpTuning};
 
-struct Profile {
-    name: &'static str,
-    one_way_ms: u64,
-    loss: f64,
-    /// Bottleneck in bytes per second.
-    rate: u64,
-}
-
-const PROFILES: &[Profile] = &[
-    Profile { name: "0 ms / 0%", one_way_ms: 0, loss: 0.0, rate: 125_000_000 },
-    Profile { name: "10 ms / 0%", one_way_ms: 10, loss: 0.0, rate: 125_000_000 },
-    Profile { name: "25 ms / 0%", one_way_ms: 25, loss: 0.0, rate: 125_000_000 },
-    Profile { name: "25 ms / 0.1%", one_way_ms: 25, loss: 0.001, rate: 125_000_000 },
-    Profile { name: "25 ms / 1%", one_way_ms: 25, loss: 0.01, rate: 125_000_000 },
-    Profile { name: "40 ms / 0.5%, 100 Mbit/s", one_way_ms: 40, loss: 0.005, rate: 12_500_000 },
-];
+/// The sim's stand-in for "no bottleneck but the machine": about what one core moves through the tunnel.
+const MACHINE_RATE: u64 = 125_000_000;
 
 struct Outcome {
     goodput: f64,
@@ -42,10 +29,11 @@ struct Outcome {
 fn main() {
     let seconds: u64 = std::env::var("POLAREDGE_WAN_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let shipped = TcpTuning::default();
+    let cubic = TcpTuning { congestion: CongestionControl::Cubic, ..shipped.clone() };
     let tunings = [
-        ("first version", TcpTuning { rx_buffer: 512 * 1024, tx_buffer: 512 * 1024, ..shipped.clone() }),
-        ("now (CUBIC)", shipped.clone()),
-        ("BbrLite", TcpTuning { congestion: CongestionControl::BbrLite, ..shipped.clone() }),
+        ("first version", TcpTuning { rx_buffer: 512 * 1024, tx_buffer: 512 * 1024, ..cubic.clone() }),
+        ("CUBIC", cubic),
+        ("as shipped", shipped),
     ];
     println!(
         "WAN in virtual time: one bulk stream A -> B for {seconds} s, bottleneck queue = 1 BDP (min 1 MiB), seed 1; \
@@ -67,8 +55,8 @@ fn main() {
         println!();
     }
     println!(
-        "(first version: 512 KiB buffers; all columns run this build: 200 ms minimum RTO, 32 reassembly holes; \
-         drops = random losses + bottleneck queue overflows, datagrams)"
+        "(first version: 512 KiB buffers and CUBIC; all columns run this build: SACK recovery, 200 ms minimum RTO, \
+         32 reassembly holes; drops = random losses + bottleneck queue overflows, datagrams)"
     );
 }
 
@@ -77,11 +65,12 @@ fn transfer(profile: &Profile, tuning: TcpTuning, seconds: u64) -> Outcome {
         0 => Duration::from_micros(100),
         ms => Duration::from_millis(ms),
     };
-    let bdp = (profile.rate as f64 * 2.0 * one_way.total_micros() as f64 / 1e6) as usize;
+    let rate = profile.rate.unwrap_or(MACHINE_RATE);
+    let bdp = (rate as f64 * 2.0 * one_way.total_micros() as f64 / 1e6) as usize;
     let conditions = Conditions {
         loss: profile.loss,
         latency: one_way,
-        rate: Some(profile.rate),
+        rate: Some(rate),
         queue: bdp.max(1 << 20),
         ..Conditions::default()
     };

@@ -44,7 +44,8 @@ pub struct TcpTuning {
     pub tx_buffer: usize,
     /// Delayed-ACK timer; `None` acknowledges every segment at once.
     pub ack_delay: Option<Duration>,
-    /// Congestion control. Cubic keeps a lossy path from collapsing; on a clean path it costs little.
+    /// Congestion control. `BbrLite` (the patched smoltcp's loss-tolerant controller) keeps its rate on a
+    /// path with random loss, where CUBIC halves on every loss; see BENCHMARKS.md ("WAN").
     pub congestion: tcp::CongestionControl,
     /// Keep-alive probes on idle connections, so a vanished peer frees its sockets.
     pub keep_alive: Option<Duration>,
@@ -68,7 +69,7 @@ impl Default for TcpTuning {
             rx_buffer: 4 << 20,
             tx_buffer: 4 << 20,
             ack_delay: Some(Duration::from_millis(1)),
-            congestion: tcp::CongestionControl::Cubic,
+            congestion: tcp::CongestionControl::BbrLite,
             keep_alive: Some(Duration::from_secs(20)),
             timeout: Some(Duration::from_secs(60)),
             max_connections: DEFAULT_MAX_CONNECTIONS,

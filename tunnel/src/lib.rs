@@ -10,6 +10,7 @@
 //! - `device` (private): the smoltcp device between the interface and boringtun, allocation-free per packet.
 //! - `listen` (private): listening without a backlog: a listening socket per connection request, on demand.
 //! - `buffers` (private): each connection's buffers in a mapping of their own, paid for as they fill.
+//! - [`impair`]: a WAN path in one direction (loss, delay, a bottleneck), sans-IO, and the WAN profiles.
 //! - [`sim`]: an in-memory link between two cores with loss, duplication and reordering, for tests and fuzzing.
 //! - [`testbed`]: network namespaces, veth pairs and `wireguard-go` for interop tests and benchmarks (root).
 //! - [`driver`]: the one-thread I/O driver (epoll + timerfd) that owns the UDP socket and splices tunnel
@@ -24,6 +25,7 @@ pub mod driver;
 pub mod keys;
 mod listen;
 
+pub mod impair;
 pub mod sim;
 pub mod testbed;
 

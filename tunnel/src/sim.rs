@@ -4,6 +4,7 @@
 //! before any of them matters).
 
 use crate::core::Core;
+use crate::impair::{chance, Path};
 use smoltcp::time::{Duration, Instant};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -70,8 +71,8 @@ struct Link {
     rng: u64,
     flights: BinaryHeap<Reverse<InFlight>>,
     sent: u64,
-    /// When the bottleneck of each direction (towards A, towards B) has sent everything queued so far.
-    busy_until: [Instant; 2],
+    /// The bottleneck and delay of each direction (towards A, towards B).
+    paths: [Path; 2],
     lost: u64,
     duplicated: u64,
     overflowed: u64,
@@ -92,19 +93,12 @@ impl Link {
             self.duplicated += copies - 1;
             for _ in 0..copies {
                 // The bottleneck: a datagram leaves once everything ahead of it has; the queue is bounded.
-                let mut departs = now;
-                if let Some(rate) = c.rate {
-                    let busy = &mut self.busy_until[usize::from(to_b)];
-                    let queued = (*busy - now.min(*busy)).total_micros() * rate / 1_000_000;
-                    if queued as usize + data.len() > c.queue.max(data.len()) {
-                        self.overflowed += 1;
-                        continue;
-                    }
-                    *busy = (*busy).max(now) + Duration::from_micros(data.len() as u64 * 1_000_000 / rate);
-                    departs = *busy;
-                }
+                let Some(arrives) = self.paths[usize::from(to_b)].enqueue(now, data.len()) else {
+                    self.overflowed += 1;
+                    continue;
+                };
                 let jitter = (c.jitter.total_micros() as f64 * chance(&mut self.rng)) as u64;
-                let deliver_at = departs + c.latency + Duration::from_micros(jitter);
+                let deliver_at = arrives + Duration::from_micros(jitter);
                 self.sent += 1;
                 self.flights.push(Reverse(InFlight { deliver_at, order: self.sent, to_b, data: data.clone() }));
             }
@@ -147,7 +141,7 @@ impl Pair {
                 rng: conditions.seed.max(1),
                 flights: BinaryHeap::new(),
                 sent: 0,
-                busy_until: [Instant::from_millis(0); 2],
+                paths: [0, 1].map(|_| Path::new(conditions.latency, 0.0, conditions.rate, conditions.queue, 1)),
                 lost: 0,
                 duplicated: 0,
                 overflowed: 0,
@@ -220,14 +214,4 @@ impl Pair {
             self.step(limit);
         }
     }
-}
-
-/// xorshift64*: a uniform number in [0, 1).
-fn chance(state: &mut u64) -> f64 {
-    let mut x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
 }

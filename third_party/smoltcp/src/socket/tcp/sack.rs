@@ -64,7 +64,8 @@ impl Scoreboard {
     }
 
     /// Records the SACK blocks of an ACK whose cumulative acknowledgement is `una`; blocks reaching beyond
-    /// `limit` (more than was ever sent) are bogus and ignored. Returns how many bytes are newly SACKed.
+    /// `limit` (more than was ever sent) are bogus and ignored. Returns how many more bytes are SACKed than
+    /// before (0 if a full board forgot more than it learnt).
     pub fn update(&mut self, una: TcpSeqNumber, blocks: &[Option<(u32, u32)>], limit: TcpSeqNumber) -> usize {
         self.prune(una);
         let before = self.sacked_bytes();
@@ -76,7 +77,8 @@ impl Scoreboard {
             }
             self.insert(left.max(una), right);
         }
-        self.sacked_bytes() - before
+        // A full board forgets its highest range, so the total may also shrink.
+        self.sacked_bytes().saturating_sub(before)
     }
 
     /// Forgets what the cumulative ACK `una` covers.
@@ -231,10 +233,47 @@ mod test {
         }
         assert_eq!(b.len, MAX_RANGES);
         assert_eq!(b.highest(), Some(seq((MAX_RANGES as i32 - 1) * 100 + 60)));
-        // A range below the others still gets in, at the cost of the highest.
-        b.update(seq(0), &[Some((10, 20))], seq(1_000_000));
+        // A range below the others still gets in, at the cost of the highest (which was as large).
+        assert_eq!(b.update(seq(0), &[Some((10, 20))], seq(1_000_000)), 0);
         assert_eq!(b.ranges()[0], (seq(10), seq(20)));
         assert_eq!(b.highest(), Some(seq((MAX_RANGES as i32 - 2) * 100 + 60)));
+    }
+
+    #[test]
+    fn random_blocks_keep_the_board_sorted_disjoint_and_bounded() {
+        // Hostile or garbled SACK blocks (any 32-bit values) must never panic or corrupt the board.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut board = Scoreboard::new();
+        let mut una = TcpSeqNumber(i32::MAX - 5_000);
+        for _ in 0..20_000 {
+            let near = |r: u64| (una.0 as u32).wrapping_add((r % 20_000) as u32);
+            let blocks = [0, 1, 2].map(|_| {
+                let (a, b) = (next(), next());
+                if a % 8 == 0 {
+                    Some((a as u32, b as u32))
+                } else {
+                    Some((near(a), near(a).wrapping_add((b % 3_000) as u32)))
+                }
+            });
+            let limit = una + 15_000;
+            board.update(una, &blocks, limit);
+            let ranges = board.ranges();
+            assert!(ranges.len() <= MAX_RANGES);
+            for (i, &(l, r)) in ranges.iter().enumerate() {
+                assert!(una <= l && l < r && r <= limit, "{l:?}..{r:?} outside {una:?}..{limit:?}");
+                if i > 0 {
+                    assert!(ranges[i - 1].1 < l, "ranges touch or overlap: {ranges:?}");
+                }
+            }
+            let _ = board.lost_holes(una, una + (next() % 10_000) as usize, 3_000).count();
+            una = una + (next() % 700) as usize;
+        }
     }
 
     #[test]

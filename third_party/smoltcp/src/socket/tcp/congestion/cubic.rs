@@ -78,7 +78,10 @@ impl Controller for Cubic {
     }
 
     fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
-        let segment = len.min(self.mss);
+        // POLAREDGE patch: count acknowledged bytes, not ACKs (as Linux does). A receiver that takes a batch
+        // of segments before it answers (the tunnel's driver reads up to 128 datagrams per wake-up) sends one
+        // ACK for many segments; capping each ACK at one MSS kept slow start crawling on real paths.
+        let segment = len;
 
         self.absorb_idle(now);
 

@@ -7,8 +7,14 @@
 //! Needs root, iproute2, iperf3, wireguard-go, wireguard-tools and onetun (`scripts/bench.sh` installs them).
 //! Every namespace and process it creates is removed when it ends.
 //!
-//! Internal modes (spawned inside namespaces): `forward` (kernel TCP listener -> tunnel) and `expose`
-//! (tunnel port -> kernel TCP); `connmem` measures memory per tunnel connection in-process on loopback.
+//! `wan` runs the WAN issue's profiles on real processes through a UDP impairment relay ([`wan`], [`relay`]).
+//!
+//! Internal modes (spawned inside namespaces): `forward` (kernel TCP listener -> tunnel), `expose` (tunnel
+//! port -> kernel TCP) and `relay` (the impairment relay); `connmem` measures memory per tunnel connection
+//! in-process on loopback.
+
+mod relay;
+mod wan;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -31,8 +37,10 @@ fn main() -> ExitCode {
         "forward" => forward(&options),
         "expose" => expose(&options),
         "connmem" => connection_memory(),
+        "wan" => wan::run(),
+        "relay" => start_relay(&options),
         "--help" | "-h" => {
-            println!("usage: polaredge-tunnel-bench [all|connmem]   (run as root; see scripts/bench.sh)");
+            println!("usage: polaredge-tunnel-bench [all|connmem|wan]   (run as root; see scripts/bench.sh)");
             Ok(())
         }
         other => Err(io::Error::other(format!("unknown mode {other:?}"))),
@@ -59,10 +67,20 @@ fn tunnel_from(options: &HashMap<String, String>) -> io::Result<Tunnel> {
         core: CoreConfig {
             endpoint,
             persistent_keepalive: endpoint.map(|_| 25),
+            tcp: wan::tuning(options.get("cc").map(String::as_str))?,
             ..CoreConfig::new(key, peer, vec![address])
         },
         listen: opt(options, "bind")?.parse().map_err(io::Error::other)?,
     })
+}
+
+/// The UDP impairment relay for one profile of [`tunnel::impair::PROFILES`] (by index).
+fn start_relay(options: &HashMap<String, String>) -> io::Result<()> {
+    let address = |key| opt(options, key)?.parse::<SocketAddr>().map_err(io::Error::other);
+    let index: usize = opt(options, "profile")?.parse().map_err(io::Error::other)?;
+    let profile = *tunnel::impair::PROFILES.get(index).ok_or_else(|| io::Error::other("no such profile"))?;
+    let seed: u64 = opt(options, "seed")?.parse().map_err(io::Error::other)?;
+    relay::run(address("listen")?, address("upstream")?, address("bind")?, profile, seed)
 }
 
 /// Kernel TCP listener -> a stream through the tunnel to `target`, spliced (the agent's forwarder shape).
