@@ -10,6 +10,9 @@ command -v onetun >/dev/null || cargo install --locked onetun --version 0.3.10
 cargo build --release --locked -p polaredge-tunnel --bin polaredge-tunnel-bench
 target/release/polaredge-tunnel-bench all
 target/release/polaredge-tunnel-bench connmem
+# WAN: the profiles in virtual time (deterministic), then on real processes through the impairment relay.
+cargo bench --locked -p polaredge-tunnel --bench wan_sim
+target/release/polaredge-tunnel-bench wan
 # The agent: upload -> live latency with real Traefik, idle RSS and size of the static binary.
 export POLAREDGE_TRAEFIK="$(scripts/fetch-traefik.sh x86_64)"
 scripts/build-static.sh

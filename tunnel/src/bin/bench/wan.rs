@@ -238,7 +238,11 @@ fn measure(c: &Netns, target: &Target, reverse: bool, runs: usize, seconds: u64,
     let mut goodputs = Vec::new();
     let mut worst = f64::INFINITY;
     let mut relay_cpu: f64 = 0.0;
-    for _ in 0..runs {
+    // A run that fails (iperf3's server still busy with the previous test, a reset control connection) is
+    // tried again rather than counted as 0, up to twice per run.
+    let mut attempts = 0;
+    while goodputs.len() < runs && attempts < runs * 3 {
+        attempts += 1;
         let (port, seconds) = (target.port.to_string(), seconds.to_string());
         let mut args = vec![
             "netns",
@@ -264,15 +268,19 @@ fn measure(c: &Netns, target: &Target, reverse: bool, runs: usize, seconds: u64,
         let t0 = Instant::now();
         let out = Command::new("ip").args(&args).stdin(Stdio::null()).output();
         let wall = t0.elapsed().as_secs_f64();
-        relay_cpu = relay_cpu.max((relay_pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0) / wall * 100.0);
         let json = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        let goodput = crate::iperf_mbytes(&json);
-        if goodput.is_none() {
+        let Some(goodput) = crate::iperf_mbytes(&json) else {
             let error = json.find("\"error\"").map_or("no report", |at| json[at..].lines().next().unwrap_or(""));
-            eprintln!("  iperf3 to {} failed: {error}", target.name);
-        }
-        goodputs.push(goodput.unwrap_or(0.0));
+            eprintln!("  iperf3 to {} failed ({error}); trying again", target.name);
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        };
+        relay_cpu = relay_cpu.max((relay_pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0) / wall * 100.0);
+        goodputs.push(goodput);
         worst = worst.min(worst_interval(&json).unwrap_or(0.0));
+    }
+    if goodputs.is_empty() {
+        goodputs.push(0.0);
     }
     Figure { mbytes: median(&mut goodputs), worst_second: worst, relay_cpu }
 }
