@@ -1,6 +1,7 @@
 //! WAN goodput of the tunnel's TCP in virtual time: two real cores (boringtun + smoltcp) joined by the
 //! in-memory link of `tunnel::sim` with one-way delay, random loss and a bottleneck with a drop-tail queue.
-//! Deterministic: the same seed gives the same figures on any machine, however busy. One bulk stream per
+//! The link's choices are seeded, but boringtun reads the real clock for some of its timers, so two runs differ
+//! by a few per cent (mostly in what the bottleneck drops); the machine's load does not matter. One bulk stream per
 //! profile and direction; prints goodput, the longest stall (no new byte delivered), and what the link dropped,
 //! for the first version's buffers (512 KiB, CUBIC), 4 MiB buffers with CUBIC, and the tuning as shipped
 //! (4 MiB, the loss-tolerant `BbrLite`), side by side in one run.

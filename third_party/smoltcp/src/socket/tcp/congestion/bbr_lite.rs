@@ -12,7 +12,9 @@
 //! limited) may raise the rate estimate but never lower it.
 //!
 //! Without pacing the window is what limits the queue, so it is 1.25 BDP after startup (2 BDP kept the
-//! bottleneck's queue full: see BENCHMARKS.md). The minimum RTT comes from raw samples; when it is 10 s old
+//! bottleneck's queue full: see BENCHMARKS.md), plus room for ACK aggregation as BBR measures it (bytes
+//! acknowledged beyond what the rate model expects, the largest of the last two rounds): a receiver that
+//! answers a batch of segments at once would otherwise leave a short path idle between bursts. The minimum RTT comes from raw samples; when it is 10 s old
 //! the window drops to a few packets for 200 ms (at least two minimum RTTs) so the queue drains and the path's
 //! RTT can be measured again, as BBR's ProbeRTT does: taking the smoothed RTT instead let queueing delay
 //! inflate the model, which then filled the queue further.
@@ -31,6 +33,8 @@ const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// Startup ends after this many rounds without a quarter more rate.
 const STARTUP_FLAT_ROUNDS: u8 = 3;
+/// Longest burst of ACK aggregation the window makes room for, in time at the path's rate (as BBR caps it).
+const MAX_AGGREGATION: Duration = Duration::from_millis(100);
 /// Packets in flight allowed whatever the model says.
 const MIN_WINDOW_PACKETS: usize = 4;
 /// Window at the start, in packets (RFC 6928).
@@ -58,6 +62,11 @@ pub struct BbrLite {
     /// While measuring the minimum RTT again: until when, and the lowest sample seen so far.
     probe_rtt_until: Option<Instant>,
     probe_min_ms: u32,
+    /// ACK aggregation (BBR's "extra acked"): since when bytes arrive faster than the rate model expects, how
+    /// many, and the largest excess of this round and the last (the window makes room for it).
+    aggregation_start: Instant,
+    aggregation_delivered: usize,
+    extra_acked: [usize; 2],
 }
 
 impl BbrLite {
@@ -79,6 +88,9 @@ impl BbrLite {
             round_cwnd_limited: false,
             probe_rtt_until: None,
             probe_min_ms: u32::MAX,
+            aggregation_start: Instant::from_millis(0),
+            aggregation_delivered: 0,
+            extra_acked: [0; 2],
         }
     }
 
@@ -92,7 +104,8 @@ impl BbrLite {
             return MIN_WINDOW_PACKETS * self.mss;
         }
         let bdp = self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000;
-        (bdp as usize * 5 / 4).max(MIN_WINDOW_PACKETS * self.mss)
+        let extra = self.extra_acked[0].max(self.extra_acked[1]);
+        (bdp as usize * 5 / 4 + extra).max(MIN_WINDOW_PACKETS * self.mss)
     }
 
     /// Measures the minimum RTT again once it is old: returns whether the window is held small for that.
@@ -145,6 +158,26 @@ impl BbrLite {
         self.round_start = Some(now);
         self.round_acked = 0;
         self.round_cwnd_limited = false;
+        self.extra_acked = [0, self.extra_acked[0]];
+    }
+
+    /// Tracks how far deliveries run ahead of the rate model: a receiver that acknowledges a batch of segments
+    /// at once (the tunnel's driver reads up to 128 datagrams per wake-up) makes the sender idle between
+    /// bursts unless the window holds the burst on top of the bandwidth-delay product.
+    fn track_aggregation(&mut self, now: Instant, len: usize) {
+        let bw = self.max_bw();
+        let elapsed = (now - self.aggregation_start.min(now)).total_micros();
+        let expected = (bw.saturating_mul(elapsed) / 1_000_000) as usize;
+        if self.aggregation_delivered <= expected {
+            // Deliveries fell back to the model's pace: a new epoch starts here.
+            self.aggregation_start = now;
+            self.aggregation_delivered = 0;
+        }
+        self.aggregation_delivered += len;
+        let expected = if self.aggregation_start == now { 0 } else { expected };
+        let cap = (bw.saturating_mul(MAX_AGGREGATION.total_micros()) / 1_000_000) as usize;
+        let extra = self.aggregation_delivered.saturating_sub(expected).min(cap);
+        self.extra_acked[0] = self.extra_acked[0].max(extra);
     }
 }
 
@@ -177,6 +210,7 @@ impl Controller for BbrLite {
             return;
         }
         self.round_acked += len;
+        self.track_aggregation(now, len);
         if in_flight + len >= self.cwnd / 2 {
             self.round_cwnd_limited = true;
         }
