@@ -300,6 +300,7 @@ impl Agent {
                 apply_ms: l.apply_ms,
                 routers: l.routers,
                 errors: l.errors.clone(),
+                withheld: l.withheld.clone(),
             }),
             routes_file: api::RoutesFile { generation: view.written.clone(), repairs: view.counters.repairs },
             traefik: api::Traefik {

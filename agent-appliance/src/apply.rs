@@ -51,6 +51,8 @@ pub struct Live {
     pub errors: Vec<String>,
     /// Routers in the document.
     pub routers: usize,
+    /// Its `l4` ports not served, and why.
+    pub withheld: Vec<String>,
 }
 
 /// Upload and repair counters for /metrics.
@@ -102,16 +104,24 @@ pub struct Prepared {
     generation: String,
     config: DynamicConfig,
     upload: Vec<u8>,
+    /// `l4` ports left out (the policy refuses them), and why.
+    withheld: Vec<String>,
 }
 
 pub use protocol::generation_of;
 
 /// Parses and validates an upload. Pure and lock-free: a slow or hostile upload costs only its own thread.
+/// `l4` ports the policy refuses are left out and reported; the rest of the upload is served.
 pub fn prepare(upload: &[u8], policy: &Policy) -> Result<Prepared, Vec<Problem>> {
     let text = std::str::from_utf8(upload)
         .map_err(|e| vec![Problem { path: String::new(), message: format!("body is not UTF-8 ({e})") }])?;
-    let config = routes::parse(text, policy)?;
-    Ok(Prepared { generation: generation_of(upload), config, upload: upload.to_vec() })
+    let accepted = routes::accept(text, policy)?;
+    Ok(Prepared {
+        generation: generation_of(upload),
+        config: accepted.config,
+        upload: upload.to_vec(),
+        withheld: accepted.withheld.iter().map(ToString::to_string).collect(),
+    })
 }
 
 /// A routes file as written: what it serves and the text Traefik reads.
@@ -209,6 +219,7 @@ impl Applier {
             }
         });
         let generation = restored.as_ref().map(|p| p.generation.clone());
+        let withheld = restored.as_ref().map(|p| p.withheld.clone()).unwrap_or_default();
         let written = match restored.map(|p| self.write(&p)) {
             Some(Ok(written)) => Some(written),
             Some(Err((_, message))) => {
@@ -229,6 +240,7 @@ impl Applier {
                     apply_ms: 0,
                     errors: Vec::new(),
                     routers: written.routers,
+                    withheld: withheld.clone(),
                 });
                 drop(view);
                 self.good = Some(written);
@@ -261,7 +273,9 @@ impl Applier {
                 let mut view = self.view.lock().unwrap();
                 view.counters.unchanged += 1;
                 let errors = view.live.as_ref().map(|l| l.errors.clone()).unwrap_or_default();
-                let answer = UploadAnswer { generation, live: true, unchanged: true, errors, ..Default::default() };
+                let withheld = view.live.as_ref().map(|l| l.withheld.clone()).unwrap_or_default();
+                let answer =
+                    UploadAnswer { generation, live: true, unchanged: true, errors, withheld, ..Default::default() };
                 return (200, answer);
             }
         }
@@ -293,6 +307,9 @@ impl Applier {
             written.routers,
             written.pods.len()
         );
+        for reason in &prepared.withheld {
+            log::warn!("generation {generation} is served without {reason}");
+        }
         {
             let mut view = self.view.lock().unwrap();
             view.counters.applied += 1;
@@ -303,10 +320,12 @@ impl Applier {
                 apply_ms,
                 errors: errors.clone(),
                 routers: written.routers,
+                withheld: prepared.withheld.clone(),
             });
         }
         self.good = Some(written);
-        (200, UploadAnswer { generation, live: true, apply_ms: Some(apply_ms), errors, ..Default::default() })
+        let withheld = prepared.withheld;
+        (200, UploadAnswer { generation, live: true, apply_ms: Some(apply_ms), errors, withheld, ..Default::default() })
     }
 
     /// Traefik did not show `generation`: the file goes back to the last good config (or to no routes), so no

@@ -1,7 +1,8 @@
 //! Public TCP ports for Services of type LoadBalancer, served by the agent itself: a real Redis server (Debian's
 //! redis-server) through the edge with its own client, connections spread over the pods, the PROXY protocol
 //! header (v1 and v2) carrying the public client's address to a PROXY-aware pod, a port another process holds
-//! refused with the last good config kept, and ports that leave the snapshot closed.
+//! refused with the last good config kept, ports that leave the snapshot closed, and a port the edge keeps for
+//! itself withheld while the rest is served.
 
 mod support;
 
@@ -121,4 +122,21 @@ fn tcp_services_are_served_on_their_own_ports_with_the_real_client_address_on_re
     assert_eq!(&reply, b"+PONG\r\n", "a connection open across the change keeps working");
     let (_, metrics) = peer.get("/metrics");
     assert!(metrics.contains("polaredge_l4_ports 1"), "{metrics}");
+
+    // A Service asking for a port the edge keeps for itself (here its web entrypoint) is left out and named;
+    // the rest of the snapshot is served.
+    let web = setup.web.port();
+    let (status, body) = peer.upload(&l4(&[
+        (redis, "data/redis", &["10.1.0.6:6379"], None),
+        (web, "shop/grab-80", &["10.1.0.6:6379"], None),
+    ]));
+    assert_eq!(status, 200, "{body}");
+    let answer: protocol::api::UploadAnswer = serde_json::from_str(&body).unwrap();
+    assert!(answer.live, "{body}");
+    assert_eq!(answer.withheld.len(), 1, "{body}");
+    assert!(answer.withheld[0].contains("shop/grab-80") && answer.withheld[0].contains("the edge's own"), "{body}");
+    assert_eq!(testkit::redis_cli(redis, &["PING"]), "PONG");
+    let s: protocol::api::Status = serde_json::from_str(&peer.get("/status").1).unwrap();
+    assert_eq!(s.live.unwrap().withheld, answer.withheld);
+    assert_eq!(s.l4.iter().map(|p| p.port).collect::<Vec<_>>(), [redis]);
 }

@@ -318,6 +318,9 @@ fn send_loop(
                                 }
                             ),
                         }
+                        for reason in &answer.body.withheld {
+                            log::warn!("agent {name}: generation {generation} is served without {reason}");
+                        }
                         let live = (outcome == sender::Outcome::Live).then(|| generation.clone());
                         {
                             let mut agents = metrics.agents.lock().unwrap();

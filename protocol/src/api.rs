@@ -28,6 +28,10 @@ pub struct UploadAnswer {
     /// After a rollback: the generation the routes file holds again (`None`: no routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<String>,
+    /// `l4` ports served without: the agent keeps them for itself or may not open them (`path: reason`,
+    /// naming the Service). Everything else in the upload is served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
 }
 
 impl UploadAnswer {
@@ -92,6 +96,9 @@ pub struct Live {
     pub routers: usize,
     /// Errors Traefik reports for it.
     pub errors: Vec<String>,
+    /// Its `l4` ports that are not served, and why (see [`UploadAnswer::withheld`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
 }
 
 /// The routes file Traefik reads.

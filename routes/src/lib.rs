@@ -95,8 +95,44 @@ pub fn system_now() -> i64 {
 /// Default of [`Policy::max_backends`].
 pub const DEFAULT_MAX_BACKENDS: usize = 20_000;
 
-/// Parses and validates an upload (JSON). All problems found are reported at once.
+/// A parsed upload that an agent serves, and the `l4` ports it leaves out.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The document to serve, without the withheld ports.
+    pub config: DynamicConfig,
+    /// Why each withheld `l4` port is not served (see [`validate::withhold_refused_l4`]).
+    pub withheld: Vec<Problem>,
+}
+
+/// Parses and validates an upload as an agent serves it: `l4` ports its policy refuses are withheld and
+/// reported, everything else must be valid. All problems found are reported at once.
+pub fn accept(text: &str, policy: &Policy) -> Result<Accepted, Vec<Problem>> {
+    let mut config = deserialize(text)?;
+    let withheld = validate::withhold_refused_l4(&mut config, policy);
+    let mut problems = text::check(&config);
+    problems.extend(validate(&config, policy));
+    if problems.is_empty() {
+        Ok(Accepted { config, withheld })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Parses and validates an upload (JSON), strictly: a refused `l4` port is a problem too. All problems found
+/// are reported at once.
 pub fn parse(text: &str, policy: &Policy) -> Result<DynamicConfig, Vec<Problem>> {
+    let config = deserialize(text)?;
+    let mut problems = text::check(&config);
+    problems.extend(validate(&config, policy));
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The JSON document, deserialized with field paths in its errors (no value checks yet).
+fn deserialize(text: &str) -> Result<DynamicConfig, Vec<Problem>> {
     let body = text.trim_start();
     if body.is_empty() {
         return Err(vec![problem("", "empty document: an empty file would drop every route, so it is refused")]);
@@ -115,13 +151,7 @@ pub fn parse(text: &str, policy: &Policy) -> Result<DynamicConfig, Vec<Problem>>
         vec![problem(path, format!("invalid: {}", e.inner()))]
     })?;
     json.end().map_err(|e| vec![problem("", format!("invalid: {e}"))])?;
-    let mut problems = text::check(&config);
-    problems.extend(validate(&config, policy));
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems)
-    }
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -182,17 +182,7 @@ fn check_l4(problems: &mut Vec<Problem>, l4: &model::L4, policy: &Policy) {
         let path = format!("l4.tcp.{port_text}");
         match port_text.parse::<u16>() {
             Ok(0) => problems.push(problem(&path, "port 0 is not a port (1-65535)")),
-            Ok(port) if policy.reserved_ports.contains(&port) => problems.push(problem(
-                &path,
-                format!("port {port} is the edge's own (an entrypoint or WireGuard); pick another"),
-            )),
-            Ok(port) if !policy.l4_ports.iter().any(|(low, high)| (*low..=*high).contains(&port)) => {
-                problems.push(problem(
-                    &path,
-                    format!("port {port} is outside the ports this agent may serve ({:?})", policy.l4_ports),
-                ))
-            }
-            Ok(_) => {}
+            Ok(port) => problems.extend(l4_port_refusal(port, &service.service, policy)),
             Err(_) => problems.push(problem(&path, format!("{port_text:?} is not a port (1-65535)"))),
         }
         for (i, server) in service.servers.iter().enumerate() {
@@ -209,6 +199,52 @@ fn check_l4(problems: &mut Vec<Problem>, l4: &model::L4, policy: &Policy) {
             }
         }
     }
+}
+
+/// Why this agent does not serve `port` for `service` (a port of its own, or outside its `l4.ports`), if it
+/// does not. A well-formed port the policy refuses is withheld on its own by [`withhold_refused_l4`].
+fn l4_port_refusal(port: u16, service: &str, policy: &Policy) -> Option<Problem> {
+    let path = format!("l4.tcp.{port}");
+    if policy.reserved_ports.contains(&port) {
+        Some(problem(
+            path,
+            format!("port {port} (Service {service}) is the edge's own (an entrypoint or WireGuard); pick another"),
+        ))
+    } else if !policy.l4_ports.iter().any(|(low, high)| (*low..=*high).contains(&port)) {
+        Some(problem(
+            path,
+            format!(
+                "port {port} (Service {service}) is outside the ports this agent may serve ({:?}: `l4.ports` in \
+                 its config)",
+                policy.l4_ports
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+/// Takes the `l4` ports this agent's policy refuses out of `config` and says why for each: one Service asking
+/// for a port the edge keeps for itself, or that this edge does not open, must not stop every other route from
+/// being served. Ports that are not well-formed stay in, for [`validate`] to refuse the document.
+pub fn withhold_refused_l4(config: &mut DynamicConfig, policy: &Policy) -> Vec<Problem> {
+    let Some(l4) = &mut config.l4 else { return Vec::new() };
+    let mut withheld = Vec::new();
+    l4.tcp.retain(|port_text, service| {
+        let refusal = port_text
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .and_then(|port| l4_port_refusal(port, &service.service, policy));
+        match refusal {
+            Some(problem) => {
+                withheld.push(problem);
+                false
+            }
+            None => true,
+        }
+    });
+    withheld
 }
 
 fn check_name(problems: &mut Vec<Problem>, path: &str, name: &str) {
@@ -510,5 +546,28 @@ mod tests {
         let narrow = crate::Policy { l4_ports: vec![(10000, 10100)], ..policy() };
         let p = crate::parse(&json(&doc("5432", "", "")), &narrow).unwrap_err();
         assert!(p[0].to_string().contains("outside the ports this agent may serve"), "{p:?}");
+    }
+
+    #[test]
+    fn an_agent_serves_the_rest_without_the_l4_ports_its_policy_refuses() {
+        let doc = r#"{"http": {"routers": {"r": {"rule": "Host(`a.example`)", "service": "s"}},
+            "services": {"s": {"loadBalancer": {"servers": [{"url": "http://10.0.0.1:80"}]}}}},
+            "l4": {"tcp": {"443": {"service": "web/proxy", "servers": ["10.1.0.5:443"]},
+                           "5432": {"service": "db/pg", "servers": ["10.1.0.6:5432"]},
+                           "20000": {"service": "db/other", "servers": ["10.1.0.7:5432"]}}}}"#;
+        let narrow = crate::Policy { l4_ports: vec![(5000, 6000)], ..policy() };
+        let accepted = crate::accept(doc, &narrow).unwrap();
+        let kept: Vec<&String> = accepted.config.l4.as_ref().unwrap().tcp.keys().collect();
+        assert_eq!(kept, ["5432"]);
+        assert_eq!(accepted.config.http.as_ref().unwrap().routers.len(), 1, "the HTTP routes stay");
+        let reasons: Vec<String> = accepted.withheld.iter().map(ToString::to_string).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].starts_with("l4.tcp.20000") && reasons[0].contains("db/other"), "{reasons:?}");
+        assert!(reasons[1].contains("web/proxy") && reasons[1].contains("the edge's own"), "{reasons:?}");
+        // A port that is not well-formed is still a problem with the whole upload.
+        let bad = doc.replace("\"5432\"", "\"0\"");
+        assert!(crate::accept(&bad, &narrow).is_err());
+        // The strict parse refuses the same document.
+        assert!(crate::parse(doc, &narrow).is_err());
     }
 }
