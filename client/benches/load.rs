@@ -1,7 +1,9 @@
 //! Public load through the edge, side by side with its anchors, in one run: wrk at 100, 1,000 and 10,000
 //! keep-alive connections and bursts of simultaneous one-request connections, each against
 //! (a) the backend directly (Debian's nginx), (b) the same Traefik proxying straight to it (what the edge
-//! itself costs), (c) through the edge (agent + Traefik + userspace WireGuard + client relay).
+//! itself costs), (c) through the edge (agent + Traefik + userspace WireGuard + client relay); and at layer 4,
+//! (d) rathole (a TCP forwarder users pick for speed; `cargo install rathole`, skipped when absent) forwarding a
+//! port to the backend, against (e) our own L4 route (a LoadBalancer Service: agent -> tunnel -> client relay).
 //! Prints req/s, latency percentiles, errors, the RSS, threads and CPU per request of the agent and the client;
 //! then the same comparison with the edge host on a core of its own (Traefik + agent on CPU 0, everything else
 //! on CPU 1), and RSS after the load.
@@ -34,16 +36,24 @@ fn main() {
     let edge = Edge::start("bench-load");
     let nginx = Nginx::start(&edge.dir);
     let direct_traefik = DirectTraefik::start(&edge.dir, nginx.addr);
-    std::fs::write(edge.dir.join("manifests/app.yaml"), manifests(HOST, nginx.addr.port())).unwrap();
+    let l4 = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+    let documents = format!("{}---\n{}", manifests(HOST, nginx.addr.port()), l4_service(l4.port(), nginx.addr.port()));
+    std::fs::write(edge.dir.join("manifests/app.yaml"), documents).unwrap();
     let client = edge.client_reading_manifests();
     assert!(eventually(Duration::from_secs(30), || get(edge.web, HOST, "/") == "ok\n"), "edge route live");
+    assert!(eventually(Duration::from_secs(30), || get(l4, HOST, "/") == "ok\n"), "edge L4 route live");
     assert!(eventually(Duration::from_secs(10), || get(direct_traefik.web, HOST, "/") == "ok\n"), "direct Traefik");
+    let rathole = Rathole::start(&edge.dir, nginx.addr);
     let (agent_pid, client_pid) = (edge.agent.child.id(), client.child.id());
-    let targets = [
+    let mut targets = vec![
         ("(a) backend direct", nginx.addr),
         ("(b) Traefik direct", direct_traefik.web),
         ("(c) through the edge", edge.web),
     ];
+    if let Some(rathole) = &rathole {
+        targets.push(("(d) rathole, TCP", rathole.public));
+    }
+    targets.push(("(e) ours, L4 route", l4));
 
     let rounds: usize = std::env::var("POLAREDGE_LOAD_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     println!(
@@ -64,9 +74,10 @@ fn main() {
         "edge CPU/req"
     );
     let mut ratios = Vec::new();
+    let mut layer4 = Vec::new();
     for connections in [100usize, 1_000, 10_000] {
         let rounds = if connections == 10_000 { 1 } else { rounds };
-        let mut runs: Vec<Vec<(WrkRun, Peak, f64)>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut runs: Vec<Vec<(WrkRun, Peak, f64)>> = targets.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             for (i, (_, addr)) in targets.iter().enumerate() {
                 let sampler = Sampler::start(agent_pid, client_pid);
@@ -83,7 +94,7 @@ fn main() {
             let list = &mut runs[i];
             list.sort_by(|x, y| x.0.rps.total_cmp(&y.0.rps));
             let (run, peak, cpu_us) = &list[list.len() / 2];
-            let edge_figures = if *addr == edge.web {
+            let edge_figures = if *addr == edge.web || *addr == l4 {
                 format!(
                     "{:>13.1} {:>13.1} {:>12} {:>9.0} us",
                     peak.agent_rss_kib as f64 / 1024.0,
@@ -106,6 +117,10 @@ fn main() {
             medians.push(run.rps);
         }
         ratios.push((connections, medians[2] / medians[1]));
+        if rathole.is_some() {
+            let (ours, theirs) = (medians[medians.len() - 1], medians[medians.len() - 2]);
+            layer4.push((connections, ours / theirs));
+        }
     }
     for (connections, ratio) in &ratios {
         let target = match connections {
@@ -115,12 +130,15 @@ fn main() {
         };
         println!("through-edge / Traefik-direct req/s at {connections} connections: {ratio:.2} (target {target})");
     }
+    for (connections, ratio) in &layer4 {
+        println!("our L4 route / rathole req/s at {connections} connections: {ratio:.2}");
+    }
     println!("(edge CPU/req: user+system time of agent and client together per request answered through the edge)");
 
     println!("\nbursts: N connections opened at once, then one request each (Connection: close); failed = not 200");
     println!("{:<22} {:>6} {:>8} {:>10}", "target", "N", "failed", "all in ms");
     for n in [50usize, 200, 1_000, 5_000] {
-        for (name, addr) in targets {
+        for &(name, addr) in &targets {
             let (failed, took) = burst(addr, n);
             println!("{name:<22} {n:>6} {failed:>8} {:>10.0}", took.as_secs_f64() * 1000.0);
             std::thread::sleep(Duration::from_secs(1));
@@ -140,7 +158,7 @@ fn main() {
     println!("{:<22} {:>6} {:>10} {:>9} {:>9} {:>8}", "target", "conns", "req/s", "p50 ms", "p99 ms", "errors");
     for connections in [100usize, 1_000] {
         let mut medians = Vec::new();
-        for (name, addr) in &targets[1..] {
+        for (name, addr) in &targets[1..3] {
             let mut list: Vec<WrkRun> = (0..rounds)
                 .map(|_| {
                     let run = wrk_on(Some(1), *addr, connections, seconds);
@@ -192,6 +210,61 @@ fn main() {
         }
     }
     drop(client);
+}
+
+/// A Service of type LoadBalancer with our class exposing `pod_port` (on loopback) at the edge's `port`.
+fn l4_service(port: u16, pod_port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: nginx-l4, namespace: default}}\nspec:\n  type: LoadBalancer\n  \
+         loadBalancerClass: polaredge.io/edge\n  ports: [{{port: {port}, targetPort: {pod_port}}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: nginx-l4-1\n  namespace: default\n  \
+         labels: {{kubernetes.io/service-name: nginx-l4}}\naddressType: IPv4\nports: [{{port: {pod_port}}}]\n\
+         endpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n"
+    )
+}
+
+/// rathole forwarding a loopback port to `backend` through its own control connection, with its default
+/// transport (plain TCP: no encryption, where ours runs WireGuard). `None` when rathole is not installed.
+struct Rathole {
+    public: SocketAddr,
+    _server: Proc,
+    _client: Proc,
+}
+
+impl Rathole {
+    fn start(dir: &Path, backend: SocketAddr) -> Option<Rathole> {
+        if Command::new("rathole").arg("--version").output().is_err() {
+            println!("rathole is not installed (`cargo install rathole`): its rows are left out");
+            return None;
+        }
+        let (control, public) = (free_tcp(), SocketAddr::from(([127, 0, 0, 1], free_tcp())));
+        let (server, client) = (dir.join("rathole-server.toml"), dir.join("rathole-client.toml"));
+        std::fs::write(
+            &server,
+            format!(
+                "[server]\nbind_addr = \"127.0.0.1:{control}\"\n[server.services.nginx]\ntoken = \"bench\"\n\
+                 bind_addr = \"{public}\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &client,
+            format!(
+                "[client]\nremote_addr = \"127.0.0.1:{control}\"\n[client.services.nginx]\ntoken = \"bench\"\n\
+                 local_addr = \"{backend}\"\n"
+            ),
+        )
+        .unwrap();
+        let server = Proc::spawn(Command::new("rathole").arg("--server").arg(&server).env("RUST_LOG", "error"));
+        let client = Proc::spawn(Command::new("rathole").arg("--client").arg(&client).env("RUST_LOG", "error"));
+        assert!(
+            eventually(Duration::from_secs(20), || get(public, HOST, "/") == "ok\n"),
+            "rathole forwarding\n{}\n{}",
+            server.log(),
+            client.log()
+        );
+        Some(Rathole { public, _server: server, _client: client })
+    }
 }
 
 /// Debian's nginx on a loopback port, answering "ok" to everything, keep-alive without limits.
