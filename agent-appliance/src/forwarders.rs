@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tunnel::driver::Forwarding;
 use tunnel::{StreamCounters, Tunnel};
@@ -34,7 +34,7 @@ impl Forwarders {
     pub fn ensure(&mut self, pods: &BTreeSet<SocketAddr>) -> io::Result<BTreeMap<SocketAddr, SocketAddr>> {
         let mut opened = BTreeMap::new();
         for &pod in pods.iter().filter(|pod| !self.active.contains_key(pod)) {
-            let forwarding = TcpListener::bind("127.0.0.1:0")
+            let forwarding = tunnel::driver::listen(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .and_then(|listener| {
                     self.tunnel.forward_from(
                         listener,

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tunnel::driver::Forwarding;
@@ -84,7 +84,7 @@ impl Ports {
             let (reader, next) = (Arc::clone(&shared), Arc::new(AtomicUsize::new(0)));
             let make =
                 move |client, local| preamble(&reader.read().unwrap_or_else(|p| p.into_inner()), &next, client, local);
-            let forwarding = TcpListener::bind(SocketAddr::new(self.address, port))
+            let forwarding = tunnel::driver::listen(SocketAddr::new(self.address, port))
                 .and_then(|listener| {
                     self.tunnel.forward_from(
                         listener,

@@ -22,7 +22,7 @@ mod timers;
 mod udp;
 
 pub use bridge::SpliceOutcome;
-pub use kernel::raise_open_files_limit;
+pub use kernel::{listen, raise_open_files_limit, LISTEN_BACKLOG};
 
 use crate::core::{Core, CoreConfig, PeerStatus, Stats};
 use std::io;
