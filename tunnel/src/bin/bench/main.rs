@@ -232,6 +232,47 @@ fn spawn_in(ns: &Netns, program: &str, args: &[String]) -> io::Result<Child> {
         .spawn()
 }
 
+/// A wireguard-go pair: 10.99.0.1/24 in `c`, 10.99.0.2/24 in `s` listening on UDP 51820, the client reaching the
+/// server at `server_endpoint` (directly, or through a relay). Returns the client, the server and the server's
+/// key (for more peers).
+fn wireguard_go_pair(
+    c: &Netns,
+    s: &Netns,
+    tag: &str,
+    server_endpoint: SocketAddr,
+) -> io::Result<(WireguardGo, WireguardGo, PrivateKey)> {
+    let (client_key, server_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let id = std::process::id() % 10_000;
+    let (client_if, server_if) = (format!("pe{tag}c{id}"), format!("pe{tag}s{id}"));
+    let server = WireguardGo::start(
+        s,
+        &WireguardGoConfig {
+            iface: &server_if,
+            private_key: &server_key,
+            listen_port: 51820,
+            address: "10.99.0.2/24",
+            peer: &client_key.public_key(),
+            peer_allowed_ips: "10.99.0.1/32",
+            peer_endpoint: None,
+            keepalive: None,
+        },
+    )?;
+    let client = WireguardGo::start(
+        c,
+        &WireguardGoConfig {
+            iface: &client_if,
+            private_key: &client_key,
+            listen_port: 51820,
+            address: "10.99.0.1/24",
+            peer: &server_key.public_key(),
+            peer_allowed_ips: "10.99.0.0/24",
+            peer_endpoint: Some(server_endpoint),
+            keepalive: Some(25),
+        },
+    )?;
+    Ok((client, server, server_key))
+}
+
 fn orchestrate() -> io::Result<()> {
     if let Some(why) = testbed::missing_prerequisites(&["ip", "iperf3", "wireguard-go", "wg", "onetun"]) {
         return Err(io::Error::other(why));
@@ -244,38 +285,10 @@ fn orchestrate() -> io::Result<()> {
     children.0.push(s.spawn("iperf3", &["-s", "-p", "5201"])?);
 
     // wireguard-go on both sides for (b); the server side also serves onetun (c) and ours (e).
-    let (wgc_key, wgs_key, onetun_key, ours_e_key) =
-        (PrivateKey::generate(), PrivateKey::generate(), PrivateKey::generate(), PrivateKey::generate());
-    let id = std::process::id() % 10_000;
-    let (wgc_if, wgs_if) = (format!("pebc{id}"), format!("pebs{id}"));
-    let wgs = WireguardGo::start(
-        &s,
-        &WireguardGoConfig {
-            iface: &wgs_if,
-            private_key: &wgs_key,
-            listen_port: 51820,
-            address: "10.99.0.2/24",
-            peer: &wgc_key.public_key(),
-            peer_allowed_ips: "10.99.0.1/32",
-            peer_endpoint: None,
-            keepalive: None,
-        },
-    )?;
+    let (onetun_key, ours_e_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let (wgc, wgs, wgs_key) = wireguard_go_pair(&c, &s, "b", "172.31.0.2:51820".parse().unwrap())?;
     wgs.add_peer(&onetun_key.public_key(), "10.99.0.3/32", None)?;
     wgs.add_peer(&ours_e_key.public_key(), "10.99.0.4/32", None)?;
-    let wgc = WireguardGo::start(
-        &c,
-        &WireguardGoConfig {
-            iface: &wgc_if,
-            private_key: &wgc_key,
-            listen_port: 51820,
-            address: "10.99.0.1/24",
-            peer: &wgs_key.public_key(),
-            peer_allowed_ips: "10.99.0.0/24",
-            peer_endpoint: Some("172.31.0.2:51820".parse().unwrap()),
-            keepalive: Some(25),
-        },
-    )?;
 
     // (c) onetun in the client namespace, forwarding 127.0.0.1:5203 to the iperf3 server behind wireguard-go.
     let onetun = spawn_in(

@@ -12,7 +12,7 @@ use std::io;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tunnel::impair::PROFILES;
-use tunnel::testbed::{self, Netns, WireguardGo, WireguardGoConfig};
+use tunnel::testbed::{self, Netns};
 use tunnel::{PrivateKey, TcpTuning};
 
 /// What one target gave in one direction: median goodput, the lowest one-second interval of any run (a stall
@@ -90,35 +90,7 @@ pub fn run() -> io::Result<()> {
     let mut children = Killed(Vec::new());
     children.0.push(s.spawn("iperf3", &["-s", "-p", "5201"])?);
 
-    let (wgc_key, wgs_key) = (PrivateKey::generate(), PrivateKey::generate());
-    let id = std::process::id() % 10_000;
-    let (wgc_if, wgs_if) = (format!("pewc{id}"), format!("pews{id}"));
-    let wgs = WireguardGo::start(
-        &s,
-        &WireguardGoConfig {
-            iface: &wgs_if,
-            private_key: &wgs_key,
-            listen_port: 51820,
-            address: "10.99.0.2/24",
-            peer: &wgc_key.public_key(),
-            peer_allowed_ips: "10.99.0.1/32",
-            peer_endpoint: None,
-            keepalive: None,
-        },
-    )?;
-    let wgc = WireguardGo::start(
-        &c,
-        &WireguardGoConfig {
-            iface: &wgc_if,
-            private_key: &wgc_key,
-            listen_port: 51820,
-            address: "10.99.0.1/24",
-            peer: &wgs_key.public_key(),
-            peer_allowed_ips: "10.99.0.0/24",
-            peer_endpoint: Some("172.31.1.2:61820".parse().unwrap()),
-            keepalive: Some(25),
-        },
-    )?;
+    let (wgc, wgs, _) = crate::wireguard_go_pair(&c, &s, "w", "172.31.1.2:61820".parse().unwrap())?;
 
     // Ours: forward in c (127.0.0.1:port) -> relay -> expose in s -> iperf3 at 127.0.0.1:5201.
     let mut ours_pids = Vec::new();
