@@ -23,7 +23,8 @@ install_missing() {
 }
 
 install_missing -- clang lld llvm iproute2 wireguard-go wireguard-tools iperf3 qemu-user-static file curl cpio \
-  e2fsprogs skopeo systemd debian-archive-keyring openssl pebble redis-server redis-tools
+  e2fsprogs skopeo systemd debian-archive-keyring openssl pebble redis-server redis-tools dnsmasq-base \
+  bind9-dnsutils
 
 # QEMU for the appliance tests comes from bookworm-backports: the machine's qemu-utils is the backports
 # build, which conflicts with bookworm's own qemu-system packages.

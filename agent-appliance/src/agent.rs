@@ -13,7 +13,7 @@ use crate::ports;
 use crate::store::Store;
 use crate::traefik::{api::Api, health::Health, static_config, supervisor::Supervisor};
 use nix::sys::signal::{SigSet, Signal};
-use protocol::api;
+use protocol::api::{self, Transport};
 use protocol::http::Limits;
 use routes::Policy;
 use std::fmt::Write as _;
@@ -23,7 +23,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, UNIX_EPOCH};
-use tunnel::{CoreConfig, IpCidr, PresharedKey, PrivateKey, PublicKey, StreamCounters, Tunnel, TunnelConfig};
+use tunnel::{
+    CoreConfig, FlowCounters, IpCidr, PresharedKey, PrivateKey, PublicKey, StreamCounters, Tunnel, TunnelConfig,
+};
 
 /// Concurrent control API connections; a new one evicts the longest-idle one, so a flood cannot exhaust
 /// threads and idle connections cannot lock the API out.
@@ -40,6 +42,7 @@ pub struct Agent {
     pub(crate) canary: Option<SocketAddr>,
     forwarder_metrics: Arc<StreamCounters>,
     l4_metrics: Arc<StreamCounters>,
+    udp_metrics: Arc<FlowCounters>,
     policy: Policy,
     tunnel: Arc<Tunnel>,
     started: Instant,
@@ -169,6 +172,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     let forwarders = Forwarders::new(Arc::clone(&tunnel), relay);
     let l4 = crate::l4::Ports::new(Arc::clone(&tunnel), relay, config.l4.address);
     let l4_metrics = Arc::clone(&l4.metrics);
+    let udp_metrics = Arc::clone(&l4.udp_metrics);
     let canary = canary_entry_point(&config);
     let policy = policy(&config);
     let mut applier = Applier::new(store.clone(), forwarders, l4, canary.as_ref().map(|(name, _)| name.clone()));
@@ -179,6 +183,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         view: applier.view(),
         forwarder_metrics: applier.forwarder_metrics(),
         l4_metrics,
+        udp_metrics,
         applier: Mutex::new(applier),
         health: Mutex::new(Health::default()),
         supervisor: Mutex::new(supervisor),
@@ -330,7 +335,8 @@ impl Agent {
             l4: view
                 .l4
                 .iter()
-                .map(|(port, plan)| api::L4Port {
+                .map(|((transport, port), plan)| api::L4Port {
+                    transport: *transport,
                     port: *port,
                     service: plan.service.clone(),
                     servers: plan.servers.iter().map(ToString::to_string).collect(),
@@ -406,8 +412,11 @@ impl Agent {
             let _ = writeln!(out, "# HELP polaredge_tunnel_refused_over_cap_total Connection requests refused at the connection cap (streams.max_connections).\n# TYPE polaredge_tunnel_refused_over_cap_total counter");
             let _ = writeln!(out, "polaredge_tunnel_refused_over_cap_total {}", t.stats.refused_over_cap);
         }
-        let _ = writeln!(out, "# HELP polaredge_l4_ports Public TCP ports served for Services of type LoadBalancer.\n# TYPE polaredge_l4_ports gauge");
-        let _ = writeln!(out, "polaredge_l4_ports {}", view.l4.len());
+        let _ = writeln!(out, "# HELP polaredge_l4_ports Public TCP and UDP ports served for Services of type LoadBalancer.\n# TYPE polaredge_l4_ports gauge");
+        for transport in [Transport::Tcp, Transport::Udp] {
+            let n = view.l4.iter().filter(|((t, _), _)| *t == transport).count();
+            let _ = writeln!(out, "polaredge_l4_ports{{transport=\"{transport}\"}} {n}");
+        }
         let _ = writeln!(out, "# HELP polaredge_l4_connections_total Connections to those ports, by outcome (refused: no pod, or no tunnel).\n# TYPE polaredge_l4_connections_total counter");
         let l4 = &self.l4_metrics;
         for (outcome, n) in [
@@ -417,6 +426,24 @@ impl Agent {
             ("completed", l4.completed.load(Ordering::Relaxed)),
         ] {
             let _ = writeln!(out, "polaredge_l4_connections_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let u = &self.udp_metrics;
+        let _ = writeln!(out, "# HELP polaredge_l4_udp_flows_total UDP flows (public client addresses) on those ports, by outcome (refused: no pod; over_cap: udp.max_flows reached).\n# TYPE polaredge_l4_udp_flows_total counter");
+        for (outcome, n) in [
+            ("opened", u.flows_opened.load(Ordering::Relaxed)),
+            ("refused", u.flows_refused.load(Ordering::Relaxed)),
+            ("over_cap", u.flows_over_cap.load(Ordering::Relaxed)),
+            ("expired", u.flows_expired.load(Ordering::Relaxed)),
+        ] {
+            let _ = writeln!(out, "polaredge_l4_udp_flows_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP polaredge_l4_udp_datagrams_total UDP datagrams on those ports: in from public clients, out to them, dropped (too large for the tunnel, queue full, flow ended).\n# TYPE polaredge_l4_udp_datagrams_total counter");
+        for (direction, n) in [
+            ("in", u.datagrams_to_tunnel.load(Ordering::Relaxed)),
+            ("out", u.datagrams_from_tunnel.load(Ordering::Relaxed)),
+            ("dropped", u.dropped.load(Ordering::Relaxed) + u.too_large.load(Ordering::Relaxed)),
+        ] {
+            let _ = writeln!(out, "polaredge_l4_udp_datagrams_total{{direction=\"{direction}\"}} {n}");
         }
         let m = &self.forwarder_metrics;
         let _ = writeln!(out, "# HELP polaredge_forwarders Loopback forwarders (one per pod endpoint).\n# TYPE polaredge_forwarders gauge");

@@ -11,7 +11,7 @@
 //! disk (the watchdog calls it every few seconds, and every upload does, unchanged ones included).
 
 use crate::forwarders::Forwarders;
-use crate::l4::{PortPlan, Ports};
+use crate::l4::{PortKey, PortPlan, Ports};
 use crate::store::Store;
 use protocol::api::UploadAnswer;
 use routes::model::DynamicConfig;
@@ -82,7 +82,7 @@ pub struct View {
     /// Pod -> local forwarder.
     pub forwarders: Vec<(SocketAddr, SocketAddr)>,
     /// Public TCP port -> where it goes.
-    pub l4: Vec<(u16, PortPlan)>,
+    pub l4: Vec<(PortKey, PortPlan)>,
 }
 
 impl View {
@@ -132,7 +132,7 @@ struct Written {
     pods: BTreeSet<SocketAddr>,
     routers: usize,
     /// The public TCP ports it opens, and where they go.
-    l4: BTreeMap<u16, PortPlan>,
+    l4: BTreeMap<PortKey, PortPlan>,
 }
 
 impl Written {

@@ -1,16 +1,22 @@
-//! Public TCP ports the agent serves itself: the snapshot's `l4` section (Services of type LoadBalancer with
-//! POLAREDGE's class). Each port's connections go through the tunnel to the Service's pods in turn, led by the
-//! relay preamble and, when the Service asks, a PROXY protocol header with the public client's address. No
-//! Traefik in the path, so adding or removing a port never restarts anything or touches other routes; a
-//! port whose pods or PROXY setting change keeps its listening socket and its open connections.
+//! Public TCP and UDP ports the agent serves itself: the snapshot's `l4` section (Services of type
+//! LoadBalancer with POLAREDGE's class). Each TCP port's connections go through the tunnel to the Service's
+//! pods in turn, led by the relay preamble and, when the Service asks, a PROXY protocol header with the public
+//! client's address. Each UDP port's public clients are flows (`tunnel::flow`), each sent to a pod in turn and
+//! kept on it while it is active. No Traefik in the path, so adding or removing a port never restarts anything
+//! or touches other routes; a port whose pods or PROXY setting change keeps its socket and its open connections
+//! and flows.
 
+use protocol::api::Transport;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tunnel::driver::Forwarding;
-use tunnel::{Preamble, StreamCounters, Tunnel};
+use tunnel::{FlowCounters, Preamble, StreamCounters, Tunnel, UdpExposure};
+
+/// A public port: its transport and number.
+pub type PortKey = (Transport, u16);
 
 /// Where one port's connections go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,26 +30,35 @@ pub struct PortPlan {
 }
 
 /// The `l4` section of a validated snapshot, by port.
-pub fn plan(config: &routes::model::DynamicConfig) -> BTreeMap<u16, PortPlan> {
+pub fn plan(config: &routes::model::DynamicConfig) -> BTreeMap<PortKey, PortPlan> {
     let Some(l4) = &config.l4 else { return BTreeMap::new() };
-    l4.tcp
-        .iter()
-        .filter_map(|(port, service)| {
-            Some((
-                port.parse().ok()?,
-                PortPlan {
-                    service: service.service.clone(),
-                    servers: service.servers.iter().filter_map(|s| s.parse().ok()).collect(),
-                    proxy_protocol: service.proxy_protocol,
-                },
-            ))
+    let sections = [(Transport::Tcp, &l4.tcp), (Transport::Udp, &l4.udp)];
+    sections
+        .into_iter()
+        .flat_map(|(transport, ports)| {
+            ports.iter().filter_map(move |(port, service)| {
+                Some((
+                    (transport, port.parse().ok()?),
+                    PortPlan {
+                        service: service.service.clone(),
+                        servers: service.servers.iter().filter_map(|s| s.parse().ok()).collect(),
+                        proxy_protocol: service.proxy_protocol.filter(|_| transport == Transport::Tcp),
+                    },
+                ))
+            })
         })
         .collect()
 }
 
+/// What keeps a port open; dropping it closes the port.
+enum Serving {
+    Tcp(#[allow(dead_code)] Forwarding),
+    Udp(#[allow(dead_code)] UdpExposure),
+}
+
 struct Port {
     plan: Arc<RwLock<PortPlan>>,
-    _forwarding: Forwarding,
+    _serving: Serving,
 }
 
 /// The open ports.
@@ -51,9 +66,11 @@ pub struct Ports {
     tunnel: Arc<Tunnel>,
     relay: SocketAddr,
     address: IpAddr,
-    active: BTreeMap<u16, Port>,
-    /// Counters of every connection to these ports, kept by the driver.
+    active: BTreeMap<PortKey, Port>,
+    /// Counters of every connection to the TCP ports, kept by the driver.
     pub metrics: Arc<StreamCounters>,
+    /// Counters of every flow of the UDP ports, kept by the driver.
+    pub udp_metrics: Arc<FlowCounters>,
 }
 
 /// The bytes a connection from `client` to `local` starts with, or `None` when the port has no pod.
@@ -69,37 +86,68 @@ fn preamble(plan: &PortPlan, next: &AtomicUsize, client: SocketAddr, local: Sock
     Some(bytes)
 }
 
+/// The pod a new UDP flow goes to, or `None` when the port has no pod.
+fn pick(plan: &PortPlan, next: &AtomicUsize) -> Option<SocketAddr> {
+    if plan.servers.is_empty() {
+        return None;
+    }
+    Some(plan.servers[next.fetch_add(1, Ordering::Relaxed) % plan.servers.len()])
+}
+
 impl Ports {
-    /// Ports bound on `address`, whose connections reach the client's relay at `relay`.
+    /// Ports bound on `address`, whose connections and flows reach the client's relay at `relay` (its TCP and
+    /// UDP relay ports share the number).
     pub fn new(tunnel: Arc<Tunnel>, relay: SocketAddr, address: IpAddr) -> Ports {
-        Ports { tunnel, relay, address, active: BTreeMap::new(), metrics: Arc::new(StreamCounters::default()) }
+        Ports {
+            tunnel,
+            relay,
+            address,
+            active: BTreeMap::new(),
+            metrics: Arc::new(StreamCounters::default()),
+            udp_metrics: Arc::new(FlowCounters::default()),
+        }
+    }
+
+    fn open(&self, (transport, port): PortKey, plan: &Arc<RwLock<PortPlan>>) -> io::Result<Serving> {
+        let (reader, next) = (Arc::clone(plan), Arc::new(AtomicUsize::new(0)));
+        let address = SocketAddr::new(self.address, port);
+        match transport {
+            Transport::Tcp => {
+                let make = move |client, local| {
+                    preamble(&reader.read().unwrap_or_else(|p| p.into_inner()), &next, client, local)
+                };
+                let listener = tunnel::driver::listen(address)?;
+                let preamble = Preamble::PerConnection(Arc::new(make));
+                Ok(Serving::Tcp(self.tunnel.forward_from(listener, self.relay, preamble, Arc::clone(&self.metrics))?))
+            }
+            Transport::Udp => {
+                let socket = UdpSocket::bind(address)?;
+                let choose = move |_client| pick(&reader.read().unwrap_or_else(|p| p.into_inner()), &next);
+                let counters = Arc::clone(&self.udp_metrics);
+                Ok(Serving::Udp(self.tunnel.expose_udp(socket, self.relay, Arc::new(choose), counters)?))
+            }
+        }
     }
 
     /// Opens the ports of `wanted` that are not open and updates the plans of those that are. All or nothing:
     /// if a port cannot be bound, the ports this call opened are closed again and no plan changed.
-    pub fn ensure(&mut self, wanted: &BTreeMap<u16, PortPlan>) -> io::Result<()> {
+    pub fn ensure(&mut self, wanted: &BTreeMap<PortKey, PortPlan>) -> io::Result<()> {
         let mut opened = BTreeMap::new();
-        for (&port, plan) in wanted.iter().filter(|(port, _)| !self.active.contains_key(port)) {
+        for (&key, plan) in wanted.iter().filter(|(key, _)| !self.active.contains_key(key)) {
             let shared = Arc::new(RwLock::new(plan.clone()));
-            let (reader, next) = (Arc::clone(&shared), Arc::new(AtomicUsize::new(0)));
-            let make =
-                move |client, local| preamble(&reader.read().unwrap_or_else(|p| p.into_inner()), &next, client, local);
-            let forwarding = tunnel::driver::listen(SocketAddr::new(self.address, port))
-                .and_then(|listener| {
-                    self.tunnel.forward_from(
-                        listener,
-                        self.relay,
-                        Preamble::PerConnection(Arc::new(make)),
-                        Arc::clone(&self.metrics),
-                    )
-                })
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot serve TCP port {port} for Service {} on {}: {e}", plan.service, self.address),
-                    )
-                })?;
-            opened.insert(port, Port { plan: shared, _forwarding: forwarding });
+            let serving = self.open(key, &shared).map_err(|e| {
+                let (transport, port) = key;
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot serve {} port {port} for Service {} on {}: {e}",
+                        transport.to_string().to_uppercase(),
+                        plan.service,
+                        self.address
+                    ),
+                )
+            })?;
+            opened.insert(key, Port { plan: shared, _serving: serving });
         }
         for (port, plan) in wanted {
             if let Some(open) = self.active.get(port) {
@@ -110,14 +158,14 @@ impl Ports {
         Ok(())
     }
 
-    /// Closes the ports not in `ports` (their open connections keep going).
-    pub fn retain(&mut self, ports: &BTreeSet<u16>) {
-        self.active.retain(|port, _| ports.contains(port));
+    /// Closes the ports not in `ports` (their open TCP connections keep going; their UDP flows end).
+    pub fn retain(&mut self, ports: &BTreeSet<PortKey>) {
+        self.active.retain(|key, _| ports.contains(key));
     }
 
     /// Port -> its plan, for /status.
-    pub fn listening(&self) -> Vec<(u16, PortPlan)> {
-        self.active.iter().map(|(port, p)| (*port, p.plan.read().unwrap_or_else(|e| e.into_inner()).clone())).collect()
+    pub fn listening(&self) -> Vec<(PortKey, PortPlan)> {
+        self.active.iter().map(|(key, p)| (*key, p.plan.read().unwrap_or_else(|e| e.into_inner()).clone())).collect()
     }
 }
 

@@ -121,7 +121,7 @@ fn tcp_services_are_served_on_their_own_ports_with_the_real_client_address_on_re
     held.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"+PONG\r\n", "a connection open across the change keeps working");
     let (_, metrics) = peer.get("/metrics");
-    assert!(metrics.contains("polaredge_l4_ports 1"), "{metrics}");
+    assert!(metrics.contains("polaredge_l4_ports{transport=\"tcp\"} 1"), "{metrics}");
 
     // A Service asking for a port the edge keeps for itself (here its web entrypoint) is left out and named;
     // the rest of the snapshot is served.

@@ -1,6 +1,6 @@
 //! Operations endpoints on a kernel port, for probes and Prometheus: `/healthz`, `/readyz`, `/metrics`.
 
-use crate::relay::RelayMetrics;
+use crate::relay::{RelayMetrics, UdpRelayMetrics};
 use protocol::http::{parse_head, Limits};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -35,6 +35,8 @@ pub struct Metrics {
     pub agents: Mutex<std::collections::BTreeMap<String, AgentState>>,
     /// Relay counters.
     pub relay: Arc<RelayMetrics>,
+    /// UDP relay counters.
+    pub udp_relay: Arc<UdpRelayMetrics>,
 }
 
 impl Metrics {
@@ -84,6 +86,24 @@ impl Metrics {
             writeln!(out, "polaredge_client_relay_bytes_total{{direction=\"to_pods\"}} {}", r(&m.bytes_from_tunnel));
         let _ =
             writeln!(out, "polaredge_client_relay_bytes_total{{direction=\"from_pods\"}} {}", r(&m.bytes_to_tunnel));
+        let u = &self.udp_relay;
+        let _ = writeln!(out, "# HELP polaredge_client_relay_udp_flows_total UDP flows from agents by outcome (refused: not an endpoint of the snapshot).\n# TYPE polaredge_client_relay_udp_flows_total counter");
+        for (outcome, n) in [
+            ("opened", r(&u.flows_opened)),
+            ("refused", r(&u.flows_refused)),
+            ("over_cap", r(&u.flows_over_cap)),
+            ("expired", r(&u.flows_expired)),
+        ] {
+            let _ = writeln!(out, "polaredge_client_relay_udp_flows_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP polaredge_client_relay_udp_datagrams_total UDP datagrams relayed (dropped: unframed, queue full, too large).\n# TYPE polaredge_client_relay_udp_datagrams_total counter");
+        for (direction, n) in [
+            ("to_pods", r(&u.datagrams_to_tunnel)),
+            ("from_pods", r(&u.datagrams_from_tunnel)),
+            ("dropped", r(&u.dropped) + r(&u.too_large)),
+        ] {
+            let _ = writeln!(out, "polaredge_client_relay_udp_datagrams_total{{direction=\"{direction}\"}} {n}");
+        }
         out
     }
 }

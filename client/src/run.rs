@@ -6,7 +6,7 @@
 
 use crate::config::{self, ClientConfig};
 use crate::ops::Metrics;
-use crate::relay::{self, AllowList, RelayMetrics};
+use crate::relay::{self, AllowList, RelayMetrics, UdpRelayMetrics};
 use crate::render::{self, Cluster, Settings};
 use crate::sender::{self, Action, Sender};
 use std::path::PathBuf;
@@ -160,7 +160,12 @@ fn lead() -> Result<(), String> {
 pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let key = config::private_key(&config)?;
     let relay_metrics = Arc::new(RelayMetrics::default());
-    let metrics = Arc::new(Metrics { relay: Arc::clone(&relay_metrics), ..Default::default() });
+    let udp_relay_metrics = Arc::new(UdpRelayMetrics::default());
+    let metrics = Arc::new(Metrics {
+        relay: Arc::clone(&relay_metrics),
+        udp_relay: Arc::clone(&udp_relay_metrics),
+        ..Default::default()
+    });
     // Probes answer from the start, also on a replica that waits to lead.
     let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&metrics))?;
     log::info!("/healthz, /readyz and /metrics on {ops}");
@@ -171,10 +176,12 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let address: IpCidr =
         config.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", config.address))?;
     let allowed: AllowList = Arc::new(RwLock::new(Default::default()));
+    let udp_allowed: AllowList = Arc::new(RwLock::new(Default::default()));
 
     let mut senders = Vec::new();
     // The relays live in the tunnel drivers as long as these handles.
     let mut relays = Vec::new();
+    let mut udp_relays = Vec::new();
     for agent in &config.agents {
         let peer: tunnel::PublicKey =
             agent.public_key.parse().map_err(|e| format!("agent {}: public_key: {e}", agent.name))?;
@@ -193,6 +200,10 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
             relay::serve(&tunnel, config.relay_port, Arc::clone(&allowed), Arc::clone(&relay_metrics))
                 .map_err(|e| format!("agent {}: relay: {e}", agent.name))?,
         );
+        udp_relays.push(
+            relay::serve_udp(&tunnel, config.relay_port, Arc::clone(&udp_allowed), Arc::clone(&udp_relay_metrics))
+                .map_err(|e| format!("agent {}: UDP relay: {e}", agent.name))?,
+        );
         let (tx, rx) = mpsc::channel::<Arc<String>>();
         let (name, api, m) = (agent.name.clone(), agent.api, Arc::clone(&metrics));
         std::thread::Builder::new()
@@ -209,6 +220,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let mut renderer = render::Renderer::new(settings);
     let mut last_yaml = String::new();
     let mut previous_endpoints = std::collections::BTreeSet::new();
+    let mut previous_udp_endpoints = std::collections::BTreeSet::new();
     let addresses: Vec<String> =
         config.agents.iter().map(|a| a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())).collect();
     let on_change = |cluster: Cluster| -> render::Rendered {
@@ -227,8 +239,13 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
             let mut next = rendered.endpoints.clone();
             next.extend(previous_endpoints.iter().copied());
             *allowed = next;
+            let mut udp_allowed = udp_allowed.write().unwrap();
+            let mut next = rendered.udp_endpoints.clone();
+            next.extend(previous_udp_endpoints.iter().copied());
+            *udp_allowed = next;
         }
         previous_endpoints = rendered.endpoints.clone();
+        previous_udp_endpoints = rendered.udp_endpoints.clone();
         let routers = rendered.routers;
         metrics.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics.render_micros.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -254,7 +271,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         }
         Source::Kubernetes => watch_kubernetes(on_change, addresses),
     };
-    drop(relays);
+    drop((relays, udp_relays));
     result
 }
 

@@ -56,14 +56,37 @@ pub struct Status {
     pub tunnel: Option<Tunnel>,
     /// Pod -> loopback forwarder.
     pub forwarders: Vec<Forwarder>,
-    /// Public TCP ports the agent serves itself (Services of type LoadBalancer).
+    /// Public TCP and UDP ports the agent serves itself (Services of type LoadBalancer).
     #[serde(default)]
     pub l4: Vec<L4Port>,
 }
 
-/// One public TCP port.
+/// The transport of a public port the agent serves itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Connections, each carried as a stream through the tunnel.
+    #[default]
+    Tcp,
+    /// Datagrams; each public client address is a flow through the tunnel.
+    Udp,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        })
+    }
+}
+
+/// One public TCP or UDP port.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct L4Port {
+    /// TCP or UDP (agents before UDP omit it: TCP).
+    #[serde(default)]
+    pub transport: Transport,
     /// The port.
     pub port: u16,
     /// `namespace/name` of its Service.
@@ -189,13 +212,20 @@ mod tests {
             traefik: Traefik { pid: Some(7), healthy: true, health: "ok".into(), ..Default::default() },
             tunnel: Some(Tunnel { peer_endpoint: Some("192.0.2.1:4000".into()), ..Default::default() }),
             forwarders: vec![Forwarder { pod: "10.1.0.1:80".into(), listen: "127.0.0.1:40000".into() }],
-            l4: vec![L4Port {
-                port: 5432,
-                service: "db/pg".into(),
-                servers: vec!["10.1.0.5:5432".into()],
-                proxy_protocol: Some(2),
-            }],
+            l4: vec![
+                L4Port {
+                    transport: Transport::Tcp,
+                    port: 5432,
+                    service: "db/pg".into(),
+                    servers: vec!["10.1.0.5:5432".into()],
+                    proxy_protocol: Some(2),
+                },
+                L4Port { transport: Transport::Udp, port: 53, service: "dns/coredns".into(), ..Default::default() },
+            ],
         });
+        // An agent from before UDP sends no transport: its ports are TCP.
+        let old: L4Port = serde_json::from_str(r#"{"port": 22, "service": "a/b", "servers": []}"#).unwrap();
+        assert_eq!(old.transport, Transport::Tcp);
     }
 
     #[test]

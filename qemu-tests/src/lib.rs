@@ -130,14 +130,19 @@ pub struct Boot<'a> {
 pub const STATIC_IP: &str = "10.0.2.15::10.0.2.2:255.255.255.0:edge:eth0:off:10.0.2.3";
 
 impl Machine {
-    /// Starts QEMU (TCG unless POLAREDGE_QEMU_ACCEL says otherwise).
+    /// Starts QEMU (single-threaded TCG unless POLAREDGE_QEMU_ACCEL says otherwise).
+    ///
+    /// Why single-threaded: with one host thread per vCPU (MTTCG), QEMU 10.0 aborted now and then while the guest
+    /// kernel was still booting (`iotlb_to_section: Assertion section_index < d->map.sections_nb failed`, a race
+    /// between one vCPU changing the memory map and another filling its TLB). One TCG thread runs the two vCPUs
+    /// in turn and cannot race; with two host cores shared by parallel tests it costs next to nothing.
     pub fn boot(boot: &Boot) -> Machine {
         let wireguard = SocketAddr::from(([127, 0, 0, 1], free_udp()));
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         let https = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         let monitor = std::env::temp_dir().join(format!("pe-qemu-{}-{}.monitor", boot.name, std::process::id()));
         let _ = std::fs::remove_file(&monitor);
-        let accel = std::env::var("POLAREDGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let accel = std::env::var("POLAREDGE_QEMU_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into());
         let (qemu, machine, cpu, console) = match boot.arch {
             "x86_64" => ("qemu-system-x86_64", "q35", "max", "ttyS0"),
             // pauth-impdef: TCG's architected pointer authentication is slow to emulate.

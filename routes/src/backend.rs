@@ -116,12 +116,12 @@ pub fn backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
     out
 }
 
-/// Every distinct pod endpoint of the `l4` ports (the client's relay allows them too).
+/// Every distinct pod endpoint of the `l4` ports, TCP and UDP (the client's relays allow them too).
 pub fn l4_backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
     config
         .l4
         .iter()
-        .flat_map(|l4| l4.tcp.values())
+        .flat_map(|l4| l4.tcp.values().chain(l4.udp.values()))
         .flat_map(|service| service.servers.iter().filter_map(|s| parse_ip_port(s).ok()))
         .collect()
 }

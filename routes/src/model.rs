@@ -65,15 +65,27 @@ pub struct L4 {
     /// TCP port (as text: JSON keys are strings) -> where its connections go.
     #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
     pub tcp: BTreeMap<String, L4Service>,
+    /// UDP port (as text) -> where its flows go (each public client address is a flow; see `tunnel::flow`).
+    /// `proxyProtocol` does not apply.
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
+    pub udp: BTreeMap<String, L4Service>,
 }
 
-/// One public TCP port.
+impl L4 {
+    /// Both sections with their protocol's name: `("tcp", ports)`, `("udp", ports)`.
+    pub fn by_protocol(&self) -> [(&'static str, &BTreeMap<String, L4Service>); 2] {
+        [("tcp", &self.tcp), ("udp", &self.udp)]
+    }
+}
+
+/// One public TCP or UDP port.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct L4Service {
     /// The Kubernetes Service it is for, `namespace/name` (for logs and status).
     pub service: String,
-    /// Pod endpoints as `IP:port`; connections go to them in turn. Empty: connections are closed at once.
+    /// Pod endpoints as `IP:port`; connections (UDP: flows) go to them in turn. Empty: connections are closed
+    /// at once (UDP: datagrams are dropped).
     #[serde(default)]
     pub servers: Vec<String>,
     /// PROXY protocol version (1 or 2) to send the pod first, carrying the public client's address.

@@ -31,7 +31,7 @@ pub fn validate(config: &DynamicConfig, policy: &Policy) -> Vec<Problem> {
     }
     if let Some(udp) = &config.udp {
         if !udp.routers.is_empty() || !udp.services.is_empty() {
-            problems.push(problem("udp", "UDP routes are not carried through the tunnel yet; remove the udp section"));
+            problems.push(problem("udp", "Traefik UDP routers are not served (UDP entrypoints are static Traefik config); put UDP ports in `l4.udp`, which the agent serves itself"));
         }
     }
     if let Some(tls) = &config.tls {
@@ -52,7 +52,8 @@ pub fn validate(config: &DynamicConfig, policy: &Policy) -> Vec<Problem> {
             }
         }
     }
-    if routers == 0 && config.http.is_none() && config.tcp.is_none() {
+    let l4_ports = config.l4.as_ref().map_or(0, |l4| l4.tcp.len() + l4.udp.len());
+    if routers == 0 && l4_ports == 0 && config.http.is_none() && config.tcp.is_none() {
         // `{}` is what a broken sender produces; "serve nothing" is said explicitly, as `http: {}`.
         problems.push(problem(
             "",
@@ -174,37 +175,45 @@ fn check_tcp(problems: &mut Vec<Problem>, tcp: &model::Tcp, policy: &Policy, tls
 pub const MAX_L4_PORTS: usize = 1_000;
 
 fn check_l4(problems: &mut Vec<Problem>, l4: &model::L4, policy: &Policy) {
-    if l4.tcp.len() > MAX_L4_PORTS {
-        problems.push(problem("l4.tcp", format!("{} ports exceed the limit of {MAX_L4_PORTS}", l4.tcp.len())));
+    if l4.tcp.len() + l4.udp.len() > MAX_L4_PORTS {
+        problems
+            .push(problem("l4", format!("{} ports exceed the limit of {MAX_L4_PORTS}", l4.tcp.len() + l4.udp.len())));
         return;
     }
-    for (port_text, service) in &l4.tcp {
-        let path = format!("l4.tcp.{port_text}");
-        match port_text.parse::<u16>() {
-            Ok(0) => problems.push(problem(&path, "port 0 is not a port (1-65535)")),
-            Ok(port) => problems.extend(l4_port_refusal(port, &service.service, policy)),
-            Err(_) => problems.push(problem(&path, format!("{port_text:?} is not a port (1-65535)"))),
-        }
-        for (i, server) in service.servers.iter().enumerate() {
-            if let Err(message) = parse_ip_port(server) {
-                problems.push(problem(format!("{path}.servers[{i}]"), message));
+    for (protocol, ports) in l4.by_protocol() {
+        for (port_text, service) in ports {
+            let path = format!("l4.{protocol}.{port_text}");
+            match port_text.parse::<u16>() {
+                Ok(0) => problems.push(problem(&path, "port 0 is not a port (1-65535)")),
+                Ok(port) => problems.extend(l4_port_refusal(protocol, port, &service.service, policy)),
+                Err(_) => problems.push(problem(&path, format!("{port_text:?} is not a port (1-65535)"))),
             }
-        }
-        if let Some(version) = service.proxy_protocol {
-            if !matches!(version, 1 | 2) {
-                problems.push(problem(
+            for (i, server) in service.servers.iter().enumerate() {
+                if let Err(message) = parse_ip_port(server) {
+                    problems.push(problem(format!("{path}.servers[{i}]"), message));
+                }
+            }
+            match service.proxy_protocol {
+                Some(_) if protocol == "udp" => problems.push(problem(
+                    format!("{path}.proxyProtocol"),
+                    "the PROXY protocol is for TCP; a UDP port cannot carry it",
+                )),
+                Some(version) if !matches!(version, 1 | 2) => problems.push(problem(
                     format!("{path}.proxyProtocol"),
                     format!("{version} is not a PROXY protocol version (1 or 2)"),
-                ));
+                )),
+                _ => {}
             }
         }
     }
 }
 
-/// Why this agent does not serve `port` for `service` (a port of its own, or outside its `l4.ports`), if it
-/// does not. A well-formed port the policy refuses is withheld on its own by [`withhold_refused_l4`].
-fn l4_port_refusal(port: u16, service: &str, policy: &Policy) -> Option<Problem> {
-    let path = format!("l4.tcp.{port}");
+/// Why this agent does not serve `port` (`protocol` "tcp" or "udp") for `service` (a port of its own, or
+/// outside its `l4.ports`), if it does not. A well-formed port the policy refuses is withheld on its own by
+/// [`withhold_refused_l4`]. Reserved ports are refused for both protocols: WireGuard's is UDP, the entrypoints'
+/// are TCP today and UDP too once HTTP/3 is served.
+fn l4_port_refusal(protocol: &str, port: u16, service: &str, policy: &Policy) -> Option<Problem> {
+    let path = format!("l4.{protocol}.{port}");
     if policy.reserved_ports.contains(&port) {
         Some(problem(
             path,
@@ -230,20 +239,22 @@ fn l4_port_refusal(port: u16, service: &str, policy: &Policy) -> Option<Problem>
 pub fn withhold_refused_l4(config: &mut DynamicConfig, policy: &Policy) -> Vec<Problem> {
     let Some(l4) = &mut config.l4 else { return Vec::new() };
     let mut withheld = Vec::new();
-    l4.tcp.retain(|port_text, service| {
-        let refusal = port_text
-            .parse::<u16>()
-            .ok()
-            .filter(|port| *port != 0)
-            .and_then(|port| l4_port_refusal(port, &service.service, policy));
-        match refusal {
-            Some(problem) => {
-                withheld.push(problem);
-                false
+    for (protocol, ports) in [("tcp", &mut l4.tcp), ("udp", &mut l4.udp)] {
+        ports.retain(|port_text, service| {
+            let refusal = port_text
+                .parse::<u16>()
+                .ok()
+                .filter(|port| *port != 0)
+                .and_then(|port| l4_port_refusal(protocol, port, &service.service, policy));
+            match refusal {
+                Some(problem) => {
+                    withheld.push(problem);
+                    false
+                }
+                None => true,
             }
-            None => true,
-        }
-    });
+        });
+    }
     withheld
 }
 
@@ -546,6 +557,28 @@ mod tests {
         let narrow = crate::Policy { l4_ports: vec![(10000, 10100)], ..policy() };
         let p = crate::parse(&json(&doc("5432", "", "")), &narrow).unwrap_err();
         assert!(p[0].to_string().contains("outside the ports this agent may serve"), "{p:?}");
+    }
+
+    #[test]
+    fn udp_ports_are_checked_like_tcp_ones_and_never_carry_a_proxy_header() {
+        let doc = |port: &str, servers: &str, proxy: &str| {
+            format!("http: {{}}\nl4:\n  udp:\n    \"{port}\": {{service: dns/coredns, servers: [{servers}]{proxy}}}\n")
+        };
+        let config = crate::parse(&json(&doc("53", "\"10.1.0.9:53\"", "")), &policy()).unwrap();
+        let pods: Vec<String> = crate::backend::l4_backends(&config).iter().map(|a| a.to_string()).collect();
+        assert_eq!(pods, ["10.1.0.9:53"]);
+        assert_eq!(crate::rewrite(&config, &Default::default(), "g", None).l4, None, "not Traefik's");
+        refused_for(&doc("51820", "", ""), "l4.udp.51820");
+        refused_for(&doc("53", "\"10.1.0.9\"", ""), "l4.udp.53.servers[0]");
+        refused_for(&doc("53", "", ", proxyProtocol: 1"), "l4.udp.53.proxyProtocol: the PROXY protocol is for TCP");
+        // The same number may be a TCP port and a UDP port (DNS serves both).
+        let both = "l4:\n  tcp:\n    \"53\": {service: dns/coredns}\n  udp:\n    \"53\": {service: dns/coredns}\n";
+        let parsed = crate::parse(&json(both), &policy());
+        assert!(parsed.is_ok(), "{parsed:?}");
+        let narrow = crate::Policy { l4_ports: vec![(10000, 10100)], ..policy() };
+        let accepted = crate::accept(&json(&format!("http: {{}}\n{both}")), &narrow).unwrap();
+        let reasons: Vec<String> = accepted.withheld.iter().map(ToString::to_string).collect();
+        assert!(reasons.len() == 2 && reasons[1].starts_with("l4.udp.53"), "{reasons:?}");
     }
 
     #[test]

@@ -237,6 +237,40 @@ pub fn redis_server() -> (Proc, u16) {
     (process, port)
 }
 
+/// A real DNS server (Debian's dnsmasq) on a free loopback UDP port, answering `A` queries for `name` with
+/// `address` and nothing else (no upstream, no hosts file): a UDP "pod".
+pub fn dnsmasq(name: &str, address: &str) -> (Proc, u16) {
+    let port = free_udp();
+    let process = Proc::spawn(Command::new("dnsmasq").args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--user=root",
+        "--pid-file=",
+        &format!("--port={port}"),
+        &format!("--address=/{name}/{address}"),
+    ]));
+    (process, port)
+}
+
+/// Asks 127.0.0.1:`port` for the `A` record of `name` over UDP with Debian's `dig`, once, waiting at most
+/// `wait_s` seconds: the answer's addresses (empty when nothing came back).
+pub fn dig(port: u16, name: &str, wait_s: u32) -> Vec<String> {
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), name, "A", "+short", "+notcp", "+tries=1"])
+        .arg(format!("+time={wait_s}"))
+        .output()
+        .expect("dig (scripts/install-deps.sh installs bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
 /// Runs `redis-cli` against 127.0.0.1:`port`; its trimmed output.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")

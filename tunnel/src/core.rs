@@ -11,7 +11,7 @@ use crate::listen::{self, ListenPort, SPARE_LISTENERS};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 use std::collections::{HashMap, VecDeque};
@@ -79,6 +79,29 @@ impl Default for TcpTuning {
     }
 }
 
+/// Limits of the UDP flows the driver carries ([`crate::flow`]).
+#[derive(Debug, Clone)]
+pub struct UdpTuning {
+    /// Most flows at once on each side (a public client address on an exposed port is one flow). A datagram
+    /// that would open one more is dropped and counted.
+    pub max_flows: usize,
+    /// A flow that carries nothing either way for this long ends (as a NAT's UDP mapping would).
+    pub idle_timeout: std::time::Duration,
+    /// Bytes of datagrams each tunnel UDP socket queues each way; a burst beyond it is dropped.
+    pub buffer: usize,
+}
+
+impl Default for UdpTuning {
+    fn default() -> Self {
+        UdpTuning {
+            max_flows: 16_384,
+            // Linux conntrack keeps an answered UDP flow for 120 s, an unanswered one for 30 s.
+            idle_timeout: std::time::Duration::from_secs(60),
+            buffer: 2 << 20,
+        }
+    }
+}
+
 /// Everything one end of a tunnel needs to know.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -100,6 +123,8 @@ pub struct CoreConfig {
     pub mtu: usize,
     /// Per-connection TCP tuning and the connection limits.
     pub tcp: TcpTuning,
+    /// UDP flow limits.
+    pub udp: UdpTuning,
 }
 
 impl CoreConfig {
@@ -116,6 +141,7 @@ impl CoreConfig {
             endpoint: None,
             mtu: DEFAULT_MTU,
             tcp: TcpTuning::default(),
+            udp: UdpTuning::default(),
         }
     }
 }
@@ -610,6 +636,26 @@ impl Core {
         Ok(self.add_socket((socket, buffers)))
     }
 
+    /// Opens a UDP socket on tunnel `port` (0: a free ephemeral port), with room for `bytes` of datagrams
+    /// queued each way (at most `bytes / 512` datagrams). Returns it with the port it is bound to.
+    pub fn udp_bind(&mut self, port: u16, bytes: usize) -> Result<(SocketHandle, u16), ConnectError> {
+        let port = if port == 0 { self.free_port().ok_or(ConnectError::NoFreePort)? } else { port };
+        let buffer = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; (bytes / 512).max(16)], vec![0; bytes]);
+        let mut socket = udp::Socket::new(buffer(), buffer());
+        socket.bind(port).map_err(|_| ConnectError::Unaddressable)?;
+        Ok((self.sockets.add(socket), port))
+    }
+
+    /// The UDP socket behind `handle`.
+    pub fn udp(&mut self, handle: SocketHandle) -> &mut udp::Socket<'static> {
+        self.sockets.get_mut::<udp::Socket>(handle)
+    }
+
+    /// Closes a UDP socket from [`Core::udp_bind`].
+    pub fn udp_close(&mut self, handle: SocketHandle) {
+        self.sockets.remove(handle);
+    }
+
     /// The TCP socket behind `handle`.
     pub fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(handle)
@@ -701,6 +747,7 @@ impl Core {
                 smoltcp::socket::Socket::Tcp(tcp) => {
                     tcp.local_endpoint().is_some_and(|e| e.port == port) || tcp.listen_endpoint().port == port
                 }
+                smoltcp::socket::Socket::Udp(udp) => udp.endpoint().port == port,
             });
             if !taken {
                 return Some(port);

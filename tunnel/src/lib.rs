@@ -1,4 +1,4 @@
-//! TCP streams through WireGuard entirely in userspace, for both halves of POLAREDGE.
+//! TCP streams and UDP flows through WireGuard entirely in userspace, for both halves of POLAREDGE.
 //!
 //! No TUN device, no kernel WireGuard, no privileges: WireGuard is boringtun's `noise::Tunn`, the TCP/IP stack
 //! is smoltcp, and the only kernel socket is one UDP socket.
@@ -10,6 +10,7 @@
 //! - `device` (private): the smoltcp device between the interface and boringtun, allocation-free per packet.
 //! - `listen` (private): listening without a backlog: a listening socket per connection request, on demand.
 //! - `buffers` (private): each connection's buffers in a mapping of their own, paid for as they fill.
+//! - [`flow`]: UDP through the tunnel, sans-IO: the frame each datagram carries, and the flow table.
 //! - [`impair`]: a WAN path in one direction (loss, delay, a bottleneck), sans-IO, and the WAN profiles.
 //! - [`sim`]: an in-memory link between two cores with loss, duplication and reordering, for tests and fuzzing.
 //! - [`testbed`]: network namespaces, veth pairs and `wireguard-go` for interop tests and benchmarks (root).
@@ -22,6 +23,7 @@ mod buffers;
 pub mod core;
 mod device;
 pub mod driver;
+pub mod flow;
 pub mod keys;
 mod listen;
 
@@ -29,10 +31,11 @@ pub mod impair;
 pub mod sim;
 pub mod testbed;
 
-pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning};
+pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning, UdpTuning};
 pub use device::DatagramSink;
 pub use driver::{
-    Forwarding, Listener, Preamble, RelayPolicy, RelayPort, StreamCounters, Tunnel, TunnelConfig, TunnelStream,
+    FlowCounters, Forwarding, Listener, PickTarget, Preamble, RelayPolicy, RelayPort, RelayTarget, StreamCounters,
+    Tunnel, TunnelConfig, TunnelStream, UdpExposure, UdpRelayPort,
 };
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use smoltcp::wire::{IpCidr, IpEndpoint};

@@ -237,21 +237,28 @@ pub fn loopback_pair(
     agent_addresses: Vec<crate::IpCidr>,
     client_addresses: Vec<crate::IpCidr>,
 ) -> io::Result<(crate::Tunnel, crate::Tunnel)> {
+    loopback_pair_with(agent_addresses, client_addresses, |_| {})
+}
+
+/// [`loopback_pair`] with both ends' configurations adjusted by `tune` (limits, tuning) before they start.
+pub fn loopback_pair_with(
+    agent_addresses: Vec<crate::IpCidr>,
+    client_addresses: Vec<crate::IpCidr>,
+    tune: impl Fn(&mut crate::CoreConfig),
+) -> io::Result<(crate::Tunnel, crate::Tunnel)> {
     use crate::{CoreConfig, Tunnel, TunnelConfig};
     let (agent_key, client_key) = (PrivateKey::generate(), PrivateKey::generate());
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let agent = Tunnel::start(TunnelConfig {
-        core: CoreConfig::new(agent_key.clone(), client_key.public_key(), agent_addresses),
-        listen: loopback,
-    })?;
-    let client = Tunnel::start(TunnelConfig {
-        core: CoreConfig {
-            endpoint: Some(agent.local_addr()),
-            persistent_keepalive: Some(25),
-            ..CoreConfig::new(client_key, agent_key.public_key(), client_addresses)
-        },
-        listen: loopback,
-    })?;
+    let mut agent_core = CoreConfig::new(agent_key.clone(), client_key.public_key(), agent_addresses);
+    tune(&mut agent_core);
+    let agent = Tunnel::start(TunnelConfig { core: agent_core, listen: loopback })?;
+    let mut client_core = CoreConfig {
+        endpoint: Some(agent.local_addr()),
+        persistent_keepalive: Some(25),
+        ..CoreConfig::new(client_key, agent_key.public_key(), client_addresses)
+    };
+    tune(&mut client_core);
+    let client = Tunnel::start(TunnelConfig { core: client_core, listen: loopback })?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while agent.status()?.peer.endpoint.is_none() {
         if std::time::Instant::now() >= deadline {

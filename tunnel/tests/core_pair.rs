@@ -34,6 +34,7 @@ fn pair_tuned(conditions: Conditions, tcp: TcpTuning) -> Pair {
             endpoint,
             mtu: 1420,
             tcp: tcp.clone(),
+            udp: Default::default(),
         };
     let now = smoltcp::time::Instant::from_millis(0);
     let a = Core::new(config(&a_key, &b_key, CLIENT_V4, CLIENT_V6, Some(Pair::B_ADDR)), 1, now).unwrap();
@@ -310,6 +311,7 @@ fn preshared_keys_must_match() {
                 endpoint,
                 mtu: 1420,
                 tcp: TcpTuning::default(),
+                udp: Default::default(),
             }
         };
     let now = smoltcp::time::Instant::from_millis(0);
@@ -341,6 +343,7 @@ fn packets_from_outside_the_peers_allowed_ips_are_dropped() {
         endpoint: None,
         mtu: 1420,
         tcp: TcpTuning::default(),
+        udp: Default::default(),
     };
     let a = Core::new(CoreConfig { endpoint: Some(Pair::B_ADDR), ..base(&a_key, &b_key, CLIENT_V4) }, 1, now).unwrap();
     let b = Core::new(

@@ -146,7 +146,11 @@ impl Drop for Agent {
 /// The cluster side: a tunnel to the agent, a relay that maps pod addresses to local backends.
 pub struct Peer {
     pub tunnel: Arc<Tunnel>,
+    /// Pod address -> the local server standing in for it (TCP and UDP).
     pub pods: Arc<Mutex<BTreeMap<SocketAddr, SocketAddr>>>,
+    /// The UDP relay's counters.
+    pub udp: Arc<tunnel::FlowCounters>,
+    _udp_relay: tunnel::UdpRelayPort,
 }
 
 impl Peer {
@@ -175,7 +179,11 @@ impl Peer {
                 std::thread::spawn(move || relay_one(stream, &map));
             }
         });
-        Peer { tunnel, pods }
+        let map = Arc::clone(&pods);
+        let udp = Arc::new(tunnel::FlowCounters::default());
+        let resolve = move |pod| map.lock().unwrap().get(&pod).copied();
+        let _udp_relay = tunnel.relay_udp(7000, Arc::new(resolve), Arc::clone(&udp)).unwrap();
+        Peer { tunnel, pods, udp, _udp_relay }
     }
 
     /// POST /upload through the tunnel; returns status and body.

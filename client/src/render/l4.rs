@@ -4,9 +4,10 @@
 //! Ours: `spec.loadBalancerClass` is [`LOAD_BALANCER_CLASS`] (the standard way a load-balancer implementation
 //! claims a Service), or, for a Service without a class, the annotation `polaredge.io/load-balancer: "true"`.
 //! Two Services wanting the same port: the older one (creation time, then namespace/name) gets it and the other
-//! a Warning Event; so do ports the edge keeps for itself (its entrypoints and WireGuard). UDP ports are not
-//! carried yet (a Warning Event says so). `polaredge.io/proxy-protocol: "1"` or `"2"` sends the pods a PROXY
-//! protocol header with the public client's address first.
+//! a Warning Event; so do ports the edge keeps for itself (its entrypoints and WireGuard). TCP and UDP ports are
+//! carried (a TCP and a UDP port may share a number, as DNS does); SCTP is not (a Warning Event says so).
+//! `polaredge.io/proxy-protocol: "1"` or `"2"` sends the pods of the TCP ports a PROXY protocol header with the
+//! public client's address first. UDP pods see the client relay's address as the source (see the README).
 
 use super::{ns_name, servers_of, Cluster, Notice, ServiceKey};
 use k8s_openapi::api::core::v1::Service;
@@ -30,8 +31,10 @@ pub struct L4Rendered {
     pub section: Option<model::L4>,
     /// Services served (namespace, name), for their status.
     pub served: BTreeSet<(String, String)>,
-    /// Every pod endpoint of those ports (the relay's allow-list).
+    /// Every pod endpoint of the TCP ports (for the relay's allow-list).
     pub endpoints: BTreeSet<SocketAddr>,
+    /// Every pod endpoint of the UDP ports (the UDP relay's allow-list).
+    pub udp_endpoints: BTreeSet<SocketAddr>,
     /// Conflicts and unsupported ports.
     pub notices: Vec<Notice>,
 }
@@ -60,8 +63,8 @@ pub fn render(
     let mut services: Vec<&Service> = cluster.services.iter().map(|s| &**s).filter(|s| ours(s)).collect();
     // Oldest first, so the oldest Service wins a port.
     services.sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ns_name(&s.metadata)));
-    let mut tcp: BTreeMap<String, model::L4Service> = BTreeMap::new();
-    let mut owners: BTreeMap<u16, String> = BTreeMap::new();
+    let mut sections: BTreeMap<&'static str, BTreeMap<String, model::L4Service>> = BTreeMap::new();
+    let mut owners: BTreeMap<(&'static str, u16), String> = BTreeMap::new();
     for service in services {
         let (ns, name) = ns_name(&service.metadata);
         let notice = |reason: &'static str, message: String| Notice {
@@ -88,16 +91,17 @@ pub fn render(
         let mut served = false;
         for port in service.spec.as_ref().and_then(|s| s.ports.as_ref()).into_iter().flatten() {
             let Ok(number) = u16::try_from(port.port) else { continue };
-            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
-                out.notices.push(notice(
-                    "UnsupportedProtocol",
-                    format!(
-                        "port {number}/{}: only TCP is carried through the edge yet",
-                        port.protocol.as_deref().unwrap_or("?")
-                    ),
-                ));
-                continue;
-            }
+            let transport = match port.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => "tcp",
+                "UDP" => "udp",
+                other => {
+                    out.notices.push(notice(
+                        "UnsupportedProtocol",
+                        format!("port {number}/{other}: only TCP and UDP are carried through the edge"),
+                    ));
+                    continue;
+                }
+            };
             if reserved.contains(&number) {
                 out.notices.push(notice(
                     "PortReserved",
@@ -105,22 +109,27 @@ pub fn render(
                 ));
                 continue;
             }
-            if let Some(owner) = owners.get(&number) {
+            if let Some(owner) = owners.get(&(transport, number)) {
                 out.notices.push(notice(
                     "PortConflict",
-                    format!("port {number} is already served for the older Service {owner}; this port is not exposed"),
+                    format!(
+                        "port {number}/{} is already served for the older Service {owner}; this port is not exposed",
+                        transport.to_uppercase()
+                    ),
                 ));
                 continue;
             }
             let servers = servers_of(port.name.as_deref().unwrap_or(""), own_slices);
-            out.endpoints.extend(servers.iter().copied());
-            owners.insert(number, format!("{ns}/{name}"));
-            tcp.insert(
+            let allow = if transport == "tcp" { &mut out.endpoints } else { &mut out.udp_endpoints };
+            allow.extend(servers.iter().copied());
+            owners.insert((transport, number), format!("{ns}/{name}"));
+            sections.entry(transport).or_default().insert(
                 number.to_string(),
                 model::L4Service {
                     service: format!("{ns}/{name}"),
                     servers: servers.iter().map(ToString::to_string).collect(),
-                    proxy_protocol,
+                    // The PROXY header is a TCP stream's first bytes; a UDP port has no place for it.
+                    proxy_protocol: proxy_protocol.filter(|_| transport == "tcp"),
                 },
             );
             served = true;
@@ -129,8 +138,11 @@ pub fn render(
             out.served.insert((ns, name));
         }
     }
-    if !tcp.is_empty() {
-        out.section = Some(model::L4 { tcp });
+    if !sections.is_empty() {
+        out.section = Some(model::L4 {
+            tcp: sections.remove("tcp").unwrap_or_default(),
+            udp: sections.remove("udp").unwrap_or_default(),
+        });
     }
     out
 }
@@ -182,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn the_older_service_wins_a_port_and_reserved_ports_and_udp_are_refused_with_events() {
+    fn the_older_service_wins_a_port_and_reserved_ports_and_sctp_are_refused_with_events() {
         let yaml = format!(
             "{}{}{}",
             service("new", "2024-06-01T00:00:00Z", CLASS, "", PG),
@@ -192,7 +204,7 @@ mod tests {
                 "2024-01-01T00:00:00Z",
                 CLASS,
                 "",
-                "[{name: pg, port: 443}, {name: dns, port: 53, protocol: UDP}]"
+                "[{name: pg, port: 443}, {name: pg, port: 9999, protocol: SCTP}]"
             ),
         );
         let out = rendered(&yaml);
@@ -203,5 +215,25 @@ mod tests {
         assert!(reasons.contains(&("web", "UnsupportedProtocol")), "{reasons:?}");
         assert!(out.notices.iter().all(|n| n.kind == "Service"));
         assert!(!out.served.contains(&("db".into(), "new".into())));
+    }
+
+    #[test]
+    fn udp_ports_are_served_beside_a_tcp_port_of_the_same_number_without_a_proxy_header() {
+        let dns = "[{name: pg, port: 53, protocol: UDP}, {name: pg, port: 53}]";
+        let yaml = format!(
+            "{}{}",
+            service("dns", "2024-01-01T00:00:00Z", CLASS, "polaredge.io/proxy-protocol: \"1\"", dns),
+            service("late", "2024-06-01T00:00:00Z", CLASS, "", "[{name: pg, port: 53, protocol: UDP}]"),
+        );
+        let out = rendered(&yaml);
+        let section = out.section.as_ref().unwrap();
+        assert_eq!(section.udp["53"].service, "db/dns");
+        assert_eq!(section.udp["53"].servers, ["10.1.0.5:5432"]);
+        assert_eq!(section.udp["53"].proxy_protocol, None, "no PROXY header on UDP");
+        assert_eq!(section.tcp["53"].proxy_protocol, Some(1));
+        assert!(out.udp_endpoints.contains(&"10.1.0.5:5432".parse().unwrap()));
+        let reasons: Vec<(&str, &str)> = out.notices.iter().map(|n| (n.name.as_str(), n.reason)).collect();
+        assert_eq!(reasons, [("late", "PortConflict")], "the older Service keeps UDP 53");
+        assert!(out.notices[0].message.contains("53/UDP"), "{}", out.notices[0].message);
     }
 }

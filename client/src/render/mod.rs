@@ -100,8 +100,10 @@ pub struct Rendered {
     /// (a subset of YAML 1.2), because JSON serializes 20x faster than serde_yaml at scale; Traefik and the
     /// agent read it as YAML.
     pub document: String,
-    /// Every pod endpoint the config routes to: the relay's allow-list.
+    /// Every pod endpoint the config routes TCP to: the relay's allow-list.
     pub endpoints: BTreeSet<SocketAddr>,
+    /// Every pod endpoint of the UDP ports: the UDP relay's allow-list.
+    pub udp_endpoints: BTreeSet<SocketAddr>,
     /// Ingresses served (namespace, name), for status updates.
     pub served: BTreeSet<(String, String)>,
     /// LoadBalancer Services served (namespace, name), for status updates.
@@ -888,6 +890,7 @@ impl Renderer {
             document,
             routers: http.routers.len(),
             endpoints,
+            udp_endpoints: l4.udp_endpoints,
             served: planned.plan.served.clone(),
             served_services: l4.served,
             notices: planned.plan.notices.iter().cloned().chain(l4.notices).collect(),

@@ -10,6 +10,7 @@
 //! only connections still in their handshake are looked at for that.
 
 use super::bridge::{Bridge, Pump, SpliceOutcome};
+use super::datagrams::Datagrams;
 use super::kernel;
 use super::timers::{Timer, Timers};
 use super::udp::{self, UdpSink};
@@ -32,6 +33,10 @@ use std::time::Duration;
 
 const TOKEN_UDP: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
+/// The timer id of the UDP flows' idle sweep.
+const SWEEP_ID: u64 = 2;
+/// How often idle UDP flows are looked for while any are open.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Connection and forwarder ids start here so they can double as epoll tokens.
 const FIRST_ID: u64 = 16;
 /// Datagrams read per wake-up before the stack gets a turn, so one busy peer cannot starve the sockets.
@@ -169,6 +174,9 @@ pub(crate) struct Driver {
     refusals_logged: u64,
     next_refusal_log: Instant,
     datagram: Box<[u8]>,
+    /// UDP flows: exposed ports and relay ports.
+    flows: Datagrams,
+    sweep_armed: bool,
 }
 
 impl Driver {
@@ -179,6 +187,7 @@ impl Driver {
         inbox: Receiver<Command>,
         start: std::time::Instant,
         limits: Limits,
+        flows: Datagrams,
     ) -> io::Result<Driver> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(&epoll, &socket, epoll::EventData::new_u64(TOKEN_UDP), epoll::EventFlags::IN)?;
@@ -206,6 +215,8 @@ impl Driver {
             refusals_logged: 0,
             next_refusal_log: Instant::ZERO,
             datagram: vec![0; 65536].into_boxed_slice(),
+            flows,
+            sweep_armed: false,
         })
     }
 
@@ -213,6 +224,7 @@ impl Driver {
         let mut events = Vec::with_capacity(256);
         let mut dial_ready = Vec::new();
         let mut accept_ready = Vec::new();
+        let mut flows_ready = Vec::new();
         loop {
             let now = elapsed(self.start);
             let mut deadline = self.core.poll_at(now);
@@ -262,6 +274,7 @@ impl Driver {
                         Some(Connection { stage: Stage::Dialing { .. }, .. }) => dial_ready.push(id),
                         Some(_) => {}
                         None if self.forwarders.contains_key(&id) => accept_ready.push(id),
+                        None if self.flows.owns(id) => flows_ready.push(id),
                         None => {}
                     },
                 }
@@ -280,6 +293,9 @@ impl Driver {
             }
             for id in accept_ready.drain(..) {
                 self.accept_forwarded(id, now);
+            }
+            for token in flows_ready.drain(..) {
+                self.flows.kernel_ready(&mut self.core, token, now);
             }
             self.fire_timers(now);
             self.pump(now);
@@ -354,6 +370,17 @@ impl Driver {
                 // Closing the listener also takes it out of the epoll set.
                 self.forwarders.remove(&id);
             }
+            Command::ExposeUdp { socket, relay, pick, counters, reply } => {
+                let id = self.new_id();
+                let result =
+                    self.flows.expose(&mut self.core, &self.epoll, id, (socket, relay, pick, counters)).map(|()| id);
+                let _ = reply.send(result);
+            }
+            Command::StopExposing { id } => self.flows.stop_exposing(id),
+            Command::RelayUdp { port, resolve, counters, reply } => {
+                let _ = reply.send(self.flows.relay(&mut self.core, port, resolve, counters));
+            }
+            Command::StopRelayingUdp { port } => self.flows.stop_relay(&mut self.core, port),
             Command::Drop { id } => self.close(id, true, None),
             Command::Status { reply } => {
                 let _ = reply.send(TunnelStatus {
@@ -363,6 +390,7 @@ impl Driver {
                     connections: self.connections.len(),
                     sockets: self.core.socket_count(),
                     wakeups: self.wakeups,
+                    udp_flows: self.flows.flows(),
                 });
             }
             Command::Shutdown => {
@@ -568,6 +596,12 @@ impl Driver {
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some((armed_for, id, timer)) = self.timers.pop_due(now) {
+            if timer == Timer::FlowSweep {
+                self.flows.sweep(now);
+                self.sweep_armed = false;
+                self.arm_sweep(now);
+                continue;
+            }
             let Some(connection) = self.connections.get_mut(&id) else { continue };
             match timer {
                 Timer::Deadline => {
@@ -577,6 +611,7 @@ impl Driver {
                     connection.deadline = None;
                     self.expire(id);
                 }
+                Timer::FlowSweep => unreachable!("handled above"),
                 Timer::Idle => {
                     let Stage::Spliced { .. } = connection.stage else { continue };
                     if connection.idle_check != Some(armed_for) {
@@ -647,20 +682,35 @@ impl Driver {
         self.close(id, true, end);
     }
 
+    /// Arms the idle sweep of UDP flows, if any are open and it is not armed.
+    fn arm_sweep(&mut self, now: Instant) {
+        if !self.sweep_armed && self.flows.has_flows() {
+            self.sweep_armed = true;
+            self.timers.arm(after(now, SWEEP_INTERVAL), SWEEP_ID, Timer::FlowSweep);
+        }
+    }
+
     /// Moves data until nothing moves: kernel sockets <-> smoltcp <-> WireGuard.
     fn pump(&mut self, now: Instant) {
         for _ in 0..16 {
             let moved_before = self.pump_bridges(now);
             let (core, mut sink) = self.sink();
             let changed = core.poll(now, &mut sink);
+            let datagrams = self.flows.drain_tunnel(&mut self.core, &self.epoll, &mut self.next_id, now);
+            if datagrams {
+                // Answers queued for the tunnel go out in this round's poll.
+                let (core, mut sink) = self.sink();
+                core.poll(now, &mut sink);
+            }
             let accepted = self.take_accepted(now);
             self.collect_woken();
             let moved_after = self.pump_bridges(now);
             let settled = self.service_handshakes(now);
-            if !(moved_before || moved_after || changed || accepted || settled) {
+            if !(moved_before || moved_after || changed || accepted || settled || datagrams) {
                 break;
             }
         }
+        self.arm_sweep(now);
     }
 
     /// Moves the connections whose tunnel socket woke into the dirty list.

@@ -16,6 +16,7 @@
 //! whatever the load.
 
 mod bridge;
+mod datagrams;
 mod event_loop;
 mod kernel;
 mod timers;
@@ -26,7 +27,7 @@ pub use kernel::{listen, raise_open_files_limit, LISTEN_BACKLOG};
 
 use crate::core::{Core, CoreConfig, PeerStatus, Stats};
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicU64;
@@ -59,6 +60,8 @@ pub struct TunnelStatus {
     pub sockets: usize,
     /// Times the driver thread woke up.
     pub wakeups: u64,
+    /// UDP flows open: (exposed ports, relay ports).
+    pub udp_flows: (usize, usize),
 }
 
 /// Counters of the streams of one forwarder ([`Tunnel::forward_from`]) or relay port ([`Tunnel::relay`]),
@@ -84,6 +87,45 @@ pub struct StreamCounters {
     /// Bytes from the tunnel to the kernel socket.
     pub bytes_from_tunnel: AtomicU64,
 }
+
+/// Counters of the UDP flows of exposed ports ([`Tunnel::expose_udp`]) or of a UDP relay port
+/// ([`Tunnel::relay_udp`]), kept by the driver thread.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Flows opened (a new public client on an exposed port; a new flow arriving at a relay port).
+    pub flows_opened: AtomicU64,
+    /// Datagrams that would have opened a flow the policy refused (no pod for the port; a target that is not
+    /// an endpoint of the current snapshot); each is counted.
+    pub flows_refused: AtomicU64,
+    /// Datagrams that would have opened a flow beyond the cap ([`crate::core::UdpTuning::max_flows`]).
+    pub flows_over_cap: AtomicU64,
+    /// Flows ended by the idle timeout.
+    pub flows_expired: AtomicU64,
+    /// Datagrams larger than one tunnel packet carries (the tunnel MTU less the headers), dropped.
+    pub too_large: AtomicU64,
+    /// Datagrams that could not be carried: a queue was full, a kernel send failed, or a frame belonged to no
+    /// flow (malformed, or its flow had ended).
+    pub dropped: AtomicU64,
+    /// Datagrams carried from a kernel socket into the tunnel (exposed: from public clients; relay: to the
+    /// targets, counted when sent to them).
+    pub datagrams_to_tunnel: AtomicU64,
+    /// Datagrams carried out of the tunnel to a kernel socket (exposed: to public clients; relay: answers sent
+    /// back into the tunnel).
+    pub datagrams_from_tunnel: AtomicU64,
+    /// Payload bytes of `datagrams_to_tunnel`.
+    pub bytes_to_tunnel: AtomicU64,
+    /// Payload bytes of `datagrams_from_tunnel`.
+    pub bytes_from_tunnel: AtomicU64,
+}
+
+/// Picks the target of a new UDP flow from the public client's address; `None` refuses the flow (counted).
+/// Runs on the driver thread: keep it quick.
+pub type PickTarget = Arc<dyn Fn(SocketAddr) -> Option<SocketAddr> + Send + Sync>;
+
+/// Where a UDP relay sends a new flow for a target: the target itself when it may go there, another address
+/// standing in for it (tests map pod addresses to local servers), or `None` to refuse the flow (counted). Runs
+/// on the driver thread: keep it quick.
+pub type RelayTarget = Arc<dyn Fn(SocketAddr) -> Option<SocketAddr> + Send + Sync>;
 
 /// What a relay port reads before splicing: a bounded header at the start of each incoming stream that says
 /// where the stream goes, and whether it may. The application defines the header (POLAREDGE's is
@@ -152,6 +194,25 @@ pub(crate) enum Command {
     StopForwarding {
         id: u64,
     },
+    ExposeUdp {
+        socket: UdpSocket,
+        relay: SocketAddr,
+        pick: PickTarget,
+        counters: Arc<FlowCounters>,
+        reply: Sender<io::Result<u64>>,
+    },
+    StopExposing {
+        id: u64,
+    },
+    RelayUdp {
+        port: u16,
+        resolve: RelayTarget,
+        counters: Arc<FlowCounters>,
+        reply: Sender<io::Result<()>>,
+    },
+    StopRelayingUdp {
+        port: u16,
+    },
     Drop {
         id: u64,
     },
@@ -212,6 +273,7 @@ impl Tunnel {
         let local_addr = socket.local_addr()?;
         let start = std::time::Instant::now();
         let limits = event_loop::Limits::from(&config.core.tcp);
+        let datagrams = datagrams::Datagrams::new(config.core.udp.clone(), config.core.mtu);
         let core =
             Core::new(config.core, rustix::process::getpid().as_raw_nonzero().get() as u32, event_loop::elapsed(start))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -219,7 +281,7 @@ impl Tunnel {
             rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?;
         let (commands, inbox) = mpsc::channel();
         let shared = Arc::new(Shared { commands, wake });
-        let driver = event_loop::Driver::new(core, socket, Arc::clone(&shared), inbox, start, limits)?;
+        let driver = event_loop::Driver::new(core, socket, Arc::clone(&shared), inbox, start, limits, datagrams)?;
         let thread = std::thread::Builder::new().name("tunnel".into()).spawn(move || driver.run())?;
         Ok(Tunnel { shared, local_addr, thread: Some(thread) })
     }
@@ -267,6 +329,32 @@ impl Tunnel {
         let listener = OwnedFd::from(listener);
         let id = self.shared.ask(|reply| Command::ForwardFrom { listener, remote, preamble, counters, reply })??;
         Ok(Forwarding { id, local_addr, shared: Arc::clone(&self.shared) })
+    }
+
+    /// Carries the datagrams arriving on `socket` (a kernel UDP socket: a public port) into the tunnel: each
+    /// client address is a flow, whose target `pick` chooses when its first datagram arrives; its datagrams go
+    /// framed ([`crate::flow`]) to the UDP relay at `relay` inside the tunnel, and the target's answers come back
+    /// to the client from `socket`. Flows end when idle ([`crate::core::UdpTuning`]). Counted in `counters`.
+    /// Dropping the handle closes the socket and ends its flows.
+    pub fn expose_udp(
+        &self,
+        socket: UdpSocket,
+        relay: SocketAddr,
+        pick: PickTarget,
+        counters: Arc<FlowCounters>,
+    ) -> io::Result<UdpExposure> {
+        let local_addr = socket.local_addr()?;
+        let id = self.shared.ask(|reply| Command::ExposeUdp { socket, relay, pick, counters, reply })??;
+        Ok(UdpExposure { id, local_addr, shared: Arc::clone(&self.shared) })
+    }
+
+    /// Relays the framed datagrams ([`crate::flow`]) arriving at tunnel UDP `port`: each flow whose target
+    /// `resolve` allows gets a kernel UDP socket connected to the address it names, and the answers go back
+    /// through the tunnel. Anything else is dropped and counted in `counters`. Dropping the handle closes the
+    /// port and ends its flows.
+    pub fn relay_udp(&self, port: u16, resolve: RelayTarget, counters: Arc<FlowCounters>) -> io::Result<UdpRelayPort> {
+        self.shared.ask(|reply| Command::RelayUdp { port, resolve, counters, reply })??;
+        Ok(UdpRelayPort { port, shared: Arc::clone(&self.shared) })
     }
 
     /// Opens a connection to `remote` inside the tunnel; waits until it is established, refused, or `timeout`.
@@ -359,6 +447,46 @@ impl Forwarding {
 impl Drop for Forwarding {
     fn drop(&mut self) {
         let _ = self.shared.send(Command::StopForwarding { id: self.id });
+    }
+}
+
+/// A kernel UDP socket whose datagrams the driver carries into the tunnel ([`Tunnel::expose_udp`]). Dropping
+/// it closes the socket and ends its flows.
+pub struct UdpExposure {
+    id: u64,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl UdpExposure {
+    /// The kernel socket's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for UdpExposure {
+    fn drop(&mut self) {
+        let _ = self.shared.send(Command::StopExposing { id: self.id });
+    }
+}
+
+/// A tunnel UDP port served by the driver as a relay ([`Tunnel::relay_udp`]). Dropping it closes the port.
+pub struct UdpRelayPort {
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+impl UdpRelayPort {
+    /// The tunnel port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for UdpRelayPort {
+    fn drop(&mut self) {
+        let _ = self.shared.send(Command::StopRelayingUdp { port: self.port });
     }
 }
 

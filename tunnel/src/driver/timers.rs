@@ -13,6 +13,8 @@ pub(crate) enum Timer {
     Deadline,
     /// Check whether the spliced connection has gone quiet (release its buffers) or idle (close it).
     Idle,
+    /// End the UDP flows that have gone idle (not tied to a connection).
+    FlowSweep,
 }
 
 /// Pending timers, earliest first.

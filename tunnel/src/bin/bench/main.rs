@@ -68,6 +68,7 @@ fn tunnel_from(options: &HashMap<String, String>) -> io::Result<Tunnel> {
             endpoint,
             persistent_keepalive: endpoint.map(|_| 25),
             tcp: wan::tuning(options.get("cc").map(String::as_str))?,
+            udp: Default::default(),
             ..CoreConfig::new(key, peer, vec![address])
         },
         listen: opt(options, "bind")?.parse().map_err(io::Error::other)?,
