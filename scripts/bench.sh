@@ -26,10 +26,12 @@ cargo bench --locked -p polaredge-client --bench watch_to_live
 # Public load through the edge: wrk at 100, 1,000 and 10,000 connections and bursts, against nginx direct and
 # Traefik direct in the same run.
 cargo bench --locked -p polaredge-client --bench load
+# Layer 4: TCP and UDP (iperf3) through a LoadBalancer Service's port at the edge against the pod directly.
+cargo bench --locked -p polaredge-client --bench l4
 # Fuzzing (never in CI): each cargo-fuzz target for 60 s from its seeds; prints runs, speed, coverage and peak
 # memory. A crash stops the script with the reproducer in fuzz/artifacts/.
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.2
-for target in datagram http_head upload; do
+for target in datagram flow_frame http_head upload; do
   mkdir -p "fuzz/corpus/$target"
   seeds=()
   [ -d "fuzz/seeds/$target" ] && seeds=("seeds/$target")

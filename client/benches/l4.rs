@@ -1,10 +1,12 @@
-//! TCP throughput of an L4 route (a Service of type LoadBalancer served at the edge) against the same pod
-//! directly, in one run: iperf3 (Debian) one stream each way, then four parallel streams, through agent +
-//! userspace WireGuard + client relay on loopback. Zero latency only: the project has no real-process
-//! impairment relay yet (the WAN issue), so this says what the L4 path costs, not how it fares on the internet.
+//! Throughput of an L4 route (a Service of type LoadBalancer served at the edge) against the same pod directly,
+//! in one run, through agent + userspace WireGuard + client relay on loopback, with iperf3 (Debian) as client
+//! and pod: TCP one stream each way, then four parallel streams; UDP (iperf3 -u, 1,200-byte datagrams) at
+//! fixed rates and unlimited, each way: datagrams/s received and the loss. The Service has a TCP and a UDP
+//! port of one number, as iperf3 needs (its control connection is TCP). Zero latency: this says what the L4
+//! path costs; `polaredge-tunnel-bench wan` says how the tunnel fares on impaired paths.
 //!
 //! Run: `cargo build --release -p polaredge-agent && cargo bench -p polaredge-client --bench l4`
-//! (`POLAREDGE_L4_SECONDS` per run, default 5).
+//! (`POLAREDGE_L4_SECONDS` per run, default 5; `scripts/bench.sh` runs it).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -28,6 +30,22 @@ fn iperf3(port: u16, seconds: u64, reverse: bool, streams: u32) -> f64 {
     report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 8e6
 }
 
+/// One UDP run: (datagrams/s received, loss %) from iperf3's JSON report; `rate` in Mbit/s, 0 for unlimited.
+fn iperf3_udp(port: u16, seconds: u64, reverse: bool, rate: u32) -> (f64, f64) {
+    std::thread::sleep(Duration::from_secs(1));
+    let mut command = Command::new("iperf3");
+    command.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", &seconds.to_string(), "-J", "-u", "-l", "1200"]);
+    command.args(["-b", &format!("{rate}M")]);
+    if reverse {
+        command.arg("-R");
+    }
+    let out = command.output().expect("iperf3 (scripts/install-deps.sh installs it)");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let sum = &report["end"]["sum"];
+    let received = sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    (received / seconds as f64, sum["lost_percent"].as_f64().unwrap_or(100.0))
+}
+
 fn main() {
     let seconds: u64 = std::env::var("POLAREDGE_L4_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let edge = Edge::start("bench-l4");
@@ -35,7 +53,7 @@ fn main() {
     let _server = Proc::spawn(Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", &pod.to_string()]));
     let public = free_tcp();
     let manifests = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: perf, namespace: bench}}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: polaredge.io/edge\n  ports: [{{name: perf, port: {public}, targetPort: {pod}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: perf-1\n  namespace: bench\n  labels: {{kubernetes.io/service-name: perf}}\naddressType: IPv4\nports: [{{name: perf, port: {pod}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: perf, namespace: bench}}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: polaredge.io/edge\n  ports: [{{name: perf, port: {public}, targetPort: {pod}}}, {{name: perf-udp, port: {public}, targetPort: {pod}, protocol: UDP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: perf-1\n  namespace: bench\n  labels: {{kubernetes.io/service-name: perf}}\naddressType: IPv4\nports: [{{name: perf, port: {pod}}}, {{name: perf-udp, port: {pod}, protocol: UDP}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n"
     );
     std::fs::write(edge.dir.join("manifests/perf.yaml"), manifests).unwrap();
     let client = edge.client_reading_manifests();
@@ -56,5 +74,24 @@ fn main() {
             format!("{direction}, {streams}"),
             if direct > 0.0 { edged / direct } else { 0.0 }
         );
+    }
+    println!();
+    println!("UDP through an L4 route vs the pod directly, iperf3 -u -l 1200, {seconds} s per run, loopback:");
+    println!(
+        "{:<30} {:>12} {:>8} {:>14} {:>8} {:>7}",
+        "direction, offered", "direct dg/s", "loss %", "edge dg/s", "loss %", "ratio"
+    );
+    for reverse in [false, true] {
+        for rate in [50, 200, 0] {
+            let (direct, direct_loss) = iperf3_udp(pod, seconds, reverse, rate);
+            let (edged, edged_loss) = iperf3_udp(public, seconds, reverse, rate);
+            let direction = if reverse { "pod -> client" } else { "client -> pod" };
+            let offered = if rate == 0 { "unlimited".to_string() } else { format!("{rate} Mbit/s") };
+            println!(
+                "{:<30} {direct:>12.0} {direct_loss:>8.2} {edged:>14.0} {edged_loss:>8.2} {:>7.2}",
+                format!("{direction}, {offered}"),
+                if direct > 0.0 { edged / direct } else { 0.0 }
+            );
+        }
     }
 }
