@@ -13,7 +13,7 @@
 use crate::forwarders::Forwarders;
 use crate::l4::{PortKey, PortPlan, Ports};
 use crate::store::Store;
-use protocol::api::UploadAnswer;
+use protocol::api::{Transport, UploadAnswer, Withheld};
 use routes::model::DynamicConfig;
 use routes::{Policy, Problem};
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,7 +52,7 @@ pub struct Live {
     /// Routers in the document.
     pub routers: usize,
     /// Its `l4` ports not served, and why.
-    pub withheld: Vec<String>,
+    pub withheld: Vec<Withheld>,
 }
 
 /// Upload and repair counters for /metrics.
@@ -105,7 +105,7 @@ pub struct Prepared {
     config: DynamicConfig,
     upload: Vec<u8>,
     /// `l4` ports left out (the policy refuses them), and why.
-    withheld: Vec<String>,
+    withheld: Vec<Withheld>,
 }
 
 pub use protocol::generation_of;
@@ -120,7 +120,16 @@ pub fn prepare(upload: &[u8], policy: &Policy) -> Result<Prepared, Vec<Problem>>
         generation: generation_of(upload),
         config: accepted.config,
         upload: upload.to_vec(),
-        withheld: accepted.withheld.iter().map(ToString::to_string).collect(),
+        withheld: accepted
+            .withheld
+            .into_iter()
+            .map(|w| Withheld {
+                transport: if w.protocol == "udp" { Transport::Udp } else { Transport::Tcp },
+                port: w.port,
+                service: w.service,
+                reason: w.problem.message,
+            })
+            .collect(),
     })
 }
 

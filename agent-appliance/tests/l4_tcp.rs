@@ -6,6 +6,7 @@
 
 mod support;
 
+use protocol::api::Transport;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -134,7 +135,9 @@ fn tcp_services_are_served_on_their_own_ports_with_the_real_client_address_on_re
     let answer: protocol::api::UploadAnswer = serde_json::from_str(&body).unwrap();
     assert!(answer.live, "{body}");
     assert_eq!(answer.withheld.len(), 1, "{body}");
-    assert!(answer.withheld[0].contains("shop/grab-80") && answer.withheld[0].contains("the edge's own"), "{body}");
+    let withheld = &answer.withheld[0];
+    assert_eq!((withheld.transport, withheld.port, withheld.service.as_str()), (Transport::Tcp, web, "shop/grab-80"));
+    assert!(withheld.reason.contains("the edge's own"), "{body}");
     assert_eq!(testkit::redis_cli(redis, &["PING"]), "PONG");
     let s: protocol::api::Status = serde_json::from_str(&peer.get("/status").1).unwrap();
     assert_eq!(s.live.unwrap().withheld, answer.withheld);

@@ -41,7 +41,7 @@ fn a_dns_server_answers_through_the_edge_on_a_udp_port() {
     assert_eq!(status, 200, "{body}\n{}", agent.log());
     let answer = json(&body);
     let withheld = answer["withheld"].to_string();
-    assert!(withheld.contains(&format!("l4.udp.{}", setup.udp.port())), "{withheld}");
+    assert!(withheld.contains(&format!("\"port\":{}", setup.udp.port())) && withheld.contains("\"udp\""), "{withheld}");
 
     let resolved = eventually(Duration::from_secs(10), || testkit::dig(public, "shop.edge.test", 2) == ["192.0.2.7"]);
     assert!(resolved, "no DNS answer through the edge\n{}", agent.log());

@@ -9,9 +9,10 @@ use crate::ops::Metrics;
 use crate::relay::{self, AllowList, RelayMetrics, UdpRelayMetrics};
 use crate::render::{self, Cluster, Settings};
 use crate::sender::{self, Action, Sender};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tunnel::{CoreConfig, IpCidr, Tunnel, TunnelConfig};
 
@@ -29,13 +30,41 @@ pub enum Source {
     Kubernetes,
 }
 
-/// Calls `changed` with the stores' state after each burst of watch events, then writes Ingress status (the
-/// agents' `addresses`) and Events for new notices.
+/// The `l4` ports each agent last reported withheld. The send loops fill it; a change wakes the watch loop,
+/// which turns them into Warning Events on their Services.
+#[derive(Default)]
+struct WithheldBoard {
+    by_agent: Mutex<BTreeMap<String, Vec<protocol::api::Withheld>>>,
+    wake: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl WithheldBoard {
+    /// Records agent `name`'s latest answer; wakes the watch loop if what it withholds changed.
+    fn report(&self, name: &str, withheld: &[protocol::api::Withheld]) {
+        let mut by_agent = self.by_agent.lock().unwrap_or_else(|p| p.into_inner());
+        if by_agent.get(name).map(Vec::as_slice).unwrap_or_default() == withheld {
+            return;
+        }
+        by_agent.insert(name.to_string(), withheld.to_vec());
+        if let Some(wake) = self.wake.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = wake.send(());
+        }
+    }
+
+    fn notices(&self) -> Vec<render::Notice> {
+        crate::status::withheld_notices(&self.by_agent.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Calls `changed` with the stores' state after each burst of watch events (or a change in what the agents
+/// withhold), then writes Ingress status (the agents' `addresses`) and Events for new notices.
 fn watch_kubernetes(
     mut changed: impl FnMut(Cluster) -> render::Rendered,
     addresses: Vec<String>,
+    withheld: Arc<WithheldBoard>,
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
+    *withheld.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
     let (stores, writer) = crate::watch::start(tx)?;
     let mut reported = crate::status::Reported::default();
     while rx.recv().is_ok() {
@@ -57,7 +86,9 @@ fn watch_kubernetes(
             &rendered.served_services,
             &addresses,
         ));
-        for notice in reported.fresh(&rendered.notices) {
+        let mut notices = rendered.notices;
+        notices.extend(withheld.notices());
+        for notice in reported.fresh(&notices) {
             writer.post_event(notice, cluster.uid_of(notice.kind, &notice.namespace, &notice.name));
         }
     }
@@ -179,6 +210,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let udp_allowed: AllowList = Arc::new(RwLock::new(Default::default()));
 
     let mut senders = Vec::new();
+    let withheld = Arc::new(WithheldBoard::default());
     // The relays live in the tunnel drivers as long as these handles.
     let mut relays = Vec::new();
     let mut udp_relays = Vec::new();
@@ -205,10 +237,10 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
                 .map_err(|e| format!("agent {}: UDP relay: {e}", agent.name))?,
         );
         let (tx, rx) = mpsc::channel::<Arc<String>>();
-        let (name, api, m) = (agent.name.clone(), agent.api, Arc::clone(&metrics));
+        let (name, api, m, board) = (agent.name.clone(), agent.api, Arc::clone(&metrics), Arc::clone(&withheld));
         std::thread::Builder::new()
             .name(format!("send-{name}"))
-            .spawn(move || send_loop(&name, &tunnel, api, rx, &m))
+            .spawn(move || send_loop(&name, &tunnel, api, rx, &m, &board))
             .map_err(|e| e.to_string())?;
         senders.push(tx);
         log::info!("agent {}: tunnel to {} (WireGuard), API {}", agent.name, agent.endpoint, agent.api);
@@ -269,7 +301,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
             watch_manifests(dir, on_change);
             Ok(())
         }
-        Source::Kubernetes => watch_kubernetes(on_change, addresses),
+        Source::Kubernetes => watch_kubernetes(on_change, addresses, withheld),
     };
     drop((relays, udp_relays));
     result
@@ -284,6 +316,7 @@ fn send_loop(
     api: std::net::SocketAddr,
     snapshots: Receiver<Arc<String>>,
     metrics: &Metrics,
+    withheld: &WithheldBoard,
 ) {
     let mut policy = Sender::new(Instant::now());
     let mut handshake_age: Option<Duration> = None;
@@ -338,6 +371,7 @@ fn send_loop(
                         for reason in &answer.body.withheld {
                             log::warn!("agent {name}: generation {generation} is served without {reason}");
                         }
+                        withheld.report(name, &answer.body.withheld);
                         let live = (outcome == sender::Outcome::Live).then(|| generation.clone());
                         {
                             let mut agents = metrics.agents.lock().unwrap();

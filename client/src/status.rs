@@ -1,9 +1,11 @@
 //! What to write back to the cluster, decided without I/O: the `status.loadBalancer.ingress` each Ingress and
-//! each LoadBalancer Service of ours should show (the agents' public addresses while it is ours, nothing once it stops being ours), and which
-//! notices are new enough to become Events.
+//! each LoadBalancer Service of ours should show (the agents' public addresses while it is ours, nothing once
+//! it stops being ours), which notices are new enough to become Events, and the notices for the ports agents
+//! withheld.
 
 use crate::render::{Cluster, Notice};
-use std::collections::BTreeSet;
+use protocol::api::Withheld;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One Ingress or Service whose status must change to `addresses`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +64,30 @@ pub fn status_changes(
         }
     }
     changes
+}
+
+/// A Warning notice on each Service whose port an agent withheld (a port it keeps for itself, or outside its
+/// `l4.ports`): `by_agent` holds each agent's last answer.
+pub fn withheld_notices(by_agent: &BTreeMap<String, Vec<Withheld>>) -> Vec<Notice> {
+    let mut notices = Vec::new();
+    for (agent, withheld) in by_agent {
+        for w in withheld {
+            let Some((namespace, name)) = w.service.split_once('/') else { continue };
+            notices.push(Notice {
+                kind: "Service",
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                reason: "PortWithheld",
+                message: format!(
+                    "edge {agent} does not serve port {}/{}: {}",
+                    w.port,
+                    w.transport.to_string().to_uppercase(),
+                    w.reason
+                ),
+            });
+        }
+    }
+    notices
 }
 
 /// Remembers which notices were reported, so each becomes one Event, not one per render.
@@ -143,6 +169,33 @@ mod tests {
         add_yaml(&mut was, "apiVersion: v1\nkind: Service\nmetadata: {name: pg, namespace: db}\nspec: {type: LoadBalancer}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}\n", "t").unwrap();
         let changes = status_changes(&was, &BTreeSet::new(), &BTreeSet::new(), &addresses);
         assert_eq!((changes[0].kind, changes[0].addresses.len()), ("Service", 0));
+    }
+
+    #[test]
+    fn a_withheld_port_is_a_warning_on_its_service_per_edge() {
+        use protocol::api::Transport;
+        let withheld = |port, transport| Withheld {
+            transport,
+            port,
+            service: "net/dns".into(),
+            reason: "port 51820 (Service net/dns) is the edge's own".into(),
+        };
+        let by_agent: BTreeMap<String, Vec<Withheld>> = [
+            ("edge-a".to_string(), vec![withheld(51820, Transport::Udp)]),
+            ("edge-b".to_string(), vec![withheld(51820, Transport::Udp), withheld(80, Transport::Tcp)]),
+            ("edge-c".to_string(), vec![]),
+        ]
+        .into();
+        let notices = withheld_notices(&by_agent);
+        let seen: Vec<(&str, &str, &str)> =
+            notices.iter().map(|n| (n.namespace.as_str(), n.name.as_str(), n.reason)).collect();
+        assert_eq!(seen, [("net", "dns", "PortWithheld"); 3]);
+        assert!(
+            notices[0].message.starts_with("edge edge-a does not serve port 51820/UDP: "),
+            "{}",
+            notices[0].message
+        );
+        assert!(notices[2].message.contains("port 80/TCP"), "{}", notices[2].message);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! (real list/watch protocol) exposes a real Redis (Debian's redis-server, the "pod") on the Service's port at
 //! the edge, writes the edge's address into the Service's status, gives a second Service wanting the same port
 //! a Warning Event, and closes the port when the Service stops being ours; a UDP Service (Debian's dnsmasq as the
-//! pod) answers Debian's dig through the edge. The agent and Traefik are real.
+//! pod) answers Debian's dig through the edge, and a Service asking for a port the agent keeps for itself gets a
+//! Warning Event naming the agent's reason. The agent and Traefik are real.
 //!
 //! Where the in-repo API server differs from a real one here: it accepts EndpointSlice addresses in 127.0.0.0/8
 //! (a real one refuses them), which is what lets a loopback process stand in for the pod.
@@ -71,10 +72,10 @@ fn a_load_balancer_service_of_our_class_is_served_at_the_edge_with_status_and_co
     );
 }
 
-/// A DNS Service: UDP `port` at the edge to a dnsmasq "pod" on loopback `pod_port`.
-fn dns_service(port: u16, pod_port: u16) -> String {
+/// A DNS Service `name`: UDP `port` at the edge to a dnsmasq "pod" on loopback `pod_port`.
+fn dns_service(name: &str, port: u16, pod_port: u16) -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: net, creationTimestamp: \"2024-01-01T00:00:00Z\"}}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: polaredge.io/edge\n  ports: [{{name: dns-udp, port: {port}, targetPort: {pod_port}, protocol: UDP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: dns-1\n  namespace: net\n  labels: {{kubernetes.io/service-name: dns}}\naddressType: IPv4\nports: [{{name: dns-udp, port: {pod_port}, protocol: UDP}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: net, creationTimestamp: \"2024-01-01T00:00:00Z\"}}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: polaredge.io/edge\n  ports: [{{name: dns-udp, port: {port}, targetPort: {pod_port}, protocol: UDP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: net\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: dns-udp, port: {pod_port}, protocol: UDP}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n"
     )
 }
 
@@ -85,7 +86,10 @@ fn a_udp_service_of_our_class_answers_through_the_edge() {
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let (_dnsmasq, dns_port) = testkit::dnsmasq("db.cluster.test", "198.51.100.20");
     let public = testkit::free_udp();
-    api.apply(&dns_service(public, dns_port));
+    api.apply(&dns_service("dns", public, dns_port));
+    // A port the agent keeps for itself that the client cannot know of (its web entrypoint, on a port of the
+    // test's choosing): the agent withholds it, and the Service gets a Warning Event saying so.
+    api.apply(&dns_service("grab", edge.web.port(), dns_port));
     let client = edge.client_watching_kubeconfig();
     assert!(
         eventually(Duration::from_secs(30), || testkit::dig(public, "db.cluster.test", 1) == ["198.51.100.20"]),
@@ -94,6 +98,15 @@ fn a_udp_service_of_our_class_answers_through_the_edge() {
     );
     let answered = (0..20).filter(|_| testkit::dig(public, "db.cluster.test", 2) == ["198.51.100.20"]).count();
     assert_eq!(answered, 20, "{}", client.log());
+    let withheld = || {
+        api.events().iter().any(|e| {
+            e["reason"] == "PortWithheld"
+                && e["type"] == "Warning"
+                && e["involvedObject"]["name"] == "grab"
+                && e["message"].as_str().is_some_and(|m| m.contains(&format!("port {}/UDP", edge.web.port())))
+        })
+    };
+    assert!(eventually(Duration::from_secs(10), withheld), "events: {:?}\n{}", api.events(), client.log());
     let status = api.status_of("Service", "net", "dns");
     assert!(
         eventually(Duration::from_secs(10), || api.status_of("Service", "net", "dns")["loadBalancer"]["ingress"][0]

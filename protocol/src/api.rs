@@ -28,10 +28,29 @@ pub struct UploadAnswer {
     /// After a rollback: the generation the routes file holds again (`None`: no routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<String>,
-    /// `l4` ports served without: the agent keeps them for itself or may not open them (`path: reason`,
-    /// naming the Service). Everything else in the upload is served.
+    /// `l4` ports served without: the agent keeps them for itself or may not open them. Everything else in
+    /// the upload is served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub withheld: Vec<String>,
+    pub withheld: Vec<Withheld>,
+}
+
+/// An `l4` port of a snapshot that an agent does not serve, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withheld {
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// The port.
+    pub port: u16,
+    /// `namespace/name` of the Service that asked for it.
+    pub service: String,
+    /// Why, for people (names the port, the Service and what to do).
+    pub reason: String,
+}
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "l4.{}.{}: {}", self.transport, self.port, self.reason)
+    }
 }
 
 impl UploadAnswer {
@@ -121,7 +140,7 @@ pub struct Live {
     pub errors: Vec<String>,
     /// Its `l4` ports that are not served, and why (see [`UploadAnswer::withheld`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub withheld: Vec<String>,
+    pub withheld: Vec<Withheld>,
 }
 
 /// The routes file Traefik reads.

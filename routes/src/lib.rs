@@ -101,7 +101,7 @@ pub struct Accepted {
     /// The document to serve, without the withheld ports.
     pub config: DynamicConfig,
     /// Why each withheld `l4` port is not served (see [`validate::withhold_refused_l4`]).
-    pub withheld: Vec<Problem>,
+    pub withheld: Vec<validate::WithheldPort>,
 }
 
 /// Parses and validates an upload as an agent serves it: `l4` ports its policy refuses are withheld and

@@ -233,22 +233,37 @@ fn l4_port_refusal(protocol: &str, port: u16, service: &str, policy: &Policy) ->
     }
 }
 
+/// An `l4` port left out of a snapshot by [`withhold_refused_l4`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithheldPort {
+    /// `"tcp"` or `"udp"`.
+    pub protocol: &'static str,
+    /// The port.
+    pub port: u16,
+    /// The Service that asked for it (`namespace/name`).
+    pub service: String,
+    /// Why (`l4.<protocol>.<port>`: the reason).
+    pub problem: Problem,
+}
+
+impl std::fmt::Display for WithheldPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.problem.fmt(f)
+    }
+}
+
 /// Takes the `l4` ports this agent's policy refuses out of `config` and says why for each: one Service asking
 /// for a port the edge keeps for itself, or that this edge does not open, must not stop every other route from
 /// being served. Ports that are not well-formed stay in, for [`validate`] to refuse the document.
-pub fn withhold_refused_l4(config: &mut DynamicConfig, policy: &Policy) -> Vec<Problem> {
+pub fn withhold_refused_l4(config: &mut DynamicConfig, policy: &Policy) -> Vec<WithheldPort> {
     let Some(l4) = &mut config.l4 else { return Vec::new() };
     let mut withheld = Vec::new();
     for (protocol, ports) in [("tcp", &mut l4.tcp), ("udp", &mut l4.udp)] {
         ports.retain(|port_text, service| {
-            let refusal = port_text
-                .parse::<u16>()
-                .ok()
-                .filter(|port| *port != 0)
-                .and_then(|port| l4_port_refusal(protocol, port, &service.service, policy));
-            match refusal {
+            let Some(port) = port_text.parse::<u16>().ok().filter(|port| *port != 0) else { return true };
+            match l4_port_refusal(protocol, port, &service.service, policy) {
                 Some(problem) => {
-                    withheld.push(problem);
+                    withheld.push(WithheldPort { protocol, port, service: service.service.clone(), problem });
                     false
                 }
                 None => true,
