@@ -27,6 +27,10 @@ const BATCH: usize = 64;
 /// IPv6 header + UDP header: what the tunnel's IP packet adds to a frame (IPv4 needs less).
 const IP_UDP_OVERHEAD: usize = 40 + 8;
 
+/// Kernel buffers of an exposed port's socket (all its clients share it) and of each relayed flow's.
+const EXPOSED_SOCKET_BUFFER: usize = 4 << 20;
+const FLOW_SOCKET_BUFFER: usize = 1 << 20;
+
 struct Exposure {
     socket: UdpSocket,
     relay: SocketAddr,
@@ -69,6 +73,8 @@ pub(crate) struct Datagrams {
     relayed: FlowTable<RelayKey, Relayed>,
     by_token: HashMap<u64, RelayKey>,
     scratch: Box<[u8]>,
+    /// Relay ports with datagrams waiting (kept to reuse its allocation).
+    ready: Vec<(u16, SocketHandle)>,
 }
 
 impl Datagrams {
@@ -86,6 +92,7 @@ impl Datagrams {
             relays: HashMap::new(),
             by_token: HashMap::new(),
             scratch: vec![0; MAX_HEADER + 65536].into_boxed_slice(),
+            ready: Vec::new(),
         }
     }
 
@@ -114,6 +121,7 @@ impl Datagrams {
             self.out = Some(handle);
         }
         socket.set_nonblocking(true)?;
+        super::udp::enlarge_buffers(&socket, EXPOSED_SOCKET_BUFFER);
         epoll::add(epoll_fd, &socket, epoll::EventData::new_u64(id), epoll::EventFlags::IN)?;
         self.exposures.insert(id, Exposure { socket, relay, pick, counters });
         Ok(())
@@ -252,15 +260,17 @@ impl Datagrams {
                 self.deliver_answer(len, now);
             }
         }
-        let ports: Vec<(u16, SocketHandle)> =
-            self.relays.iter().filter(|(_, r)| core.udp(r.socket).can_recv()).map(|(&p, r)| (p, r.socket)).collect();
-        for (port, socket) in ports {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.extend(self.relays.iter().filter(|(_, r)| core.udp(r.socket).can_recv()).map(|(&p, r)| (p, r.socket)));
+        for &(port, socket) in &ready {
             while let Ok((len, meta)) = core.udp(socket).recv_slice(&mut self.scratch) {
                 any = true;
                 let peer = SocketAddr::new(meta.endpoint.addr.into(), meta.endpoint.port);
                 self.relay_datagram(port, peer, len, epoll_fd, new_id, now);
             }
         }
+        ready.clear();
+        self.ready = ready;
         any
     }
 
@@ -399,5 +409,6 @@ fn connected_socket(target: SocketAddr) -> io::Result<UdpSocket> {
     let socket = UdpSocket::bind(local)?;
     socket.connect(target)?;
     socket.set_nonblocking(true)?;
+    super::udp::enlarge_buffers(&socket, FLOW_SOCKET_BUFFER);
     Ok(socket)
 }

@@ -15,15 +15,21 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = UdpSocket::bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the WireGuard UDP socket to {addr}: {e}")))?;
     socket.set_nonblocking(true)?;
+    enlarge_buffers(&socket, SOCKET_BUFFER);
+    Ok(socket)
+}
+
+/// Raises a UDP socket's kernel buffers to `bytes` each way: past the system limit when we may (root), else as
+/// far as the limit allows. A burst the driver has not read yet waits there instead of being dropped.
+pub(crate) fn enlarge_buffers(socket: &UdpSocket, bytes: usize) {
     let fd = socket.as_fd();
     use rustix::net::sockopt;
-    if sockopt::set_socket_recv_buffer_size_force(fd, SOCKET_BUFFER).is_err() {
-        let _ = sockopt::set_socket_recv_buffer_size(fd, SOCKET_BUFFER);
+    if sockopt::set_socket_recv_buffer_size_force(fd, bytes).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(fd, bytes);
     }
-    if sockopt::set_socket_send_buffer_size_force(fd, SOCKET_BUFFER).is_err() {
-        let _ = sockopt::set_socket_send_buffer_size(fd, SOCKET_BUFFER);
+    if sockopt::set_socket_send_buffer_size_force(fd, bytes).is_err() {
+        let _ = sockopt::set_socket_send_buffer_size(fd, bytes);
     }
-    Ok(socket)
 }
 
 /// The peer's address as the core keeps it: v4-mapped IPv6 folded back to IPv4, so that one peer has one
