@@ -50,7 +50,7 @@ fn a_steady_flow_allocates_nothing_per_datagram() {
         }
     });
     let counters = Arc::new(FlowCounters::default());
-    let _relay = client.relay_udp(7000, Arc::new(move |t| Some(t)), Arc::clone(&counters)).unwrap();
+    let _relay = client.relay_udp(7000, Arc::new(Some), Arc::clone(&counters)).unwrap();
     let public = UdpSocket::bind("127.0.0.1:0").unwrap();
     let exposure =
         agent.expose_udp(public, "10.88.0.2:7000".parse().unwrap(), Arc::new(move |_| Some(target)), counters).unwrap();
