@@ -9,7 +9,7 @@ scripts/install-deps.sh --bench
 command -v onetun >/dev/null || cargo install --locked onetun --version 0.3.10
 # rathole's own lock file pins a `time` crate that current Rust refuses, so it is installed without --locked.
 command -v rathole >/dev/null || cargo install rathole --version 0.5.0
-cargo build --release --locked -p polaredge-tunnel --bin polaredge-tunnel-bench
+cargo build --release --locked -p polaredge-tunnel --features testing --bin polaredge-tunnel-bench
 target/release/polaredge-tunnel-bench all
 target/release/polaredge-tunnel-bench connmem
 # WAN: the profiles in virtual time (deterministic), then on real processes through the impairment relay.

@@ -11,9 +11,12 @@
 //! - `listen` (private): listening without a backlog: a listening socket per connection request, on demand.
 //! - `buffers` (private): each connection's buffers in a mapping of their own, paid for as they fill.
 //! - [`flow`]: UDP through the tunnel, sans-IO: the frame each datagram carries, and the flow table.
-//! - [`impair`]: a WAN path in one direction (loss, delay, a bottleneck), sans-IO, and the WAN profiles.
-//! - [`sim`]: an in-memory link between two cores with loss, duplication and reordering, for tests and fuzzing.
-//! - [`testbed`]: network namespaces, veth pairs and `wireguard-go` for interop tests and benchmarks (root).
+//! - `impair` (feature `testing`): a WAN path in one direction (loss, delay, a bottleneck), sans-IO, and the WAN
+//!   profiles.
+//! - `sim` (feature `testing`): an in-memory link between two cores with loss, duplication and reordering, for
+//!   tests and fuzzing.
+//! - `testbed` (feature `testing`): network namespaces, veth pairs and `wireguard-go` for interop tests and
+//!   benchmarks (root).
 //! - [`driver`]: the one-thread I/O driver (epoll + timerfd) that owns the UDP socket and splices tunnel
 //!   streams with kernel sockets; [`Tunnel`] is its handle.
 
@@ -27,8 +30,11 @@ pub mod flow;
 pub mod keys;
 mod listen;
 
+#[cfg(feature = "testing")]
 pub mod impair;
+#[cfg(feature = "testing")]
 pub mod sim;
+#[cfg(feature = "testing")]
 pub mod testbed;
 
 pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning, UdpTuning};
