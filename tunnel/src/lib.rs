@@ -45,3 +45,8 @@ pub use driver::{
 };
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use smoltcp::wire::{IpCidr, IpEndpoint};
+
+/// The README's "Tunnel library in brief" example, compiled as a doctest so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
