@@ -13,7 +13,8 @@ use crate::ports;
 use crate::store::Store;
 use crate::traefik::{api::Api, health::Health, static_config, supervisor::Supervisor};
 use nix::sys::signal::{SigSet, Signal};
-use protocol::api::{self, Transport};
+use protocol::api::{self, Transport, UploadAnswer};
+use protocol::fencing::Fence;
 use protocol::http::Limits;
 use routes::Policy;
 use std::fmt::Write as _;
@@ -34,6 +35,8 @@ const MAX_API_CONNECTIONS: usize = 16;
 /// The running agent, shared by the API handlers and the watchdog.
 pub struct Agent {
     pub(crate) applier: Mutex<Applier>,
+    /// The highest client leader term obeyed (see `protocol::fencing`); taken under the applier's lock.
+    fence: Mutex<Fence>,
     pub(crate) view: Arc<Mutex<View>>,
     pub(crate) health: Mutex<Health>,
     pub(crate) supervisor: Mutex<Supervisor>,
@@ -185,6 +188,7 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
         l4_metrics,
         udp_metrics,
         applier: Mutex::new(applier),
+        fence: Mutex::new(Fence::default()),
         health: Mutex::new(Health::default()),
         supervisor: Mutex::new(supervisor),
         api: Api { port: admin_port },
@@ -270,12 +274,27 @@ fn spawn_api(agent: Arc<Agent>, listener: tunnel::Listener) {
 impl Agent {
     /// Routes one control API request.
     pub fn handle(&self, request: &Request) -> Response {
-        match (request.method.as_str(), request.path.as_str()) {
+        let (path, term) = match protocol::fencing::split_target(&request.path) {
+            Ok(target) => target,
+            Err(e) => return Response::text(400, format!("{}: {e}\n", request.path)),
+        };
+        match (request.method.as_str(), path) {
             ("POST", "/upload") => {
                 // Parsed before any lock: a slow or hostile body costs only this connection's thread.
                 let prepared = apply::prepare(&request.body, &self.policy);
-                let (status, answer) =
-                    self.applier.lock().unwrap().apply(&request.body, prepared, &self.api, CONFIRM_TIMEOUT);
+                let mut applier = self.applier.lock().unwrap();
+                if let Err(newer) = self.fence.lock().unwrap().admit(term) {
+                    let generation = protocol::generation_of(&request.body);
+                    let message = format!(
+                        "fenced: this edge follows a newer client leader (term {newer}; this upload's is {}); \
+                         stop serving",
+                        term.unwrap_or_default()
+                    );
+                    log::warn!("upload of generation {generation} refused: {message}");
+                    let answer = UploadAnswer { fenced_by: Some(newer), ..UploadAnswer::refused(&generation, message) };
+                    return Response::json(409, &answer);
+                }
+                let (status, answer) = applier.apply(&request.body, prepared, &self.api, CONFIRM_TIMEOUT);
                 Response::json(status, &answer)
             }
             ("GET", "/healthz") => Response::text(200, "ok\n"),
@@ -284,9 +303,9 @@ impl Agent {
                 Response { status: 200, content_type: "text/plain; version=0.0.4", body: self.metrics().into_bytes() }
             }
             (_, "/upload" | "/healthz" | "/status" | "/metrics") => {
-                Response::text(405, format!("{} is not allowed on {}\n", request.method, request.path))
+                Response::text(405, format!("{} is not allowed on {path}\n", request.method))
             }
-            _ => Response::text(404, format!("no such endpoint {}; try /status\n", request.path)),
+            _ => Response::text(404, format!("no such endpoint {path}; try /status\n")),
         }
     }
 
@@ -343,6 +362,7 @@ impl Agent {
                     proxy_protocol: plan.proxy_protocol,
                 })
                 .collect(),
+            term: self.fence.lock().unwrap().highest(),
         }
     }
 

@@ -45,6 +45,41 @@ fn an_uploaded_route_serves_through_the_tunnel_and_a_changed_route_is_followed()
     assert_eq!(peer.get("/healthz"), (200, "ok\n".to_string()));
 }
 
+/// POST /upload with a leader term (`protocol::fencing`).
+fn upload_as(peer: &Peer, term: u64, body: &str) -> (u16, String) {
+    let path = protocol::fencing::upload_path(Some(term));
+    peer.request(&format!(
+        "POST {path} HTTP/1.1\r\nHost: 10.88.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[test]
+fn an_older_client_leader_is_fenced_once_a_newer_one_has_uploaded() {
+    let setup = Setup::new("fence");
+    let agent = Agent::start(&setup);
+    let peer = Peer::connect(&setup);
+    peer.pods.lock().unwrap().insert("10.1.0.1:80".parse().unwrap(), backend("backend-A"));
+    peer.pods.lock().unwrap().insert("10.1.0.2:80".parse().unwrap(), backend("backend-B"));
+    let (status, body) = upload_as(&peer, 3, &route("app.test", "10.1.0.1:80"));
+    assert_eq!(status, 200, "{body}\n{}", agent.log());
+    // A newer leader (the Lease changed hands while the old one could not reach the API) uploads.
+    let (status, body) = upload_as(&peer, 4, &route("app.test", "10.1.0.2:80"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(http_get(setup.web, "app.test", "/x"), (200, "backend-B /x".to_string()));
+    // The old one is refused and told by whom; what the newer one uploaded keeps serving.
+    let (status, body) = upload_as(&peer, 3, &route("app.test", "10.1.0.1:80"));
+    assert_eq!(status, 409, "{body}");
+    let answer: protocol::api::UploadAnswer = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer.fenced_by, Some(4));
+    assert!(answer.error.as_deref().is_some_and(|e| e.starts_with("fenced")), "{body}");
+    assert_eq!(http_get(setup.web, "app.test", "/x"), (200, "backend-B /x".to_string()));
+    let status: protocol::api::Status = serde_json::from_str(&peer.get("/status").1).unwrap();
+    assert_eq!(status.term, Some(4));
+    // A query that is not a term is a bad request, not an upload.
+    assert_eq!(peer.request("POST /upload?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").0, 400);
+}
+
 fn alive(pid: u64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")

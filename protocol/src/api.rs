@@ -32,6 +32,10 @@ pub struct UploadAnswer {
     /// the upload is served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub withheld: Vec<Withheld>,
+    /// Refused because a newer leader holds this edge: its term (see [`crate::fencing`]). The uploader must
+    /// stop serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<u64>,
 }
 
 /// An `l4` port of a snapshot that an agent does not serve, and why.
@@ -78,6 +82,9 @@ pub struct Status {
     /// Public TCP and UDP ports the agent serves itself (Services of type LoadBalancer).
     #[serde(default)]
     pub l4: Vec<L4Port>,
+    /// The highest leader term the agent has obeyed (see [`crate::fencing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
 }
 
 /// The transport of a public port the agent serves itself.
@@ -219,6 +226,7 @@ mod tests {
             errors: vec!["http/routers a: bad rule".into()],
             ..Default::default()
         });
+        round_trip(UploadAnswer { fenced_by: Some(9), ..UploadAnswer::refused("0123456789abcdef", "fenced") });
         round_trip(UploadAnswer {
             problems: vec!["http.routers.a.rule: empty rule".into()],
             serving: Some("fedcba9876543210".into()),
@@ -241,6 +249,7 @@ mod tests {
                 },
                 L4Port { transport: Transport::Udp, port: 53, service: "dns/coredns".into(), ..Default::default() },
             ],
+            term: Some(4),
         });
         // An agent from before UDP sends no transport: its ports are TCP.
         let old: L4Port = serde_json::from_str(r#"{"port": 22, "service": "a/b", "servers": []}"#).unwrap();

@@ -3,7 +3,7 @@
 //! field name that drifts.
 //!
 //! Module map: [`defaults`] (tunnel addresses and ports), [`generation`] (how an upload is named), [`api`] (the
-//! control API's JSON bodies), [`relay`] (the preamble of every forwarded stream), [`proxy`] (the PROXY protocol header that carries a TCP
+//! control API's JSON bodies), [`fencing`] (which client replica an agent obeys), [`relay`] (the preamble of every forwarded stream), [`proxy`] (the PROXY protocol header that carries a TCP
 //! client's real address to a pod), [`http`] (HTTP/1 request and
 //! response heads, sans-IO, for the control API, its client, Traefik's API and the test kits).
 
@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod defaults;
+pub mod fencing;
 pub mod generation;
 pub mod http;
 pub mod proxy;
