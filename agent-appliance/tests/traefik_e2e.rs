@@ -77,7 +77,10 @@ fn an_older_client_leader_is_fenced_once_a_newer_one_has_uploaded() {
     let status: protocol::api::Status = serde_json::from_str(&peer.get("/status").1).unwrap();
     assert_eq!(status.term, Some(4));
     // A query that is not a term is a bad request, not an upload.
-    assert_eq!(peer.request("POST /upload?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").0, 400);
+    assert_eq!(
+        peer.request("POST /upload?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").0,
+        400
+    );
 }
 
 fn alive(pid: u64) -> bool {

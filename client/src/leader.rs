@@ -5,6 +5,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What to do with the Lease.
@@ -55,34 +56,108 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Instant, seen: &mut Seen
     }
 }
 
-/// How long a leader may go without a successful renewal before it steps down: well before a standby, which
-/// waits the Lease's whole duration from the last change it saw, can take over.
-pub fn renew_deadline(duration: Duration) -> Duration {
-    duration * 2 / 3
-}
-
-fn spec(me: &str, duration: Duration, now: Timestamp, acquired: Option<MicroTime>) -> LeaseSpec {
+/// The Lease record of `me` holding it. `acquired`: when we took it (renewals keep it); `transitions`: how many
+/// times it changed hands, counting this one (our term, see `protocol::fencing`).
+fn spec(me: &str, duration: Duration, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
     LeaseSpec {
         holder_identity: Some(me.to_string()),
         lease_duration_seconds: Some(duration.as_secs() as i32),
         renew_time: Some(MicroTime(now)),
         acquire_time: acquired.or(Some(MicroTime(now))),
+        lease_transitions: Some(transitions),
         ..Default::default()
     }
 }
 
+/// The term a replica holds after `decision` on a Lease whose transition count was `transitions`: taking the
+/// Lease over counts one more transition; creating it is the first term; renewing keeps the count.
+pub fn term_after(decision: &Decision, transitions: Option<i32>) -> i32 {
+    let transitions = transitions.unwrap_or(0).max(0);
+    match decision {
+        Decision::Create => 0,
+        Decision::TakeOver => transitions.saturating_add(1),
+        Decision::Renew | Decision::Follow(_) => transitions,
+    }
+}
+
+/// What the leader shares with the send loops: its term (which every upload carries), and the highest term an
+/// agent fenced it with, for the leader to settle.
+#[derive(Debug, Default)]
+pub struct Term {
+    current: Mutex<Option<u64>>,
+    fenced_by: Mutex<Option<u64>>,
+    /// Wakes the leader task when a fence is reported, so it settles it at once.
+    reported: tokio::sync::Notify,
+}
+
+impl Term {
+    /// The term uploads carry; `None` without leader election.
+    pub fn current(&self) -> Option<u64> {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, term: u64) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(term);
+    }
+
+    /// An agent refused our upload, or shows a higher term than ours: it obeys term `by`.
+    pub fn fenced(&self, by: u64) {
+        let mut fenced = self.fenced_by.lock().unwrap_or_else(|p| p.into_inner());
+        *fenced = Some(fenced.map_or(by, |f| f.max(by)));
+        self.reported.notify_one();
+    }
+
+    fn take_fenced(&self) -> Option<u64> {
+        self.fenced_by.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// What a leader does when an agent fenced it with term `by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnFenced {
+    /// The API says we still hold the Lease: the agents saw a higher term than ours without a newer leader
+    /// (the Lease was deleted and created again, counting from 0). Take term `by + 1` and go on.
+    Advance(u64),
+    /// Another replica holds the Lease, or we cannot ask the API: a newer leader exists. Stop serving.
+    Stop(String),
+}
+
+/// The decision when fenced with `by`: `lease` is the Lease as the API shows it now (`Err`: unreachable).
+pub fn on_fenced(by: u64, lease: Result<Option<&LeaseSpec>, &str>, me: &str) -> OnFenced {
+    match lease {
+        Ok(Some(spec)) if spec.holder_identity.as_deref() == Some(me) => OnFenced::Advance(by.saturating_add(1)),
+        Ok(Some(spec)) => OnFenced::Stop(format!(
+            "an agent follows term {by}, and the Lease is held by {}",
+            spec.holder_identity.as_deref().unwrap_or("nobody")
+        )),
+        Ok(None) => OnFenced::Stop(format!("an agent follows term {by}, and the Lease is gone")),
+        Err(e) => OnFenced::Stop(format!("an agent follows term {by}, and the API cannot confirm we lead ({e})")),
+    }
+}
+
+/// How often a leader that cannot reach the API says it is still serving.
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// How often a standby reads the Lease.
 pub const STANDBY_LOOK: Duration = Duration::from_secs(2);
 
-/// Blocks until this replica holds the Lease, then keeps renewing it in the background; `lost` is called if
-/// it is ever lost (the caller exits: a restarted replica comes back as a follower).
+/// Blocks until this replica holds the Lease and sets its term in `term` (the Lease's transition count, which
+/// its uploads carry: `protocol::fencing`); then keeps renewing it in the background, and settles the fences
+/// the send loops report in `term` ([`on_fenced`]). `lost` is called, with the reason, once another replica
+/// holds the Lease; the caller stops serving.
+///
+/// A renewal that cannot reach the API does not end leadership: the data plane must not depend on the control
+/// plane, and when nobody can reach the API nobody can take over either. If a standby can reach it and takes
+/// the Lease meanwhile, its uploads carry a higher term; the agents obey the higher term, answer ours with
+/// `fenced_by`, and we stop at our next upload or check.
 pub async fn elect(
     client: kube::Client,
     namespace: &str,
     name: &str,
     me: String,
     duration: Duration,
-    lost: impl FnOnce() + Send + 'static,
+    term: Arc<Term>,
+    lost: impl FnOnce(String) + Send + 'static,
 ) -> Result<(), String> {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let retry = duration / 3;
@@ -90,30 +165,33 @@ pub async fn elect(
     let look = retry.min(STANDBY_LOOK);
     let mut following = None;
     let mut seen = Seen::default();
-    loop {
+    let first = loop {
         match step(&api, name, &me, duration, &mut seen).await {
-            Ok(Decision::Follow(holder)) => {
+            Ok((Decision::Follow(holder), _)) => {
                 if following.as_ref() != Some(&holder) {
                     log::info!("leader election: {holder} leads; standing by");
                     following = Some(holder);
                 }
             }
-            Ok(_) => break,
+            Ok((_, term)) => break term,
             Err(e) => log::warn!("leader election: {e}"),
         }
         tokio::time::sleep(look).await;
-    }
-    log::info!("leader election: this replica ({me}) leads");
+    };
+    term.set(first as u64);
+    log::info!("leader election: this replica ({me}) leads, term {first}");
     let name = name.to_string();
     // Stopped (a rollout, a drain, an upgrade): hand the Lease over at once instead of letting the standby wait
     // for it to expire.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
     tokio::spawn(async move {
-        let mut renewed = Instant::now();
-        loop {
+        let mut unreachable_since: Option<Instant> = None;
+        let mut last_outage_log = Instant::now();
+        let reason = loop {
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
+                _ = term.reported.notified() => {}
                 _ = terminate.recv() => {
                     match release(&api, &name, &me).await {
                         Ok(()) => log::info!("SIGTERM: released the Lease {name}; the standby takes over now"),
@@ -122,29 +200,58 @@ pub async fn elect(
                     std::process::exit(0);
                 }
             }
-            match step(&api, &name, &me, duration, &mut seen).await {
-                Ok(Decision::Follow(holder)) => {
-                    log::error!("leader election: lost the lease to {holder}");
-                    break;
+            if let Some(by) = term.take_fenced().filter(|&by| Some(by) >= term.current()) {
+                let lease = api.get_opt(&name).await.map_err(|e| e.to_string());
+                match on_fenced(
+                    by,
+                    lease.as_ref().map(|l| l.as_ref().and_then(|l| l.spec.as_ref())).map_err(String::as_str),
+                    &me,
+                ) {
+                    OnFenced::Advance(next) => match advance(&api, &name, &me, next).await {
+                        Ok(()) => {
+                            log::warn!(
+                                "leader election: an agent followed term {by} although we lead (the Lease was made \
+                                 again?); our term is now {next}"
+                            );
+                            term.set(next);
+                        }
+                        Err(e) => break format!("an agent follows term {by}, and raising ours failed: {e}"),
+                    },
+                    OnFenced::Stop(reason) => break reason,
                 }
-                Ok(_) => renewed = Instant::now(),
+            }
+            match step(&api, &name, &me, duration, &mut seen).await {
+                Ok((Decision::Follow(holder), _)) => break format!("the API says {holder} holds the Lease {name}"),
+                Ok(_) => {
+                    if let Some(since) = unreachable_since.take() {
+                        log::info!("leader election: the API is back after {:?}; still leading", since.elapsed());
+                    }
+                }
                 Err(e) => {
-                    log::warn!("leader election: renewing failed: {e}");
-                    // Step down before a standby could take over (it waits the whole duration from the last
-                    // change it saw).
-                    if renewed.elapsed() >= renew_deadline(duration) {
-                        log::error!(
-                            "leader election: no renewal for {:?} (deadline {:?}); stepping down",
-                            renewed.elapsed(),
-                            renew_deadline(duration)
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if last_outage_log.elapsed() >= OUTAGE_LOG_INTERVAL || since.elapsed() < retry {
+                        last_outage_log = Instant::now();
+                        log::warn!(
+                            "leader election: cannot renew the Lease for {:?} ({e}); still serving (the agents \
+                             fence us if another replica takes over)",
+                            since.elapsed()
                         );
-                        break;
                     }
                 }
             }
-        }
-        lost();
+        };
+        log::error!("leader election: lost the lease: {reason}");
+        lost(reason);
     });
+    Ok(())
+}
+
+/// Sets the Lease's transition count to `term`, if we still hold it (resourceVersion-guarded).
+async fn advance(api: &Api<Lease>, name: &str, me: &str, term: u64) -> Result<(), String> {
+    let mut lease = api.get_opt(name).await.map_err(|e| format!("reading Lease {name}: {e}"))?.ok_or("no Lease")?;
+    let spec = lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(me)).ok_or("not ours any more")?;
+    spec.lease_transitions = Some(i32::try_from(term).map_err(|_| format!("term {term} is too large"))?);
+    api.replace(name, &PostParams::default(), &lease).await.map_err(|e| format!("updating Lease {name}: {e}"))?;
     Ok(())
 }
 
@@ -161,16 +268,25 @@ pub async fn release(api: &Api<Lease>, name: &str, me: &str) -> Result<(), Strin
     Ok(())
 }
 
-/// One read-decide-write round. Writes carry the resourceVersion read, so two replicas cannot both win.
-async fn step(api: &Api<Lease>, name: &str, me: &str, duration: Duration, seen: &mut Seen) -> Result<Decision, String> {
+/// One read-decide-write round: the decision and the term it leaves us with. Writes carry the resourceVersion
+/// read, so two replicas cannot both win.
+async fn step(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    duration: Duration,
+    seen: &mut Seen,
+) -> Result<(Decision, i32), String> {
     let current = api.get_opt(name).await.map_err(|e| format!("reading Lease {name}: {e}"))?;
     let now = Timestamp::now();
-    let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), me, Instant::now(), seen);
+    let current_spec = current.as_ref().and_then(|l| l.spec.as_ref());
+    let decision = decide(current_spec, me, Instant::now(), seen);
+    let term = term_after(&decision, current_spec.and_then(|s| s.lease_transitions));
     match (&decision, current) {
         (Decision::Create, _) => {
             let lease = Lease {
                 metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-                spec: Some(spec(me, duration, now, None)),
+                spec: Some(spec(me, duration, now, None, term)),
             };
             api.create(&PostParams::default(), &lease).await.map_err(|e| format!("creating Lease {name}: {e}"))?;
         }
@@ -179,14 +295,14 @@ async fn step(api: &Api<Lease>, name: &str, me: &str, duration: Duration, seen: 
                 Decision::Renew => lease.spec.as_ref().and_then(|s| s.acquire_time.clone()),
                 _ => None,
             };
-            lease.spec = Some(spec(me, duration, now, acquired));
+            lease.spec = Some(spec(me, duration, now, acquired, term));
             api.replace(name, &PostParams::default(), &lease)
                 .await
                 .map_err(|e| format!("updating Lease {name}: {e}"))?;
         }
         _ => {}
     }
-    Ok(decision)
+    Ok((decision, term))
 }
 
 #[cfg(test)]
@@ -233,7 +349,25 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_steps_down_well_before_a_standby_may_take_over() {
-        assert_eq!(renew_deadline(Duration::from_secs(15)), Duration::from_secs(10));
+    fn each_change_of_hands_is_a_new_term_and_renewals_keep_it() {
+        assert_eq!(term_after(&Decision::Create, None), 0);
+        assert_eq!(term_after(&Decision::TakeOver, None), 1);
+        assert_eq!(term_after(&Decision::TakeOver, Some(4)), 5);
+        assert_eq!(term_after(&Decision::Renew, Some(5)), 5);
+        assert_eq!(term_after(&Decision::TakeOver, Some(-3)), 1, "a garbled count does not go backwards");
+    }
+
+    #[test]
+    fn a_fenced_leader_goes_on_only_if_the_api_says_it_still_leads() {
+        assert_eq!(on_fenced(4, Ok(Some(&lease("a", 1))), "a"), OnFenced::Advance(5));
+        assert!(matches!(on_fenced(4, Ok(Some(&lease("b", 1))), "a"), OnFenced::Stop(r) if r.contains("held by b")));
+        assert!(matches!(on_fenced(4, Ok(None), "a"), OnFenced::Stop(_)));
+        assert!(matches!(on_fenced(4, Err("timeout"), "a"), OnFenced::Stop(r) if r.contains("cannot confirm")));
+        let term = Term::default();
+        assert_eq!(term.current(), None);
+        term.fenced(3);
+        term.fenced(2);
+        assert_eq!(term.take_fenced(), Some(3), "the highest fence counts");
+        assert_eq!(term.take_fenced(), None);
     }
 }

@@ -5,6 +5,7 @@
 //! change for more to arrive, but never longer than [`MAX_DELAY`].
 
 use crate::config::{self, ClientConfig};
+use crate::leader::Term;
 use crate::ops::Metrics;
 use crate::relay::{self, AllowList, RelayMetrics, UdpRelayMetrics};
 use crate::render::{self, Cluster, Settings};
@@ -30,29 +31,46 @@ pub enum Source {
     Kubernetes,
 }
 
-/// The `l4` ports each agent last reported withheld. The send loops fill it; a change wakes the watch loop,
-/// which turns them into Warning Events on their Services.
+/// What the send loops and the leader election tell the watch loop (which owns the cluster writes and the
+/// process's life): the `l4` ports each agent last reported withheld (turned into Warning Events on their
+/// Services), and a reason to stop serving (leadership lost). Either wakes the watch loop.
 #[derive(Default)]
-struct WithheldBoard {
-    by_agent: Mutex<BTreeMap<String, Vec<protocol::api::Withheld>>>,
+struct Feedback {
+    withheld: Mutex<BTreeMap<String, Vec<protocol::api::Withheld>>>,
+    stop: Mutex<Option<String>>,
     wake: Mutex<Option<mpsc::Sender<()>>>,
 }
 
-impl WithheldBoard {
-    /// Records agent `name`'s latest answer; wakes the watch loop if what it withholds changed.
-    fn report(&self, name: &str, withheld: &[protocol::api::Withheld]) {
-        let mut by_agent = self.by_agent.lock().unwrap_or_else(|p| p.into_inner());
-        if by_agent.get(name).map(Vec::as_slice).unwrap_or_default() == withheld {
-            return;
-        }
-        by_agent.insert(name.to_string(), withheld.to_vec());
+impl Feedback {
+    fn wake(&self) {
         if let Some(wake) = self.wake.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = wake.send(());
         }
     }
 
+    /// Records agent `name`'s latest answer; wakes the watch loop if what it withholds changed.
+    fn report(&self, name: &str, withheld: &[protocol::api::Withheld]) {
+        let mut by_agent = self.withheld.lock().unwrap_or_else(|p| p.into_inner());
+        if by_agent.get(name).map(Vec::as_slice).unwrap_or_default() == withheld {
+            return;
+        }
+        by_agent.insert(name.to_string(), withheld.to_vec());
+        drop(by_agent);
+        self.wake();
+    }
+
     fn notices(&self) -> Vec<render::Notice> {
-        crate::status::withheld_notices(&self.by_agent.lock().unwrap_or_else(|p| p.into_inner()))
+        crate::status::withheld_notices(&self.withheld.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Asks the process to stop serving (the first reason wins).
+    fn stop(&self, reason: String) {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
+        self.wake();
+    }
+
+    fn stopped(&self) -> Option<String> {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -61,13 +79,16 @@ impl WithheldBoard {
 fn watch_kubernetes(
     mut changed: impl FnMut(Cluster) -> render::Rendered,
     addresses: Vec<String>,
-    withheld: Arc<WithheldBoard>,
+    feedback: Arc<Feedback>,
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
-    *withheld.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+    *feedback.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
     let (stores, writer) = crate::watch::start(tx)?;
     let mut reported = crate::status::Reported::default();
     while rx.recv().is_ok() {
+        if let Some(reason) = feedback.stopped() {
+            return Err(reason);
+        }
         let first = Instant::now();
         let mut last = first;
         // Coalesce: wait for quiet, but not longer than MAX_DELAY.
@@ -87,7 +108,7 @@ fn watch_kubernetes(
             &addresses,
         ));
         let mut notices = rendered.notices;
-        notices.extend(withheld.notices());
+        notices.extend(feedback.notices());
         for notice in reported.fresh(&notices) {
             writer.post_event(notice, cluster.uid_of(notice.kind, &notice.namespace, &notice.name));
         }
@@ -109,12 +130,20 @@ fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, SystemTime, u64)> {
     files
 }
 
-/// Calls `changed` with the new cluster state each time the source changes (and once at start).
-fn watch_manifests(dir: PathBuf, mut changed: impl FnMut(Cluster) -> render::Rendered) {
+/// Calls `changed` with the new cluster state each time the source changes (and once at start), until the
+/// feedback says stop.
+fn watch_manifests(
+    dir: PathBuf,
+    mut changed: impl FnMut(Cluster) -> render::Rendered,
+    feedback: &Feedback,
+) -> Result<(), String> {
     let mut seen = None;
     let mut pending_since: Option<Instant> = None;
     let mut last_change = Instant::now();
     loop {
+        if let Some(reason) = feedback.stopped() {
+            return Err(reason);
+        }
         let now_seen = fingerprint(&dir);
         if seen.as_ref() != Some(&now_seen) {
             seen = Some(now_seen);
@@ -140,9 +169,9 @@ fn watch_manifests(dir: PathBuf, mut changed: impl FnMut(Cluster) -> render::Ren
 }
 
 /// With a cluster, waits until this replica leads (Lease `polaredge-client` in `POD_NAMESPACE`, identity
-/// `POD_NAME`); `POLAREDGE_LEADER_ELECTION=false` turns it off. Leadership lost: the process exits, so a
-/// restarted replica comes back as a follower and never two hold tunnels.
-fn lead() -> Result<(), String> {
+/// `POD_NAME`) and sets its term in `term`; `POLAREDGE_LEADER_ELECTION=false` turns it off. Leadership lost:
+/// `feedback` says stop, `run` returns and the process exits, so a restarted replica comes back as a follower.
+fn lead(term: Arc<Term>, feedback: Arc<Feedback>) -> Result<(), String> {
     if std::env::var("POLAREDGE_LEADER_ELECTION").as_deref() == Ok("false") {
         return Ok(());
     }
@@ -169,10 +198,8 @@ fn lead() -> Result<(), String> {
                             "polaredge-client",
                             me,
                             Duration::from_secs(seconds),
-                            || {
-                                log::error!("leadership lost: exiting so that only one replica holds the tunnels");
-                                std::process::exit(1);
-                            },
+                            term,
+                            move |reason| feedback.stop(format!("leadership lost ({reason})")),
                         )
                         .await
                     }
@@ -201,8 +228,10 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&metrics))?;
     log::info!("/healthz, /readyz and /metrics on {ops}");
     tunnel::driver::raise_open_files_limit(None); // each tunnel warns if it is still below its cap
+    let feedback = Arc::new(Feedback::default());
+    let term = Arc::new(Term::default());
     if matches!(source, Source::Kubernetes) {
-        lead()?;
+        lead(Arc::clone(&term), Arc::clone(&feedback))?;
     }
     let address: IpCidr =
         config.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", config.address))?;
@@ -210,7 +239,6 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let udp_allowed: AllowList = Arc::new(RwLock::new(Default::default()));
 
     let mut senders = Vec::new();
-    let withheld = Arc::new(WithheldBoard::default());
     // The relays live in the tunnel drivers as long as these handles.
     let mut relays = Vec::new();
     let mut udp_relays = Vec::new();
@@ -237,10 +265,11 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
                 .map_err(|e| format!("agent {}: UDP relay: {e}", agent.name))?,
         );
         let (tx, rx) = mpsc::channel::<Arc<String>>();
-        let (name, api, m, board) = (agent.name.clone(), agent.api, Arc::clone(&metrics), Arc::clone(&withheld));
+        let (name, api, m) = (agent.name.clone(), agent.api, Arc::clone(&metrics));
+        let (feedback, term) = (Arc::clone(&feedback), Arc::clone(&term));
         std::thread::Builder::new()
             .name(format!("send-{name}"))
-            .spawn(move || send_loop(&name, &tunnel, api, rx, &m, &board))
+            .spawn(move || send_loop(&name, &tunnel, api, rx, &m, &feedback, &term))
             .map_err(|e| e.to_string())?;
         senders.push(tx);
         log::info!("agent {}: tunnel to {} (WireGuard), API {}", agent.name, agent.endpoint, agent.api);
@@ -297,11 +326,8 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         rendered
     };
     let result = match source {
-        Source::Manifests(dir) => {
-            watch_manifests(dir, on_change);
-            Ok(())
-        }
-        Source::Kubernetes => watch_kubernetes(on_change, addresses, withheld),
+        Source::Manifests(dir) => watch_manifests(dir, on_change, &feedback),
+        Source::Kubernetes => watch_kubernetes(on_change, addresses, Arc::clone(&feedback)),
     };
     drop((relays, udp_relays));
     result
@@ -316,7 +342,8 @@ fn send_loop(
     api: std::net::SocketAddr,
     snapshots: Receiver<Arc<String>>,
     metrics: &Metrics,
-    withheld: &WithheldBoard,
+    feedback: &Feedback,
+    term: &Term,
 ) {
     let mut policy = Sender::new(Instant::now());
     let mut handshake_age: Option<Duration> = None;
@@ -340,7 +367,7 @@ fn send_loop(
         match policy.poll(now) {
             Action::Upload(yaml) => {
                 let generation = sender::generation_of(&yaml);
-                match sender::upload(tunnel, api, &yaml) {
+                match sender::upload(tunnel, api, &yaml, term.current()) {
                     Ok(answer) => {
                         let outcome = answer.outcome(&generation);
                         match &outcome {
@@ -352,6 +379,11 @@ fn send_loop(
                                 } else {
                                     format!("; Traefik reports {:?}", answer.body.errors)
                                 }
+                            ),
+                            sender::Outcome::Fenced(by) => log::warn!(
+                                "agent {name}: generation {generation} refused: the agent obeys client leader term \
+                                 {by}, newer than ours ({:?}); asking the Lease who leads",
+                                term.current()
                             ),
                             sender::Outcome::OtherGeneration(other) => log::warn!(
                                 "agent {name}: the answer names generation {other} live, not ours ({generation}); \
@@ -371,7 +403,10 @@ fn send_loop(
                         for reason in &answer.body.withheld {
                             log::warn!("agent {name}: generation {generation} is served without {reason}");
                         }
-                        withheld.report(name, &answer.body.withheld);
+                        feedback.report(name, &answer.body.withheld);
+                        if let sender::Outcome::Fenced(by) = &outcome {
+                            term.fenced(*by);
+                        }
                         let live = (outcome == sender::Outcome::Live).then(|| generation.clone());
                         {
                             let mut agents = metrics.agents.lock().unwrap();
@@ -394,10 +429,16 @@ fn send_loop(
             }
             Action::Check => {
                 let live = sender::live_generation(tunnel, api);
-                if let Err(e) = &live {
-                    log::warn!("agent {name}: status check failed: {e}");
+                match &live {
+                    Err(e) => log::warn!("agent {name}: status check failed: {e}"),
+                    Ok((_, agent_term)) => {
+                        if let Some(by) = sender::fenced(term.current(), *agent_term) {
+                            log::warn!("agent {name} obeys client leader term {by}, newer than ours");
+                            term.fenced(by);
+                        }
+                    }
                 }
-                policy.checked(Instant::now(), live.map_err(|_| ()));
+                policy.checked(Instant::now(), live.map(|(generation, _)| generation).map_err(|_| ()));
             }
             Action::Wait(until) => {
                 match snapshots.recv_timeout(until.saturating_duration_since(now).min(SESSION_CHECK)) {

@@ -164,6 +164,8 @@ pub enum Outcome {
     OtherGeneration(String),
     /// Not live (refused, rolled back, or Traefik did not confirm).
     NotLive,
+    /// Refused: the agent obeys a newer client leader, of this term.
+    Fenced(u64),
 }
 
 impl Answer {
@@ -174,6 +176,9 @@ impl Answer {
 
     /// The answer for the snapshot of generation `ours`.
     pub fn outcome(&self, ours: &str) -> Outcome {
+        if let Some(term) = self.body.fenced_by {
+            return Outcome::Fenced(term);
+        }
         match self.live_generation() {
             Some(generation) if generation == ours => Outcome::Live,
             Some(generation) => Outcome::OtherGeneration(generation),
@@ -182,10 +187,11 @@ impl Answer {
     }
 }
 
-/// POSTs a snapshot to the agent's /upload.
-pub fn upload(tunnel: &Tunnel, api: SocketAddr, yaml: &str) -> Result<Answer, String> {
+/// POSTs a snapshot to the agent's /upload, as the leader of `term` (`None`: no leader election).
+pub fn upload(tunnel: &Tunnel, api: SocketAddr, yaml: &str, term: Option<u64>) -> Result<Answer, String> {
+    let path = protocol::fencing::upload_path(term);
     let request = format!(
-        "POST /upload HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
+        "POST {path} HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
         yaml.len()
     );
     let (status, body) = exchange(tunnel, api, request.as_bytes())?;
@@ -194,8 +200,8 @@ pub fn upload(tunnel: &Tunnel, api: SocketAddr, yaml: &str) -> Result<Answer, St
     Ok(Answer { status, body })
 }
 
-/// The generation the agent serves, from its /status.
-pub fn live_generation(tunnel: &Tunnel, api: SocketAddr) -> Result<Option<String>, String> {
+/// The generation the agent serves and the leader term it obeys, from its /status.
+pub fn live_generation(tunnel: &Tunnel, api: SocketAddr) -> Result<(Option<String>, Option<u64>), String> {
     let request = format!("GET /status HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
     let (status, body) = exchange(tunnel, api, request.as_bytes())?;
     if status != 200 {
@@ -203,7 +209,16 @@ pub fn live_generation(tunnel: &Tunnel, api: SocketAddr) -> Result<Option<String
     }
     let status: Status =
         serde_json::from_str(&body).map_err(|e| format!("the agent's /status is not a status ({e})"))?;
-    Ok(status.confirmed_generation().map(str::to_string))
+    Ok((status.confirmed_generation().map(str::to_string), status.term))
+}
+
+/// Whether an agent that obeys term `agent` fences a leader of term `ours`: a newer leader has uploaded to it.
+/// Without leader election (`ours` is `None`) nothing is fenced.
+pub fn fenced(ours: Option<u64>, agent: Option<u64>) -> Option<u64> {
+    match (ours, agent) {
+        (Some(ours), Some(agent)) if agent > ours => Some(agent),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +227,18 @@ mod tests {
 
     fn yaml(s: &str) -> Arc<String> {
         Arc::new(s.to_string())
+    }
+
+    #[test]
+    fn only_a_leader_of_an_older_term_is_fenced() {
+        assert_eq!(fenced(Some(3), Some(4)), Some(4));
+        assert_eq!(fenced(Some(4), Some(4)), None);
+        assert_eq!(fenced(Some(5), Some(4)), None);
+        assert_eq!(fenced(None, Some(4)), None, "no leader election: never fenced");
+        assert_eq!(fenced(Some(3), None), None, "an agent no leader has uploaded to");
+        let answer =
+            Answer { status: 409, body: UploadAnswer { fenced_by: Some(6), ..UploadAnswer::refused("g", "fenced") } };
+        assert_eq!(answer.outcome("g"), Outcome::Fenced(6));
     }
 
     #[test]

@@ -203,3 +203,117 @@ fn a_stopped_leader_hands_the_lease_over_at_once_instead_of_letting_it_expire() 
     println!("SIGTERM -> Lease taken over {took_over:?}, serving again {:?}", stopped.elapsed());
     assert!(first.log().contains("released the Lease"), "{}", first.log());
 }
+
+/// Requests `host` through the edge at 20 per second until stopped; (requests, failures).
+fn prober(
+    web: std::net::SocketAddr,
+    host: &'static str,
+    expect: &'static str,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<(u64, u64)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let handle = std::thread::spawn(move || {
+        let (mut requests, mut failures) = (0, 0);
+        while !flag.load(Ordering::Relaxed) {
+            requests += 1;
+            if get(web, host, "/") != expect {
+                failures += 1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (requests, failures)
+    });
+    (stop, handle)
+}
+
+/// A replica whose API server is reached through `kubeconfig`.
+fn replica_via(edge: &Edge, name: &str, ops: std::net::SocketAddr, kubeconfig: &std::path::Path) -> Proc {
+    let config =
+        std::fs::read_to_string(edge.dir.join("client.yaml")).unwrap().replace(&edge.ops.to_string(), &ops.to_string());
+    let path = edge.dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", name)
+            .env("POD_NAMESPACE", "polaredge")
+            .env("POLAREDGE_LEASE_SECONDS", "3")
+            .args(["run", "--config"])
+            .arg(&path),
+    )
+}
+
+#[test]
+fn the_leader_keeps_serving_through_an_api_server_outage_many_leases_long() {
+    let edge = Edge::start("outage");
+    let web = edge.web;
+    let api = ApiServer::start();
+    let proxy = testkit::CutProxy::start(api.addr);
+    let kubeconfig = edge.dir.join("kubeconfig-proxied");
+    api.kubeconfig_via(&kubeconfig, proxy.addr);
+    let pod = backend("pod");
+    api.apply(&manifests("app.test", pod));
+    let leader = replica_via(&edge, "replica-a", local(free_tcp()), &kubeconfig);
+    assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "{}", leader.log());
+    let (stop, probes) = prober(web, "app.test", "pod /");
+    // The API is gone for 15 s: five times the 3 s Lease. Nobody can take the Lease, so the leader keeps its
+    // tunnels and its last snapshot.
+    proxy.cut();
+    std::thread::sleep(Duration::from_secs(15));
+    proxy.restore();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (requests, failures) = probes.join().unwrap();
+    // Back: the same leader, and changes flow again (the change moves the route: probes stopped before it).
+    let ingress = manifests("app.test", pod).split("---").nth(1).unwrap().replace("host: app.test", "host: after.test");
+    api.apply(&ingress);
+    assert!(
+        eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"),
+        "changes after the outage\n{}",
+        leader.log()
+    );
+    assert_eq!(api.lease_holder("polaredge", "polaredge-client").as_deref(), Some("replica-a"));
+    assert!(leader.log().contains("still serving"), "{}", leader.log());
+    assert!(requests > 250, "{requests} probes");
+    assert_eq!(failures, 0, "{failures} of {requests} probes failed during the outage\n{}", leader.log());
+    println!("API outage of 15 s (3 s Lease): {requests} probes at 20/s, {failures} failed");
+}
+
+#[test]
+fn a_leader_cut_off_from_the_api_is_fenced_by_the_agent_once_another_replica_leads() {
+    let edge = Edge::start("fence");
+    let web = edge.web;
+    let api = ApiServer::start();
+    api.kubeconfig(&edge.dir.join("kubeconfig"));
+    let proxy = testkit::CutProxy::start(api.addr);
+    let kubeconfig = edge.dir.join("kubeconfig-proxied");
+    api.kubeconfig_via(&kubeconfig, proxy.addr);
+    let pod = backend("pod");
+    api.apply(&manifests("app.test", pod));
+    let first = replica_via(&edge, "replica-a", local(free_tcp()), &kubeconfig);
+    assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "{}", first.log());
+    let _second = replica(&edge, "replica-b", local(free_tcp()), 3);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(api.lease_holder("polaredge", "polaredge-client").as_deref(), Some("replica-a"));
+    // Only replica-a loses the API: replica-b takes the Lease once it expires, with a newer term, and uploads.
+    let cut = std::time::Instant::now();
+    proxy.cut();
+    assert!(
+        eventually(Duration::from_secs(15), || api.lease_holder("polaredge", "polaredge-client").as_deref()
+            == Some("replica-b")),
+        "replica-b took over"
+    );
+    // The agent obeys the newer term; replica-a learns it from the agent and stops serving.
+    assert!(
+        eventually(Duration::from_secs(20), || first.log().contains("leadership lost")),
+        "replica-a was fenced\n{}",
+        first.log()
+    );
+    let fenced_after = cut.elapsed();
+    assert!(first.log().contains("obeys client leader term"), "{}", first.log());
+    // The new leader serves changes.
+    let ingress = manifests("app.test", pod).split("---").nth(1).unwrap().replace("host: app.test", "host: after.test");
+    api.apply(&ingress);
+    assert!(eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"), "the new leader serves");
+    println!("partition: replica-a cut off at 0 s, stopped by the agent's fence at {fenced_after:?}");
+}

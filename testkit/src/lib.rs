@@ -237,6 +237,59 @@ pub fn redis_server() -> (Proc, u16) {
     (process, port)
 }
 
+/// A TCP proxy on loopback to `target` that a test can cut: while cut, open connections are shut down and new
+/// ones are closed at once (the target is unreachable, as in an API server outage or a network partition).
+pub struct CutProxy {
+    /// Where to connect instead of the target.
+    pub addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutProxy {
+    /// Starts forwarding to `target`.
+    pub fn start(target: SocketAddr) -> CutProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy =
+            CutProxy { addr: listener.local_addr().unwrap(), open: Default::default(), conns: Default::default() };
+        proxy.open.store(true, Ordering::SeqCst);
+        let (open, conns) = (std::sync::Arc::clone(&proxy.open), std::sync::Arc::clone(&proxy.conns));
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !open.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(upstream) = std::net::TcpStream::connect(target) else { continue };
+                let mut held = conns.lock().unwrap();
+                held.extend([client.try_clone().unwrap(), upstream.try_clone().unwrap()]);
+                for (mut from, mut to) in
+                    [(client.try_clone().unwrap(), upstream.try_clone().unwrap()), (upstream, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        proxy
+    }
+
+    /// Cuts the path: every open connection is shut down, new ones are closed.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A real DNS server (Debian's dnsmasq) on a free loopback UDP port, answering `A` queries for `name` with
 /// `address` and nothing else (no upstream, no hosts file): a UDP "pod".
 pub fn dnsmasq(name: &str, address: &str) -> (Proc, u16) {

@@ -80,11 +80,15 @@ impl ApiServer {
 
     /// A kubeconfig pointing at this server (plain HTTP, no auth).
     pub fn kubeconfig(&self, path: &std::path::Path) {
+        self.kubeconfig_via(path, self.addr);
+    }
+
+    /// A kubeconfig that reaches this server through `server` (a proxy the test can cut).
+    pub fn kubeconfig_via(&self, path: &std::path::Path, server: SocketAddr) {
         std::fs::write(
             path,
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"http://{}\"}}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\n",
-                self.addr
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"http://{server}\"}}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\n"
             ),
         )
         .unwrap();
