@@ -96,10 +96,31 @@ pub fn load(path: &Path) -> Result<ClientConfig, String> {
             *key = path.parent().unwrap_or(Path::new(".")).join(&*key);
         }
     }
-    if config.agents.is_empty() {
-        return Err(format!("config {}: no agents listed", path.display()));
-    }
+    check_agents(&config.agents).map_err(|e| format!("config {}: {e}", path.display()))?;
     Ok(config)
+}
+
+/// At least one agent, each with a name of its own (names label metrics and status decisions).
+fn check_agents(agents: &[AgentPeer]) -> Result<(), String> {
+    if agents.is_empty() {
+        return Err("no agents listed".into());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for agent in agents {
+        if agent.name.is_empty() || !names.insert(agent.name.as_str()) {
+            return Err(format!("agent name {:?} is empty or used twice; each agent needs its own", agent.name));
+        }
+    }
+    Ok(())
+}
+
+/// Several agents from `POLAREDGE_AGENTS`: a YAML (or JSON) list as the config file's `agents`.
+pub fn agents_from_text(text: &str) -> Result<Vec<AgentPeer>, String> {
+    let agents: Vec<AgentPeer> = serde_yaml::from_str(text).map_err(|e| {
+        format!("POLAREDGE_AGENTS: {e} (a list of agents: name, endpoint IP:port, public_key, optional api, public_address)")
+    })?;
+    check_agents(&agents).map_err(|e| format!("POLAREDGE_AGENTS: {e}"))?;
+    Ok(agents)
 }
 
 /// The client's private key: `POLAREDGE_PRIVATE_KEY`, else the key file.
@@ -113,15 +134,38 @@ pub fn private_key(config: &ClientConfig) -> Result<tunnel::PrivateKey, String> 
     text.parse().map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A single-agent config from the environment, as the Deployment sets it from the Secret that
-/// `polaredge-agent init` prints: `POLAREDGE_PRIVATE_KEY`, `POLAREDGE_AGENT_PUBLIC_KEY`,
-/// `POLAREDGE_AGENT_ENDPOINT` (host:port), and optionally `POLAREDGE_CLIENT_ADDRESS`, `POLAREDGE_AGENT_ADDRESS`,
-/// `POLAREDGE_CERT_RESOLVER` and `POLAREDGE_PUBLIC_ADDRESS`.
+/// A config from the environment, as the Deployment sets it from the Secret that `polaredge-agent init` prints:
+/// `POLAREDGE_PRIVATE_KEY`, and either `POLAREDGE_AGENTS` (several edges: see [`agents_from_text`]) or one
+/// agent as `POLAREDGE_AGENT_PUBLIC_KEY`, `POLAREDGE_AGENT_ENDPOINT` (host:port) and optionally
+/// `POLAREDGE_AGENT_ADDRESS` and `POLAREDGE_PUBLIC_ADDRESS`; optionally `POLAREDGE_CLIENT_ADDRESS` and
+/// `POLAREDGE_CERT_RESOLVER`.
 pub fn from_env() -> Result<ClientConfig, String> {
-    let var = |name: &str| {
-        std::env::var(name).map_err(|_| format!("{name} is not set (see deploy/ and `polaredge-agent init`)"))
-    };
     std::env::var("POLAREDGE_PRIVATE_KEY").map_err(|_| "POLAREDGE_PRIVATE_KEY is not set".to_string())?;
+    let agents = match std::env::var("POLAREDGE_AGENTS") {
+        Ok(list) if !list.trim().is_empty() => agents_from_text(&list)?,
+        _ => vec![agent_from_env()?],
+    };
+    Ok(ClientConfig {
+        private_key_file: None,
+        address: std::env::var("POLAREDGE_CLIENT_ADDRESS").unwrap_or_else(|_| default_address()),
+        agents,
+        listen_port: 0,
+        keepalive: default_keepalive(),
+        relay_port: default_relay_port(),
+        cert_resolver: std::env::var("POLAREDGE_CERT_RESOLVER").unwrap_or_else(|_| default_resolver()),
+        ops_listen: default_ops(),
+        max_connections: default_max_connections(),
+        dial_timeout_ms: default_dial_timeout_ms(),
+    })
+}
+
+/// The one agent the single-agent variables name.
+fn agent_from_env() -> Result<AgentPeer, String> {
+    let var = |name: &str| {
+        std::env::var(name).map_err(|_| {
+            format!("{name} is not set, and neither is POLAREDGE_AGENTS (see deploy/ and `polaredge-agent init`)")
+        })
+    };
     let endpoint_text = var("POLAREDGE_AGENT_ENDPOINT")?;
     let endpoint = std::net::ToSocketAddrs::to_socket_addrs(&endpoint_text)
         .map_err(|e| format!("POLAREDGE_AGENT_ENDPOINT {endpoint_text:?}: {e}"))?
@@ -134,22 +178,33 @@ pub fn from_env() -> Result<ClientConfig, String> {
         ),
         Err(_) => default_api(),
     };
-    Ok(ClientConfig {
-        private_key_file: None,
-        address: std::env::var("POLAREDGE_CLIENT_ADDRESS").unwrap_or_else(|_| default_address()),
-        agents: vec![AgentPeer {
-            name: "edge".into(),
-            endpoint,
-            public_key: var("POLAREDGE_AGENT_PUBLIC_KEY")?,
-            api,
-            public_address: std::env::var("POLAREDGE_PUBLIC_ADDRESS").ok().or_else(|| Some(endpoint.ip().to_string())),
-        }],
-        listen_port: 0,
-        keepalive: default_keepalive(),
-        relay_port: default_relay_port(),
-        cert_resolver: std::env::var("POLAREDGE_CERT_RESOLVER").unwrap_or_else(|_| default_resolver()),
-        ops_listen: default_ops(),
-        max_connections: default_max_connections(),
-        dial_timeout_ms: default_dial_timeout_ms(),
+    Ok(AgentPeer {
+        name: "edge".into(),
+        endpoint,
+        public_key: var("POLAREDGE_AGENT_PUBLIC_KEY")?,
+        api,
+        public_address: std::env::var("POLAREDGE_PUBLIC_ADDRESS").ok().or_else(|| Some(endpoint.ip().to_string())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_agents_come_as_a_yaml_list_with_distinct_names() {
+        let key = tunnel::PrivateKey::generate().public_key().to_string();
+        let text = format!(
+            "- {{name: fra, endpoint: \"198.51.100.1:51820\", public_key: \"{key}\", public_address: edge1.example}}\n\
+             - {{name: ams, endpoint: \"198.51.100.2:51820\", public_key: \"{key}\"}}\n"
+        );
+        let agents = agents_from_text(&text).unwrap();
+        assert_eq!(agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["fra", "ams"]);
+        assert_eq!(agents[0].public_address.as_deref(), Some("edge1.example"));
+        assert_eq!(agents[1].api, default_api());
+        let twice = text.replace("ams", "fra");
+        assert!(agents_from_text(&twice).unwrap_err().contains("used twice"));
+        assert!(agents_from_text("[]").unwrap_err().contains("no agents"));
+        assert!(agents_from_text("- {name: x}").unwrap_err().starts_with("POLAREDGE_AGENTS: "));
+    }
 }

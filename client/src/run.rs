@@ -37,6 +37,8 @@ pub enum Source {
 #[derive(Default)]
 struct Feedback {
     withheld: Mutex<BTreeMap<String, Vec<protocol::api::Withheld>>>,
+    /// Agents whose last upload or check got no answer.
+    down: Mutex<std::collections::BTreeSet<String>>,
     stop: Mutex<Option<String>>,
     wake: Mutex<Option<mpsc::Sender<()>>>,
 }
@@ -63,6 +65,25 @@ impl Feedback {
         crate::status::withheld_notices(&self.withheld.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Records whether agent `name` answered its last upload or check; wakes the watch loop (which rewrites the
+    /// status addresses) when that changes.
+    fn answered(&self, name: &str, answered: bool) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = if answered { down.remove(name) } else { down.insert(name.to_string()) };
+        drop(down);
+        if changed {
+            log::warn!(
+                "agent {name}: {}",
+                if answered { "answers again" } else { "does not answer: left out of the status" }
+            );
+            self.wake();
+        }
+    }
+
+    fn down(&self) -> std::collections::BTreeSet<String> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Asks the process to stop serving (the first reason wins).
     fn stop(&self, reason: String) {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
@@ -75,10 +96,11 @@ impl Feedback {
 }
 
 /// Calls `changed` with the stores' state after each burst of watch events (or a change in what the agents
-/// withhold), then writes Ingress status (the agents' `addresses`) and Events for new notices.
+/// withhold, or which answer), then writes Ingress and Service status (the addresses of the `edges`, name and
+/// address, that answer) and Events for new notices.
 fn watch_kubernetes(
     mut changed: impl FnMut(Cluster) -> render::Rendered,
-    addresses: Vec<String>,
+    edges: Vec<(String, String)>,
     feedback: Arc<Feedback>,
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
@@ -101,6 +123,7 @@ fn watch_kubernetes(
         }
         let cluster = stores.cluster();
         let rendered = changed(cluster.clone());
+        let addresses = crate::status::serving_addresses(&edges, &feedback.down());
         writer.write_status(crate::status::status_changes(
             &cluster,
             &rendered.served,
@@ -282,8 +305,11 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let mut last_yaml = String::new();
     let mut previous_endpoints = std::collections::BTreeSet::new();
     let mut previous_udp_endpoints = std::collections::BTreeSet::new();
-    let addresses: Vec<String> =
-        config.agents.iter().map(|a| a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())).collect();
+    let edges: Vec<(String, String)> = config
+        .agents
+        .iter()
+        .map(|a| (a.name.clone(), a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())))
+        .collect();
     let on_change = |cluster: Cluster| -> render::Rendered {
         let started = Instant::now();
         let rendered = renderer.render(&cluster);
@@ -327,7 +353,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     };
     let result = match source {
         Source::Manifests(dir) => watch_manifests(dir, on_change, &feedback),
-        Source::Kubernetes => watch_kubernetes(on_change, addresses, Arc::clone(&feedback)),
+        Source::Kubernetes => watch_kubernetes(on_change, edges, Arc::clone(&feedback)),
     };
     drop((relays, udp_relays));
     result
@@ -404,6 +430,7 @@ fn send_loop(
                             log::warn!("agent {name}: generation {generation} is served without {reason}");
                         }
                         feedback.report(name, &answer.body.withheld);
+                        feedback.answered(name, true);
                         if let sender::Outcome::Fenced(by) = &outcome {
                             term.fenced(*by);
                         }
@@ -422,6 +449,7 @@ fn send_loop(
                     }
                     Err(e) => {
                         log::warn!("agent {name}: upload failed: {e}");
+                        feedback.answered(name, false);
                         metrics.agents.lock().unwrap().entry(name.to_string()).or_default().failed += 1;
                         policy.uploaded(Instant::now(), None);
                     }
@@ -429,6 +457,7 @@ fn send_loop(
             }
             Action::Check => {
                 let live = sender::live_generation(tunnel, api);
+                feedback.answered(name, live.is_ok());
                 match &live {
                     Err(e) => log::warn!("agent {name}: status check failed: {e}"),
                     Ok((_, agent_term)) => {

@@ -133,10 +133,14 @@ impl Sender {
     }
 }
 
+/// How long opening a connection to the agent's API may take for an upload, and for a status check (which also
+/// decides whether the edge is listed in status: an edge host that died leaves it within RECHECK + this).
+const UPLOAD_CONNECT: Duration = Duration::from_secs(5);
+const CHECK_CONNECT: Duration = Duration::from_secs(3);
+
 /// One HTTP exchange with the agent's control API through the tunnel.
-fn exchange(tunnel: &Tunnel, api: SocketAddr, request: &[u8]) -> Result<(u16, String), String> {
-    let stream =
-        tunnel.connect(api, Duration::from_secs(5)).map_err(|e| format!("cannot reach the agent's API: {e}"))?;
+fn exchange(tunnel: &Tunnel, api: SocketAddr, request: &[u8], connect: Duration) -> Result<(u16, String), String> {
+    let stream = tunnel.connect(api, connect).map_err(|e| format!("cannot reach the agent's API: {e}"))?;
     let mut io = stream.into_io().map_err(|e| e.to_string())?;
     io.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
     io.write_all(request).map_err(|e| format!("sending to the agent failed: {e}"))?;
@@ -194,7 +198,7 @@ pub fn upload(tunnel: &Tunnel, api: SocketAddr, yaml: &str, term: Option<u64>) -
         "POST {path} HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
         yaml.len()
     );
-    let (status, body) = exchange(tunnel, api, request.as_bytes())?;
+    let (status, body) = exchange(tunnel, api, request.as_bytes(), UPLOAD_CONNECT)?;
     let body = serde_json::from_str(&body)
         .map_err(|e| format!("the agent answered {status} with a body that is not an upload answer ({e}): {body}"))?;
     Ok(Answer { status, body })
@@ -203,7 +207,7 @@ pub fn upload(tunnel: &Tunnel, api: SocketAddr, yaml: &str, term: Option<u64>) -
 /// The generation the agent serves and the leader term it obeys, from its /status.
 pub fn live_generation(tunnel: &Tunnel, api: SocketAddr) -> Result<(Option<String>, Option<u64>), String> {
     let request = format!("GET /status HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
-    let (status, body) = exchange(tunnel, api, request.as_bytes())?;
+    let (status, body) = exchange(tunnel, api, request.as_bytes(), CHECK_CONNECT)?;
     if status != 200 {
         return Err(format!("the agent's /status answered {status}"));
     }

@@ -66,6 +66,18 @@ pub fn status_changes(
     changes
 }
 
+/// The addresses Ingress and Service status should list: those of the edges that answered their last upload or
+/// check (`down` names the others). If every edge looks down, all are listed: the cluster's own uplink is then
+/// the likelier cause, and an empty status would make DNS automation drop every record.
+pub fn serving_addresses(edges: &[(String, String)], down: &BTreeSet<String>) -> Vec<String> {
+    let up: Vec<String> = edges.iter().filter(|(name, _)| !down.contains(name)).map(|(_, a)| a.clone()).collect();
+    if up.is_empty() {
+        edges.iter().map(|(_, a)| a.clone()).collect()
+    } else {
+        up
+    }
+}
+
 /// A Warning notice on each Service whose port an agent withheld (a port it keeps for itself, or outside its
 /// `l4.ports`): `by_agent` holds each agent's last answer.
 pub fn withheld_notices(by_agent: &BTreeMap<String, Vec<Withheld>>) -> Vec<Notice> {
@@ -169,6 +181,15 @@ mod tests {
         add_yaml(&mut was, "apiVersion: v1\nkind: Service\nmetadata: {name: pg, namespace: db}\nspec: {type: LoadBalancer}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}\n", "t").unwrap();
         let changes = status_changes(&was, &BTreeSet::new(), &BTreeSet::new(), &addresses);
         assert_eq!((changes[0].kind, changes[0].addresses.len()), ("Service", 0));
+    }
+
+    #[test]
+    fn an_edge_that_is_down_leaves_the_status_unless_every_edge_is() {
+        let edges = vec![("a".to_string(), "192.0.2.1".to_string()), ("b".to_string(), "192.0.2.2".to_string())];
+        let down = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+        assert_eq!(serving_addresses(&edges, &down(&[])), ["192.0.2.1", "192.0.2.2"]);
+        assert_eq!(serving_addresses(&edges, &down(&["b"])), ["192.0.2.1"]);
+        assert_eq!(serving_addresses(&edges, &down(&["a", "b"])), ["192.0.2.1", "192.0.2.2"]);
     }
 
     #[test]

@@ -317,3 +317,48 @@ fn a_leader_cut_off_from_the_api_is_fenced_by_the_agent_once_another_replica_lea
     assert!(eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"), "the new leader serves");
     println!("partition: replica-a cut off at 0 s, stopped by the agent's fence at {fenced_after:?}");
 }
+
+#[test]
+fn two_edges_serve_the_same_snapshot_and_status_lists_only_those_that_answer() {
+    let edge = Edge::start("edges-a");
+    let mut second = edge.add_edge("edges-b", "127.0.0.2");
+    let api = ApiServer::start();
+    api.kubeconfig(&edge.dir.join("kubeconfig"));
+    let pod = backend("pod");
+    api.apply(&manifests("app.test", pod));
+    let client = edge.client_watching_kubeconfig();
+    for web in [edge.web, second.web] {
+        assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "{}", client.log());
+    }
+    let listed = || -> Vec<String> {
+        let ingress = api.ingress_status("default", "app")["loadBalancer"]["ingress"].clone();
+        ingress
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["ip"].as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    assert!(eventually(Duration::from_secs(10), || listed() == ["127.0.0.1", "127.0.0.2"]), "{:?}", listed());
+
+    // One edge host dies: the other serves everything, and the status drops the dead one.
+    let killed = std::time::Instant::now();
+    second.kill_agent();
+    assert!(eventually(Duration::from_secs(15), || listed() == ["127.0.0.1"]), "{:?}\n{}", listed(), client.log());
+    let dropped_after = killed.elapsed();
+    let ingress = manifests("app.test", pod).split("---").nth(1).unwrap().replace("host: app.test", "host: after.test");
+    api.apply(&ingress);
+    assert!(eventually(Duration::from_secs(10), || get(edge.web, "after.test", "/") == "pod /"), "the live edge");
+
+    // It comes back: resynced with what changed meanwhile, and listed again.
+    let restarted = std::time::Instant::now();
+    second.restart_agent();
+    assert!(
+        eventually(Duration::from_secs(15), || get(second.web, "after.test", "/") == "pod /"),
+        "the returning edge was resynced\n{}",
+        client.log()
+    );
+    assert!(eventually(Duration::from_secs(15), || listed() == ["127.0.0.1", "127.0.0.2"]), "{:?}", listed());
+    println!(
+        "two edges: one killed -> dropped from status after {dropped_after:?}; restarted -> resynced and listed after {:?}",
+        restarted.elapsed()
+    );
+}

@@ -80,6 +80,52 @@ impl Edge {
 }
 
 impl Edge {
+    /// A second edge host for the same client: its own agent and Traefik (in `name`'s folder), trusting this
+    /// edge's client key, added to this edge's client.yaml with `public_address` as its address in status.
+    pub fn add_edge(&self, name: &str, public_address: &str) -> Edge {
+        let dir = std::env::temp_dir().join(format!("pe-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let agent_key = PrivateKey::generate();
+        let client_key: PrivateKey =
+            std::fs::read_to_string(self.dir.join("client.key")).unwrap().trim().parse().unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let web = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+        let websecure = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
+        testkit::write_secret(&dir.join("agent.key"), &agent_key.to_string());
+        std::fs::write(
+            dir.join("agent.yaml"),
+            format!(
+                "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{c}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\nl4:\n  address: 127.0.0.1\n",
+                d = dir.display(),
+                c = client_key.public_key(),
+                t = traefik_binary().display()
+            ),
+        )
+        .unwrap();
+        let mut client = std::fs::read_to_string(self.dir.join("client.yaml")).unwrap();
+        client.push_str(&format!(
+            "- name: {name}\n  endpoint: \"{udp}\"\n  public_key: \"{}\"\n  public_address: \"{public_address}\"\n",
+            agent_key.public_key()
+        ));
+        std::fs::write(self.dir.join("client.yaml"), client).unwrap();
+        let agent = Proc::spawn(Command::new(agent_binary()).args(["run", "--config"]).arg(dir.join("agent.yaml")));
+        Edge { dir, web, websecure, ops: self.ops, agent }
+    }
+
+    /// Stops this edge's agent (SIGKILL: a host that died).
+    pub fn kill_agent(&self) {
+        let _ = Command::new("kill").args(["-KILL", &self.agent.child.id().to_string()]).status();
+    }
+
+    /// Starts this edge's agent again with its config and state.
+    pub fn restart_agent(&mut self) {
+        self.kill_agent();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        self.agent =
+            Proc::spawn(Command::new(agent_binary()).args(["run", "--config"]).arg(self.dir.join("agent.yaml")));
+    }
+
     /// Runs the client binary reading this edge's manifests folder (standing in for the cluster).
     pub fn client_reading_manifests(&self) -> Proc {
         Proc::spawn(
