@@ -459,7 +459,12 @@ fn send_loop(
                 let live = sender::live_generation(tunnel, api);
                 feedback.answered(name, live.is_ok());
                 match &live {
-                    Err(e) => log::warn!("agent {name}: status check failed: {e}"),
+                    Err(e) => {
+                        log::warn!("agent {name}: status check failed: {e}");
+                        // The agent may answer only a newer session of our key (another replica's): a new
+                        // handshake now, rather than WireGuard's own after 15 s of silence.
+                        let _ = tunnel.rehandshake();
+                    }
                     Ok((_, agent_term)) => {
                         if let Some(by) = sender::fenced(term.current(), *agent_term) {
                             log::warn!("agent {name} obeys client leader term {by}, newer than ours");

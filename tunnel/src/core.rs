@@ -448,6 +448,16 @@ impl Core {
         }
     }
 
+    /// Starts a new handshake with the peer now (rate-limited like every forced handshake). For a caller whose
+    /// requests go unanswered although the peer should be up: the peer may hold a newer session with another
+    /// holder of our key (a second client replica), and answers only the session it considers current, which
+    /// WireGuard would renew by itself only after 15 s without answers.
+    pub fn rehandshake(&mut self, now: Instant, sink: &mut impl DatagramSink) {
+        if let Some(to) = self.endpoint {
+            self.offer_new_session(now, to, sink);
+        }
+    }
+
     /// Runs WireGuard timers when due and moves packets between smoltcp and WireGuard. Returns true when some
     /// socket's state may have changed (data arrived, buffer space freed, connection opened or closed);
     /// connections that completed their handshake on a listening port are then ready in [`Core::accept`].

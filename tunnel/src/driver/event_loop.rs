@@ -382,6 +382,10 @@ impl Driver {
             }
             Command::StopRelayingUdp { port } => self.flows.stop_relay(&mut self.core, port),
             Command::Drop { id } => self.close(id, true, None),
+            Command::Rehandshake => {
+                let (core, mut sink) = self.sink();
+                core.rehandshake(now, &mut sink);
+            }
             Command::Status { reply } => {
                 let _ = reply.send(TunnelStatus {
                     peer: self.core.peer(),

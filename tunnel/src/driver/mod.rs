@@ -219,6 +219,7 @@ pub(crate) enum Command {
     Status {
         reply: Sender<TunnelStatus>,
     },
+    Rehandshake,
     Shutdown,
 }
 
@@ -360,6 +361,11 @@ impl Tunnel {
     /// Opens a connection to `remote` inside the tunnel; waits until it is established, refused, or `timeout`.
     pub fn connect(&self, remote: SocketAddr, timeout: Duration) -> io::Result<TunnelStream> {
         self.shared.ask(|reply| Command::Connect { remote, timeout, reply })?
+    }
+
+    /// Starts a new WireGuard handshake now (rate-limited to one per 5 s); see [`Core::rehandshake`].
+    pub fn rehandshake(&self) -> io::Result<()> {
+        self.shared.send(Command::Rehandshake)
     }
 
     /// The peer, counters and connection count, read from the driver thread.
