@@ -10,10 +10,10 @@ use crate::ops::Metrics;
 use crate::relay::{self, AllowList, RelayMetrics, UdpRelayMetrics};
 use crate::render::{self, Cluster, Settings};
 use crate::sender::{self, Action, Sender};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tunnel::{CoreConfig, IpCidr, Tunnel, TunnelConfig};
 
@@ -237,7 +237,105 @@ fn lead(term: Arc<Term>, feedback: Arc<Feedback>) -> Result<(), String> {
     done_rx.recv().map_err(|_| "leader election stopped".to_string())?
 }
 
-/// Runs until the process is stopped.
+/// The relays' allow-lists: the endpoints of the latest snapshot plus those of the one before, since
+/// connections Traefik opens while it still runs the previous generation go to the previous endpoints (a change
+/// must not refuse requests in flight).
+#[derive(Default)]
+struct AllowLists {
+    tcp: AllowList,
+    udp: AllowList,
+    previous_tcp: BTreeSet<std::net::SocketAddr>,
+    previous_udp: BTreeSet<std::net::SocketAddr>,
+}
+
+impl AllowLists {
+    /// Allows what `rendered` routes to, and what the previous snapshot did.
+    fn update(&mut self, rendered: &render::Rendered) {
+        for (list, previous, current) in [
+            (&self.tcp, &mut self.previous_tcp, &rendered.endpoints),
+            (&self.udp, &mut self.previous_udp, &rendered.udp_endpoints),
+        ] {
+            let mut next = current.clone();
+            next.extend(previous.iter().copied());
+            *list.write().unwrap_or_else(|p| p.into_inner()) = next;
+            previous.clone_from(current);
+        }
+    }
+}
+
+/// What the process shares with every agent's tunnel and send loop.
+struct Shared {
+    metrics: Arc<Metrics>,
+    relay_metrics: Arc<RelayMetrics>,
+    udp_relay_metrics: Arc<UdpRelayMetrics>,
+    feedback: Arc<Feedback>,
+    term: Arc<Term>,
+}
+
+/// One agent's tunnel with its relays (alive as long as this is) and the channel its send loop reads snapshots
+/// from.
+struct AgentLink {
+    snapshots: mpsc::Sender<Arc<String>>,
+    _relay: tunnel::RelayPort,
+    _udp_relay: tunnel::UdpRelayPort,
+}
+
+/// Starts the tunnel to `agent`, its TCP and UDP relays and its send loop.
+fn connect_agent(
+    config: &ClientConfig,
+    agent: &config::AgentPeer,
+    key: &tunnel::PrivateKey,
+    allow: &AllowLists,
+    shared: &Shared,
+) -> Result<AgentLink, String> {
+    let address: IpCidr =
+        config.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", config.address))?;
+    let peer: tunnel::PublicKey =
+        agent.public_key.parse().map_err(|e| format!("agent {}: public_key: {e}", agent.name))?;
+    let mut core = CoreConfig {
+        endpoint: Some(agent.endpoint),
+        persistent_keepalive: Some(config.keepalive),
+        peer_allowed_ips: vec![IpCidr::new(agent.api.ip().into(), if agent.api.is_ipv4() { 32 } else { 128 })],
+        ..CoreConfig::new(key.clone(), peer, vec![address])
+    };
+    core.tcp.max_connections = config.max_connections;
+    core.tcp.connect_timeout = Duration::from_millis(config.dial_timeout_ms);
+    let listen = std::net::SocketAddr::from(([0, 0, 0, 0], config.listen_port));
+    let tunnel =
+        Arc::new(Tunnel::start(TunnelConfig { core, listen }).map_err(|e| format!("agent {}: {e}", agent.name))?);
+    let relay = relay::serve(&tunnel, config.relay_port, Arc::clone(&allow.tcp), Arc::clone(&shared.relay_metrics))
+        .map_err(|e| format!("agent {}: relay: {e}", agent.name))?;
+    let udp_relay =
+        relay::serve_udp(&tunnel, config.relay_port, Arc::clone(&allow.udp), Arc::clone(&shared.udp_relay_metrics))
+            .map_err(|e| format!("agent {}: UDP relay: {e}", agent.name))?;
+    let (tx, rx) = mpsc::channel::<Arc<String>>();
+    let (name, api, metrics) = (agent.name.clone(), agent.api, Arc::clone(&shared.metrics));
+    let (feedback, term) = (Arc::clone(&shared.feedback), Arc::clone(&shared.term));
+    std::thread::Builder::new()
+        .name(format!("send-{name}"))
+        .spawn(move || send_loop(&name, &tunnel, api, rx, &metrics, &feedback, &term))
+        .map_err(|e| e.to_string())?;
+    log::info!("agent {}: tunnel to {} (WireGuard), API {}", agent.name, agent.endpoint, agent.api);
+    Ok(AgentLink { snapshots: tx, _relay: relay, _udp_relay: udp_relay })
+}
+
+/// Records a new snapshot in the metrics and the log.
+fn count_snapshot(metrics: &Metrics, rendered: &render::Rendered, started: Instant) {
+    use std::sync::atomic::Ordering::Relaxed;
+    metrics.snapshots.fetch_add(1, Relaxed);
+    metrics.render_micros.store(started.elapsed().as_micros() as u64, Relaxed);
+    metrics.routers.store(rendered.routers as u64, Relaxed);
+    log::info!(
+        "snapshot {}: {} routers, {} endpoints, {} ingresses (rendered in {:?})",
+        sender::generation_of(&rendered.document),
+        rendered.routers,
+        rendered.endpoints.len(),
+        rendered.served.len(),
+        started.elapsed()
+    );
+}
+
+/// Runs until the process is stopped, or until it must stop serving (leadership lost).
 pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let key = config::private_key(&config)?;
     let relay_metrics = Arc::new(RelayMetrics::default());
@@ -247,55 +345,18 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         udp_relay: Arc::clone(&udp_relay_metrics),
         ..Default::default()
     });
+    let shared = Shared { metrics, relay_metrics, udp_relay_metrics, feedback: Arc::default(), term: Arc::default() };
     // Probes answer from the start, also on a replica that waits to lead.
-    let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&metrics))?;
+    let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&shared.metrics))?;
     log::info!("/healthz, /readyz and /metrics on {ops}");
     tunnel::driver::raise_open_files_limit(None); // each tunnel warns if it is still below its cap
-    let feedback = Arc::new(Feedback::default());
-    let term = Arc::new(Term::default());
     if matches!(source, Source::Kubernetes) {
-        lead(Arc::clone(&term), Arc::clone(&feedback))?;
+        lead(Arc::clone(&shared.term), Arc::clone(&shared.feedback))?;
     }
-    let address: IpCidr =
-        config.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", config.address))?;
-    let allowed: AllowList = Arc::new(RwLock::new(Default::default()));
-    let udp_allowed: AllowList = Arc::new(RwLock::new(Default::default()));
-
-    let mut senders = Vec::new();
-    // The relays live in the tunnel drivers as long as these handles.
-    let mut relays = Vec::new();
-    let mut udp_relays = Vec::new();
+    let mut allow = AllowLists::default();
+    let mut links = Vec::new();
     for agent in &config.agents {
-        let peer: tunnel::PublicKey =
-            agent.public_key.parse().map_err(|e| format!("agent {}: public_key: {e}", agent.name))?;
-        let mut core = CoreConfig {
-            endpoint: Some(agent.endpoint),
-            persistent_keepalive: Some(config.keepalive),
-            peer_allowed_ips: vec![IpCidr::new(agent.api.ip().into(), if agent.api.is_ipv4() { 32 } else { 128 })],
-            ..CoreConfig::new(key.clone(), peer, vec![address])
-        };
-        core.tcp.max_connections = config.max_connections;
-        core.tcp.connect_timeout = Duration::from_millis(config.dial_timeout_ms);
-        let listen = std::net::SocketAddr::from(([0, 0, 0, 0], config.listen_port));
-        let tunnel =
-            Arc::new(Tunnel::start(TunnelConfig { core, listen }).map_err(|e| format!("agent {}: {e}", agent.name))?);
-        relays.push(
-            relay::serve(&tunnel, config.relay_port, Arc::clone(&allowed), Arc::clone(&relay_metrics))
-                .map_err(|e| format!("agent {}: relay: {e}", agent.name))?,
-        );
-        udp_relays.push(
-            relay::serve_udp(&tunnel, config.relay_port, Arc::clone(&udp_allowed), Arc::clone(&udp_relay_metrics))
-                .map_err(|e| format!("agent {}: UDP relay: {e}", agent.name))?,
-        );
-        let (tx, rx) = mpsc::channel::<Arc<String>>();
-        let (name, api, m) = (agent.name.clone(), agent.api, Arc::clone(&metrics));
-        let (feedback, term) = (Arc::clone(&feedback), Arc::clone(&term));
-        std::thread::Builder::new()
-            .name(format!("send-{name}"))
-            .spawn(move || send_loop(&name, &tunnel, api, rx, &m, &feedback, &term))
-            .map_err(|e| e.to_string())?;
-        senders.push(tx);
-        log::info!("agent {}: tunnel to {} (WireGuard), API {}", agent.name, agent.endpoint, agent.api);
+        links.push(connect_agent(&config, agent, &key, &allow, &shared)?);
     }
     let settings = Settings {
         cert_resolver: (!config.cert_resolver.is_empty()).then(|| config.cert_resolver.clone()),
@@ -303,13 +364,6 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     };
     let mut renderer = render::Renderer::new(settings);
     let mut last_yaml = String::new();
-    let mut previous_endpoints = std::collections::BTreeSet::new();
-    let mut previous_udp_endpoints = std::collections::BTreeSet::new();
-    let edges: Vec<(String, String)> = config
-        .agents
-        .iter()
-        .map(|a| (a.name.clone(), a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())))
-        .collect();
     let on_change = |cluster: Cluster| -> render::Rendered {
         let started = Instant::now();
         let rendered = renderer.render(&cluster);
@@ -319,43 +373,27 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         if rendered.document == last_yaml {
             return rendered;
         }
-        // Connections Traefik opens while it still runs the previous generation go to the previous endpoints:
-        // keep those allowed for one more generation, so a change does not refuse requests in flight.
-        {
-            let mut allowed = allowed.write().unwrap();
-            let mut next = rendered.endpoints.clone();
-            next.extend(previous_endpoints.iter().copied());
-            *allowed = next;
-            let mut udp_allowed = udp_allowed.write().unwrap();
-            let mut next = rendered.udp_endpoints.clone();
-            next.extend(previous_udp_endpoints.iter().copied());
-            *udp_allowed = next;
-        }
-        previous_endpoints = rendered.endpoints.clone();
-        previous_udp_endpoints = rendered.udp_endpoints.clone();
-        let routers = rendered.routers;
-        metrics.snapshots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics.render_micros.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-        metrics.routers.store(routers as u64, std::sync::atomic::Ordering::Relaxed);
-        log::info!(
-            "snapshot {}: {routers} routers, {} endpoints, {} ingresses (rendered in {:?})",
-            sender::generation_of(&rendered.document),
-            rendered.endpoints.len(),
-            rendered.served.len(),
-            started.elapsed()
-        );
-        last_yaml = rendered.document.clone();
+        allow.update(&rendered);
+        count_snapshot(&shared.metrics, &rendered, started);
+        last_yaml.clone_from(&rendered.document);
         let yaml = Arc::new(rendered.document.clone());
-        for tx in &senders {
-            let _ = tx.send(Arc::clone(&yaml));
+        for link in &links {
+            let _ = link.snapshots.send(Arc::clone(&yaml));
         }
         rendered
     };
     let result = match source {
-        Source::Manifests(dir) => watch_manifests(dir, on_change, &feedback),
-        Source::Kubernetes => watch_kubernetes(on_change, edges, Arc::clone(&feedback)),
+        Source::Manifests(dir) => watch_manifests(dir, on_change, &shared.feedback),
+        Source::Kubernetes => {
+            let edges: Vec<(String, String)> = config
+                .agents
+                .iter()
+                .map(|a| (a.name.clone(), a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())))
+                .collect();
+            watch_kubernetes(on_change, edges, Arc::clone(&shared.feedback))
+        }
     };
-    drop((relays, udp_relays));
+    drop(links);
     result
 }
 
@@ -486,5 +524,37 @@ fn send_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(tcp: &[&str], udp: &[&str]) -> render::Rendered {
+        render::Rendered {
+            routers: 0,
+            document: String::new(),
+            endpoints: tcp.iter().map(|a| a.parse().unwrap()).collect(),
+            udp_endpoints: udp.iter().map(|a| a.parse().unwrap()).collect(),
+            served: Default::default(),
+            served_services: Default::default(),
+            notices: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_relays_allow_this_snapshot_and_the_one_before_each_for_its_own_transport() {
+        let mut allow = AllowLists::default();
+        let listed = |list: &AllowList| list.read().unwrap().iter().map(ToString::to_string).collect::<Vec<_>>();
+        allow.update(&rendered(&["10.0.0.1:80"], &["10.0.0.9:53"]));
+        assert_eq!(listed(&allow.tcp), ["10.0.0.1:80"]);
+        assert_eq!(listed(&allow.udp), ["10.0.0.9:53"], "a UDP endpoint is not a TCP one");
+        allow.update(&rendered(&["10.0.0.2:80"], &[]));
+        assert_eq!(listed(&allow.tcp), ["10.0.0.1:80", "10.0.0.2:80"], "the previous generation's in-flight requests");
+        assert_eq!(listed(&allow.udp), ["10.0.0.9:53"]);
+        allow.update(&rendered(&["10.0.0.2:80"], &[]));
+        assert_eq!(listed(&allow.tcp), ["10.0.0.2:80"]);
+        assert!(listed(&allow.udp).is_empty());
     }
 }
