@@ -86,6 +86,8 @@ pub fn tunnel_config(config: &AgentConfig) -> Result<TunnelConfig, String> {
         ..CoreConfig::new(private_key, peer, vec![address])
     };
     config.streams.apply(&mut core.tcp);
+    core.udp.max_flows = config.l4.udp_max_flows;
+    core.udp.idle_timeout = std::time::Duration::from_secs(config.l4.udp_idle_timeout_s);
     Ok(TunnelConfig { core, listen: wg.listen })
 }
 

@@ -38,12 +38,13 @@ pub struct AgentConfig {
     /// Limits of the public connections carried through the tunnel.
     #[serde(default)]
     pub streams: Streams,
-    /// Public TCP ports the agent serves itself for Services of type LoadBalancer.
+    /// Public TCP and UDP ports the agent serves itself for Services of type LoadBalancer.
     #[serde(default)]
     pub l4: L4Config,
 }
 
-/// Where and which public TCP ports the agent may open for Services of type LoadBalancer.
+/// Where and which public TCP and UDP ports the agent may open for Services of type LoadBalancer, and the limits
+/// of their UDP flows.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct L4Config {
@@ -53,12 +54,30 @@ pub struct L4Config {
     /// Allowed ports, each `N` or `LOW-HIGH`; the entrypoints' and WireGuard's ports are never allowed.
     #[serde(default = "default_l4_ports")]
     pub ports: Vec<String>,
+    /// Most UDP flows (public client addresses) at once over all UDP ports; more are dropped and counted.
+    #[serde(default = "default_udp_max_flows")]
+    pub udp_max_flows: usize,
+    /// A UDP flow that carries nothing either way for this many seconds ends.
+    #[serde(default = "default_udp_idle_timeout_s")]
+    pub udp_idle_timeout_s: u64,
 }
 
 impl Default for L4Config {
     fn default() -> Self {
-        L4Config { address: default_l4_address(), ports: default_l4_ports() }
+        L4Config {
+            address: default_l4_address(),
+            ports: default_l4_ports(),
+            udp_max_flows: default_udp_max_flows(),
+            udp_idle_timeout_s: default_udp_idle_timeout_s(),
+        }
     }
+}
+
+fn default_udp_max_flows() -> usize {
+    tunnel::UdpTuning::default().max_flows
+}
+fn default_udp_idle_timeout_s() -> u64 {
+    tunnel::UdpTuning::default().idle_timeout.as_secs()
 }
 
 impl L4Config {
@@ -298,6 +317,9 @@ pub fn load(path: &Path) -> Result<AgentConfig, String> {
             path.display()
         ));
     }
+    if config.l4.udp_max_flows == 0 || config.l4.udp_idle_timeout_s == 0 {
+        return Err(format!("config {}: l4.udp_max_flows and l4.udp_idle_timeout_s must be above 0", path.display()));
+    }
     if config.streams.max_connections == 0 || config.streams.connect_timeout_ms == 0 {
         return Err(format!(
             "config {}: streams.max_connections and streams.connect_timeout_ms must be above 0",
@@ -373,6 +395,13 @@ traefik:
 #   max_connections: 16384     # more at once are refused (polaredge_tunnel_refused_over_cap_total)
 #   connect_timeout_ms: 5000   # the client must answer a new stream this fast, or Traefik answers 502
 #   idle_timeout_s: 900        # streams that carry nothing this long are closed (0: never)
+
+# Public TCP and UDP ports for Services of type LoadBalancer (class polaredge.io/edge).
+# l4:
+#   address: 0.0.0.0
+#   ports: ["1-65535"]         # the ports a snapshot may open (the edge's own are never allowed)
+#   udp_max_flows: 16384       # UDP client addresses at once; more are dropped (polaredge_l4_udp_flows_total)
+#   udp_idle_timeout_s: 60     # a UDP flow silent this long ends (raise it for long-idle protocols)
 "#,
         state_dir = state_dir.display(),
     )
@@ -418,6 +447,13 @@ mod tests {
         )
         .unwrap();
         assert!(load(&path).unwrap_err().contains("streams.max_connections"));
+        std::fs::write(&path, "wireguard: {private_key_file: k, client_public_key: x}\nl4: {udp_idle_timeout_s: 0}\n")
+            .unwrap();
+        assert!(load(&path).unwrap_err().contains("l4.udp_max_flows and l4.udp_idle_timeout_s"));
+        std::fs::write(&path, "wireguard: {private_key_file: k, client_public_key: x}\nl4: {udp_max_flows: 64}\n")
+            .unwrap();
+        let config = load(&path).unwrap();
+        assert_eq!((config.l4.udp_max_flows, config.l4.udp_idle_timeout_s), (64, 60));
         // Near the integer maximum this used to overflow the HTTP server's arithmetic.
         let huge =
             format!("wireguard: {{private_key_file: k, client_public_key: x}}\nmax_upload_bytes: {}\n", usize::MAX);
