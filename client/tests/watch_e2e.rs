@@ -118,13 +118,24 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
 
 /// One client replica of `edge` named `name` (its Lease identity), serving probes on `ops`.
 fn replica(edge: &Edge, name: &str, ops: std::net::SocketAddr, lease_seconds: u32) -> Proc {
+    replica_via(edge, name, ops, &edge.dir.join("kubeconfig"), lease_seconds)
+}
+
+/// A replica whose API server is reached through `kubeconfig`.
+fn replica_via(
+    edge: &Edge,
+    name: &str,
+    ops: std::net::SocketAddr,
+    kubeconfig: &std::path::Path,
+    lease_seconds: u32,
+) -> Proc {
     let config =
         std::fs::read_to_string(edge.dir.join("client.yaml")).unwrap().replace(&edge.ops.to_string(), &ops.to_string());
     let path = edge.dir.join(format!("{name}.yaml"));
     std::fs::write(&path, config).unwrap();
     Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-            .env("KUBECONFIG", edge.dir.join("kubeconfig"))
+            .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
             .env("POD_NAMESPACE", "polaredge")
             .env("POLAREDGE_LEASE_SECONDS", lease_seconds.to_string())
@@ -226,23 +237,6 @@ fn prober(
     (stop, handle)
 }
 
-/// A replica whose API server is reached through `kubeconfig`.
-fn replica_via(edge: &Edge, name: &str, ops: std::net::SocketAddr, kubeconfig: &std::path::Path) -> Proc {
-    let config =
-        std::fs::read_to_string(edge.dir.join("client.yaml")).unwrap().replace(&edge.ops.to_string(), &ops.to_string());
-    let path = edge.dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, config).unwrap();
-    Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAME", name)
-            .env("POD_NAMESPACE", "polaredge")
-            .env("POLAREDGE_LEASE_SECONDS", "3")
-            .args(["run", "--config"])
-            .arg(&path),
-    )
-}
-
 #[test]
 fn the_leader_keeps_serving_through_an_api_server_outage_many_leases_long() {
     let edge = Edge::start("outage");
@@ -253,7 +247,7 @@ fn the_leader_keeps_serving_through_an_api_server_outage_many_leases_long() {
     api.kubeconfig_via(&kubeconfig, proxy.addr);
     let pod = backend("pod");
     api.apply(&manifests("app.test", pod));
-    let leader = replica_via(&edge, "replica-a", local(free_tcp()), &kubeconfig);
+    let leader = replica_via(&edge, "replica-a", local(free_tcp()), &kubeconfig, 3);
     assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "{}", leader.log());
     let (stop, probes) = prober(web, "app.test", "pod /");
     // The API is gone for 15 s: five times the 3 s Lease. Nobody can take the Lease, so the leader keeps its
@@ -290,7 +284,7 @@ fn a_leader_cut_off_from_the_api_is_fenced_by_the_agent_once_another_replica_lea
     api.kubeconfig_via(&kubeconfig, proxy.addr);
     let pod = backend("pod");
     api.apply(&manifests("app.test", pod));
-    let first = replica_via(&edge, "replica-a", local(free_tcp()), &kubeconfig);
+    let first = replica_via(&edge, "replica-a", local(free_tcp()), &kubeconfig, 3);
     assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "{}", first.log());
     let _second = replica(&edge, "replica-b", local(free_tcp()), 3);
     std::thread::sleep(Duration::from_secs(3));

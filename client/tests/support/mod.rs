@@ -44,6 +44,25 @@ pub struct Edge {
     pub agent: Proc,
 }
 
+/// An agent config in `dir` (its key in `agent.key` there) for a client of `client_public_key`.
+fn write_agent_config(
+    dir: &Path,
+    udp: SocketAddr,
+    client_public_key: &tunnel::PublicKey,
+    web: SocketAddr,
+    websecure: SocketAddr,
+) {
+    std::fs::write(
+        dir.join("agent.yaml"),
+        format!(
+            "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{client_public_key}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\nl4:\n  address: 127.0.0.1\n",
+            d = dir.display(),
+            t = traefik_binary().display()
+        ),
+    )
+    .unwrap();
+}
+
 impl Edge {
     pub fn start(name: &str) -> Edge {
         let dir = std::env::temp_dir().join(format!("pe-{name}-{}", std::process::id()));
@@ -56,16 +75,7 @@ impl Edge {
         let websecure = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         testkit::write_secret(&dir.join("agent.key"), &agent_key.to_string());
         testkit::write_secret(&dir.join("client.key"), &client_key.to_string());
-        std::fs::write(
-            dir.join("agent.yaml"),
-            format!(
-                "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{c}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\nl4:\n  address: 127.0.0.1\n",
-                d = dir.display(),
-                c = client_key.public_key(),
-                t = traefik_binary().display()
-            ),
-        )
-        .unwrap();
+        write_agent_config(&dir, udp, &client_key.public_key(), web, websecure);
         std::fs::write(
             dir.join("client.yaml"),
             format!(
@@ -93,16 +103,7 @@ impl Edge {
         let web = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         let websecure = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         testkit::write_secret(&dir.join("agent.key"), &agent_key.to_string());
-        std::fs::write(
-            dir.join("agent.yaml"),
-            format!(
-                "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{c}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\nl4:\n  address: 127.0.0.1\n",
-                d = dir.display(),
-                c = client_key.public_key(),
-                t = traefik_binary().display()
-            ),
-        )
-        .unwrap();
+        write_agent_config(&dir, udp, &client_key.public_key(), web, websecure);
         let mut client = std::fs::read_to_string(self.dir.join("client.yaml")).unwrap();
         client.push_str(&format!(
             "- name: {name}\n  endpoint: \"{udp}\"\n  public_key: \"{}\"\n  public_address: \"{public_address}\"\n",
