@@ -178,11 +178,6 @@ impl<K: Hash + Eq + Clone, V> FlowTable<K, V> {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-
-    /// The idle timeout.
-    pub fn idle_timeout(&self) -> Duration {
-        self.idle
-    }
 }
 
 #[cfg(test)]
