@@ -209,9 +209,20 @@ impl Machine {
 
     /// Waits for a console line containing `needle`.
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> ConsoleLine {
+        self.wait_line_from(0, needle, timeout)
+    }
+
+    /// How many console lines there are so far: a mark for [`Machine::wait_line_from`].
+    pub fn mark(&self) -> usize {
+        self.console.lock().unwrap().len()
+    }
+
+    /// Waits for a console line containing `needle` among the lines from `mark` on (those printed after the
+    /// [`Machine::mark`] call that returned it).
+    pub fn wait_line_from(&self, mark: usize, needle: &str, timeout: Duration) -> ConsoleLine {
         let mut found = None;
         eventually(timeout, || {
-            found = self.line(needle);
+            found = self.console().into_iter().skip(mark).find(|l| l.text.contains(needle));
             found.is_some()
         });
         found.unwrap_or_else(|| panic!("{}: no console line with {needle:?} within {timeout:?}", self.arch))

@@ -61,12 +61,16 @@ fn appliance_end_to_end(arch: &str, ip: &str) {
     assert!(status.text.contains("10.0.2.2:"), "{arch}: the client's endpoint as the guest sees it: {}", status.text);
 
     // A changed Ingress (new host, other pod) changes the routing.
+    let before_change = machine.mark();
     std::fs::write(dir.join("manifests/app.yaml"), manifests("renamed.test", b)).unwrap();
     assert!(
         eventually(Duration::from_secs(60), || get(machine.http, "renamed.test", "/y") == "backend-B /y"),
         "{arch}: the changed Ingress never served"
     );
     assert_eq!(get(machine.http, "app.test", "/x"), "404", "{arch}: the old host is gone");
+    // Traefik serves a file before the agent sees it in Traefik's API (it polls); only a confirmed generation
+    // becomes the last good one that the second boot restores, so wait for the confirmation first.
+    machine.wait_line_from(before_change, "backends, live in", Duration::from_secs(60));
 
     // Power off: the ACPI power button on x86_64, the console command on aarch64 (its virt machine's power
     // key needs gpio-keys, which Debian's cloud kernel lacks).
