@@ -103,9 +103,7 @@ pub fn backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
     let mut out = BTreeSet::new();
     if let Some(http) = &config.http {
         for service in http.services.values() {
-            out.extend(
-                service.load_balancer.servers.iter().filter_map(|s| parse_http_backend(&s.url).ok().map(|(_, a)| a)),
-            );
+            out.extend(service.servers().iter().filter_map(|s| parse_http_backend(&s.url).ok().map(|(_, a)| a)));
         }
     }
     if let Some(tcp) = &config.tcp {
@@ -141,7 +139,7 @@ pub fn rewrite(
     let local = |addr: SocketAddr| forwarders.get(&addr).copied();
     let http = out.http.get_or_insert_with(Default::default);
     for service in http.services.values_mut() {
-        for server in &mut service.load_balancer.servers {
+        for server in service.load_balancer.iter_mut().flat_map(|lb| lb.servers.iter_mut()) {
             if let Ok((scheme, addr)) = parse_http_backend(&server.url) {
                 if let Some(forwarder) = local(addr) {
                     server.url = format!("{scheme}://{forwarder}");
@@ -231,7 +229,7 @@ tcp:
             .collect();
         let out = rewrite(&config, &forwarders, "abc123", Some("web"));
         let http = out.http.as_ref().unwrap();
-        let urls: Vec<&str> = http.services["app"].load_balancer.servers.iter().map(|s| s.url.as_str()).collect();
+        let urls: Vec<&str> = http.services["app"].servers().iter().map(|s| s.url.as_str()).collect();
         assert_eq!(urls, ["http://127.0.0.1:40000", "https://127.0.0.1:40002"]);
         assert_eq!(out.tcp.as_ref().unwrap().services["db"].load_balancer.servers[0].address, "127.0.0.1:40001");
         assert!(http.middlewares.contains_key("gen-abc123"));

@@ -162,12 +162,47 @@ pub struct Domain {
     pub sans: Vec<String>,
 }
 
-/// An HTTP service: POLAREDGE supports load balancers over pod endpoints.
+/// An HTTP service: a load balancer over pod endpoints, or a weighted split over other services of the
+/// document (Gateway API backendRefs with weights). Exactly one of the two.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpService {
     /// The load balancer.
-    pub load_balancer: HttpLoadBalancer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<HttpLoadBalancer>,
+    /// A weighted round robin over load-balancer services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighted: Option<Weighted>,
+}
+
+impl HttpService {
+    /// A load-balancer service.
+    pub fn balanced(load_balancer: HttpLoadBalancer) -> HttpService {
+        HttpService { load_balancer: Some(load_balancer), weighted: None }
+    }
+
+    /// The servers of a load-balancer service (none for a weighted one).
+    pub fn servers(&self) -> &[HttpServer] {
+        self.load_balancer.as_ref().map_or(&[], |lb| &lb.servers)
+    }
+}
+
+/// `weighted` service: requests go to the named services in proportion to their weights.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Weighted {
+    /// The services and their weights.
+    pub services: Vec<WeightedService>,
+}
+
+/// One member of a weighted service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WeightedService {
+    /// A load-balancer service of the same document.
+    pub name: String,
+    /// Relative weight; 0 sends it nothing.
+    pub weight: u32,
 }
 
 /// Servers of an HTTP service and how to balance them.
@@ -255,6 +290,18 @@ pub struct Middleware {
     /// Adds request or response headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+    /// Redirects by rewriting the whole request URL with a regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_regex: Option<RedirectRegex>,
+    /// Replaces the whole path before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_path: Option<ReplacePath>,
+    /// Rewrites the path with a regular expression before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_path_regex: Option<ReplacePathRegex>,
+    /// Turns error answers into another status (and another service's body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Errors>,
 }
 
 impl Middleware {
@@ -263,7 +310,61 @@ impl Middleware {
         usize::from(self.strip_prefix.is_some())
             + usize::from(self.redirect_scheme.is_some())
             + usize::from(self.headers.is_some())
+            + usize::from(self.redirect_regex.is_some())
+            + usize::from(self.replace_path.is_some())
+            + usize::from(self.replace_path_regex.is_some())
+            + usize::from(self.errors.is_some())
     }
+}
+
+/// `redirectRegex` middleware: the request URL (`scheme://host[:port]/path?query`) matched against `regex`
+/// and rewritten to `replacement` (`${1}` for groups).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedirectRegex {
+    /// A Go (RE2) regular expression.
+    pub regex: String,
+    /// The target URL.
+    pub replacement: String,
+    /// 301/308 instead of 302/307.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permanent: Option<bool>,
+}
+
+/// `replacePath` middleware.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReplacePath {
+    /// The new path.
+    pub path: String,
+}
+
+/// `replacePathRegex` middleware.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReplacePathRegex {
+    /// A Go (RE2) regular expression on the path.
+    pub regex: String,
+    /// The new path (`${1}` for groups).
+    pub replacement: String,
+}
+
+/// `errors` middleware: answers in the `status` ranges are replaced by `service`'s answer to `query`, with
+/// the status rewritten by `status_rewrites` (range -> status).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Errors {
+    /// Status ranges, e.g. `500-599`.
+    pub status: Vec<String>,
+    /// The service that answers instead: one of the document, or `ping@internal` (the only internal service
+    /// an upload may name).
+    pub service: String,
+    /// The path asked of `service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Status range -> the status the client gets.
+    #[serde(default, deserialize_with = "unique_keys", skip_serializing_if = "BTreeMap::is_empty")]
+    pub status_rewrites: BTreeMap<String, u16>,
 }
 
 /// `stripPrefix` middleware.

@@ -93,11 +93,22 @@ fn check_http(problems: &mut Vec<Problem>, http: &model::Http, policy: &Policy, 
         }
         check_entry_points(problems, &format!("{path}.entryPoints"), &router.entry_points, policy);
         check_tls(problems, &path, &router.tls, policy, tls_options);
+        check_priority(problems, &path, router.priority);
     }
     for (name, service) in &http.services {
         let path = format!("http.services.{name}");
         check_name(problems, &path, name);
-        let lb = &service.load_balancer;
+        let lb = match (&service.load_balancer, &service.weighted) {
+            (Some(lb), None) => lb,
+            (None, Some(weighted)) => {
+                check_weighted(problems, &path, weighted, http);
+                continue;
+            }
+            _ => {
+                problems.push(problem(&path, "a service must have exactly one of loadBalancer and weighted"));
+                continue;
+            }
+        };
         for (i, server) in lb.servers.iter().enumerate() {
             if let Err(message) = parse_http_backend(&server.url) {
                 problems.push(problem(format!("{path}.loadBalancer.servers[{i}].url"), message));
@@ -131,10 +142,14 @@ fn check_http(problems: &mut Vec<Problem>, http: &model::Http, policy: &Policy, 
         if middleware.kinds() != 1 {
             problems.push(problem(
                 &path,
-                "a middleware must have exactly one kind (stripPrefix, redirectScheme or headers)",
+                "a middleware must have exactly one kind (stripPrefix, redirectScheme, headers, redirectRegex, \
+                 replacePath, replacePathRegex or errors)",
             ));
         }
         check_middleware(problems, &path, middleware);
+        if let Some(errors) = &middleware.errors {
+            check_errors(problems, &format!("{path}.errors"), errors, http);
+        }
     }
     for (name, transport) in &http.servers_transports {
         let path = format!("http.serversTransports.{name}");
@@ -402,6 +417,25 @@ fn check_middleware(problems: &mut Vec<Problem>, path: &str, middleware: &model:
             }
         }
     }
+    if let Some(replace) = &middleware.replace_path {
+        if !replace.path.starts_with('/') {
+            problems
+                .push(problem(format!("{path}.replacePath.path"), format!("{:?} must start with '/'", replace.path)));
+        }
+    }
+    for (field, regex) in [
+        ("redirectRegex.regex", middleware.redirect_regex.as_ref().map(|r| &r.regex)),
+        ("replacePathRegex.regex", middleware.replace_path_regex.as_ref().map(|r| &r.regex)),
+    ] {
+        // Traefik compiles these with Go's RE2 (linear time, so no catastrophic backtracking); it refuses an
+        // empty or oversized one at load time, so refuse those here.
+        if let Some(regex) = regex {
+            if regex.is_empty() || regex.len() > MAX_REGEX_LEN {
+                problems
+                    .push(problem(format!("{path}.{field}"), format!("empty or longer than {MAX_REGEX_LEN} bytes")));
+            }
+        }
+    }
     if let Some(headers) = &middleware.headers {
         for (field, map) in [
             ("customRequestHeaders", &headers.custom_request_headers),
@@ -416,6 +450,86 @@ fn check_middleware(problems: &mut Vec<Problem>, path: &str, middleware: &model:
                 }
             }
         }
+    }
+}
+
+/// The longest regular expression a middleware may carry.
+pub const MAX_REGEX_LEN: usize = 1_024;
+/// The highest router priority an upload may use: the agent's canary router sits above it, so that no route
+/// can take the canary's requests.
+pub const MAX_PRIORITY: i64 = i32::MAX as i64 - 1;
+/// Most members of one weighted service.
+pub const MAX_WEIGHTED_MEMBERS: usize = 64;
+/// The highest weight of a weighted member (Gateway API's own limit).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+/// The only Traefik-internal service an upload may name (in an `errors` middleware): it answers "OK" and
+/// exposes nothing, unlike `api@internal` or `dashboard@internal`.
+pub const ERROR_PAGE_SERVICE: &str = "ping@internal";
+
+fn check_priority(problems: &mut Vec<Problem>, path: &str, priority: Option<i64>) {
+    if let Some(p) = priority {
+        if !(0..=MAX_PRIORITY).contains(&p) {
+            problems.push(problem(format!("{path}.priority"), format!("{p} is outside 0..={MAX_PRIORITY}")));
+        }
+    }
+}
+
+/// A weighted service names load-balancer services of the same document (no nesting: no cycles to follow).
+fn check_weighted(problems: &mut Vec<Problem>, path: &str, weighted: &model::Weighted, http: &model::Http) {
+    if weighted.services.is_empty() || weighted.services.len() > MAX_WEIGHTED_MEMBERS {
+        problems.push(problem(
+            format!("{path}.weighted.services"),
+            format!("{} members; 1 to {MAX_WEIGHTED_MEMBERS} allowed", weighted.services.len()),
+        ));
+    }
+    for (i, member) in weighted.services.iter().enumerate() {
+        let at = format!("{path}.weighted.services[{i}]");
+        match http.services.get(&member.name) {
+            Some(s) if s.load_balancer.is_some() => {}
+            Some(_) => problems.push(problem(&at, format!("{:?} is not a loadBalancer service", member.name))),
+            None => problems.push(problem(&at, format!("no http service named {:?}", member.name))),
+        }
+        if member.weight > MAX_WEIGHT {
+            problems.push(problem(format!("{at}.weight"), format!("{} exceeds {MAX_WEIGHT}", member.weight)));
+        }
+    }
+}
+
+fn check_errors(problems: &mut Vec<Problem>, path: &str, errors: &model::Errors, http: &model::Http) {
+    if errors.service != ERROR_PAGE_SERVICE && !http.services.contains_key(&errors.service) {
+        problems.push(problem(
+            format!("{path}.service"),
+            format!(
+                "no http service named {:?} (of the internal ones only {ERROR_PAGE_SERVICE} is allowed)",
+                errors.service
+            ),
+        ));
+    }
+    let ranges = errors.status.iter().chain(errors.status_rewrites.keys());
+    for range in ranges {
+        if !is_status_range(range) {
+            problems
+                .push(problem(format!("{path}.status"), format!("{range:?} is not a status or a range like 500-599")));
+        }
+    }
+    for (range, status) in &errors.status_rewrites {
+        if !(100..=599).contains(status) {
+            problems.push(problem(format!("{path}.statusRewrites.{range}"), format!("{status} is not an HTTP status")));
+        }
+    }
+    if let Some(query) = &errors.query {
+        if !query.starts_with('/') {
+            problems.push(problem(format!("{path}.query"), format!("{query:?} must start with '/'")));
+        }
+    }
+}
+
+/// `500` or `500-599`, within 100-599.
+fn is_status_range(text: &str) -> bool {
+    let status = |s: &str| s.parse::<u16>().is_ok_and(|n| (100..=599).contains(&n));
+    match text.split_once('-') {
+        Some((low, high)) => status(low) && status(high) && low.parse::<u16>().ok() <= high.parse::<u16>().ok(),
+        None => status(text),
     }
 }
 
@@ -617,5 +731,82 @@ mod tests {
         assert!(crate::accept(&bad, &narrow).is_err());
         // The strict parse refuses the same document.
         assert!(crate::parse(doc, &narrow).is_err());
+    }
+}
+
+#[cfg(test)]
+mod gateway_kinds {
+    use crate::testing::*;
+
+    /// Weighted services, the 500 responder of invalid backends, redirects and rewrites: what Gateway API
+    /// routes render to.
+    const GOOD: &str = r#"
+http:
+  routers:
+    split:
+      rule: "Host(`app.test`)"
+      service: split
+      entryPoints: [web]
+      middlewares: [invalid-backend, moved, full, prefix]
+      priority: 2147483646
+  services:
+    split:
+      weighted:
+        services: [{name: v1, weight: 3}, {name: v2, weight: 0}]
+    v1: {loadBalancer: {servers: [{url: "http://10.1.0.1:80"}]}}
+    v2: {loadBalancer: {servers: []}}
+  middlewares:
+    invalid-backend:
+      errors: {status: ["500-599"], service: "ping@internal", query: "/ping", statusRewrites: {"500-599": 500}}
+    moved:
+      redirectRegex: {regex: "^(https?)://([^/:]+)(:[0-9]+)?(/.*)?$", replacement: "https://${2}${4}", permanent: true}
+    full: {replacePath: {path: "/new"}}
+    prefix: {replacePathRegex: {regex: "^/old(/.*)?$", replacement: "/new${1}"}}
+"#;
+
+    #[test]
+    fn gateway_shapes_are_accepted() {
+        crate::parse(&json(GOOD), &policy()).expect("valid");
+    }
+
+    #[test]
+    fn a_weighted_service_names_load_balancers_of_the_document_only() {
+        refused_for(
+            &GOOD.replace("{name: v2, weight: 0}", "{name: nope, weight: 1}"),
+            "no http service named \"nope\"",
+        );
+        refused_for(&GOOD.replace("{name: v2, weight: 0}", "{name: split, weight: 1}"), "not a loadBalancer service");
+        refused_for(&GOOD.replace("weight: 3}", "weight: 3000000}"), "exceeds 1000000");
+        refused_for(
+            &GOOD.replace(
+                "v2: {loadBalancer: {servers: []}}",
+                "v2: {loadBalancer: {servers: []}, weighted: {services: []}}",
+            ),
+            "exactly one of loadBalancer and weighted",
+        );
+        refused_for(
+            &GOOD.replace("v2: {loadBalancer: {servers: []}}", "v2: {}"),
+            "exactly one of loadBalancer and weighted",
+        );
+    }
+
+    #[test]
+    fn an_error_page_may_come_from_ping_only_among_traefiks_internal_services() {
+        refused_for(&GOOD.replace("ping@internal", "api@internal"), "only ping@internal is allowed");
+        refused_for(&GOOD.replace("\"500-599\": 500", "\"500-599\": 700"), "700 is not an HTTP status");
+        refused_for(&GOOD.replace("status: [\"500-599\"]", "status: [\"599-500\"]"), "not a status or a range");
+    }
+
+    #[test]
+    fn no_route_may_outrank_the_agents_canary() {
+        refused_for(&GOOD.replace("2147483646", "2147483647"), "outside 0..=2147483646");
+        refused_for(&GOOD.replace("2147483646", "-1"), "outside 0..=2147483646");
+    }
+
+    #[test]
+    fn rewrites_and_redirects_are_checked() {
+        refused_for(&GOOD.replace("path: \"/new\"", "path: \"new\""), "must start with '/'");
+        refused_for(&GOOD.replace("regex: \"^/old(/.*)?$\"", "regex: \"\""), "empty or longer than");
+        refused_for(&GOOD.replace("replacement: \"/new${1}\"", "replacement: \"{{ env `PATH` }}\""), "Go template");
     }
 }

@@ -539,7 +539,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
         let scheme = if resolved.https { "https" } else { "http" };
         sources.entry(resolved.name.clone()).or_insert_with(|| (resolved.source.clone(), scheme));
         let service = http.services.entry(resolved.name.clone()).or_default();
-        let lb = &mut service.load_balancer;
+        let lb = service.load_balancer.get_or_insert_with(Default::default);
         if let Some(pass) = route.annotations.pass_host_header {
             lb.pass_host_header = Some(pass);
         }
@@ -778,7 +778,7 @@ impl Renderer {
             })
             .unwrap_or_default();
         let mut service = planned.plan.http.services.get(name).cloned().unwrap_or_default();
-        service.load_balancer.servers =
+        service.load_balancer.get_or_insert_with(Default::default).servers =
             servers.iter().map(|s| model::HttpServer { url: format!("{scheme}://{s}"), weight: None }).collect();
         let json = format!("{}:{}", json(&name), json(&service));
         for server in &servers {

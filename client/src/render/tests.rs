@@ -103,8 +103,7 @@ fn only_ready_endpoints_are_servers_and_are_the_relay_allow_list() {
         &Settings::default(),
     );
     let http = rendered.config().http.unwrap();
-    let servers: Vec<&str> =
-        http.services["default-web-80"].load_balancer.servers.iter().map(|s| s.url.as_str()).collect();
+    let servers: Vec<&str> = http.services["default-web-80"].servers().iter().map(|s| s.url.as_str()).collect();
     assert_eq!(servers, ["http://10.0.0.1:8080"]);
     assert_eq!(rendered.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(), ["10.0.0.1:8080"]);
 }
@@ -114,7 +113,7 @@ fn a_service_without_ready_endpoints_still_gets_a_route_with_no_servers() {
     let spec = "  rules:\n  - host: gone.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}\n";
     let rendered = render(&cluster(&ingress("i", "2024-01-01T00:00:00Z", "", spec)), &Settings::default());
     let http = rendered.config().http.unwrap();
-    assert!(http.services["default-missing-80"].load_balancer.servers.is_empty());
+    assert!(http.services["default-missing-80"].servers().is_empty());
     assert_eq!(http.routers.len(), 1);
 }
 
@@ -138,7 +137,7 @@ fn named_ports_and_https_backends_resolve_through_the_endpoint_slice() {
     add_yaml(&mut c, &text, "i").unwrap();
     let rendered = render(&c, &Settings::default());
     let http = rendered.config().http.unwrap();
-    let lb = &http.services["shop-api-https-api"].load_balancer;
+    let lb = http.services["shop-api-https-api"].load_balancer.as_ref().unwrap();
     assert_eq!(lb.servers[0].url, "https://10.0.1.5:9443");
     assert_eq!(lb.servers_transport.as_deref(), Some("polaredge-pods"));
 }
@@ -201,7 +200,7 @@ fn annotations_strip_prefix_priority_sticky_and_bad_values_are_reported() {
     assert_eq!(router.priority, Some(77));
     let mw = &http.middlewares[&router.middlewares[0]];
     assert_eq!(mw.strip_prefix.as_ref().unwrap().prefixes, ["/api"]);
-    let lb = &http.services["default-web-80"].load_balancer;
+    let lb = http.services["default-web-80"].load_balancer.as_ref().unwrap();
     assert_eq!(lb.sticky.as_ref().unwrap().cookie.name.as_deref(), Some("sid"));
     assert_eq!(lb.pass_host_header, Some(false));
     let reasons: Vec<&str> = rendered.notices.iter().map(|n| n.message.as_str()).collect();
