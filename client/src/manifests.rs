@@ -1,4 +1,5 @@
-//! Reads Kubernetes manifests (Ingress, IngressClass, Service, EndpointSlice; `List`s of them) from YAML files,
+//! Reads Kubernetes manifests (Ingress, IngressClass, Service, EndpointSlice, TLS Secrets, the Gateway API's
+//! GatewayClass, Gateway, HTTPRoute and ReferenceGrant; `List`s of them) from YAML files,
 //! for `polaredge-client render -f DIR`, the local demo and tests: the same renderer input a cluster gives.
 
 use crate::render::Cluster;
@@ -27,6 +28,10 @@ fn add_value(cluster: &mut Cluster, value: serde_yaml::Value, origin: &str) -> R
         "IngressClass" => cluster.classes.push(typed(value, origin)?),
         "Service" => cluster.services.push(typed(value, origin)?),
         "EndpointSlice" => cluster.slices.push(typed(value, origin)?),
+        "GatewayClass" => cluster.gateway_classes.push(typed(value, origin)?),
+        "Gateway" => cluster.gateways.push(typed(value, origin)?),
+        "HTTPRoute" => cluster.http_routes.push(typed(value, origin)?),
+        "ReferenceGrant" => cluster.reference_grants.push(typed(value, origin)?),
         // As the cluster watch sees them: TLS Secrets only.
         "Secret" if value.get("type").and_then(|t| t.as_str()) == Some("kubernetes.io/tls") => {
             cluster.secrets.push(typed(value, origin)?)

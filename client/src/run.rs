@@ -540,6 +540,7 @@ mod tests {
             served: Default::default(),
             served_services: Default::default(),
             notices: Vec::new(),
+            gateway: Default::default(),
         }
     }
 

@@ -1,6 +1,10 @@
 //! Watching the cluster with kube-rs reflectors (Ingress, IngressClass, Service, EndpointSlice, and Secrets of
 //! type `kubernetes.io/tls`), and turning their changes into renderer input.
 //!
+//! The Gateway API's GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants are watched when the cluster
+//! serves `gateway.networking.k8s.io/v1` (its CRDs are installed): looked up at start and every minute until
+//! found, so installing the CRDs later needs no restart. Without them the client serves Ingresses only.
+//!
 //! Secrets are watched with the field selector `type=kubernetes.io/tls`, so no other Secret ever reaches the
 //! client. When RBAC does not allow reading Secrets (manifests from before certificates came from Secrets), the
 //! client says so once and serves every TLS host with ACME, as before.
@@ -10,6 +14,7 @@
 //! produce a snapshot without routes that exist before and after it. Nothing renders until every store has
 //! completed its first list, so the first snapshot is never partial.
 
+use crate::render::gateway::{self, Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 use crate::render::Cluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -19,8 +24,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
 
-/// Readers of the five stores.
+/// Readers of the stores.
 #[derive(Clone)]
 pub struct Stores {
     ingresses: Store<Ingress>,
@@ -28,7 +34,21 @@ pub struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
+    /// Set once the cluster is found to serve the Gateway API.
+    gateway: Arc<OnceLock<GatewayStores>>,
 }
+
+/// Readers of the Gateway API stores.
+#[derive(Clone)]
+struct GatewayStores {
+    classes: Store<GatewayClass>,
+    gateways: Store<Gateway>,
+    routes: Store<HttpRoute>,
+    grants: Store<ReferenceGrant>,
+}
+
+/// How often the client looks for the Gateway API while the cluster does not serve it.
+const GATEWAY_LOOKUP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The field selector of the Secret watch: TLS Secrets only.
 pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
@@ -42,7 +62,16 @@ impl Stores {
             services: self.services.state(),
             slices: self.slices.state(),
             secrets: self.secrets.state(),
+            gateway_classes: self.gateway.get().map(|g| g.classes.state()).unwrap_or_default(),
+            gateways: self.gateway.get().map(|g| g.gateways.state()).unwrap_or_default(),
+            http_routes: self.gateway.get().map(|g| g.routes.state()).unwrap_or_default(),
+            reference_grants: self.gateway.get().map(|g| g.grants.state()).unwrap_or_default(),
         }
+    }
+
+    /// Whether the Gateway API is watched.
+    pub fn gateway_api(&self) -> bool {
+        self.gateway.get().is_some()
     }
 }
 
@@ -146,7 +175,8 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
     let (services, service_writer) = reflector::store();
     let (slices, slice_writer) = reflector::store();
     let (secrets, secret_writer) = reflector::store();
-    let stores = Stores { ingresses, classes, services, slices, secrets };
+    let gateway_stores = Arc::new(OnceLock::new());
+    let stores = Stores { ingresses, classes, services, slices, secrets, gateway: Arc::clone(&gateway_stores) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -189,21 +219,89 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     watch!(EndpointSlice, slice_writer, 3, config.clone()),
                     watch!(Secret, secret_writer, SECRETS, config.clone().fields(TLS_SECRETS)),
                 ]);
-                let mut listed = [false; 5];
-                const NAMES: [&str; 5] = ["Ingress", "IngressClass", "Service", "EndpointSlice", "Secret"];
+                let mut listed = vec![false; 5];
+                const NAMES: [&str; 9] = [
+                    "Ingress",
+                    "IngressClass",
+                    "Service",
+                    "EndpointSlice",
+                    "Secret",
+                    "GatewayClass",
+                    "Gateway",
+                    "HTTPRoute",
+                    "ReferenceGrant",
+                ];
                 const SECRETS: usize = 4;
-                let mut secrets_forbidden = false;
-                while let Some((index, trigger, error)) = events.next().await {
+                // Gateway API streams, when the cluster serves the group; the first lookup before the first
+                // render, so that a cluster with HTTPRoutes never gets a snapshot without them.
+                macro_rules! watch_dynamic {
+                    ($kind:ty, $name:expr, $index:expr) => {{
+                        let resource = gateway::api_resource($name);
+                        let writer = reflector::store::Writer::<$kind>::new(resource.clone());
+                        let reader = writer.as_reader();
+                        let stream = reflector::reflector(
+                            writer,
+                            watcher(Api::<$kind>::all_with(client.clone(), &resource), config.clone()).default_backoff(),
+                        )
+                        .map(|event| match event {
+                            Ok(event) => ($index, triggers(&event), None),
+                            Err(e) => ($index, false, Some(e.to_string())),
+                        })
+                        .boxed();
+                        (stream, reader)
+                    }};
+                }
+                let mut gateway_on = false;
+                let mut lookup = tokio::time::interval(GATEWAY_LOOKUP);
+                lookup.tick().await;
+                let start_gateway = |events: &mut futures::stream::SelectAll<_>, listed: &mut Vec<bool>| {
+                    let (classes, classes_reader) = watch_dynamic!(GatewayClass, "GatewayClass", 5usize);
+                    let (gateways, gateways_reader) = watch_dynamic!(Gateway, "Gateway", 6);
+                    let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", 7);
+                    let (grants, grants_reader) = watch_dynamic!(ReferenceGrant, "ReferenceGrant", 8);
+                    events.extend([classes, gateways, routes, grants]);
+                    let stores = GatewayStores {
+                        classes: classes_reader,
+                        gateways: gateways_reader,
+                        routes: routes_reader,
+                        grants: grants_reader,
+                    };
+                    let _ = gateway_stores.set(stores);
+                    listed.resize(9, false);
+                };
+                if gateway_served(&client).await {
+                    log::info!("the cluster serves the Gateway API: watching GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants");
+                    start_gateway(&mut events, &mut listed);
+                    gateway_on = true;
+                } else {
+                    log::info!("the cluster has no Gateway API CRDs ({}/{}): serving Ingresses; looking again every minute", gateway::GROUP, gateway::VERSION);
+                }
+                let mut forbidden_kinds = [false; 9];
+                loop {
+                    let next = tokio::select! {
+                        next = events.next() => next,
+                        _ = lookup.tick(), if !gateway_on => {
+                            if gateway_served(&client).await {
+                                log::info!("the cluster serves the Gateway API now: watching its resources");
+                                start_gateway(&mut events, &mut listed);
+                                gateway_on = true;
+                            }
+                            continue;
+                        }
+                    };
+                    let Some((index, trigger, error)) = next else { return };
                     if let Some(e) = error {
-                        if index == SECRETS && forbidden(&e) {
-                            // Not allowed to read Secrets: render without them (every TLS host uses ACME).
-                            if !secrets_forbidden {
-                                secrets_forbidden = true;
+                        if index >= SECRETS && forbidden(&e) {
+                            // Not allowed to read Secrets or the Gateway API: render without them (TLS hosts use
+                            // ACME; Gateway API resources are not served).
+                            if !forbidden_kinds[index] {
+                                forbidden_kinds[index] = true;
+                                let without = if index == SECRETS { "TLS hosts use ACME" } else { "the Gateway API is not served" };
                                 log::warn!(
-                                    "cannot watch TLS Secrets ({e}); TLS hosts use ACME. Apply deploy/ again to \
-                                     grant get/list/watch on secrets"
+                                    "cannot watch {} ({e}); {without}. Apply deploy/ again to grant get/list/watch",
+                                    NAMES[index]
                                 );
-                                listed[SECRETS] = true;
+                                listed[index] = true;
                                 if listed.iter().all(|l| *l) && changed.send(()).is_err() {
                                     return;
                                 }
@@ -213,9 +311,9 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                         log::warn!("watch {}: {e} (retrying with backoff)", NAMES[index]);
                         continue;
                     }
-                    if index == SECRETS && secrets_forbidden && trigger {
-                        secrets_forbidden = false;
-                        log::info!("watching TLS Secrets now");
+                    if forbidden_kinds[index] && trigger {
+                        forbidden_kinds[index] = false;
+                        log::info!("watching {} now", NAMES[index]);
                     }
                     if trigger {
                         listed[index] = true;
@@ -229,4 +327,17 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
         .map_err(|e| e.to_string())?;
     let client = ready_rx.recv().map_err(|_| "the watch thread ended".to_string())??;
     Ok((stores, Writer { client, runtime: handle }))
+}
+
+/// Whether the API server serves the Gateway API group version (its CRDs are installed).
+async fn gateway_served(client: &kube::Client) -> bool {
+    let version = format!("{}/{}", gateway::GROUP, gateway::VERSION);
+    match client.list_api_group_resources(&version).await {
+        Ok(list) => list.resources.iter().any(|r| r.kind == "HTTPRoute"),
+        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Err(e) => {
+            log::warn!("cannot look up {version} ({e}); looking again in a minute");
+            false
+        }
+    }
 }

@@ -533,8 +533,8 @@ fn is_status_range(text: &str) -> bool {
     }
 }
 
-/// An RFC 9110 token.
-fn is_header_name(name: &str) -> bool {
+/// An RFC 9110 token: what a header name may be.
+pub fn is_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 

@@ -12,6 +12,7 @@
 //! pairs go to the oldest Ingress and are reported.
 
 pub mod annotations;
+pub mod gateway;
 pub mod l4;
 mod passthrough;
 pub mod rules;
@@ -44,6 +45,14 @@ pub struct Cluster {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// Secrets of type `kubernetes.io/tls`.
     pub secrets: Vec<Arc<Secret>>,
+    /// Gateway API GatewayClasses (empty when the cluster has no Gateway API CRDs).
+    pub gateway_classes: Vec<Arc<gateway::GatewayClass>>,
+    /// Gateway API Gateways.
+    pub gateways: Vec<Arc<gateway::Gateway>>,
+    /// Gateway API HTTPRoutes.
+    pub http_routes: Vec<Arc<gateway::HttpRoute>>,
+    /// Gateway API ReferenceGrants.
+    pub reference_grants: Vec<Arc<gateway::ReferenceGrant>>,
 }
 
 /// Settings that shape the output.
@@ -51,6 +60,8 @@ pub struct Cluster {
 pub struct Settings {
     /// Controller name of our IngressClasses.
     pub controller: String,
+    /// Controller name of our GatewayClasses.
+    pub gateway_controller: String,
     /// Plain HTTP entrypoint on the agents.
     pub web: String,
     /// TLS entrypoint on the agents.
@@ -67,6 +78,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             controller: CONTROLLER.into(),
+            gateway_controller: gateway::CONTROLLER.into(),
             web: "web".into(),
             websecure: "websecure".into(),
             cert_resolver: Some("acme".into()),
@@ -79,7 +91,7 @@ impl Default for Settings {
 /// Something to tell the owner of an Ingress (becomes a Kubernetes Event on it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
-    /// Kind of the object: `Ingress` or `Service`.
+    /// Kind of the object: `Ingress`, `Service` or `HTTPRoute`.
     pub kind: &'static str,
     /// Namespace of the object.
     pub namespace: String,
@@ -110,6 +122,8 @@ pub struct Rendered {
     pub served_services: BTreeSet<(String, String)>,
     /// Conflicts and annotation problems.
     pub notices: Vec<Notice>,
+    /// The status of the Gateway API resources of ours.
+    pub gateway: gateway::conditions::Statuses,
 }
 
 impl Cluster {
@@ -121,6 +135,7 @@ impl Cluster {
         };
         match kind {
             "Service" => self.services.iter().find(|s| matches(&s.metadata)).and_then(|s| s.metadata.uid.clone()),
+            "HTTPRoute" => self.http_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
             _ => self.ingresses.iter().find(|i| matches(&i.metadata)).and_then(|i| i.metadata.uid.clone()),
         }
     }
@@ -218,6 +233,39 @@ impl<'a> Backends<'a> {
         let source = service_port.map(|sp| (ns.to_string(), svc.name.clone(), sp.name.clone().unwrap_or_default()));
         Some(Resolved { name, https, source })
     }
+
+    /// A Gateway API backendRef: Service `name` in `ns` by port number.
+    fn resolve_port(&self, ns: &str, name: &str, port: i32) -> Option<Resolved> {
+        let backend = IngressBackend {
+            service: Some(k8s_openapi::api::networking::v1::IngressServiceBackend {
+                name: name.into(),
+                port: Some(k8s_openapi::api::networking::v1::ServiceBackendPort { number: Some(port), name: None }),
+            }),
+            resource: None,
+        };
+        self.resolve(ns, &backend, &Annotations::default())
+    }
+}
+
+/// Adds a backend's load-balancer service (servers filled in at each render) and where its servers come from.
+fn add_backend<'a>(
+    http: &'a mut model::Http,
+    sources: &mut BTreeMap<String, (Option<ServerSource>, &'static str)>,
+    resolved: &Resolved,
+) -> &'a mut model::HttpLoadBalancer {
+    let scheme = if resolved.https { "https" } else { "http" };
+    sources.entry(resolved.name.clone()).or_insert_with(|| (resolved.source.clone(), scheme));
+    let service = http.services.entry(resolved.name.clone()).or_default();
+    let lb = service.load_balancer.get_or_insert_with(Default::default);
+    if resolved.https {
+        // Pods serve self-signed certificates as a rule; the hop is inside the cluster.
+        lb.servers_transport = Some("polaredge-pods".into());
+        http.servers_transports.insert(
+            "polaredge-pods".into(),
+            model::ServersTransport { insecure_skip_verify: Some(true), server_name: None },
+        );
+    }
+    lb
 }
 
 /// The ready endpoints of a Service port (`wanted`: the EndpointSlice port name) from the Service's
@@ -285,6 +333,8 @@ struct Plan {
     expires: i64,
     /// TLS passthrough hosts (their servers are filled in at each render).
     passthrough: Vec<passthrough::Route>,
+    /// The status of the Gateway API resources of ours.
+    gateway: gateway::conditions::Statuses,
 }
 
 /// The TLS Secrets by (namespace, name).
@@ -536,10 +586,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             });
             continue;
         };
-        let scheme = if resolved.https { "https" } else { "http" };
-        sources.entry(resolved.name.clone()).or_insert_with(|| (resolved.source.clone(), scheme));
-        let service = http.services.entry(resolved.name.clone()).or_default();
-        let lb = service.load_balancer.get_or_insert_with(Default::default);
+        let lb = add_backend(&mut http, &mut sources, &resolved);
         if let Some(pass) = route.annotations.pass_host_header {
             lb.pass_host_header = Some(pass);
         }
@@ -551,14 +598,6 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
                     ..Default::default()
                 },
             });
-        }
-        if resolved.https {
-            // Pods serve self-signed certificates as a rule; the hop is inside the cluster.
-            lb.servers_transport = Some("polaredge-pods".into());
-            http.servers_transports.insert(
-                "polaredge-pods".into(),
-                model::ServersTransport { insecure_skip_verify: Some(true), server_name: None },
-            );
         }
         let mut middlewares = Vec::new();
         if let Some(prefix) = &route.strip_prefix {
@@ -618,7 +657,26 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
             },
         );
     }
-    Plan { http, sources, served, notices, certificates, expires, passthrough: passthrough_routes }
+    let gateway = gateway::plan(cluster, settings, &backends, &secrets, now);
+    for resolved in &gateway.backends {
+        add_backend(&mut http, &mut sources, resolved);
+    }
+    http.routers.extend(gateway.http.routers);
+    http.services.extend(gateway.http.services);
+    http.middlewares.extend(gateway.http.middlewares);
+    certificates.extend(gateway.certificates);
+    expires = expires.min(gateway.expires);
+    notices.extend(gateway.notices);
+    Plan {
+        http,
+        sources,
+        served,
+        notices,
+        certificates,
+        expires,
+        passthrough: passthrough_routes,
+        gateway: gateway.statuses,
+    }
 }
 
 /// A plan with its unchanging parts already serialized.
@@ -631,6 +689,9 @@ struct Planned {
     tls: String,
     /// Kubernetes Service (namespace, name) -> the Traefik services whose servers come from its EndpointSlices.
     consumers: HashMap<ServiceKey, Vec<String>>,
+    /// The `"name":{...}` members of the services with no servers to fill in (weighted splits, the
+    /// invalid-backend service).
+    fixed_services: HashMap<String, String>,
 }
 
 impl Planned {
@@ -641,8 +702,16 @@ impl Planned {
                 consumers.entry((ns.clone(), svc.clone())).or_default().push(name.clone());
             }
         }
+        let fixed_services = plan
+            .http
+            .services
+            .iter()
+            .filter(|(name, _)| !plan.sources.contains_key(*name))
+            .map(|(name, service)| (name.clone(), format!("{}:{}", json(name), json(service))))
+            .collect();
         Planned {
             consumers,
+            fixed_services,
             routers: json(&plan.http.routers),
             middlewares: json(&plan.http.middlewares),
             transports: json(&plan.http.servers_transports),
@@ -675,6 +744,10 @@ fn plan_inputs(cluster: &Cluster) -> Vec<usize> {
     add(cluster.classes.iter().map(|c| Arc::as_ptr(c) as usize).collect());
     add(cluster.services.iter().map(|s| Arc::as_ptr(s) as usize).collect());
     add(cluster.secrets.iter().map(|s| Arc::as_ptr(s) as usize).collect());
+    add(cluster.gateway_classes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
+    add(cluster.gateways.iter().map(|o| Arc::as_ptr(o) as usize).collect());
+    add(cluster.http_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
+    add(cluster.reference_grants.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     key
 }
 
@@ -714,7 +787,15 @@ struct CachedService {
 }
 
 /// The objects behind a cached plan, kept alive so their addresses stay theirs.
-type PlanInputs = (Vec<Arc<Ingress>>, Vec<Arc<IngressClass>>, Vec<Arc<Service>>, Vec<Arc<Secret>>);
+type PlanInputs = (Vec<Arc<Ingress>>, Vec<Arc<IngressClass>>, Vec<Arc<Service>>, Vec<Arc<Secret>>, GatewayInputs);
+
+/// The Gateway API objects behind a cached plan.
+type GatewayInputs = (
+    Vec<Arc<gateway::GatewayClass>>,
+    Vec<Arc<gateway::Gateway>>,
+    Vec<Arc<gateway::HttpRoute>>,
+    Vec<Arc<gateway::ReferenceGrant>>,
+);
 
 impl Renderer {
     /// A renderer with nothing cached.
@@ -811,6 +892,12 @@ impl Renderer {
                     cluster.classes.clone(),
                     cluster.services.clone(),
                     cluster.secrets.clone(),
+                    (
+                        cluster.gateway_classes.clone(),
+                        cluster.gateways.clone(),
+                        cluster.http_routes.clone(),
+                        cluster.reference_grants.clone(),
+                    ),
                 );
                 self.cache = Some((inputs, alive, Arc::clone(&planned)));
                 (planned, true)
@@ -833,11 +920,14 @@ impl Renderer {
         }
         let mut services = String::with_capacity(planned.routers.len());
         services.push('{');
-        for (i, name) in planned.plan.sources.keys().enumerate() {
+        for (i, name) in planned.plan.http.services.keys().enumerate() {
             if i > 0 {
                 services.push(',');
             }
-            services.push_str(&self.services[name].json);
+            match planned.fixed_services.get(name) {
+                Some(fixed) => services.push_str(fixed),
+                None => services.push_str(&self.services[name].json),
+            }
         }
         services.push('}');
         let l4 = l4::render(cluster, &self.by_service, &self.settings.reserved_ports);
@@ -894,6 +984,7 @@ impl Renderer {
             served: planned.plan.served.clone(),
             served_services: l4.served,
             notices: planned.plan.notices.iter().cloned().chain(l4.notices).collect(),
+            gateway: planned.plan.gateway.clone(),
         }
     }
 }

@@ -1,0 +1,631 @@
+//! The Gateway API (gateway.networking.k8s.io/v1), served when the cluster has its CRDs: GatewayClasses of
+//! our controller, their Gateways' HTTP and HTTPS listeners on the edge's entrypoints, and HTTPRoutes
+//! attached to them, rendered into the same Traefik document as the Ingresses. Pure: the planner reads the
+//! cluster and returns routers, services, middlewares, certificates and the status to write.
+//!
+//! Module map: [`hostnames`] (listener x route hostnames, host matchers), [`matching`] (matches as Traefik
+//! rules, the spec's precedence), [`filters`] (filters as middlewares), [`conditions`] (status as data).
+//!
+//! Choices, where the spec leaves room or Traefik cannot follow it (README "Gateway API"):
+//! - Listeners: HTTP on port 80 and HTTPS on 443 (the edge's public entrypoints); other ports answer
+//!   `PortUnavailable`, other protocols `UnsupportedProtocol`; `allowedRoutes.namespaces.from: Selector` is
+//!   not served (`UnsupportedValue`): the client does not watch Namespaces.
+//! - Precedence: every router gets its own priority from the spec's total order (hostname, path, method,
+//!   headers, query parameters, then the older route, namespace/name, rule and match index); Gateway API
+//!   routers rank above every Ingress router.
+//! - A rule whose backends are all invalid answers 500 (an `errors` middleware over an empty service); in a
+//!   split, an invalid backend's share answers 503.
+//! - HTTPS listeners without certificateRefs get certificates from the edge's ACME resolver.
+
+pub mod conditions;
+pub mod filters;
+pub mod hostnames;
+pub mod matching;
+
+use super::{certificate_of, fnv, slug, Backends, Notice, Resolved, Settings};
+use conditions::{ClassStatus, Condition, GatewayStatus, ListenerStatus, ParentStatus, RouteStatus, Statuses};
+use gateway_api::gatewayclasses::{GatewayClassSpec, GatewayClassStatus};
+use gateway_api::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From, GatewaySpec};
+use gateway_api::httproutes::{HttpRouteRules, HttpRouteRulesMatches, HttpRouteSpec, HttpRouteStatus};
+use gateway_api::referencegrants::ReferenceGrantSpec;
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::{ApiResource, NotUsed, Object};
+use matching::{Order, PathKind};
+use routes::model;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+/// A GatewayClass, with kube-rs's own metadata type (the spec types come from the gateway-api crate).
+pub type GatewayClass = Object<GatewayClassSpec, GatewayClassStatus>;
+/// A Gateway.
+pub type Gateway = Object<GatewaySpec, gateway_api::gateways::GatewayStatus>;
+/// An HTTPRoute.
+pub type HttpRoute = Object<HttpRouteSpec, HttpRouteStatus>;
+/// A ReferenceGrant.
+pub type ReferenceGrant = Object<ReferenceGrantSpec, NotUsed>;
+
+/// The API group.
+pub const GROUP: &str = "gateway.networking.k8s.io";
+/// The served version.
+pub const VERSION: &str = "v1";
+/// The controllerName in GatewayClass.spec that marks a class as ours.
+pub const CONTROLLER: &str = "polaredge.io/gateway-controller";
+/// The listener port served as the plain HTTP entrypoint.
+pub const HTTP_PORT: i32 = 80;
+/// The listener port served as the TLS entrypoint.
+pub const HTTPS_PORT: i32 = 443;
+/// Gateway API routers rank above this (and every Ingress router below it).
+pub const PRIORITY_BASE: i64 = 1_000_000_000;
+/// The service of rules without a valid backend: no servers.
+pub const INVALID_BACKEND: &str = "polaredge-invalid-backend";
+/// The middleware that turns the empty service's 503 into the spec's 500.
+pub const INVALID_BACKEND_500: &str = "polaredge-invalid-backend-500";
+
+/// The API resource of a kind of the group (`GatewayClass`, `Gateway`, `HTTPRoute`, `ReferenceGrant`).
+pub fn api_resource(kind: &str) -> ApiResource {
+    let plural = match kind {
+        "HTTPRoute" => "httproutes".to_string(),
+        "GatewayClass" => "gatewayclasses".to_string(),
+        other => format!("{}s", other.to_ascii_lowercase()),
+    };
+    ApiResource {
+        group: GROUP.into(),
+        version: VERSION.into(),
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: kind.into(),
+        plural,
+    }
+}
+
+/// What the Gateway API resources render to.
+#[derive(Default)]
+pub(super) struct Plan {
+    /// Routers (with priorities), weighted services, the invalid-backend service and middlewares. The
+    /// load-balancer services of the backends are in `backends`.
+    pub http: model::Http,
+    /// The backends routed to, for the caller to add as load-balancer services.
+    pub backends: Vec<Rc<Resolved>>,
+    /// Certificates of HTTPS listeners by Secret (namespace, name).
+    pub certificates: BTreeMap<(String, String), model::TlsCertificate>,
+    /// When the first of those certificates expires.
+    pub expires: i64,
+    /// The status to write.
+    pub statuses: Statuses,
+    /// Problems for Events.
+    pub notices: Vec<Notice>,
+}
+
+fn ns_name<P: Clone, U: Clone>(o: &Object<P, U>) -> (String, String) {
+    super::ns_name(&o.metadata)
+}
+
+fn created<P: Clone, U: Clone>(o: &Object<P, U>) -> i64 {
+    o.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second())
+}
+
+/// A listener as the planner sees it.
+struct Listener {
+    name: String,
+    hostname: Option<String>,
+    port: i32,
+    /// The entrypoint and scheme; `None` when the listener cannot be served.
+    serve: Option<(String, &'static str)>,
+    /// HTTPS with certificates from Secrets (no ACME resolver on its routers).
+    own_certificates: bool,
+    all_namespaces: bool,
+    http_routes_allowed: bool,
+    attached: i32,
+    conditions: Vec<Condition>,
+    supported_kinds: Vec<&'static str>,
+}
+
+/// Whether a ReferenceGrant in `to_ns` lets `from_kind` objects of `from_ns` refer to the `to_kind` object
+/// `to_name` (core group `""`).
+fn granted(
+    grants: &[std::sync::Arc<ReferenceGrant>],
+    (from_kind, from_ns): (&str, &str),
+    (to_kind, to_ns, to_name): (&str, &str, &str),
+) -> bool {
+    grants.iter().filter(|g| g.metadata.namespace.as_deref() == Some(to_ns)).any(|g| {
+        g.spec.from.iter().any(|f| f.group == GROUP && f.kind == from_kind && f.namespace == from_ns)
+            && g.spec
+                .to
+                .iter()
+                .any(|t| t.group.is_empty() && t.kind == to_kind && t.name.as_deref().is_none_or(|n| n == to_name))
+    })
+}
+
+/// Plans every Gateway API resource of ours.
+pub(super) fn plan(
+    cluster: &super::Cluster,
+    settings: &Settings,
+    backends: &Backends,
+    secrets: &HashMap<(String, String), &Secret>,
+    now: i64,
+) -> Plan {
+    let mut out = Plan { expires: i64::MAX, ..Default::default() };
+    let mut classes = BTreeSet::new();
+    for class in &cluster.gateway_classes {
+        if class.spec.controller_name == settings.gateway_controller {
+            let name = class.metadata.name.clone().unwrap_or_default();
+            out.statuses.classes.push(ClassStatus {
+                name: name.clone(),
+                generation: class.metadata.generation,
+                conditions: vec![Condition::new("Accepted", true, "Accepted", "served by the POLAREDGE edge")],
+            });
+            classes.insert(name);
+        }
+    }
+    let mut gateways: Vec<&Gateway> =
+        cluster.gateways.iter().map(|g| &**g).filter(|g| classes.contains(&g.spec.gateway_class_name)).collect();
+    gateways.sort_by_key(|g| (created(g), ns_name(g)));
+    let mut listeners: BTreeMap<(String, String), Vec<Listener>> = BTreeMap::new();
+    for gateway in &gateways {
+        let (ns, name) = ns_name(gateway);
+        let list = plan_listeners(gateway, &ns, cluster, settings, secrets, now, &mut out);
+        listeners.insert((ns, name), list);
+    }
+
+    // Routes, oldest first (the spec's tie-breaker), each rule x match x attached listener x host a router.
+    let mut routes: Vec<&HttpRoute> = cluster.http_routes.iter().map(|r| &**r).collect();
+    routes.sort_by_key(|r| (created(r), ns_name(r)));
+    let mut ordered: Vec<(Order, String)> = Vec::new();
+    let mut resolved_cache: HashMap<(String, String, i32), Option<Rc<Resolved>>> = HashMap::new();
+    for route in routes {
+        let (ns, name) = ns_name(route);
+        let mut parents = Vec::new();
+        let mut attachments: Vec<(&Listener, Vec<String>)> = Vec::new();
+        let mut attached_to: Vec<(String, String, usize)> = Vec::new();
+        for parent in route.spec.parent_refs.iter().flatten() {
+            let group = parent.group.as_deref().unwrap_or(GROUP);
+            let kind = parent.kind.as_deref().unwrap_or("Gateway");
+            if group != GROUP || kind != "Gateway" {
+                continue;
+            }
+            let key = (parent.namespace.clone().unwrap_or_else(|| ns.clone()), parent.name.clone());
+            let Some(gateway_listeners) = listeners.get(&key) else { continue }; // not a Gateway of ours
+            let parent_ref = serde_json::to_value(parent).unwrap_or_default();
+            let candidates: Vec<(usize, &Listener)> = gateway_listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| parent.section_name.as_deref().is_none_or(|s| s == l.name))
+                .filter(|(_, l)| parent.port.is_none_or(|p| p == l.port))
+                .collect();
+            let accepted = if candidates.is_empty() {
+                Condition::new(
+                    "Accepted",
+                    false,
+                    "NoMatchingParent",
+                    "no listener of the Gateway has that sectionName/port",
+                )
+            } else {
+                let allowed: Vec<&(usize, &Listener)> = candidates
+                    .iter()
+                    .filter(|(_, l)| l.serve.is_some() && l.http_routes_allowed && (l.all_namespaces || key.0 == ns))
+                    .collect();
+                let hosted: Vec<(usize, &Listener, Vec<String>)> = allowed
+                    .iter()
+                    .filter_map(|(i, l)| {
+                        let route_hosts = route.spec.hostnames.clone().unwrap_or_default();
+                        hostnames::intersect(l.hostname.as_deref(), &route_hosts).map(|h| (*i, *l, h))
+                    })
+                    .collect();
+                if allowed.is_empty() {
+                    Condition::new(
+                        "Accepted",
+                        false,
+                        "NotAllowedByListeners",
+                        "no listener of the Gateway admits HTTPRoutes from this namespace",
+                    )
+                } else if hosted.is_empty() {
+                    Condition::new(
+                        "Accepted",
+                        false,
+                        "NoMatchingListenerHostname",
+                        "no listener hostname intersects the route's hostnames",
+                    )
+                } else {
+                    for (i, listener, hosts) in hosted {
+                        attached_to.push((key.0.clone(), key.1.clone(), i));
+                        attachments.push((listener, hosts));
+                    }
+                    Condition::new("Accepted", true, "Accepted", "attached to the Gateway")
+                }
+            };
+            parents.push((parent_ref, accepted));
+        }
+        if parents.is_empty() {
+            continue;
+        }
+        // Backends, filters and routers.
+        let mut unresolved: Option<(&'static str, String)> = None;
+        let mut skipped = Vec::new();
+        for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
+            let (service, invalid) =
+                rule_service(rule, &ns, cluster, backends, &mut resolved_cache, &mut unresolved, &mut out);
+            let default_match = [HttpRouteRulesMatches::default()];
+            let matches = rule.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);
+            for (listener, hosts) in &attachments {
+                let (entry_point, scheme) = listener.serve.clone().expect("attached listeners are served");
+                let filter_listener = filters::Listener { scheme, port: listener.port };
+                for host in hosts {
+                    for (mi, m) in matches.iter().enumerate() {
+                        let path = PathKind::of(m);
+                        let planned = matching::rule(host, m).and_then(|(text, precedence)| {
+                            let mws = filters::middlewares(
+                                rule.filters.as_deref().unwrap_or_default(),
+                                filter_listener,
+                                &path,
+                            )?;
+                            Ok((text, precedence, mws))
+                        });
+                        let (text, precedence, mws) = match planned {
+                            Ok(p) => p,
+                            Err(reason) => {
+                                skipped.push(format!("rule {ri} match {mi}: {reason}"));
+                                continue;
+                            }
+                        };
+                        let redirects = mws.iter().any(|m| m.redirect_regex.is_some());
+                        let mut names: Vec<String> = mws
+                            .into_iter()
+                            .map(|m| {
+                                let name = format!("gw-{}", fnv(&[&serde_json::to_string(&m).unwrap_or_default()]));
+                                out.http.middlewares.insert(name.clone(), m);
+                                name
+                            })
+                            .collect();
+                        if invalid && !redirects {
+                            names.push(INVALID_BACKEND_500.into());
+                        }
+                        let router = format!(
+                            "gw-{}-{}-{}",
+                            slug(&ns),
+                            slug(&name),
+                            fnv(&[&entry_point, host, &ri.to_string(), &mi.to_string()])
+                        );
+                        let tls = (scheme == "https").then(|| model::RouterTls {
+                            cert_resolver: if listener.own_certificates {
+                                None
+                            } else {
+                                settings.cert_resolver.clone()
+                            },
+                            ..Default::default()
+                        });
+                        out.http.routers.insert(
+                            router.clone(),
+                            model::HttpRouter {
+                                rule: text,
+                                service: service.clone(),
+                                entry_points: vec![entry_point.clone()],
+                                middlewares: names,
+                                priority: None,
+                                tls,
+                            },
+                        );
+                        let order = Order {
+                            precedence: std::cmp::Reverse(precedence),
+                            created: created(route),
+                            route: format!("{ns}/{name}"),
+                            position: (ri, mi),
+                        };
+                        ordered.push((order, router));
+                    }
+                }
+            }
+        }
+        for (gns, gname, i) in attached_to {
+            if let Some(l) = listeners.get_mut(&(gns, gname)).and_then(|l| l.get_mut(i)) {
+                l.attached += 1;
+            }
+        }
+        if !skipped.is_empty() {
+            out.notices.push(Notice {
+                kind: "HTTPRoute",
+                namespace: ns.clone(),
+                name: name.clone(),
+                reason: "UnsupportedValue",
+                message: format!("not served: {}", skipped.join("; ")),
+            });
+        }
+        let resolved = match &unresolved {
+            None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "every backendRef resolved"),
+            Some((reason, message)) => Condition::new("ResolvedRefs", false, reason, message.clone()),
+        };
+        out.statuses.routes.push(RouteStatus {
+            namespace: ns.clone(),
+            name: name.clone(),
+            generation: route.metadata.generation,
+            parents: parents
+                .into_iter()
+                .map(|(parent_ref, accepted)| ParentStatus { parent_ref, conditions: vec![accepted, resolved.clone()] })
+                .collect(),
+        });
+    }
+    // One priority per router, from the spec's total order (the first wins).
+    ordered.sort();
+    let count = ordered.len() as i64;
+    for (i, (_, router)) in ordered.iter().enumerate() {
+        if let Some(r) = out.http.routers.get_mut(router) {
+            r.priority.get_or_insert(PRIORITY_BASE + count - i as i64);
+        }
+    }
+    if out.http.routers.values().any(|r| r.service == INVALID_BACKEND) {
+        out.http.services.insert(INVALID_BACKEND.into(), model::HttpService::balanced(Default::default()));
+        out.http.middlewares.insert(
+            INVALID_BACKEND_500.into(),
+            model::Middleware {
+                errors: Some(model::Errors {
+                    status: vec!["500-599".into()],
+                    service: routes::validate::ERROR_PAGE_SERVICE.into(),
+                    query: Some("/ping".into()),
+                    status_rewrites: [("500-599".to_string(), 500)].into(),
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    for gateway in &gateways {
+        let (ns, name) = ns_name(gateway);
+        let list = listeners.remove(&(ns.clone(), name.clone())).unwrap_or_default();
+        out.statuses.gateways.push(gateway_status(gateway, ns, name, list));
+    }
+    out
+}
+
+/// The Traefik service of a rule (one backend, a weighted split, or the invalid-backend service), and whether
+/// it has no valid backend. The first unresolvable reference is kept for the route's ResolvedRefs condition.
+fn rule_service(
+    rule: &HttpRouteRules,
+    ns: &str,
+    cluster: &super::Cluster,
+    backends: &Backends,
+    cache: &mut HashMap<(String, String, i32), Option<Rc<Resolved>>>,
+    unresolved: &mut Option<(&'static str, String)>,
+    out: &mut Plan,
+) -> (String, bool) {
+    let mut valid: Vec<(Rc<Resolved>, u32)> = Vec::new();
+    for backend in rule.backend_refs.iter().flatten() {
+        let group = backend.group.as_deref().unwrap_or("");
+        let kind = backend.kind.as_deref().unwrap_or("Service");
+        let target_ns = backend.namespace.clone().unwrap_or_else(|| ns.to_string());
+        let problem = if !matches!(group, "" | "core") || kind != "Service" {
+            Some(("InvalidKind", format!("backendRef {group}/{kind} {}: only Services are supported", backend.name)))
+        } else if target_ns != ns
+            && !granted(&cluster.reference_grants, ("HTTPRoute", ns), ("Service", &target_ns, &backend.name))
+        {
+            Some((
+                "RefNotPermitted",
+                format!(
+                    "Service {target_ns}/{}: no ReferenceGrant in {target_ns} allows HTTPRoutes of {ns}",
+                    backend.name
+                ),
+            ))
+        } else if let Some(port) = backend.port {
+            let key = (target_ns.clone(), backend.name.clone(), port);
+            let resolved =
+                cache.entry(key).or_insert_with(|| backends.resolve_port(&target_ns, &backend.name, port).map(Rc::new));
+            match resolved {
+                Some(r) if r.source.is_some() => {
+                    valid.push((Rc::clone(r), backend.weight.unwrap_or(1).clamp(0, 1_000_000) as u32));
+                    None
+                }
+                _ => Some(("BackendNotFound", format!("Service {target_ns}/{} has no port {port}", backend.name))),
+            }
+        } else {
+            Some(("UnsupportedValue", format!("backendRef Service {}: a port is required", backend.name)))
+        };
+        if let Some(problem) = problem {
+            unresolved.get_or_insert(problem);
+        }
+    }
+    for (resolved, _) in &valid {
+        if !out.backends.iter().any(|b| b.name == resolved.name) {
+            out.backends.push(Rc::clone(resolved));
+        }
+    }
+    let total: u32 = valid.iter().map(|(_, w)| *w).sum();
+    match valid.as_slice() {
+        _ if total == 0 => (INVALID_BACKEND.to_string(), true),
+        [(only, _)] => (only.name.clone(), false),
+        _ => {
+            let members: Vec<model::WeightedService> =
+                valid.iter().map(|(r, w)| model::WeightedService { name: r.name.clone(), weight: *w }).collect();
+            let key: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.weight)).collect();
+            let name = format!("gw-split-{}", fnv(&key.iter().map(String::as_str).collect::<Vec<_>>()));
+            out.http.services.insert(
+                name.clone(),
+                model::HttpService { load_balancer: None, weighted: Some(model::Weighted { services: members }) },
+            );
+            (name, false)
+        }
+    }
+}
+
+/// The listeners of one Gateway: which are served on which entrypoint, with their conditions.
+fn plan_listeners(
+    gateway: &Gateway,
+    ns: &str,
+    cluster: &super::Cluster,
+    settings: &Settings,
+    secrets: &HashMap<(String, String), &Secret>,
+    now: i64,
+    out: &mut Plan,
+) -> Vec<Listener> {
+    let mut list: Vec<Listener> = Vec::new();
+    for spec in &gateway.spec.listeners {
+        let mut l = Listener {
+            name: spec.name.clone(),
+            hostname: spec.hostname.clone(),
+            port: spec.port,
+            serve: None,
+            own_certificates: false,
+            all_namespaces: false,
+            http_routes_allowed: true,
+            attached: 0,
+            conditions: Vec::new(),
+            supported_kinds: Vec::new(),
+        };
+        let (accepted, resolved) = listener_checks(spec, ns, cluster, settings, secrets, now, &mut l, out);
+        let conflict = list.iter().any(|o| o.serve.is_some() && o.port == l.port && o.hostname == l.hostname);
+        if conflict {
+            l.serve = None;
+        }
+        let usable = l.serve.is_some();
+        l.conditions = vec![
+            accepted.clone(),
+            if usable {
+                Condition::new("Programmed", true, "Programmed", "served on the edge")
+            } else {
+                Condition::new("Programmed", false, "Invalid", "not served")
+            },
+            resolved,
+            if conflict {
+                Condition::new(
+                    "Conflicted",
+                    true,
+                    "HostnameConflict",
+                    "an earlier listener has the same port and hostname",
+                )
+            } else {
+                Condition::new("Conflicted", false, "NoConflicts", "")
+            },
+        ];
+        list.push(l);
+    }
+    list
+}
+
+/// Fills in where `l` is served and returns its Accepted and ResolvedRefs conditions.
+#[allow(clippy::too_many_arguments)]
+fn listener_checks(
+    spec: &GatewayListeners,
+    ns: &str,
+    cluster: &super::Cluster,
+    settings: &Settings,
+    secrets: &HashMap<(String, String), &Secret>,
+    now: i64,
+    l: &mut Listener,
+    out: &mut Plan,
+) -> (Condition, Condition) {
+    let ok_refs = Condition::new("ResolvedRefs", true, "ResolvedRefs", "");
+    let (entry_point, scheme, port) = match spec.protocol.as_str() {
+        "HTTP" => (settings.web.clone(), "http", HTTP_PORT),
+        "HTTPS" => (settings.websecure.clone(), "https", HTTPS_PORT),
+        other => {
+            let message = format!("protocol {other} is not served yet (HTTP and HTTPS are)");
+            return (Condition::new("Accepted", false, "UnsupportedProtocol", message), ok_refs);
+        }
+    };
+    if spec.port != port {
+        let message = format!("{} is served on the edge's port {port} only", spec.protocol);
+        return (Condition::new("Accepted", false, "PortUnavailable", message), ok_refs);
+    }
+    let allowed = spec.allowed_routes.as_ref();
+    match allowed.and_then(|a| a.namespaces.as_ref()).and_then(|n| n.from.as_ref()) {
+        Some(From::All) => l.all_namespaces = true,
+        Some(From::Selector) => {
+            let message = "allowedRoutes.namespaces.from: Selector is not supported (use Same or All)";
+            return (Condition::new("Accepted", false, "UnsupportedValue", message), ok_refs);
+        }
+        _ => {}
+    }
+    let mut refs = ok_refs.clone();
+    if let Some(kinds) = allowed.and_then(|a| a.kinds.as_ref()) {
+        let http = |k: &&gateway_api::gateways::GatewayListenersAllowedRoutesKinds| {
+            k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GROUP)
+        };
+        l.http_routes_allowed = kinds.iter().any(|k| http(&k));
+        if kinds.iter().any(|k| !http(&k)) {
+            refs = Condition::new("ResolvedRefs", false, "InvalidRouteKinds", "only HTTPRoute is supported");
+        }
+    }
+    if l.http_routes_allowed {
+        l.supported_kinds.push("HTTPRoute");
+    }
+    if scheme == "https" {
+        let tls = spec.tls.as_ref();
+        if tls
+            .and_then(|t| t.mode.as_ref())
+            .is_some_and(|m| matches!(m, gateway_api::gateways::GatewayListenersTlsMode::Passthrough))
+        {
+            let message = "HTTPS listeners terminate TLS; passthrough is a TLS listener's mode";
+            return (Condition::new("Accepted", false, "UnsupportedValue", message), refs);
+        }
+        for cert in tls.and_then(|t| t.certificate_refs.as_ref()).into_iter().flatten() {
+            let secret_ns = cert.namespace.clone().unwrap_or_else(|| ns.to_string());
+            let kind_ok =
+                cert.group.as_deref().unwrap_or("").is_empty() && cert.kind.as_deref().unwrap_or("Secret") == "Secret";
+            let problem = if !kind_ok {
+                Some(("InvalidCertificateRef", format!("certificateRef {}: only Secrets are supported", cert.name)))
+            } else if secret_ns != ns
+                && !granted(&cluster.reference_grants, ("Gateway", ns), ("Secret", &secret_ns, &cert.name))
+            {
+                Some(("RefNotPermitted", format!("Secret {secret_ns}/{}: no ReferenceGrant allows it", cert.name)))
+            } else {
+                match certificate_of(secrets.get(&(secret_ns.clone(), cert.name.clone())), now) {
+                    Ok((certificate, checked)) => {
+                        out.expires = out.expires.min(checked.not_after);
+                        out.certificates.insert((secret_ns, cert.name.clone()), certificate);
+                        l.own_certificates = true;
+                        None
+                    }
+                    Err(reason) => {
+                        Some(("InvalidCertificateRef", format!("Secret {secret_ns}/{}: {reason}", cert.name)))
+                    }
+                }
+            };
+            if let Some((reason, message)) = problem {
+                return (
+                    Condition::new("Accepted", true, "Accepted", ""),
+                    Condition::new("ResolvedRefs", false, reason, message),
+                );
+            }
+        }
+    }
+    l.serve = Some((entry_point, scheme));
+    (Condition::new("Accepted", true, "Accepted", ""), refs)
+}
+
+fn gateway_status(gateway: &Gateway, namespace: String, name: String, listeners: Vec<Listener>) -> GatewayStatus {
+    let served = listeners.iter().any(|l| l.serve.is_some());
+    let conditions = if gateway.spec.addresses.as_ref().is_some_and(|a| !a.is_empty()) {
+        vec![
+            Condition::new(
+                "Accepted",
+                false,
+                "UnsupportedAddress",
+                "the edge's addresses are the Gateway's; spec.addresses cannot choose them",
+            ),
+            Condition::new("Programmed", false, "Invalid", "not served"),
+        ]
+    } else if served {
+        vec![
+            Condition::new("Accepted", true, "Accepted", "served by the POLAREDGE edge"),
+            Condition::new("Programmed", true, "Programmed", "in the snapshot the edges serve"),
+        ]
+    } else {
+        vec![
+            Condition::new("Accepted", false, "ListenersNotValid", "no listener can be served"),
+            Condition::new("Programmed", false, "Invalid", "not served"),
+        ]
+    };
+    GatewayStatus {
+        namespace,
+        name,
+        generation: gateway.metadata.generation,
+        conditions,
+        listeners: listeners
+            .into_iter()
+            .map(|l| ListenerStatus {
+                name: l.name,
+                attached_routes: l.attached,
+                supported_kinds: l.supported_kinds,
+                conditions: l.conditions,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
