@@ -74,6 +74,57 @@ pub fn backend(name: &'static str) -> u16 {
     port
 }
 
+/// A backend that answers every request with its name, the request line's method and target, and every
+/// request header as `name: value` (name lower-cased), one per line: what a proxy changed is visible.
+pub fn echo_backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                let mut parts = first.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or("?"), parts.next().unwrap_or("?"));
+                let mut body = format!("{name} {method} {target}\n");
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.trim_end().split_once(':') {
+                        body.push_str(&format!("{}: {}\n", k.to_ascii_lowercase(), v.trim()));
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// One request (`method`, `host`, `target`, extra header lines) and the parsed answer; `None` when none came.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Option<protocol::http::Response> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(conn, "{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n").ok()?;
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    protocol::http::parse_response(&bytes).ok()
+}
+
 /// GET with a Host header: the body for 200, else the status code (or "refused"/"no answer").
 pub fn get(addr: SocketAddr, host: &str, path: &str) -> String {
     let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return "refused".into() };
