@@ -117,6 +117,9 @@ fn routes() -> String {
     .concat()
 }
 
+/// Method, host, path, request headers, and the backend (or status) expected.
+type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 struct Traefik(Child);
 
 impl Drop for Traefik {
@@ -185,7 +188,7 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
     assert!(routers.contains("\"gw-infra-simple-"), "Traefik's API lists our routers: {routers}");
     assert!(!routers.contains("\"error\""), "Traefik refused part of the document: {routers}");
 
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         // HTTPRouteSimpleSameNamespace, HTTPRouteCrossNamespace, HTTPRouteReferenceGrant.
         ("GET", "simple.test", "/", &[], "infra-backend-v1"),
         ("GET", "cross.test", "/", &[], "web-backend"),
