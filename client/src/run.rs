@@ -130,6 +130,16 @@ fn watch_kubernetes(
             &rendered.served_services,
             &addresses,
         ));
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .map_or_else(|_| String::new(), |t| t.to_string());
+        writer.patch_gateway_status(crate::status::gateway::patches(
+            &cluster,
+            &rendered.gateway,
+            &addresses,
+            crate::render::gateway::CONTROLLER,
+            &now,
+        ));
         let mut notices = rendered.notices;
         notices.extend(feedback.notices());
         for notice in reported.fresh(&notices) {

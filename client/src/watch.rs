@@ -2,8 +2,8 @@
 //! type `kubernetes.io/tls`), and turning their changes into renderer input.
 //!
 //! The Gateway API's GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants are watched when the cluster
-//! serves `gateway.networking.k8s.io/v1` (its CRDs are installed): looked up at start and every minute until
-//! found, so installing the CRDs later needs no restart. Without them the client serves Ingresses only.
+//! serves `gateway.networking.k8s.io/v1` (its CRDs are installed): looked up at start and every minute
+//! (`POLAREDGE_GATEWAY_LOOKUP_SECONDS`) until found, so installing the CRDs later needs no restart. Without them the client serves Ingresses only.
 //!
 //! Secrets are watched with the field selector `type=kubernetes.io/tls`, so no other Secret ever reaches the
 //! client. When RBAC does not allow reading Secrets (manifests from before certificates came from Secrets), the
@@ -47,8 +47,12 @@ struct GatewayStores {
     grants: Store<ReferenceGrant>,
 }
 
-/// How often the client looks for the Gateway API while the cluster does not serve it.
-const GATEWAY_LOOKUP: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the client looks for the Gateway API while the cluster does not serve it:
+/// `POLAREDGE_GATEWAY_LOOKUP_SECONDS`, else a minute.
+fn gateway_lookup() -> std::time::Duration {
+    let seconds = std::env::var("POLAREDGE_GATEWAY_LOOKUP_SECONDS").ok().and_then(|s| s.parse().ok());
+    std::time::Duration::from_secs(seconds.unwrap_or(60).max(1))
+}
 
 /// The field selector of the Secret watch: TLS Secrets only.
 pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
@@ -129,6 +133,25 @@ impl Writer {
         }
     }
 
+    /// Writes Gateway API status: a merge patch of each object's status subresource.
+    pub fn patch_gateway_status(&self, patches: Vec<crate::status::gateway::StatusPatch>) {
+        for patch in patches {
+            let client = self.client.clone();
+            self.runtime.spawn(async move {
+                let resource = gateway::api_resource(patch.kind);
+                let api: Api<kube::core::DynamicObject> = match &patch.namespace {
+                    Some(ns) => Api::namespaced_with(client, ns, &resource),
+                    None => Api::all_with(client, &resource),
+                };
+                let params = kube::api::PatchParams::default();
+                if let Err(e) = api.patch_status(&patch.name, &params, &kube::api::Patch::Merge(&patch.body)).await {
+                    let ns = patch.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+                    log::warn!("cannot update the status of {} {ns}{}: {e}", patch.kind, patch.name);
+                }
+            });
+        }
+    }
+
     /// Creates a Warning Event on the Ingress or Service a notice is about.
     pub fn post_event(&self, notice: &crate::render::Notice, uid: Option<String>) {
         use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -141,7 +164,11 @@ impl Writer {
                 ..Default::default()
             },
             involved_object: ObjectReference {
-                api_version: Some(if notice.kind == "Service" { "v1" } else { "networking.k8s.io/v1" }.into()),
+                api_version: Some(match notice.kind {
+                    "Service" => "v1".to_string(),
+                    "HTTPRoute" | "Gateway" => format!("{}/{}", gateway::GROUP, gateway::VERSION),
+                    _ => "networking.k8s.io/v1".to_string(),
+                }),
                 kind: Some(notice.kind.into()),
                 name: Some(notice.name.clone()),
                 namespace: Some(notice.namespace.clone()),
@@ -252,7 +279,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     }};
                 }
                 let mut gateway_on = false;
-                let mut lookup = tokio::time::interval(GATEWAY_LOOKUP);
+                let mut lookup = tokio::time::interval(gateway_lookup());
                 lookup.tick().await;
                 let start_gateway = |events: &mut futures::stream::SelectAll<_>, listed: &mut Vec<bool>| {
                     let (classes, classes_reader) = watch_dynamic!(GatewayClass, "GatewayClass", 5usize);
@@ -274,7 +301,12 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     start_gateway(&mut events, &mut listed);
                     gateway_on = true;
                 } else {
-                    log::info!("the cluster has no Gateway API CRDs ({}/{}): serving Ingresses; looking again every minute", gateway::GROUP, gateway::VERSION);
+                    log::info!(
+                        "the cluster has no Gateway API CRDs ({}/{}): serving Ingresses; looking again every {:?}",
+                        gateway::GROUP,
+                        gateway::VERSION,
+                        gateway_lookup()
+                    );
                 }
                 let mut forbidden_kinds = [false; 9];
                 loop {

@@ -2,6 +2,12 @@
 //! IngressClasses, Services and EndpointSlices (resourceVersion, ADDED/MODIFIED/DELETED events, bookmarks,
 //! 410 Gone after compaction, dropped connections), driven by the unmodified kube-rs client. No
 //! kube-apiserver can be installed on this machine kind; this stands in for one and says so.
+//!
+//! The Gateway API (gateway.networking.k8s.io/v1: GatewayClass, Gateway, HTTPRoute, ReferenceGrant) is served
+//! only after [`ApiServer::install_gateway_api`], as a cluster serves it only once its CRDs are installed:
+//! before, its discovery document and collections answer 404. Status writes to those kinds are checked as the
+//! CRDs' schemas check conditions (type, status, reason pattern, lastTransitionTime); a real server checks
+//! every other field of the schema too, which this one does not.
 
 #![allow(dead_code)]
 
@@ -12,14 +18,46 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// The Gateway API group version.
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+
 /// The resource types served: (URL prefix of the collection, apiVersion, kind).
-const TYPES: [(&str, &str, &str); 5] = [
+const TYPES: [(&str, &str, &str); 9] = [
+    ("/apis/gateway.networking.k8s.io/v1/gatewayclasses", GATEWAY_API, "GatewayClass"),
+    ("/apis/gateway.networking.k8s.io/v1/gateways", GATEWAY_API, "Gateway"),
+    ("/apis/gateway.networking.k8s.io/v1/httproutes", GATEWAY_API, "HTTPRoute"),
+    ("/apis/gateway.networking.k8s.io/v1/referencegrants", GATEWAY_API, "ReferenceGrant"),
     ("/apis/networking.k8s.io/v1/ingresses", "networking.k8s.io/v1", "Ingress"),
     ("/apis/networking.k8s.io/v1/ingressclasses", "networking.k8s.io/v1", "IngressClass"),
     ("/api/v1/services", "v1", "Service"),
     ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
     ("/api/v1/secrets", "v1", "Secret"),
 ];
+
+/// What the Gateway API CRDs' schemas require of every condition in a status (metav1.Condition): a type,
+/// True/False/Unknown, a CamelCase reason, an RFC 3339 lastTransitionTime, a non-negative observedGeneration.
+fn check_conditions(status: &Value) -> Result<(), String> {
+    let mut lists: Vec<&Value> = vec![&status["conditions"]];
+    for nested in ["listeners", "parents"] {
+        lists.extend(status[nested].as_array().into_iter().flatten().map(|n| &n["conditions"]));
+    }
+    for condition in lists.into_iter().filter_map(Value::as_array).flatten() {
+        let reason = condition["reason"].as_str().unwrap_or("");
+        let reason_ok = reason.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && reason.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ',' | ':'));
+        let time = condition["lastTransitionTime"].as_str().unwrap_or("");
+        let time_ok = time.len() >= 20 && time.as_bytes()[10] == b'T' && time.ends_with('Z');
+        if condition["type"].as_str().is_none_or(str::is_empty)
+            || !matches!(condition["status"].as_str(), Some("True" | "False" | "Unknown"))
+            || !reason_ok
+            || !time_ok
+            || condition["observedGeneration"].as_i64().is_some_and(|g| g < 0)
+        {
+            return Err(format!("invalid condition {condition}"));
+        }
+    }
+    Ok(())
+}
 
 /// A field selector as the client sends it (`type=kubernetes.io/tls`, URL-encoded): the only one served, on
 /// Secrets' `type`, as a real API server does. Anything else is refused, as a real one refuses unknown fields.
@@ -53,6 +91,8 @@ struct State {
     events: Vec<Value>,
     /// Leases by (namespace, name).
     leases: BTreeMap<(String, String), Value>,
+    /// Whether the Gateway API CRDs are installed.
+    gateway_api: bool,
 }
 
 /// The server; dropping it leaves the thread running until the process ends (tests are short).
@@ -139,6 +179,11 @@ impl ApiServer {
         cvar.notify_all();
     }
 
+    /// Serves the Gateway API from now on, as installing its CRDs does.
+    pub fn install_gateway_api(&self) {
+        self.state.0.lock().unwrap().gateway_api = true;
+    }
+
     /// Forgets history: watches resuming from before now get 410 Gone and must relist.
     pub fn compact(&self) {
         let (lock, _) = &*self.state;
@@ -220,7 +265,26 @@ impl ApiServer {
                 );
                 continue;
             }
-            let Some(&(_, api_version, kind)) = TYPES.iter().find(|(p, _, _)| *p == path) else {
+            let gateway_api = self.state.0.lock().unwrap().gateway_api;
+            if path == format!("/apis/{GATEWAY_API}") && gateway_api {
+                let resources: Vec<Value> = TYPES
+                    .iter()
+                    .filter(|(_, v, _)| *v == GATEWAY_API)
+                    .map(|(p, _, kind)| {
+                        let plural = p.rsplit('/').next().unwrap();
+                        json!({"name": plural, "singularName": "", "namespaced": *kind != "GatewayClass", "kind": kind, "verbs": ["get", "list", "watch", "patch"]})
+                    })
+                    .collect();
+                let body = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GATEWAY_API, "resources": resources}).to_string();
+                let _ = write!(
+                    &conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
+            let served = TYPES.iter().find(|(p, v, _)| *p == path && (gateway_api || *v != GATEWAY_API));
+            let Some(&(_, api_version, kind)) = served else {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} is not served by the test API server")}).to_string();
                 let _ = write!(
                     &conn,
@@ -285,6 +349,43 @@ impl ApiServer {
                     );
                 };
                 object["status"] = request["status"].clone();
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                let object = object.clone();
+                st.log.push((rv, kind.into(), "MODIFIED", object.clone()));
+                cvar.notify_all();
+                ("200 OK", object)
+            }
+            ("PATCH", ["apis", "gateway.networking.k8s.io", "v1", "namespaces", _, plural, name, "status"])
+            | ("PATCH", ["apis", "gateway.networking.k8s.io", "v1", plural @ "gatewayclasses", name, "status"])
+                if st.gateway_api =>
+            {
+                let ns = if *plural == "gatewayclasses" { "" } else { parts[4] };
+                let Some(&(_, _, kind)) = TYPES.iter().find(|(p, _, _)| p.ends_with(&format!("/{plural}"))) else {
+                    return ("404 Not Found", json!({"kind": "Status", "code": 404}));
+                };
+                if let Err(message) = check_conditions(&request["status"]) {
+                    return (
+                        "422 Unprocessable Entity",
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": message}),
+                    );
+                }
+                st.rv += 1;
+                let rv = st.rv;
+                let Some(object) =
+                    st.objects.get_mut(kind).and_then(|m| m.get_mut(&(ns.to_string(), name.to_string())))
+                else {
+                    return (
+                        "404 Not Found",
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                    );
+                };
+                // A JSON merge patch of the status: each field given replaces the stored one (lists whole).
+                if !object["status"].is_object() {
+                    object["status"] = json!({});
+                }
+                for (field, value) in request["status"].as_object().into_iter().flatten() {
+                    object["status"][field] = value.clone();
+                }
                 object["metadata"]["resourceVersion"] = json!(rv.to_string());
                 let object = object.clone();
                 st.log.push((rv, kind.into(), "MODIFIED", object.clone()));

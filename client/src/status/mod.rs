@@ -1,7 +1,9 @@
 //! What to write back to the cluster, decided without I/O: the `status.loadBalancer.ingress` each Ingress and
 //! each LoadBalancer Service of ours should show (the agents' public addresses while it is ours, nothing once
 //! it stops being ours), which notices are new enough to become Events, and the notices for the ports agents
-//! withheld.
+//! withheld. [`gateway`]: the status of the Gateway API resources of ours.
+
+pub mod gateway;
 
 use crate::render::{Cluster, Notice};
 use protocol::api::Withheld;

@@ -1,0 +1,218 @@
+//! The status patches of the Gateway API resources of ours, decided without I/O: the planner's conditions
+//! ([`crate::render::gateway::conditions`]) in the API's form, the edges' addresses on each Gateway, and our
+//! entries among an HTTPRoute's parents (other controllers' entries are kept). A patch is only made when the
+//! object's status differs, and unchanged conditions keep their `lastTransitionTime`, so a status we wrote
+//! does not come back through the watch as a change.
+
+use crate::render::gateway::conditions::{merge_conditions, Statuses};
+use crate::render::gateway::GROUP;
+use crate::render::Cluster;
+use serde_json::{json, Value};
+
+/// One status to write: a merge patch of the object's status subresource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusPatch {
+    /// `GatewayClass`, `Gateway` or `HTTPRoute`.
+    pub kind: &'static str,
+    /// Namespace (none for a GatewayClass).
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// `{"status": {...}}`.
+    pub body: Value,
+}
+
+/// The patches that bring the cluster's Gateway API status in line with `statuses`; `addresses` are the
+/// serving edges' public addresses, `controller` our controllerName, `now` the RFC 3339 time of this write.
+pub fn patches(
+    cluster: &Cluster,
+    statuses: &Statuses,
+    addresses: &[String],
+    controller: &str,
+    now: &str,
+) -> Vec<StatusPatch> {
+    let mut out = Vec::new();
+    for class in &statuses.classes {
+        let Some(object) = cluster.gateway_classes.iter().find(|c| c.metadata.name.as_deref() == Some(&class.name))
+        else {
+            continue;
+        };
+        let current = serde_json::to_value(&object.status).unwrap_or_default();
+        let conditions = merge_conditions(&class.conditions, class.generation, &current["conditions"], now);
+        if current["conditions"] != conditions {
+            out.push(StatusPatch {
+                kind: "GatewayClass",
+                namespace: None,
+                name: class.name.clone(),
+                body: json!({"status": {"conditions": conditions}}),
+            });
+        }
+    }
+    for gateway in &statuses.gateways {
+        let Some(object) = cluster.gateways.iter().find(|g| {
+            g.metadata.name.as_deref() == Some(&gateway.name)
+                && g.metadata.namespace.as_deref() == Some(&gateway.namespace)
+        }) else {
+            continue;
+        };
+        let current = serde_json::to_value(&object.status).unwrap_or_default();
+        let listeners: Vec<Value> = gateway
+            .listeners
+            .iter()
+            .map(|l| {
+                let previous = current["listeners"]
+                    .as_array()
+                    .and_then(|list| list.iter().find(|p| p["name"] == l.name.as_str()))
+                    .map(|p| p["conditions"].clone())
+                    .unwrap_or_default();
+                let kinds: Vec<Value> = l.supported_kinds.iter().map(|k| json!({"group": GROUP, "kind": k})).collect();
+                json!({
+                    "name": l.name,
+                    "attachedRoutes": l.attached_routes,
+                    "supportedKinds": kinds,
+                    "conditions": merge_conditions(&l.conditions, gateway.generation, &previous, now),
+                })
+            })
+            .collect();
+        let served = gateway.conditions.iter().any(|c| c.kind == "Programmed" && c.status);
+        let addresses: Vec<Value> = if served {
+            addresses
+                .iter()
+                .map(|a| {
+                    let kind = if a.parse::<std::net::IpAddr>().is_ok() { "IPAddress" } else { "Hostname" };
+                    json!({"type": kind, "value": a})
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let desired = json!({
+            "addresses": addresses,
+            "conditions": merge_conditions(&gateway.conditions, gateway.generation, &current["conditions"], now),
+            "listeners": listeners,
+        });
+        let fields = ["addresses", "conditions", "listeners"];
+        let empty = |v: &Value| v.is_null() || v.as_array().is_some_and(Vec::is_empty);
+        if fields.iter().any(|f| current[*f] != desired[*f] && !(empty(&current[*f]) && empty(&desired[*f]))) {
+            out.push(StatusPatch {
+                kind: "Gateway",
+                namespace: Some(gateway.namespace.clone()),
+                name: gateway.name.clone(),
+                body: json!({"status": desired}),
+            });
+        }
+    }
+    for route in &statuses.routes {
+        let Some(object) = cluster.http_routes.iter().find(|r| {
+            r.metadata.name.as_deref() == Some(&route.name) && r.metadata.namespace.as_deref() == Some(&route.namespace)
+        }) else {
+            continue;
+        };
+        let current = serde_json::to_value(&object.status).unwrap_or_default();
+        let current_parents = current["parents"].as_array().cloned().unwrap_or_default();
+        // Other controllers' entries stay as they are, in front; ours follow in the route's parentRefs order.
+        let mut parents: Vec<Value> =
+            current_parents.iter().filter(|p| p["controllerName"] != controller).cloned().collect();
+        for parent in &route.parents {
+            let previous = current_parents
+                .iter()
+                .find(|p| p["controllerName"] == controller && p["parentRef"] == parent.parent_ref)
+                .map(|p| p["conditions"].clone())
+                .unwrap_or_default();
+            parents.push(json!({
+                "parentRef": parent.parent_ref,
+                "controllerName": controller,
+                "conditions": merge_conditions(&parent.conditions, route.generation, &previous, now),
+            }));
+        }
+        if parents != current_parents {
+            out.push(StatusPatch {
+                kind: "HTTPRoute",
+                namespace: Some(route.namespace.clone()),
+                name: route.name.clone(),
+                body: json!({"status": {"parents": parents}}),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::add_yaml;
+    use crate::render::{render, Settings};
+
+    const CONTROLLER: &str = crate::render::gateway::CONTROLLER;
+
+    fn cluster(route_status: &str) -> Cluster {
+        let mut c = Cluster::default();
+        let yaml = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: edge}}\nspec: {{controllerName: {CONTROLLER}}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: infra, generation: 1}}\nspec:\n  gatewayClassName: edge\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: infra, generation: 3}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: missing, port: 80}}]}}]\n{route_status}"
+        );
+        add_yaml(&mut c, &yaml, "t").unwrap();
+        c
+    }
+
+    /// The cluster after the patches were applied (as a merge patch of status does).
+    fn applied(c: &Cluster, patches: &[StatusPatch]) -> Cluster {
+        let mut c = c.clone();
+        for p in patches {
+            let with = |object: Value| {
+                let mut object = object;
+                object["status"] = p.body["status"].clone();
+                object
+            };
+            match p.kind {
+                "GatewayClass" => {
+                    c.gateway_classes = vec![std::sync::Arc::new(
+                        serde_json::from_value(with(serde_json::to_value(&*c.gateway_classes[0]).unwrap())).unwrap(),
+                    )]
+                }
+                "Gateway" => {
+                    c.gateways = vec![std::sync::Arc::new(
+                        serde_json::from_value(with(serde_json::to_value(&*c.gateways[0]).unwrap())).unwrap(),
+                    )]
+                }
+                _ => {
+                    c.http_routes = vec![std::sync::Arc::new(
+                        serde_json::from_value(with(serde_json::to_value(&*c.http_routes[0]).unwrap())).unwrap(),
+                    )]
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn statuses_are_written_once_and_other_controllers_entries_are_kept() {
+        let other =
+            "status:\n  parents:\n  - {controllerName: example.com/other, parentRef: {name: theirs}, conditions: []}\n";
+        let c = cluster(other);
+        let rendered = render(&c, &Settings::default());
+        let addresses = vec!["203.0.113.7".to_string(), "edge.example.org".to_string()];
+        let first = patches(&c, &rendered.gateway, &addresses, CONTROLLER, "2026-12-01T00:00:00Z");
+        let kinds: Vec<&str> = first.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, vec!["GatewayClass", "Gateway", "HTTPRoute"]);
+        let gateway = &first[1].body["status"];
+        assert_eq!(gateway["addresses"][0], json!({"type": "IPAddress", "value": "203.0.113.7"}));
+        assert_eq!(gateway["addresses"][1], json!({"type": "Hostname", "value": "edge.example.org"}));
+        assert_eq!(gateway["listeners"][0]["attachedRoutes"], 1);
+        let parents = first[2].body["status"]["parents"].as_array().unwrap();
+        assert_eq!(parents[0]["controllerName"], "example.com/other", "another controller's entry is kept");
+        assert_eq!(parents[1]["controllerName"], CONTROLLER);
+        let refs = parents[1]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ResolvedRefs").unwrap();
+        assert_eq!((refs["status"].as_str(), refs["reason"].as_str()), (Some("False"), Some("BackendNotFound")));
+        assert_eq!(refs["observedGeneration"], 3);
+
+        // Applied, the same render asks for nothing more, even later.
+        let c = applied(&c, &first);
+        let again =
+            patches(&c, &render(&c, &Settings::default()).gateway, &addresses, CONTROLLER, "2026-12-02T00:00:00Z");
+        assert!(again.is_empty(), "{again:?}");
+        // An edge that goes away changes the addresses only.
+        let fewer = patches(&c, &rendered.gateway, &addresses[..1], CONTROLLER, "2026-12-02T00:00:00Z");
+        assert_eq!(fewer.len(), 1);
+        assert_eq!(fewer[0].body["status"]["addresses"].as_array().unwrap().len(), 1);
+    }
+}
