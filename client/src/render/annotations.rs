@@ -63,8 +63,12 @@ impl Annotations {
                 "redirect-to-https" => a.redirect_to_https = boolean(key, value, problems).unwrap_or(false),
                 "strip-prefix" => a.strip_prefix = boolean(key, value, problems).unwrap_or(false),
                 "priority" => match value.parse::<i64>() {
-                    Ok(p) if p > 0 => a.priority = Some(p),
-                    _ => problems.push(format!("{key}: {value:?} is not a positive integer")),
+                    // The agent refuses priorities above its canary router's.
+                    Ok(p) if p > 0 && p <= routes::validate::MAX_PRIORITY => a.priority = Some(p),
+                    _ => problems.push(format!(
+                        "{key}: {value:?} is not an integer from 1 to {}",
+                        routes::validate::MAX_PRIORITY
+                    )),
                 },
                 "backend-scheme" => match value {
                     "http" => a.backend_https = Some(false),

@@ -205,6 +205,15 @@ fn annotations_strip_prefix_priority_sticky_and_bad_values_are_reported() {
     assert_eq!(lb.pass_host_header, Some(false));
     let reasons: Vec<&str> = rendered.notices.iter().map(|n| n.message.as_str()).collect();
     assert_eq!(rendered.notices.len(), 2, "{reasons:?}");
+    // A priority above the agent's canary router would make the agent refuse the whole snapshot: it is
+    // reported and left out instead.
+    let too_high = "polaredge.io/priority: \"2147483647\"";
+    let rendered = render(
+        &cluster(&ingress("i", "2024-01-01T00:00:00Z", too_high, &one_path("a.test", "Prefix", "/api"))),
+        &Settings::default(),
+    );
+    assert!(rendered.notices[0].message.contains("not an integer from 1 to 2147483646"));
+    routes::parse(&rendered.document, &policy()).expect("the agent accepts it");
 }
 
 #[test]
