@@ -14,7 +14,7 @@
 //! produce a snapshot without routes that exist before and after it. Nothing renders until every store has
 //! completed its first list, so the first snapshot is never partial.
 
-use crate::render::gateway::{self, Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use crate::render::gateway::{self, Gateway, GatewayClass, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute};
 use crate::render::Cluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -45,6 +45,10 @@ struct GatewayStores {
     gateways: Store<Gateway>,
     routes: Store<HttpRoute>,
     grants: Store<ReferenceGrant>,
+    /// The L4 route kinds, where the cluster serves them.
+    tls_routes: Option<Store<TlsRoute>>,
+    tcp_routes: Option<Store<TcpRoute>>,
+    udp_routes: Option<Store<UdpRoute>>,
 }
 
 /// How often the client looks for the Gateway API while the cluster does not serve it:
@@ -70,6 +74,9 @@ impl Stores {
             gateways: self.gateway.get().map(|g| g.gateways.state()).unwrap_or_default(),
             http_routes: self.gateway.get().map(|g| g.routes.state()).unwrap_or_default(),
             reference_grants: self.gateway.get().map(|g| g.grants.state()).unwrap_or_default(),
+            tls_routes: self.gateway.get().and_then(|g| g.tls_routes.as_ref()).map(Store::state).unwrap_or_default(),
+            tcp_routes: self.gateway.get().and_then(|g| g.tcp_routes.as_ref()).map(Store::state).unwrap_or_default(),
+            udp_routes: self.gateway.get().and_then(|g| g.udp_routes.as_ref()).map(Store::state).unwrap_or_default(),
         }
     }
 
@@ -138,7 +145,7 @@ impl Writer {
         for patch in patches {
             let client = self.client.clone();
             self.runtime.spawn(async move {
-                let resource = gateway::api_resource(patch.kind);
+                let resource = gateway::api_resource_at(patch.kind, &patch.version);
                 let api: Api<kube::core::DynamicObject> = match &patch.namespace {
                     Some(ns) => Api::namespaced_with(client, ns, &resource),
                     None => Api::all_with(client, &resource),
@@ -166,7 +173,9 @@ impl Writer {
             involved_object: ObjectReference {
                 api_version: Some(match notice.kind {
                     "Service" => "v1".to_string(),
-                    "HTTPRoute" | "Gateway" => format!("{}/{}", gateway::GROUP, gateway::VERSION),
+                    "HTTPRoute" | "Gateway" | "TLSRoute" | "TCPRoute" | "UDPRoute" => {
+                        format!("{}/{}", gateway::GROUP, gateway::VERSION)
+                    }
                     _ => "networking.k8s.io/v1".to_string(),
                 }),
                 kind: Some(notice.kind.into()),
@@ -247,7 +256,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     watch!(Secret, secret_writer, SECRETS, config.clone().fields(TLS_SECRETS)),
                 ]);
                 let mut listed = vec![false; 5];
-                const NAMES: [&str; 9] = [
+                const NAMES: [&str; 12] = [
                     "Ingress",
                     "IngressClass",
                     "Service",
@@ -257,18 +266,25 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     "Gateway",
                     "HTTPRoute",
                     "ReferenceGrant",
+                    "TLSRoute",
+                    "TCPRoute",
+                    "UDPRoute",
                 ];
                 const SECRETS: usize = 4;
                 // Gateway API streams, when the cluster serves the group; the first lookup before the first
                 // render, so that a cluster with HTTPRoutes never gets a snapshot without them.
                 macro_rules! watch_dynamic {
-                    ($kind:ty, $name:expr, $index:expr) => {{
-                        let resource = gateway::api_resource($name);
+                    ($kind:ty, $name:expr, $index:expr) => {
+                        watch_dynamic!($kind, $name, $index, gateway::VERSION)
+                    };
+                    ($kind:ty, $name:expr, $index:expr, $version:expr) => {{
+                        let resource = gateway::api_resource_at($name, $version);
                         let writer = reflector::store::Writer::<$kind>::new(resource.clone());
                         let reader = writer.as_reader();
                         let stream = reflector::reflector(
                             writer,
-                            watcher(Api::<$kind>::all_with(client.clone(), &resource), config.clone()).default_backoff(),
+                            watcher(Api::<$kind>::all_with(client.clone(), &resource), config.clone())
+                                .default_backoff(),
                         )
                         .map(|event| match event {
                             Ok(event) => ($index, triggers(&event), None),
@@ -281,24 +297,52 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                 let mut gateway_on = false;
                 let mut lookup = tokio::time::interval(gateway_lookup());
                 lookup.tick().await;
-                let start_gateway = |events: &mut futures::stream::SelectAll<_>, listed: &mut Vec<bool>| {
+                let start_gateway = |events: &mut futures::stream::SelectAll<_>,
+                                     listed: &mut Vec<bool>,
+                                     served: &Served| {
                     let (classes, classes_reader) = watch_dynamic!(GatewayClass, "GatewayClass", 5usize);
                     let (gateways, gateways_reader) = watch_dynamic!(Gateway, "Gateway", 6);
                     let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", 7);
                     let (grants, grants_reader) = watch_dynamic!(ReferenceGrant, "ReferenceGrant", 8);
                     events.extend([classes, gateways, routes, grants]);
+                    listed.resize(12, true);
+                    listed[5..9].fill(false);
+                    let mut optional = |index: usize, version: Option<&String>| {
+                        version.map(|v| {
+                            listed[index] = false;
+                            v.clone()
+                        })
+                    };
+                    let tls = optional(9, served.get("TLSRoute")).map(|v| watch_dynamic!(TlsRoute, "TLSRoute", 9, &v));
+                    let tcp =
+                        optional(10, served.get("TCPRoute")).map(|v| watch_dynamic!(TcpRoute, "TCPRoute", 10, &v));
+                    let udp =
+                        optional(11, served.get("UDPRoute")).map(|v| watch_dynamic!(UdpRoute, "UDPRoute", 11, &v));
+                    macro_rules! reader {
+                        ($watched:expr) => {
+                            $watched.map(|(stream, reader)| {
+                                events.push(stream);
+                                reader
+                            })
+                        };
+                    }
                     let stores = GatewayStores {
                         classes: classes_reader,
                         gateways: gateways_reader,
                         routes: routes_reader,
                         grants: grants_reader,
+                        tls_routes: reader!(tls),
+                        tcp_routes: reader!(tcp),
+                        udp_routes: reader!(udp),
                     };
                     let _ = gateway_stores.set(stores);
-                    listed.resize(9, false);
                 };
-                if gateway_served(&client).await {
-                    log::info!("the cluster serves the Gateway API: watching GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants");
-                    start_gateway(&mut events, &mut listed);
+                if let Some(served) = gateway_served(&client).await {
+                    log::info!(
+                        "the cluster serves the Gateway API: watching GatewayClasses, Gateways, HTTPRoutes, \
+                         ReferenceGrants and {served:?}"
+                    );
+                    start_gateway(&mut events, &mut listed, &served);
                     gateway_on = true;
                 } else {
                     log::info!(
@@ -308,14 +352,14 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                         gateway_lookup()
                     );
                 }
-                let mut forbidden_kinds = [false; 9];
+                let mut forbidden_kinds = [false; 12];
                 loop {
                     let next = tokio::select! {
                         next = events.next() => next,
                         _ = lookup.tick(), if !gateway_on => {
-                            if gateway_served(&client).await {
+                            if let Some(served) = gateway_served(&client).await {
                                 log::info!("the cluster serves the Gateway API now: watching its resources");
-                                start_gateway(&mut events, &mut listed);
+                                start_gateway(&mut events, &mut listed, &served);
                                 gateway_on = true;
                             }
                             continue;
@@ -328,7 +372,11 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                             // ACME; Gateway API resources are not served).
                             if !forbidden_kinds[index] {
                                 forbidden_kinds[index] = true;
-                                let without = if index == SECRETS { "TLS hosts use ACME" } else { "the Gateway API is not served" };
+                                let without = if index == SECRETS {
+                                    "TLS hosts use ACME"
+                                } else {
+                                    "the Gateway API is not served"
+                                };
                                 log::warn!(
                                     "cannot watch {} ({e}); {without}. Apply deploy/ again to grant get/list/watch",
                                     NAMES[index]
@@ -361,15 +409,45 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
     Ok((stores, Writer { client, runtime: handle }))
 }
 
-/// Whether the API server serves the Gateway API group version (its CRDs are installed).
-async fn gateway_served(client: &kube::Client) -> bool {
-    let version = format!("{}/{}", gateway::GROUP, gateway::VERSION);
-    match client.list_api_group_resources(&version).await {
-        Ok(list) => list.resources.iter().any(|r| r.kind == "HTTPRoute"),
-        Err(kube::Error::Api(e)) if e.code == 404 => false,
+/// The L4 route kinds the cluster serves, with the version each is served at.
+type Served = std::collections::BTreeMap<&'static str, String>;
+
+/// Whether the API server serves the Gateway API (its CRDs are installed: HTTPRoute at v1), and at which
+/// version it serves TLSRoute, TCPRoute and UDPRoute (v1 in the standard channel since Gateway API v1.6;
+/// v1alpha2 in older experimental installs; absent otherwise).
+async fn gateway_served(client: &kube::Client) -> Option<Served> {
+    let kinds_at = |version: &'static str| async move {
+        let group_version = format!("{}/{version}", gateway::GROUP);
+        match client.list_api_group_resources(&group_version).await {
+            Ok(list) => Ok(list.resources.into_iter().map(|r| r.kind).collect::<Vec<String>>()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(Vec::new()),
+            Err(e) => Err(format!("cannot look up {group_version} ({e}); looking again later")),
+        }
+    };
+    let v1 = match kinds_at(gateway::VERSION).await {
+        Ok(kinds) => kinds,
         Err(e) => {
-            log::warn!("cannot look up {version} ({e}); looking again in a minute");
-            false
+            log::warn!("{e}");
+            return None;
+        }
+    };
+    if !v1.iter().any(|k| k == "HTTPRoute") {
+        return None;
+    }
+    let mut served = Served::new();
+    let mut missing = Vec::new();
+    for kind in ["TLSRoute", "TCPRoute", "UDPRoute"] {
+        if v1.iter().any(|k| k == kind) {
+            served.insert(kind, gateway::VERSION.to_string());
+        } else {
+            missing.push(kind);
         }
     }
+    if !missing.is_empty() {
+        let alpha = kinds_at("v1alpha2").await.unwrap_or_default();
+        for kind in missing.into_iter().filter(|k| alpha.iter().any(|a| a == k)) {
+            served.insert(kind, "v1alpha2".to_string());
+        }
+    }
+    Some(served)
 }

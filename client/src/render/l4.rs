@@ -24,7 +24,24 @@ pub const CLAIM_ANNOTATION: &str = "polaredge.io/load-balancer";
 /// Annotation asking for the PROXY protocol (`"1"` or `"2"`).
 pub const PROXY_ANNOTATION: &str = "polaredge.io/proxy-protocol";
 
-/// What the Services contribute to a snapshot.
+/// A public port a Gateway API TCPRoute or UDPRoute claims (through its Gateway's listener).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// `tcp` or `udp`.
+    pub transport: &'static str,
+    /// The listener's port.
+    pub port: u16,
+    /// `TCPRoute` or `UDPRoute`.
+    pub kind: &'static str,
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub name: String,
+    /// Where its servers come from (its backends, merged).
+    pub sources: Vec<super::ServerSource>,
+}
+
+/// What the Services and Gateway API routes contribute to a snapshot.
 #[derive(Debug, Default)]
 pub struct L4Rendered {
     /// The `l4` section (None without any port).
@@ -52,10 +69,12 @@ fn ours(service: &Service) -> bool {
     }
 }
 
-/// Renders the LoadBalancer Services that are ours. `slices`: each Service's EndpointSlices; `reserved`: ports
-/// the edge keeps for itself.
+/// Renders the LoadBalancer Services that are ours, then the ports of TCPRoutes and UDPRoutes (`claims`; a
+/// port a Service has keeps it). `slices`: each Service's EndpointSlices; `reserved`: ports the edge keeps for
+/// itself.
 pub fn render(
     cluster: &Cluster,
+    claims: &[Claim],
     slices: &HashMap<ServiceKey, Vec<Arc<EndpointSlice>>>,
     reserved: &BTreeSet<u16>,
 ) -> L4Rendered {
@@ -138,6 +157,43 @@ pub fn render(
             out.served.insert((ns, name));
         }
     }
+    for claim in claims {
+        let service = format!("{}/{}", claim.namespace, claim.name);
+        if let Some(owner) = owners.get(&(claim.transport, claim.port)) {
+            out.notices.push(Notice {
+                kind: claim.kind,
+                namespace: claim.namespace.clone(),
+                name: claim.name.clone(),
+                reason: "PortConflict",
+                message: format!(
+                    "port {}/{} is already served for {owner}; this route is not exposed",
+                    claim.port,
+                    claim.transport.to_uppercase()
+                ),
+            });
+            continue;
+        }
+        let mut servers: Vec<SocketAddr> = claim
+            .sources
+            .iter()
+            .flat_map(|(ns, svc, port)| {
+                servers_of(port, slices.get(&(ns.clone(), svc.clone())).map(Vec::as_slice).unwrap_or_default())
+            })
+            .collect();
+        servers.sort();
+        servers.dedup();
+        let allow = if claim.transport == "tcp" { &mut out.endpoints } else { &mut out.udp_endpoints };
+        allow.extend(servers.iter().copied());
+        owners.insert((claim.transport, claim.port), format!("{} {service}", claim.kind));
+        sections.entry(claim.transport).or_default().insert(
+            claim.port.to_string(),
+            model::L4Service {
+                service,
+                servers: servers.iter().map(ToString::to_string).collect(),
+                proxy_protocol: None,
+            },
+        );
+    }
     if !sections.is_empty() {
         out.section = Some(model::L4 {
             tcp: sections.remove("tcp").unwrap_or_default(),
@@ -167,7 +223,7 @@ mod tests {
                 slices.entry(key).or_default().push(Arc::clone(slice));
             }
         }
-        render(&cluster, &slices, &[80, 443, 51820].into())
+        render(&cluster, &[], &slices, &[80, 443, 51820].into())
     }
 
     const CLASS: &str = "  loadBalancerClass: polaredge.io/edge\n";

@@ -53,6 +53,12 @@ pub struct Cluster {
     pub http_routes: Vec<Arc<gateway::HttpRoute>>,
     /// Gateway API ReferenceGrants.
     pub reference_grants: Vec<Arc<gateway::ReferenceGrant>>,
+    /// Gateway API TLSRoutes.
+    pub tls_routes: Vec<Arc<gateway::TlsRoute>>,
+    /// Gateway API TCPRoutes.
+    pub tcp_routes: Vec<Arc<gateway::TcpRoute>>,
+    /// Gateway API UDPRoutes.
+    pub udp_routes: Vec<Arc<gateway::UdpRoute>>,
 }
 
 /// Settings that shape the output.
@@ -136,6 +142,9 @@ impl Cluster {
         match kind {
             "Service" => self.services.iter().find(|s| matches(&s.metadata)).and_then(|s| s.metadata.uid.clone()),
             "HTTPRoute" => self.http_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
+            "TLSRoute" => self.tls_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
+            "TCPRoute" => self.tcp_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
+            "UDPRoute" => self.udp_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
             _ => self.ingresses.iter().find(|i| matches(&i.metadata)).and_then(|i| i.metadata.uid.clone()),
         }
     }
@@ -335,6 +344,8 @@ struct Plan {
     passthrough: Vec<passthrough::Route>,
     /// The status of the Gateway API resources of ours.
     gateway: gateway::conditions::Statuses,
+    /// The public ports of TCPRoutes and UDPRoutes (their servers are filled in at each render).
+    gateway_l4: Vec<l4::Claim>,
 }
 
 /// The TLS Secrets by (namespace, name).
@@ -665,6 +676,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
     http.services.extend(gateway.http.services);
     http.middlewares.extend(gateway.http.middlewares);
     certificates.extend(gateway.certificates);
+    passthrough_routes.extend(gateway.passthrough);
     expires = expires.min(gateway.expires);
     notices.extend(gateway.notices);
     Plan {
@@ -676,6 +688,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
         expires,
         passthrough: passthrough_routes,
         gateway: gateway.statuses,
+        gateway_l4: gateway.l4,
     }
 }
 
@@ -748,6 +761,9 @@ fn plan_inputs(cluster: &Cluster) -> Vec<usize> {
     add(cluster.gateways.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.http_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.reference_grants.iter().map(|o| Arc::as_ptr(o) as usize).collect());
+    add(cluster.tls_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
+    add(cluster.tcp_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
+    add(cluster.udp_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     key
 }
 
@@ -795,6 +811,7 @@ type GatewayInputs = (
     Vec<Arc<gateway::Gateway>>,
     Vec<Arc<gateway::HttpRoute>>,
     Vec<Arc<gateway::ReferenceGrant>>,
+    (Vec<Arc<gateway::TlsRoute>>, Vec<Arc<gateway::TcpRoute>>, Vec<Arc<gateway::UdpRoute>>),
 );
 
 impl Renderer {
@@ -897,6 +914,7 @@ impl Renderer {
                         cluster.gateways.clone(),
                         cluster.http_routes.clone(),
                         cluster.reference_grants.clone(),
+                        (cluster.tls_routes.clone(), cluster.tcp_routes.clone(), cluster.udp_routes.clone()),
                     ),
                 );
                 self.cache = Some((inputs, alive, Arc::clone(&planned)));
@@ -930,7 +948,7 @@ impl Renderer {
             }
         }
         services.push('}');
-        let l4 = l4::render(cluster, &self.by_service, &self.settings.reserved_ports);
+        let l4 = l4::render(cluster, &planned.plan.gateway_l4, &self.by_service, &self.settings.reserved_ports);
         let (tcp, passthrough_endpoints) =
             passthrough::section(&planned.plan.passthrough, &self.by_service, &self.settings.websecure);
         let mut endpoints: BTreeSet<SocketAddr> = self.endpoints.keys().copied().collect();

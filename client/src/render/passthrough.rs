@@ -12,13 +12,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// One passthrough host.
+/// One passthrough host (of an annotated Ingress or a Gateway API TLSRoute).
 #[derive(Debug, Clone)]
 pub(super) struct Route {
     router: String,
-    host: String,
+    /// `HostSNI(...)` or `HostSNIRegexp(...)`.
+    rule: String,
     service: String,
-    source: Option<ServerSource>,
+    /// Where its servers come from (several: a TLSRoute's backends, merged).
+    sources: Vec<ServerSource>,
+}
+
+impl Route {
+    /// A passthrough router `router` with `rule` to the TCP service `service` fed by `sources`.
+    pub(super) fn new(router: String, rule: String, service: String, sources: Vec<ServerSource>) -> Route {
+        Route { router, rule, service, sources }
+    }
 }
 
 /// The passthrough routes of one annotated Ingress. `claimed`: host -> the Ingress that has it (oldest first).
@@ -66,9 +75,9 @@ pub(super) fn routes(
         claimed.insert(host.clone(), (ns.to_string(), name.to_string()));
         out.push(Route {
             router: format!("{}-{}-{}-passthrough", slug(ns), slug(name), fnv(&[&host])),
-            host,
+            rule: format!("HostSNI(`{host}`)"),
             service: resolved.name.clone(),
-            source: resolved.source.clone(),
+            sources: resolved.source.clone().into_iter().collect(),
         });
     }
     out
@@ -86,14 +95,20 @@ pub(super) fn section(
     let mut tcp = model::Tcp::default();
     let mut endpoints = Vec::new();
     for route in routes {
-        let servers = route.source.as_ref().map_or_else(Vec::new, |(ns, svc, port)| {
-            servers_of(port, slices.get(&(ns.clone(), svc.clone())).map(Vec::as_slice).unwrap_or_default())
-        });
+        let mut servers: Vec<SocketAddr> = route
+            .sources
+            .iter()
+            .flat_map(|(ns, svc, port)| {
+                servers_of(port, slices.get(&(ns.clone(), svc.clone())).map(Vec::as_slice).unwrap_or_default())
+            })
+            .collect();
+        servers.sort();
+        servers.dedup();
         endpoints.extend(servers.iter().copied());
         tcp.routers.insert(
             route.router.clone(),
             model::TcpRouter {
-                rule: format!("HostSNI(`{}`)", route.host),
+                rule: route.rule.clone(),
                 service: route.service.clone(),
                 entry_points: vec![websecure.to_string()],
                 priority: None,

@@ -12,8 +12,10 @@ use serde_json::{json, Value};
 /// One status to write: a merge patch of the object's status subresource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusPatch {
-    /// `GatewayClass`, `Gateway` or `HTTPRoute`.
+    /// `GatewayClass`, `Gateway`, `HTTPRoute`, `TLSRoute`, `TCPRoute` or `UDPRoute`.
     pub kind: &'static str,
+    /// The version the object is served at (`v1`; TCPRoute and UDPRoute may be `v1alpha2`).
+    pub version: String,
     /// Namespace (none for a GatewayClass).
     pub namespace: Option<String>,
     /// Name.
@@ -42,6 +44,7 @@ pub fn patches(
         if current["conditions"] != conditions {
             out.push(StatusPatch {
                 kind: "GatewayClass",
+                version: crate::render::gateway::VERSION.into(),
                 namespace: None,
                 name: class.name.clone(),
                 body: json!({"status": {"conditions": conditions}}),
@@ -96,6 +99,7 @@ pub fn patches(
         if fields.iter().any(|f| current[*f] != desired[*f] && !(empty(&current[*f]) && empty(&desired[*f]))) {
             out.push(StatusPatch {
                 kind: "Gateway",
+                version: crate::render::gateway::VERSION.into(),
                 namespace: Some(gateway.namespace.clone()),
                 name: gateway.name.clone(),
                 body: json!({"status": desired}),
@@ -103,12 +107,9 @@ pub fn patches(
         }
     }
     for route in &statuses.routes {
-        let Some(object) = cluster.http_routes.iter().find(|r| {
-            r.metadata.name.as_deref() == Some(&route.name) && r.metadata.namespace.as_deref() == Some(&route.namespace)
-        }) else {
+        let Some((version, current)) = route_status(cluster, route.kind, &route.namespace, &route.name) else {
             continue;
         };
-        let current = serde_json::to_value(&object.status).unwrap_or_default();
         let current_parents = current["parents"].as_array().cloned().unwrap_or_default();
         // Other controllers' entries stay as they are, in front; ours follow in the route's parentRefs order.
         let mut parents: Vec<Value> =
@@ -127,7 +128,8 @@ pub fn patches(
         }
         if parents != current_parents {
             out.push(StatusPatch {
-                kind: "HTTPRoute",
+                kind: route.kind,
+                version,
                 namespace: Some(route.namespace.clone()),
                 name: route.name.clone(),
                 body: json!({"status": {"parents": parents}}),
@@ -135,6 +137,32 @@ pub fn patches(
         }
     }
     out
+}
+
+/// The version a route is served at and its current status, if the stores hold it.
+fn route_status(cluster: &Cluster, kind: &str, ns: &str, name: &str) -> Option<(String, Value)> {
+    fn find<P: Clone + serde::Serialize, U: Clone + serde::Serialize>(
+        list: &[std::sync::Arc<kube::core::Object<P, U>>],
+        ns: &str,
+        name: &str,
+    ) -> Option<(String, Value)> {
+        let object = list
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(name) && o.metadata.namespace.as_deref() == Some(ns))?;
+        let version = object
+            .types
+            .as_ref()
+            .and_then(|t| t.api_version.rsplit_once('/').map(|(_, v)| v.to_string()))
+            .unwrap_or_else(|| crate::render::gateway::VERSION.into());
+        Some((version, serde_json::to_value(&object.status).unwrap_or_default()))
+    }
+    match kind {
+        "HTTPRoute" => find(&cluster.http_routes, ns, name),
+        "TLSRoute" => find(&cluster.tls_routes, ns, name),
+        "TCPRoute" => find(&cluster.tcp_routes, ns, name),
+        "UDPRoute" => find(&cluster.udp_routes, ns, name),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -73,9 +73,11 @@ pub struct ParentStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// An HTTPRoute with at least one parent of ours.
+/// A route (HTTPRoute, TLSRoute, TCPRoute, UDPRoute) with at least one parent of ours.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteStatus {
+    /// Its kind.
+    pub kind: &'static str,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -93,7 +95,7 @@ pub struct Statuses {
     pub classes: Vec<ClassStatus>,
     /// Gateways of those classes.
     pub gateways: Vec<GatewayStatus>,
-    /// HTTPRoutes attached (or trying to attach) to those Gateways.
+    /// Routes attached (or trying to attach) to those Gateways.
     pub routes: Vec<RouteStatus>,
 }
 

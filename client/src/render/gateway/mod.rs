@@ -26,7 +26,9 @@ use super::{certificate_of, fnv, slug, Backends, Notice, Resolved, Settings};
 use conditions::{ClassStatus, Condition, GatewayStatus, ListenerStatus, ParentStatus, RouteStatus, Statuses};
 use gateway_api::gatewayclasses::{GatewayClassSpec, GatewayClassStatus};
 use gateway_api::gateways::{GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From, GatewaySpec};
-use gateway_api::httproutes::{HttpRouteRules, HttpRouteRulesMatches, HttpRouteSpec, HttpRouteStatus};
+use gateway_api::httproutes::{
+    HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches, HttpRouteSpec, HttpRouteStatus,
+};
 use gateway_api::referencegrants::ReferenceGrantSpec;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::{ApiResource, NotUsed, Object};
@@ -43,6 +45,15 @@ pub type Gateway = Object<GatewaySpec, gateway_api::gateways::GatewayStatus>;
 pub type HttpRoute = Object<HttpRouteSpec, HttpRouteStatus>;
 /// A ReferenceGrant.
 pub type ReferenceGrant = Object<ReferenceGrantSpec, NotUsed>;
+/// A TLSRoute (TLS passthrough by SNI).
+pub type TlsRoute = Object<gateway_api::tlsroutes::TlsRouteSpec, gateway_api::tlsroutes::TlsRouteStatus>;
+/// A TCPRoute (a public TCP port). The crate has its types in the experimental channel (v1alpha2); the shape
+/// is the one the standard channel serves as v1.
+pub type TcpRoute =
+    Object<gateway_api::experimental::tcproutes::TcpRouteSpec, gateway_api::experimental::tcproutes::TcpRouteStatus>;
+/// A UDPRoute (a public UDP port).
+pub type UdpRoute =
+    Object<gateway_api::experimental::udproutes::UdpRouteSpec, gateway_api::experimental::udproutes::UdpRouteStatus>;
 
 /// The API group.
 pub const GROUP: &str = "gateway.networking.k8s.io";
@@ -61,19 +72,35 @@ pub const INVALID_BACKEND: &str = "polaredge-invalid-backend";
 /// The middleware that turns the empty service's 503 into the spec's 500.
 pub const INVALID_BACKEND_500: &str = "polaredge-invalid-backend-500";
 
-/// The API resource of a kind of the group (`GatewayClass`, `Gateway`, `HTTPRoute`, `ReferenceGrant`).
-pub fn api_resource(kind: &str) -> ApiResource {
+/// The API resource of a kind of the group (`GatewayClass`, `Gateway`, `HTTPRoute`, `ReferenceGrant`,
+/// `TLSRoute`, `TCPRoute`, `UDPRoute`) at `version`.
+pub fn api_resource_at(kind: &str, version: &str) -> ApiResource {
     let plural = match kind {
-        "HTTPRoute" => "httproutes".to_string(),
         "GatewayClass" => "gatewayclasses".to_string(),
         other => format!("{}s", other.to_ascii_lowercase()),
     };
     ApiResource {
         group: GROUP.into(),
-        version: VERSION.into(),
-        api_version: format!("{GROUP}/{VERSION}"),
+        version: version.into(),
+        api_version: format!("{GROUP}/{version}"),
         kind: kind.into(),
         plural,
+    }
+}
+
+/// The API resource of a kind of the group at [`VERSION`].
+pub fn api_resource(kind: &str) -> ApiResource {
+    api_resource_at(kind, VERSION)
+}
+
+/// The route kinds a listener protocol carries.
+fn kinds_of(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "HTTP" | "HTTPS" => &["HTTPRoute"],
+        "TLS" => &["TLSRoute"],
+        "TCP" => &["TCPRoute"],
+        "UDP" => &["UDPRoute"],
+        _ => &[],
     }
 }
 
@@ -93,6 +120,10 @@ pub(super) struct Plan {
     pub statuses: Statuses,
     /// Problems for Events.
     pub notices: Vec<Notice>,
+    /// TLS passthrough hosts of TLSRoutes.
+    pub passthrough: Vec<super::passthrough::Route>,
+    /// Public TCP and UDP ports of TCPRoutes and UDPRoutes.
+    pub l4: Vec<super::l4::Claim>,
 }
 
 fn ns_name<P: Clone, U: Clone>(o: &Object<P, U>) -> (String, String) {
@@ -108,12 +139,16 @@ struct Listener {
     name: String,
     hostname: Option<String>,
     port: i32,
-    /// The entrypoint and scheme; `None` when the listener cannot be served.
+    /// The entrypoint and scheme (`http`, `https`, `tls`, `tcp`, `udp`); `None` when the listener cannot be
+    /// served.
     serve: Option<(String, &'static str)>,
     /// HTTPS with certificates from Secrets (no ACME resolver on its routers).
     own_certificates: bool,
     all_namespaces: bool,
-    http_routes_allowed: bool,
+    /// The route kinds it admits.
+    kinds: Vec<&'static str>,
+    /// The TCPRoute or UDPRoute that has it (one per listener: its port is the route).
+    taken_by: Option<String>,
     attached: i32,
     conditions: Vec<Condition>,
     supported_kinds: Vec<&'static str>,
@@ -162,7 +197,10 @@ pub(super) fn plan(
     let mut listeners: BTreeMap<(String, String), Vec<Listener>> = BTreeMap::new();
     for gateway in &gateways {
         let (ns, name) = ns_name(gateway);
-        let list = plan_listeners(gateway, &ns, cluster, settings, secrets, now, &mut out);
+        let mut list = plan_listeners(gateway, &ns, cluster, settings, secrets, now, &mut out);
+        if gateway.spec.addresses.as_ref().is_some_and(|a| !a.is_empty()) {
+            list.iter_mut().for_each(|l| l.serve = None); // refused: UnsupportedAddress
+        }
         listeners.insert((ns, name), list);
     }
 
@@ -173,67 +211,10 @@ pub(super) fn plan(
     let mut resolved_cache: HashMap<(String, String, i32), Option<Rc<Resolved>>> = HashMap::new();
     for route in routes {
         let (ns, name) = ns_name(route);
-        let mut parents = Vec::new();
-        let mut attachments: Vec<(&Listener, Vec<String>)> = Vec::new();
-        let mut attached_to: Vec<(String, String, usize)> = Vec::new();
-        for parent in route.spec.parent_refs.iter().flatten() {
-            let group = parent.group.as_deref().unwrap_or(GROUP);
-            let kind = parent.kind.as_deref().unwrap_or("Gateway");
-            if group != GROUP || kind != "Gateway" {
-                continue;
-            }
-            let key = (parent.namespace.clone().unwrap_or_else(|| ns.clone()), parent.name.clone());
-            let Some(gateway_listeners) = listeners.get(&key) else { continue }; // not a Gateway of ours
-            let parent_ref = serde_json::to_value(parent).unwrap_or_default();
-            let candidates: Vec<(usize, &Listener)> = gateway_listeners
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| parent.section_name.as_deref().is_none_or(|s| s == l.name))
-                .filter(|(_, l)| parent.port.is_none_or(|p| p == l.port))
-                .collect();
-            let accepted = if candidates.is_empty() {
-                Condition::new(
-                    "Accepted",
-                    false,
-                    "NoMatchingParent",
-                    "no listener of the Gateway has that sectionName/port",
-                )
-            } else {
-                let allowed: Vec<&(usize, &Listener)> = candidates
-                    .iter()
-                    .filter(|(_, l)| l.serve.is_some() && l.http_routes_allowed && (l.all_namespaces || key.0 == ns))
-                    .collect();
-                let hosted: Vec<(usize, &Listener, Vec<String>)> = allowed
-                    .iter()
-                    .filter_map(|(i, l)| {
-                        let route_hosts = route.spec.hostnames.clone().unwrap_or_default();
-                        hostnames::intersect(l.hostname.as_deref(), &route_hosts).map(|h| (*i, *l, h))
-                    })
-                    .collect();
-                if allowed.is_empty() {
-                    Condition::new(
-                        "Accepted",
-                        false,
-                        "NotAllowedByListeners",
-                        "no listener of the Gateway admits HTTPRoutes from this namespace",
-                    )
-                } else if hosted.is_empty() {
-                    Condition::new(
-                        "Accepted",
-                        false,
-                        "NoMatchingListenerHostname",
-                        "no listener hostname intersects the route's hostnames",
-                    )
-                } else {
-                    for (i, listener, hosts) in hosted {
-                        attached_to.push((key.0.clone(), key.1.clone(), i));
-                        attachments.push((listener, hosts));
-                    }
-                    Condition::new("Accepted", true, "Accepted", "attached to the Gateway")
-                }
-            };
-            parents.push((parent_ref, accepted));
-        }
+        let hosts = route.spec.hostnames.clone().unwrap_or_default();
+        let (parents, attached_to) = attach(&route.spec.parent_refs, &ns, &hosts, "HTTPRoute", &listeners);
+        let attachments: Vec<(&Listener, Vec<String>)> =
+            attached_to.iter().map(|(key, i, hosts)| (&listeners[key][*i], hosts.clone())).collect();
         if parents.is_empty() {
             continue;
         }
@@ -314,8 +295,8 @@ pub(super) fn plan(
                 }
             }
         }
-        for (gns, gname, i) in attached_to {
-            if let Some(l) = listeners.get_mut(&(gns, gname)).and_then(|l| l.get_mut(i)) {
+        for (key, i, _) in attached_to {
+            if let Some(l) = listeners.get_mut(&key).and_then(|l| l.get_mut(i)) {
                 l.attached += 1;
             }
         }
@@ -333,6 +314,7 @@ pub(super) fn plan(
             Some((reason, message)) => Condition::new("ResolvedRefs", false, reason, message.clone()),
         };
         out.statuses.routes.push(RouteStatus {
+            kind: "HTTPRoute",
             namespace: ns.clone(),
             name: name.clone(),
             generation: route.metadata.generation,
@@ -342,6 +324,7 @@ pub(super) fn plan(
                 .collect(),
         });
     }
+    plan_l4_routes(cluster, settings, backends, &mut listeners, &mut out);
     // One priority per router, from the spec's total order (the first wins).
     ordered.sort();
     let count = ordered.len() as i64;
@@ -386,37 +369,11 @@ fn rule_service(
 ) -> (String, bool) {
     let mut valid: Vec<(Rc<Resolved>, u32)> = Vec::new();
     for backend in rule.backend_refs.iter().flatten() {
-        let group = backend.group.as_deref().unwrap_or("");
-        let kind = backend.kind.as_deref().unwrap_or("Service");
-        let target_ns = backend.namespace.clone().unwrap_or_else(|| ns.to_string());
-        let problem = if !matches!(group, "" | "core") || kind != "Service" {
-            Some(("InvalidKind", format!("backendRef {group}/{kind} {}: only Services are supported", backend.name)))
-        } else if target_ns != ns
-            && !granted(&cluster.reference_grants, ("HTTPRoute", ns), ("Service", &target_ns, &backend.name))
-        {
-            Some((
-                "RefNotPermitted",
-                format!(
-                    "Service {target_ns}/{}: no ReferenceGrant in {target_ns} allows HTTPRoutes of {ns}",
-                    backend.name
-                ),
-            ))
-        } else if let Some(port) = backend.port {
-            let key = (target_ns.clone(), backend.name.clone(), port);
-            let resolved =
-                cache.entry(key).or_insert_with(|| backends.resolve_port(&target_ns, &backend.name, port).map(Rc::new));
-            match resolved {
-                Some(r) if r.source.is_some() => {
-                    valid.push((Rc::clone(r), backend.weight.unwrap_or(1).clamp(0, 1_000_000) as u32));
-                    None
-                }
-                _ => Some(("BackendNotFound", format!("Service {target_ns}/{} has no port {port}", backend.name))),
+        match check_backend(backend, "HTTPRoute", ns, cluster, backends, cache) {
+            Ok(resolved) => valid.push((resolved, backend.weight.unwrap_or(1).clamp(0, 1_000_000) as u32)),
+            Err(problem) => {
+                unresolved.get_or_insert(problem);
             }
-        } else {
-            Some(("UnsupportedValue", format!("backendRef Service {}: a port is required", backend.name)))
-        };
-        if let Some(problem) = problem {
-            unresolved.get_or_insert(problem);
         }
     }
     for (resolved, _) in &valid {
@@ -442,6 +399,241 @@ fn rule_service(
     }
 }
 
+/// Resolves one backendRef of a route of `route_kind` in `ns`: a Service port, in another namespace only with
+/// a ReferenceGrant; or the ResolvedRefs reason and message.
+fn check_backend(
+    backend: &HttpRouteRulesBackendRefs,
+    route_kind: &str,
+    ns: &str,
+    cluster: &super::Cluster,
+    backends: &Backends,
+    cache: &mut HashMap<(String, String, i32), Option<Rc<Resolved>>>,
+) -> Result<Rc<Resolved>, (&'static str, String)> {
+    let group = backend.group.as_deref().unwrap_or("");
+    let kind = backend.kind.as_deref().unwrap_or("Service");
+    let target_ns = backend.namespace.clone().unwrap_or_else(|| ns.to_string());
+    if !matches!(group, "" | "core") || kind != "Service" {
+        return Err((
+            "InvalidKind",
+            format!("backendRef {group}/{kind} {}: only Services are supported", backend.name),
+        ));
+    }
+    if target_ns != ns && !granted(&cluster.reference_grants, (route_kind, ns), ("Service", &target_ns, &backend.name))
+    {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "Service {target_ns}/{}: no ReferenceGrant in {target_ns} allows {route_kind}s of {ns}",
+                backend.name
+            ),
+        ));
+    }
+    let Some(port) = backend.port else {
+        return Err(("UnsupportedValue", format!("backendRef Service {}: a port is required", backend.name)));
+    };
+    let key = (target_ns.clone(), backend.name.clone(), port);
+    let resolved =
+        cache.entry(key).or_insert_with(|| backends.resolve_port(&target_ns, &backend.name, port).map(Rc::new));
+    match resolved {
+        Some(r) if r.source.is_some() => Ok(Rc::clone(r)),
+        _ => Err(("BackendNotFound", format!("Service {target_ns}/{} has no port {port}", backend.name))),
+    }
+}
+
+/// The listeners a route attached to: (Gateway namespace and name, listener index, the hosts it serves there).
+type Attached = Vec<((String, String), usize, Vec<String>)>;
+
+/// Attaches a route of `kind` in `ns` with `hosts` by its `parentRefs`: for each parentRef naming a Gateway of
+/// ours, the ref (as written) and its Accepted condition; and the listeners it attached to.
+fn attach<T: serde::Serialize>(
+    refs: &Option<Vec<T>>,
+    ns: &str,
+    hosts: &[String],
+    kind: &str,
+    listeners: &BTreeMap<(String, String), Vec<Listener>>,
+) -> (Vec<(serde_json::Value, Condition)>, Attached) {
+    let mut parents = Vec::new();
+    let mut attached = Vec::new();
+    for parent in refs.iter().flatten() {
+        let parent = serde_json::to_value(parent).unwrap_or_default();
+        let text = |field: &str| parent[field].as_str().map(str::to_string);
+        if text("group").as_deref().unwrap_or(GROUP) != GROUP
+            || text("kind").as_deref().unwrap_or("Gateway") != "Gateway"
+        {
+            continue;
+        }
+        let key = (text("namespace").unwrap_or_else(|| ns.to_string()), text("name").unwrap_or_default());
+        let Some(gateway_listeners) = listeners.get(&key) else { continue }; // not a Gateway of ours
+        let (section, port) = (text("sectionName"), parent["port"].as_i64());
+        let candidates: Vec<(usize, &Listener)> = gateway_listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| section.as_deref().is_none_or(|s| s == l.name))
+            .filter(|(_, l)| port.is_none_or(|p| p == i64::from(l.port)))
+            .collect();
+        let allowed: Vec<&(usize, &Listener)> = candidates
+            .iter()
+            .filter(|(_, l)| l.serve.is_some() && l.kinds.contains(&kind) && (l.all_namespaces || key.0 == ns))
+            .collect();
+        // Hostnames matter where a listener routes by name (HTTP, HTTPS, TLS); TCP and UDP ports take any.
+        let hosted: Vec<(usize, Vec<String>)> = allowed
+            .iter()
+            .filter_map(|(i, l)| match l.serve.as_ref().map(|s| s.1) {
+                Some("tcp" | "udp") => Some((*i, vec![String::new()])),
+                _ => hostnames::intersect(l.hostname.as_deref(), hosts).map(|h| (*i, h)),
+            })
+            .collect();
+        let accepted = if candidates.is_empty() {
+            Condition::new(
+                "Accepted",
+                false,
+                "NoMatchingParent",
+                "no listener of the Gateway has that sectionName/port",
+            )
+        } else if allowed.is_empty() {
+            let message = format!("no listener of the Gateway admits {kind}s from this namespace");
+            Condition::new("Accepted", false, "NotAllowedByListeners", message)
+        } else if hosted.is_empty() {
+            let message = "no listener hostname intersects the route's hostnames";
+            Condition::new("Accepted", false, "NoMatchingListenerHostname", message)
+        } else {
+            attached.extend(hosted.into_iter().map(|(i, h)| (key.clone(), i, h)));
+            Condition::new("Accepted", true, "Accepted", "attached to the Gateway")
+        };
+        parents.push((parent, accepted));
+    }
+    (parents, attached)
+}
+
+/// A TLSRoute, TCPRoute or UDPRoute as the planner needs it (their specs share this shape).
+struct L4Route {
+    kind: &'static str,
+    ns: String,
+    name: String,
+    created: i64,
+    generation: Option<i64>,
+    hostnames: Vec<String>,
+    parent_refs: Option<Vec<serde_json::Value>>,
+    backend_refs: Vec<HttpRouteRulesBackendRefs>,
+}
+
+impl L4Route {
+    fn of<P: Clone + serde::Serialize, U: Clone>(kind: &'static str, route: &Object<P, U>) -> L4Route {
+        let spec = serde_json::to_value(&route.spec).unwrap_or_default();
+        let (ns, name) = ns_name(route);
+        let backend_refs = spec["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rule| rule["backendRefs"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| serde_json::from_value(b).ok())
+            .collect();
+        L4Route {
+            kind,
+            ns,
+            name,
+            created: created(route),
+            generation: route.metadata.generation,
+            hostnames: serde_json::from_value(spec["hostnames"].clone()).unwrap_or_default(),
+            parent_refs: serde_json::from_value(spec["parentRefs"].clone()).ok(),
+            backend_refs,
+        }
+    }
+}
+
+/// TLSRoutes (passthrough by SNI on the TLS entrypoint), TCPRoutes and UDPRoutes (a public port each, served
+/// by the agent as LoadBalancer Services' ports are).
+fn plan_l4_routes(
+    cluster: &super::Cluster,
+    settings: &Settings,
+    backends: &Backends,
+    listeners: &mut BTreeMap<(String, String), Vec<Listener>>,
+    out: &mut Plan,
+) {
+    let mut routes: Vec<L4Route> = Vec::new();
+    routes.extend(cluster.tls_routes.iter().map(|r| L4Route::of("TLSRoute", &**r)));
+    routes.extend(cluster.tcp_routes.iter().map(|r| L4Route::of("TCPRoute", &**r)));
+    routes.extend(cluster.udp_routes.iter().map(|r| L4Route::of("UDPRoute", &**r)));
+    routes.sort_by(|a, b| (a.created, &a.ns, &a.name).cmp(&(b.created, &b.ns, &b.name)));
+    let mut cache = HashMap::new();
+    for route in routes {
+        let (mut parents, attached) = attach(&route.parent_refs, &route.ns, &route.hostnames, route.kind, listeners);
+        if parents.is_empty() {
+            continue;
+        }
+        let mut sources = Vec::new();
+        let mut unresolved = None;
+        for backend in &route.backend_refs {
+            match check_backend(backend, route.kind, &route.ns, cluster, backends, &mut cache) {
+                Ok(resolved) if backend.weight != Some(0) => sources.extend(resolved.source.clone()),
+                Ok(_) => {}
+                Err(problem) => {
+                    unresolved.get_or_insert(problem);
+                }
+            }
+        }
+        let owner = format!("{}/{}", route.ns, route.name);
+        let mut taken = Vec::new();
+        for (key, i, hosts) in &attached {
+            let Some(listener) = listeners.get_mut(key).and_then(|l| l.get_mut(*i)) else { continue };
+            let Some((_, scheme)) = listener.serve.clone() else { continue };
+            if scheme == "tls" {
+                for host in hosts {
+                    let rule = match host.as_str() {
+                        "" => "HostSNI(`*`)".to_string(),
+                        h if h.starts_with('*') => format!("HostSNIRegexp(`^.+{}$`)", h[1..].replace('.', "\\.")),
+                        h => format!("HostSNI(`{h}`)"),
+                    };
+                    let router =
+                        format!("gw-{}-{}-{}", slug(&route.ns), slug(&route.name), fnv(&[&key.0, &key.1, host]));
+                    let service = format!("gw-{}-{}-tls", slug(&route.ns), slug(&route.name));
+                    out.passthrough.push(super::passthrough::Route::new(router, rule, service, sources.clone()));
+                }
+            } else {
+                if let Some(older) = &listener.taken_by {
+                    taken.push(format!(
+                        "listener {} of Gateway {}/{} already serves the older {older}",
+                        listener.name, key.0, key.1
+                    ));
+                    continue;
+                }
+                listener.taken_by = Some(owner.clone());
+                out.l4.push(super::l4::Claim {
+                    transport: if scheme == "tcp" { "tcp" } else { "udp" },
+                    port: u16::try_from(listener.port).unwrap_or(0),
+                    kind: route.kind,
+                    namespace: route.ns.clone(),
+                    name: route.name.clone(),
+                    sources: sources.clone(),
+                });
+            }
+            listener.attached += 1;
+        }
+        if !taken.is_empty() && taken.len() == attached.len() {
+            for (_, accepted) in &mut parents {
+                if accepted.status {
+                    *accepted = Condition::new("Accepted", false, "UnsupportedValue", taken.join("; "));
+                }
+            }
+        }
+        let resolved = match unresolved {
+            None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "every backendRef resolved"),
+            Some((reason, message)) => Condition::new("ResolvedRefs", false, reason, message),
+        };
+        out.statuses.routes.push(RouteStatus {
+            kind: route.kind,
+            namespace: route.ns,
+            name: route.name,
+            generation: route.generation,
+            parents: parents
+                .into_iter()
+                .map(|(parent_ref, accepted)| ParentStatus { parent_ref, conditions: vec![accepted, resolved.clone()] })
+                .collect(),
+        });
+    }
+    let _ = settings;
+}
+
 /// The listeners of one Gateway: which are served on which entrypoint, with their conditions.
 fn plan_listeners(
     gateway: &Gateway,
@@ -461,13 +653,18 @@ fn plan_listeners(
             serve: None,
             own_certificates: false,
             all_namespaces: false,
-            http_routes_allowed: true,
+            kinds: Vec::new(),
+            taken_by: None,
             attached: 0,
             conditions: Vec::new(),
             supported_kinds: Vec::new(),
         };
         let (accepted, resolved) = listener_checks(spec, ns, cluster, settings, secrets, now, &mut l, out);
-        let conflict = list.iter().any(|o| o.serve.is_some() && o.port == l.port && o.hostname == l.hostname);
+        let udp = |l: &Listener| l.serve.as_ref().is_some_and(|s| s.1 == "udp");
+        let conflict = l.serve.is_some()
+            && list
+                .iter()
+                .any(|o| o.serve.is_some() && o.port == l.port && o.hostname == l.hostname && udp(o) == udp(&l));
         if conflict {
             l.serve = None;
         }
@@ -510,16 +707,37 @@ fn listener_checks(
 ) -> (Condition, Condition) {
     let ok_refs = Condition::new("ResolvedRefs", true, "ResolvedRefs", "");
     let (entry_point, scheme, port) = match spec.protocol.as_str() {
-        "HTTP" => (settings.web.clone(), "http", HTTP_PORT),
-        "HTTPS" => (settings.websecure.clone(), "https", HTTPS_PORT),
+        "HTTP" => (settings.web.clone(), "http", Some(HTTP_PORT)),
+        "HTTPS" => (settings.websecure.clone(), "https", Some(HTTPS_PORT)),
+        "TLS" => (settings.websecure.clone(), "tls", Some(HTTPS_PORT)),
+        "TCP" => (String::new(), "tcp", None),
+        "UDP" => (String::new(), "udp", None),
         other => {
-            let message = format!("protocol {other} is not served yet (HTTP and HTTPS are)");
+            let message = format!("protocol {other} is not served (HTTP, HTTPS, TLS, TCP and UDP are)");
             return (Condition::new("Accepted", false, "UnsupportedProtocol", message), ok_refs);
         }
     };
-    if spec.port != port {
-        let message = format!("{} is served on the edge's port {port} only", spec.protocol);
-        return (Condition::new("Accepted", false, "PortUnavailable", message), ok_refs);
+    match port {
+        Some(port) if spec.port != port => {
+            let message = format!("{} is served on the edge's port {port} only", spec.protocol);
+            return (Condition::new("Accepted", false, "PortUnavailable", message), ok_refs);
+        }
+        None if u16::try_from(spec.port).map_or(true, |p| p == 0 || settings.reserved_ports.contains(&p)) => {
+            let message = format!("port {} is the edge's own (an entrypoint or WireGuard) or no port", spec.port);
+            return (Condition::new("Accepted", false, "PortUnavailable", message), ok_refs);
+        }
+        _ => {}
+    }
+    if scheme == "tls" {
+        let passthrough = spec
+            .tls
+            .as_ref()
+            .and_then(|t| t.mode.as_ref())
+            .is_some_and(|m| matches!(m, gateway_api::gateways::GatewayListenersTlsMode::Passthrough));
+        if !passthrough {
+            let message = "TLS listeners are served in Passthrough mode (terminate TLS with an HTTPS listener)";
+            return (Condition::new("Accepted", false, "UnsupportedValue", message), ok_refs);
+        }
     }
     let allowed = spec.allowed_routes.as_ref();
     match allowed.and_then(|a| a.namespaces.as_ref()).and_then(|n| n.from.as_ref()) {
@@ -531,18 +749,23 @@ fn listener_checks(
         _ => {}
     }
     let mut refs = ok_refs.clone();
-    if let Some(kinds) = allowed.and_then(|a| a.kinds.as_ref()) {
-        let http = |k: &&gateway_api::gateways::GatewayListenersAllowedRoutesKinds| {
-            k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GROUP)
-        };
-        l.http_routes_allowed = kinds.iter().any(|k| http(&k));
-        if kinds.iter().any(|k| !http(&k)) {
-            refs = Condition::new("ResolvedRefs", false, "InvalidRouteKinds", "only HTTPRoute is supported");
+    let carried = kinds_of(&spec.protocol);
+    match allowed.and_then(|a| a.kinds.as_ref()) {
+        Some(kinds) => {
+            for k in kinds {
+                let ours = k.group.as_deref().is_none_or(|g| g == GROUP);
+                match carried.iter().find(|c| ours && **c == k.kind) {
+                    Some(kind) => l.kinds.push(kind),
+                    None => {
+                        let message = format!("{} listeners carry {carried:?} only", spec.protocol);
+                        refs = Condition::new("ResolvedRefs", false, "InvalidRouteKinds", message);
+                    }
+                }
+            }
         }
+        None => l.kinds.extend(carried),
     }
-    if l.http_routes_allowed {
-        l.supported_kinds.push("HTTPRoute");
-    }
+    l.supported_kinds = l.kinds.clone();
     if scheme == "https" {
         let tls = spec.tls.as_ref();
         if tls

@@ -259,7 +259,7 @@ fn https_listeners_use_their_certificates_and_refuse_ungranted_ones() {
     };
     let gateway = |cert_ns: &str| {
         format!(
-            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: secure, namespace: infra}}\nspec:\n  gatewayClassName: polaredge\n  listeners:\n  - {{name: https, port: 443, protocol: HTTPS, hostname: app.test, tls: {{certificateRefs: [{{name: app-tls, namespace: {cert_ns}}}]}}}}\n  - {{name: tcp, port: 5432, protocol: TCP}}\n  - {{name: odd, port: 8080, protocol: HTTP}}\n"
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: secure, namespace: infra}}\nspec:\n  gatewayClassName: polaredge\n  listeners:\n  - {{name: https, port: 443, protocol: HTTPS, hostname: app.test, tls: {{certificateRefs: [{{name: app-tls, namespace: {cert_ns}}}]}}}}\n  - {{name: custom, port: 5432, protocol: example.com/custom}}\n  - {{name: odd, port: 8080, protocol: HTTP}}\n"
         )
     };
     let to_secure =
@@ -315,4 +315,69 @@ fn a_cluster_without_the_gateway_api_renders_as_before() {
     assert!(gateway_routers(&r).is_empty());
     assert_eq!(r.gateway.gateways.len(), 2, "both Gateways of our class still get a status");
     assert!(r.gateway.routes.is_empty());
+}
+
+const L4_GATEWAY: &str = "
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: l4, namespace: infra, creationTimestamp: '2024-01-01T00:00:00Z'}
+spec:
+  gatewayClassName: polaredge
+  listeners:
+  - {name: tls, port: 443, protocol: TLS, hostname: '*.tls.test', tls: {mode: Passthrough}}
+  - {name: pg, port: 5432, protocol: TCP}
+  - {name: dns, port: 5353, protocol: UDP}
+  - {name: wg, port: 51820, protocol: UDP}
+  - {name: terminate, port: 443, protocol: TLS, hostname: other.test}
+";
+
+fn l4_route(kind: &str, name: &str, created: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: infra, creationTimestamp: '{created}'}}\nspec:\n{body}"
+    )
+}
+
+#[test]
+fn tls_tcp_and_udp_routes_become_passthrough_routers_and_edge_ports() {
+    let routes = [
+        l4_route("TLSRoute", "tls", "2024-02-01T00:00:00Z", "  parentRefs: [{name: l4, sectionName: tls}]\n  hostnames: [db.tls.test]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n"),
+        l4_route("TCPRoute", "pg", "2024-02-01T00:00:00Z", "  parentRefs: [{name: l4, sectionName: pg}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}, {name: infra-backend-v2, port: 8080}]}]\n"),
+        l4_route("TCPRoute", "pg-later", "2024-03-01T00:00:00Z", "  parentRefs: [{name: l4, sectionName: pg}]\n  rules: [{backendRefs: [{name: infra-backend-v2, port: 8080}]}]\n"),
+        l4_route("UDPRoute", "dns", "2024-02-01T00:00:00Z", "  parentRefs: [{name: l4, sectionName: dns}]\n  rules: [{backendRefs: [{name: infra-backend-v2, port: 8080}]}]\n"),
+    ]
+    .concat();
+    let r = rendered(&format!("{L4_GATEWAY}{routes}"));
+    let config = r.config();
+    let tcp = config.tcp.expect("a tcp section");
+    let router = tcp.routers.values().next().unwrap();
+    assert_eq!(router.rule, "HostSNI(`db.tls.test`)");
+    assert_eq!(router.entry_points, vec!["websecure".to_string()]);
+    assert_eq!(router.tls.as_ref().unwrap().passthrough, Some(true));
+    assert_eq!(tcp.services[&router.service].load_balancer.servers[0].address, "10.0.0.1:3000");
+    let l4 = config.l4.expect("an l4 section");
+    assert_eq!(l4.tcp["5432"].servers, vec!["10.0.0.1:3000".to_string(), "10.0.0.2:3000".to_string()]);
+    assert_eq!(l4.tcp["5432"].service, "infra/pg", "the older TCPRoute has the port");
+    assert_eq!(l4.udp["5353"].servers, vec!["10.0.0.2:3000".to_string()]);
+    assert!(r.udp_endpoints.contains(&"10.0.0.2:3000".parse().unwrap()), "the UDP relay allows the pod");
+    let accepted = |name: &str| condition(&parents(&r, "infra", name)[0].conditions, "Accepted").clone();
+    assert!(accepted("tls").status && accepted("pg").status && accepted("dns").status);
+    assert_eq!((accepted("pg-later").status, accepted("pg-later").reason), (false, "UnsupportedValue"));
+    let listeners = &r.gateway.gateways.iter().find(|g| g.name == "l4").unwrap().listeners;
+    assert_eq!(condition(&listeners[3].conditions, "Accepted").reason, "PortUnavailable", "WireGuard's port");
+    assert_eq!(condition(&listeners[4].conditions, "Accepted").reason, "UnsupportedValue", "TLS must be Passthrough");
+    assert_eq!(listeners[1].supported_kinds, vec!["TCPRoute"]);
+    assert_eq!(listeners[1].attached_routes, 1);
+    let kinds: Vec<&str> = r.gateway.routes.iter().map(|s| s.kind).collect();
+    assert!(kinds.contains(&"TLSRoute") && kinds.contains(&"TCPRoute") && kinds.contains(&"UDPRoute"));
+}
+
+#[test]
+fn a_route_port_a_load_balancer_service_has_is_a_conflict() {
+    let service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: pg, namespace: infra}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: polaredge.io/edge\n  ports: [{port: 5432, targetPort: 3000}]\n";
+    let route = l4_route("TCPRoute", "pg-route", "2024-02-01T00:00:00Z", "  parentRefs: [{name: l4, sectionName: pg}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n");
+    let r = rendered(&format!("{L4_GATEWAY}{service}{route}"));
+    assert_eq!(r.config().l4.unwrap().tcp["5432"].service, "infra/pg", "the Service keeps its port");
+    let notice = r.notices.iter().find(|n| n.kind == "TCPRoute").expect("a PortConflict Event on the route");
+    assert_eq!(notice.reason, "PortConflict");
 }
