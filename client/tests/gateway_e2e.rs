@@ -2,7 +2,8 @@
 //! wire protocol, driven by the unmodified kube-rs client), the real agent and Traefik. A cluster without the
 //! Gateway API CRDs is served Ingress-only without errors; once the CRDs are installed the client finds them
 //! without a restart, serves an HTTPRoute through the edge, and writes the status of the GatewayClass, the
-//! Gateway (with the edge's address) and the HTTPRoute.
+//! Gateway (with the edge's address) and the HTTPRoute; a TCPRoute (Redis) and a UDPRoute (dnsmasq) get
+//! public ports at the edge.
 
 mod support;
 
@@ -49,6 +50,70 @@ metadata:
   labels: {{kubernetes.io/service-name: shop}}
 addressType: IPv4
 ports: [{{port: {pod_port}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+"#
+    )
+}
+
+/// A Gateway with a TCP listener on `tcp` (a TCPRoute to Redis on `redis`) and a UDP listener on `udp` (a
+/// UDPRoute to dnsmasq on `dns`).
+fn l4_gateway(tcp: u16, redis: u16, udp: u16, dns: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: l4, namespace: infra}}
+spec:
+  gatewayClassName: polaredge
+  listeners:
+  - {{name: redis, port: {tcp}, protocol: TCP}}
+  - {{name: dns, port: {udp}, protocol: UDP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: redis, namespace: infra}}
+spec:
+  parentRefs: [{{name: l4, sectionName: redis}}]
+  rules: [{{backendRefs: [{{name: redis, port: 6379}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {{name: dns, namespace: infra}}
+spec:
+  parentRefs: [{{name: l4, sectionName: dns}}]
+  rules: [{{backendRefs: [{{name: dns, port: 53}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: redis, namespace: infra}}
+spec:
+  ports: [{{name: redis, port: 6379, targetPort: {redis}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: redis-1
+  namespace: infra
+  labels: {{kubernetes.io/service-name: redis}}
+addressType: IPv4
+ports: [{{name: redis, port: {redis}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: dns, namespace: infra}}
+spec:
+  ports: [{{name: dns, port: 53, targetPort: {dns}, protocol: UDP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-1
+  namespace: infra
+  labels: {{kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{{name: dns, port: {dns}, protocol: UDP}}]
 endpoints:
 - addresses: ["127.0.0.1"]
 "#
@@ -129,6 +194,29 @@ fn gateway_api_resources_are_served_once_their_crds_are_installed_and_get_their_
         condition(&api.status_of("HTTPRoute", "infra", "shop")["parents"][0]["conditions"], "ResolvedRefs")
             == ("False".into(), "BackendNotFound".into())
     }));
+    // A TCP listener with a TCPRoute to Redis, and a UDP listener with a UDPRoute to dnsmasq: public ports the
+    // agent serves itself.
+    let (_redis, redis_port) = testkit::redis_server();
+    let (_dns, dns_port) = testkit::dnsmasq("db.gw.test", "192.0.2.7");
+    let (tcp_public, udp_public) = (free_tcp(), testkit::free_udp());
+    api.apply(&l4_gateway(tcp_public, redis_port, udp_public, dns_port));
+    assert!(
+        eventually(Duration::from_secs(30), || testkit::redis_cli(tcp_public, &["PING"]) == "PONG"),
+        "Redis answers on the TCP listener's port\n{}",
+        client.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || testkit::dig(udp_public, "db.gw.test", 1) == ["192.0.2.7"]),
+        "dnsmasq answers on the UDP listener's port"
+    );
+    assert!(eventually(Duration::from_secs(15), || {
+        let gateway = api.status_of("Gateway", "infra", "l4");
+        gateway["listeners"][0]["attachedRoutes"] == 1
+            && gateway["listeners"][1]["attachedRoutes"] == 1
+            && is_true(&api.status_of("TCPRoute", "infra", "redis")["parents"][0]["conditions"], "Accepted")
+            && is_true(&api.status_of("UDPRoute", "infra", "dns")["parents"][0]["conditions"], "Accepted")
+    }));
+
     // Writing the same status again is not a change: the client does not keep patching.
     std::thread::sleep(Duration::from_secs(2));
     let patches = || api.requests().iter().filter(|r| r.starts_with("PATCH /apis/gateway.networking.k8s.io")).count();

@@ -2,8 +2,8 @@
 //! requests derived from the Gateway API conformance suite's HTTPRoute tests: simple same namespace, cross
 //! namespace with and without a ReferenceGrant, exact path matching, matching, matching across routes, path
 //! match order, header matching, listener hostname matching and hostname intersection, the HTTPS listener,
-//! weights, request and response header modifiers, redirects, rewrites, query and method matching, and
-//! invalid backends. Each case names the backend (echo servers that show what reached them) the request
+//! weights, request and response header modifiers, redirects, rewrites, query and method matching, invalid
+//! backends, and a TLSRoute passing TLS through by SNI beside the terminated HTTPS listener. Each case names the backend (echo servers that show what reached them) the request
 //! must reach, or the status it must get.
 
 mod support;
@@ -62,6 +62,22 @@ spec:
   listeners:
   - {name: bar, port: 80, protocol: HTTP, hostname: bar.com}
   - {name: foo, port: 80, protocol: HTTP, hostname: "*.foo.com"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: passthrough, namespace: infra, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  gatewayClassName: polaredge
+  listeners:
+  - {name: tls, port: 443, protocol: TLS, hostname: "*.tls.test", tls: {mode: Passthrough}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: db, namespace: infra, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: passthrough}]
+  hostnames: [db.tls.test]
+  rules: [{backendRefs: [{name: tls-pod, port: 8080}]}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: ReferenceGrant
@@ -152,6 +168,17 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
         add_yaml(&mut cluster, &service(ns, name, echo_backend(name)), name).unwrap();
     }
     add_yaml(&mut cluster, &routes(), "routes").unwrap();
+    // A pod that terminates TLS itself (its own certificate, for ec.test), behind the TLSRoute.
+    let tls_pod_port = free_port();
+    let _tls_pod = testkit::Proc::spawn(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{tls_pod_port}")])
+            .arg("-cert")
+            .arg(testkit::testdata("ec.crt"))
+            .arg("-key")
+            .arg(testkit::testdata("ec-sec1.key")),
+    );
+    add_yaml(&mut cluster, &service("infra", "tls-pod", tls_pod_port), "tls-pod").unwrap();
     let rendered = render(&cluster, &Settings { cert_resolver: None, ..Settings::default() });
     let unexpected: Vec<_> = rendered.notices.iter().filter(|n| n.kind != "HTTPRoute").collect();
     assert!(unexpected.is_empty(), "{unexpected:?}");
@@ -292,5 +319,20 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
         .expect("curl is installed by scripts/install-deps.sh");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("infra-backend-v2 GET /s"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CN=app.test"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // TLSRoute: TLS passthrough by SNI on the same port, the pod's own certificate reaching the client while
+    // app.test stays terminated at the edge.
+    let websecure = SocketAddr::from(([127, 0, 0, 1], websecure));
+    let pod_certificate = testkit::file_fingerprint(&testkit::testdata("ec.crt"));
+    assert!(
+        testkit::eventually(Duration::from_secs(10), || testkit::presented_fingerprint(websecure, "db.tls.test")
+            == pod_certificate),
+        "the pod's certificate through the TLSRoute"
+    );
+    assert_eq!(
+        testkit::presented_fingerprint(websecure, "app.test"),
+        testkit::file_fingerprint(&testkit::testdata("rsa.crt")),
+        "the HTTPS listener's certificate for its host"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
