@@ -24,7 +24,7 @@ install_missing() {
 
 install_missing -- clang lld llvm iproute2 wireguard-go wireguard-tools iperf3 qemu-user-static file curl cpio \
   e2fsprogs skopeo systemd debian-archive-keyring openssl pebble redis-server redis-tools dnsmasq-base \
-  bind9-dnsutils
+  bind9-dnsutils nghttp2-server
 
 # QEMU for the appliance tests comes from bookworm-backports: the machine's qemu-utils is the backports
 # build, which conflicts with bookworm's own qemu-system packages.

@@ -32,6 +32,7 @@ fn add_value(cluster: &mut Cluster, value: serde_yaml::Value, origin: &str) -> R
         "Gateway" => cluster.gateways.push(typed(value, origin)?),
         "HTTPRoute" => cluster.http_routes.push(typed(value, origin)?),
         "ReferenceGrant" => cluster.reference_grants.push(typed(value, origin)?),
+        "GRPCRoute" => cluster.grpc_routes.push(typed(value, origin)?),
         "TLSRoute" => cluster.tls_routes.push(typed(value, origin)?),
         "TCPRoute" => cluster.tcp_routes.push(typed(value, origin)?),
         "UDPRoute" => cluster.udp_routes.push(typed(value, origin)?),

@@ -14,7 +14,9 @@
 //! produce a snapshot without routes that exist before and after it. Nothing renders until every store has
 //! completed its first list, so the first snapshot is never partial.
 
-use crate::render::gateway::{self, Gateway, GatewayClass, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute};
+use crate::render::gateway::{
+    self, Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute,
+};
 use crate::render::Cluster;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -45,7 +47,8 @@ struct GatewayStores {
     gateways: Store<Gateway>,
     routes: Store<HttpRoute>,
     grants: Store<ReferenceGrant>,
-    /// The L4 route kinds, where the cluster serves them.
+    /// The other route kinds, where the cluster serves them.
+    grpc_routes: Option<Store<GrpcRoute>>,
     tls_routes: Option<Store<TlsRoute>>,
     tcp_routes: Option<Store<TcpRoute>>,
     udp_routes: Option<Store<UdpRoute>>,
@@ -74,6 +77,7 @@ impl Stores {
             gateways: self.gateway.get().map(|g| g.gateways.state()).unwrap_or_default(),
             http_routes: self.gateway.get().map(|g| g.routes.state()).unwrap_or_default(),
             reference_grants: self.gateway.get().map(|g| g.grants.state()).unwrap_or_default(),
+            grpc_routes: self.gateway.get().and_then(|g| g.grpc_routes.as_ref()).map(Store::state).unwrap_or_default(),
             tls_routes: self.gateway.get().and_then(|g| g.tls_routes.as_ref()).map(Store::state).unwrap_or_default(),
             tcp_routes: self.gateway.get().and_then(|g| g.tcp_routes.as_ref()).map(Store::state).unwrap_or_default(),
             udp_routes: self.gateway.get().and_then(|g| g.udp_routes.as_ref()).map(Store::state).unwrap_or_default(),
@@ -173,7 +177,7 @@ impl Writer {
             involved_object: ObjectReference {
                 api_version: Some(match notice.kind {
                     "Service" => "v1".to_string(),
-                    "HTTPRoute" | "Gateway" | "TLSRoute" | "TCPRoute" | "UDPRoute" => {
+                    "HTTPRoute" | "GRPCRoute" | "Gateway" | "TLSRoute" | "TCPRoute" | "UDPRoute" => {
                         format!("{}/{}", gateway::GROUP, gateway::VERSION)
                     }
                     _ => "networking.k8s.io/v1".to_string(),
@@ -256,7 +260,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     watch!(Secret, secret_writer, SECRETS, config.clone().fields(TLS_SECRETS)),
                 ]);
                 let mut listed = vec![false; 5];
-                const NAMES: [&str; 12] = [
+                const NAMES: [&str; 13] = [
                     "Ingress",
                     "IngressClass",
                     "Service",
@@ -269,6 +273,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     "TLSRoute",
                     "TCPRoute",
                     "UDPRoute",
+                    "GRPCRoute",
                 ];
                 const SECRETS: usize = 4;
                 // Gateway API streams, when the cluster serves the group; the first lookup before the first
@@ -305,7 +310,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", 7);
                     let (grants, grants_reader) = watch_dynamic!(ReferenceGrant, "ReferenceGrant", 8);
                     events.extend([classes, gateways, routes, grants]);
-                    listed.resize(12, true);
+                    listed.resize(13, true);
                     listed[5..9].fill(false);
                     let mut optional = |index: usize, version: Option<&String>| {
                         version.map(|v| {
@@ -318,6 +323,8 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                         optional(10, served.get("TCPRoute")).map(|v| watch_dynamic!(TcpRoute, "TCPRoute", 10, &v));
                     let udp =
                         optional(11, served.get("UDPRoute")).map(|v| watch_dynamic!(UdpRoute, "UDPRoute", 11, &v));
+                    let grpc =
+                        optional(12, served.get("GRPCRoute")).map(|v| watch_dynamic!(GrpcRoute, "GRPCRoute", 12, &v));
                     macro_rules! reader {
                         ($watched:expr) => {
                             $watched.map(|(stream, reader)| {
@@ -331,6 +338,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                         gateways: gateways_reader,
                         routes: routes_reader,
                         grants: grants_reader,
+                        grpc_routes: reader!(grpc),
                         tls_routes: reader!(tls),
                         tcp_routes: reader!(tcp),
                         udp_routes: reader!(udp),
@@ -352,7 +360,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                         gateway_lookup()
                     );
                 }
-                let mut forbidden_kinds = [false; 12];
+                let mut forbidden_kinds = [false; 13];
                 loop {
                     let next = tokio::select! {
                         next = events.next() => next,
@@ -409,11 +417,11 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
     Ok((stores, Writer { client, runtime: handle }))
 }
 
-/// The L4 route kinds the cluster serves, with the version each is served at.
+/// The optional route kinds the cluster serves, with the version each is served at.
 type Served = std::collections::BTreeMap<&'static str, String>;
 
 /// Whether the API server serves the Gateway API (its CRDs are installed: HTTPRoute at v1), and at which
-/// version it serves TLSRoute, TCPRoute and UDPRoute (v1 in the standard channel since Gateway API v1.6;
+/// version it serves GRPCRoute, TLSRoute, TCPRoute and UDPRoute (v1 in the standard channel since Gateway API v1.6;
 /// v1alpha2 in older experimental installs; absent otherwise).
 async fn gateway_served(client: &kube::Client) -> Option<Served> {
     let kinds_at = |version: &'static str| async move {
@@ -436,7 +444,7 @@ async fn gateway_served(client: &kube::Client) -> Option<Served> {
     }
     let mut served = Served::new();
     let mut missing = Vec::new();
-    for kind in ["TLSRoute", "TCPRoute", "UDPRoute"] {
+    for kind in ["GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"] {
         if v1.iter().any(|k| k == kind) {
             served.insert(kind, gateway::VERSION.to_string());
         } else {

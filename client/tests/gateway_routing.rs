@@ -3,7 +3,8 @@
 //! namespace with and without a ReferenceGrant, exact path matching, matching, matching across routes, path
 //! match order, header matching, listener hostname matching and hostname intersection, the HTTPS listener,
 //! weights, request and response header modifiers, redirects, rewrites, query and method matching, invalid
-//! backends, and a TLSRoute passing TLS through by SNI beside the terminated HTTPS listener. Each case names the backend (echo servers that show what reached them) the request
+//! backends, a GRPCRoute over h2c, and a TLSRoute passing TLS through by SNI beside the terminated HTTPS
+//! listener. Each case names the backend (echo servers that show what reached them) the request
 //! must reach, or the status it must get.
 
 mod support;
@@ -78,6 +79,16 @@ spec:
   parentRefs: [{name: passthrough}]
   hostnames: [db.tls.test]
   rules: [{backendRefs: [{name: tls-pod, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: infra, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: same-namespace, namespace: infra}]
+  hostnames: [grpc.test]
+  rules:
+  - matches: [{method: {service: echo.Echo, method: Say}}]
+    backendRefs: [{name: grpc-pod, port: 8080}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: ReferenceGrant
@@ -179,6 +190,15 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
             .arg(testkit::testdata("ec-sec1.key")),
     );
     add_yaml(&mut cluster, &service("infra", "tls-pod", tls_pod_port), "tls-pod").unwrap();
+    // A pod that speaks HTTP/2 without TLS only (nghttpd, as gRPC servers do), serving /echo.Echo/Say.
+    let docroot = std::env::temp_dir().join(format!("pe-grpc-docroot-{}", std::process::id()));
+    std::fs::create_dir_all(docroot.join("echo.Echo")).unwrap();
+    std::fs::write(docroot.join("echo.Echo/Say"), "grpc-pod Say").unwrap();
+    let grpc_pod_port = free_port();
+    let _grpc_pod = testkit::Proc::spawn(
+        Command::new("nghttpd").args(["--no-tls", "-d"]).arg(&docroot).arg(grpc_pod_port.to_string()),
+    );
+    add_yaml(&mut cluster, &service("infra", "grpc-pod", grpc_pod_port), "grpc-pod").unwrap();
     let rendered = render(&cluster, &Settings { cert_resolver: None, ..Settings::default() });
     let unexpected: Vec<_> = rendered.notices.iter().filter(|n| n.kind != "HTTPRoute").collect();
     assert!(unexpected.is_empty(), "{unexpected:?}");
@@ -319,6 +339,19 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
         .expect("curl is installed by scripts/install-deps.sh");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("infra-backend-v2 GET /s"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CN=app.test"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // GRPCRoute: the method's path over h2c to the pod (nghttpd refuses HTTP/1.1), HTTP/2 from the client.
+    let grpc = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "-o", "-", "-w", " %{http_code}", "-H", "Host: grpc.test"])
+            .arg(format!("http://{web}{path}"))
+            .output()
+            .expect("curl is installed by scripts/install-deps.sh");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(grpc("/echo.Echo/Say"), "grpc-pod Say 200");
+    assert!(grpc("/echo.Echo/Other").ends_with(" 404"), "only the matched method: {}", grpc("/echo.Echo/Other"));
+    let _ = std::fs::remove_dir_all(&docroot);
 
     // TLSRoute: TLS passthrough by SNI on the same port, the pod's own certificate reaching the client while
     // app.test stays terminated at the edge.

@@ -50,11 +50,12 @@ pub fn parse_ip_port(text: &str) -> Result<SocketAddr, String> {
     check_pod_address(addr)
 }
 
-/// Splits `http://IP:port` / `https://IP:port` into scheme and address.
+/// Splits `http://IP:port` / `https://IP:port` / `h2c://IP:port` (HTTP/2 without TLS, for gRPC pods) into
+/// scheme and address.
 pub fn parse_http_backend(url: &str) -> Result<(&str, SocketAddr), String> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} has no scheme (http:// or https://)"))?;
-    if scheme != "http" && scheme != "https" {
-        return Err(format!("{url:?}: scheme must be http or https"));
+    if !matches!(scheme, "http" | "https" | "h2c") {
+        return Err(format!("{url:?}: scheme must be http, https or h2c"));
     }
     if rest.contains('@') {
         return Err(format!("{url:?}: backend URLs carry no user info (`user@`)"));

@@ -53,6 +53,8 @@ pub struct Cluster {
     pub http_routes: Vec<Arc<gateway::HttpRoute>>,
     /// Gateway API ReferenceGrants.
     pub reference_grants: Vec<Arc<gateway::ReferenceGrant>>,
+    /// Gateway API GRPCRoutes.
+    pub grpc_routes: Vec<Arc<gateway::GrpcRoute>>,
     /// Gateway API TLSRoutes.
     pub tls_routes: Vec<Arc<gateway::TlsRoute>>,
     /// Gateway API TCPRoutes.
@@ -142,6 +144,7 @@ impl Cluster {
         match kind {
             "Service" => self.services.iter().find(|s| matches(&s.metadata)).and_then(|s| s.metadata.uid.clone()),
             "HTTPRoute" => self.http_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
+            "GRPCRoute" => self.grpc_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
             "TLSRoute" => self.tls_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
             "TCPRoute" => self.tcp_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
             "UDPRoute" => self.udp_routes.iter().find(|r| matches(&r.metadata)).and_then(|r| r.metadata.uid.clone()),
@@ -206,6 +209,8 @@ type ServerSource = (String, String, String);
 struct Resolved {
     name: String,
     https: bool,
+    /// HTTP/2 without TLS (gRPC pods).
+    h2c: bool,
     source: Option<ServerSource>,
 }
 
@@ -240,11 +245,11 @@ impl<'a> Backends<'a> {
             service_port.is_some_and(|sp| sp.port == 443 || sp.name.as_deref().is_some_and(|n| n.starts_with("https")))
         });
         let source = service_port.map(|sp| (ns.to_string(), svc.name.clone(), sp.name.clone().unwrap_or_default()));
-        Some(Resolved { name, https, source })
+        Some(Resolved { name, https, h2c: false, source })
     }
 
-    /// A Gateway API backendRef: Service `name` in `ns` by port number.
-    fn resolve_port(&self, ns: &str, name: &str, port: i32) -> Option<Resolved> {
+    /// A Gateway API backendRef: Service `name` in `ns` by port number (`h2c`: for gRPC, HTTP/2 without TLS).
+    fn resolve_port(&self, ns: &str, name: &str, port: i32, h2c: bool) -> Option<Resolved> {
         let backend = IngressBackend {
             service: Some(k8s_openapi::api::networking::v1::IngressServiceBackend {
                 name: name.into(),
@@ -252,7 +257,12 @@ impl<'a> Backends<'a> {
             }),
             resource: None,
         };
-        self.resolve(ns, &backend, &Annotations::default())
+        let resolved = self.resolve(ns, &backend, &Annotations::default())?;
+        Some(if h2c {
+            Resolved { name: format!("{}-h2c", resolved.name), h2c, https: false, ..resolved }
+        } else {
+            resolved
+        })
     }
 }
 
@@ -262,7 +272,11 @@ fn add_backend<'a>(
     sources: &mut BTreeMap<String, (Option<ServerSource>, &'static str)>,
     resolved: &Resolved,
 ) -> &'a mut model::HttpLoadBalancer {
-    let scheme = if resolved.https { "https" } else { "http" };
+    let scheme = match (resolved.h2c, resolved.https) {
+        (true, _) => "h2c",
+        (_, true) => "https",
+        _ => "http",
+    };
     sources.entry(resolved.name.clone()).or_insert_with(|| (resolved.source.clone(), scheme));
     let service = http.services.entry(resolved.name.clone()).or_default();
     let lb = service.load_balancer.get_or_insert_with(Default::default);
@@ -761,6 +775,7 @@ fn plan_inputs(cluster: &Cluster) -> Vec<usize> {
     add(cluster.gateways.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.http_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.reference_grants.iter().map(|o| Arc::as_ptr(o) as usize).collect());
+    add(cluster.grpc_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.tls_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.tcp_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.udp_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
@@ -811,7 +826,12 @@ type GatewayInputs = (
     Vec<Arc<gateway::Gateway>>,
     Vec<Arc<gateway::HttpRoute>>,
     Vec<Arc<gateway::ReferenceGrant>>,
-    (Vec<Arc<gateway::TlsRoute>>, Vec<Arc<gateway::TcpRoute>>, Vec<Arc<gateway::UdpRoute>>),
+    (
+        Vec<Arc<gateway::GrpcRoute>>,
+        Vec<Arc<gateway::TlsRoute>>,
+        Vec<Arc<gateway::TcpRoute>>,
+        Vec<Arc<gateway::UdpRoute>>,
+    ),
 );
 
 impl Renderer {
@@ -914,7 +934,12 @@ impl Renderer {
                         cluster.gateways.clone(),
                         cluster.http_routes.clone(),
                         cluster.reference_grants.clone(),
-                        (cluster.tls_routes.clone(), cluster.tcp_routes.clone(), cluster.udp_routes.clone()),
+                        (
+                            cluster.grpc_routes.clone(),
+                            cluster.tls_routes.clone(),
+                            cluster.tcp_routes.clone(),
+                            cluster.udp_routes.clone(),
+                        ),
                     ),
                 );
                 self.cache = Some((inputs, alive, Arc::clone(&planned)));

@@ -158,6 +158,7 @@ fn route_status(cluster: &Cluster, kind: &str, ns: &str, name: &str) -> Option<(
     }
     match kind {
         "HTTPRoute" => find(&cluster.http_routes, ns, name),
+        "GRPCRoute" => find(&cluster.grpc_routes, ns, name),
         "TLSRoute" => find(&cluster.tls_routes, ns, name),
         "TCPRoute" => find(&cluster.tcp_routes, ns, name),
         "UDPRoute" => find(&cluster.udp_routes, ns, name),

@@ -19,6 +19,7 @@
 
 pub mod conditions;
 pub mod filters;
+pub mod grpc;
 pub mod hostnames;
 pub mod matching;
 
@@ -45,6 +46,8 @@ pub type Gateway = Object<GatewaySpec, gateway_api::gateways::GatewayStatus>;
 pub type HttpRoute = Object<HttpRouteSpec, HttpRouteStatus>;
 /// A ReferenceGrant.
 pub type ReferenceGrant = Object<ReferenceGrantSpec, NotUsed>;
+/// A GRPCRoute (served as the HTTPRoute it amounts to, with h2c to the pods: [`grpc`]).
+pub type GrpcRoute = Object<gateway_api::grpcroutes::GrpcRouteSpec, gateway_api::grpcroutes::GrpcRouteStatus>;
 /// A TLSRoute (TLS passthrough by SNI).
 pub type TlsRoute = Object<gateway_api::tlsroutes::TlsRouteSpec, gateway_api::tlsroutes::TlsRouteStatus>;
 /// A TCPRoute (a public TCP port). The crate has its types in the experimental channel (v1alpha2); the shape
@@ -96,7 +99,7 @@ pub fn api_resource(kind: &str) -> ApiResource {
 /// The route kinds a listener protocol carries.
 fn kinds_of(protocol: &str) -> &'static [&'static str] {
     match protocol {
-        "HTTP" | "HTTPS" => &["HTTPRoute"],
+        "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
         "TLS" => &["TLSRoute"],
         "TCP" => &["TCPRoute"],
         "UDP" => &["UDPRoute"],
@@ -205,14 +208,17 @@ pub(super) fn plan(
     }
 
     // Routes, oldest first (the spec's tie-breaker), each rule x match x attached listener x host a router.
-    let mut routes: Vec<&HttpRoute> = cluster.http_routes.iter().map(|r| &**r).collect();
-    routes.sort_by_key(|r| (created(r), ns_name(r)));
+    // GRPCRoutes as the HTTPRoutes they amount to (h2c to their pods).
+    let grpc: Vec<HttpRoute> = cluster.grpc_routes.iter().map(|r| grpc::as_http(r)).collect();
+    let mut routes: Vec<(&'static str, &HttpRoute)> = cluster.http_routes.iter().map(|r| ("HTTPRoute", &**r)).collect();
+    routes.extend(grpc.iter().map(|r| ("GRPCRoute", r)));
+    routes.sort_by_key(|(kind, r)| (created(*r), ns_name(*r), *kind));
     let mut ordered: Vec<(Order, String)> = Vec::new();
-    let mut resolved_cache: HashMap<(String, String, i32), Option<Rc<Resolved>>> = HashMap::new();
-    for route in routes {
+    let mut resolved_cache: HashMap<(String, String, i32, bool), Option<Rc<Resolved>>> = HashMap::new();
+    for (kind, route) in routes {
         let (ns, name) = ns_name(route);
         let hosts = route.spec.hostnames.clone().unwrap_or_default();
-        let (parents, attached_to) = attach(&route.spec.parent_refs, &ns, &hosts, "HTTPRoute", &listeners);
+        let (parents, attached_to) = attach(&route.spec.parent_refs, &ns, &hosts, kind, &listeners);
         let attachments: Vec<(&Listener, Vec<String>)> =
             attached_to.iter().map(|(key, i, hosts)| (&listeners[key][*i], hosts.clone())).collect();
         if parents.is_empty() {
@@ -223,7 +229,7 @@ pub(super) fn plan(
         let mut skipped = Vec::new();
         for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
             let (service, invalid) =
-                rule_service(rule, &ns, cluster, backends, &mut resolved_cache, &mut unresolved, &mut out);
+                rule_service(rule, (kind, &ns), cluster, backends, &mut resolved_cache, &mut unresolved, &mut out);
             let default_match = [HttpRouteRulesMatches::default()];
             let matches = rule.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);
             for (listener, hosts) in &attachments {
@@ -260,7 +266,8 @@ pub(super) fn plan(
                             names.push(INVALID_BACKEND_500.into());
                         }
                         let router = format!(
-                            "gw-{}-{}-{}",
+                            "gw-{}{}-{}-{}",
+                            if kind == "GRPCRoute" { "grpc-" } else { "" },
                             slug(&ns),
                             slug(&name),
                             fnv(&[&entry_point, host, &ri.to_string(), &mi.to_string()])
@@ -302,7 +309,7 @@ pub(super) fn plan(
         }
         if !skipped.is_empty() {
             out.notices.push(Notice {
-                kind: "HTTPRoute",
+                kind,
                 namespace: ns.clone(),
                 name: name.clone(),
                 reason: "UnsupportedValue",
@@ -314,7 +321,7 @@ pub(super) fn plan(
             Some((reason, message)) => Condition::new("ResolvedRefs", false, reason, message.clone()),
         };
         out.statuses.routes.push(RouteStatus {
-            kind: "HTTPRoute",
+            kind,
             namespace: ns.clone(),
             name: name.clone(),
             generation: route.metadata.generation,
@@ -360,16 +367,16 @@ pub(super) fn plan(
 /// it has no valid backend. The first unresolvable reference is kept for the route's ResolvedRefs condition.
 fn rule_service(
     rule: &HttpRouteRules,
-    ns: &str,
+    (kind, ns): (&str, &str),
     cluster: &super::Cluster,
     backends: &Backends,
-    cache: &mut HashMap<(String, String, i32), Option<Rc<Resolved>>>,
+    cache: &mut HashMap<(String, String, i32, bool), Option<Rc<Resolved>>>,
     unresolved: &mut Option<(&'static str, String)>,
     out: &mut Plan,
 ) -> (String, bool) {
     let mut valid: Vec<(Rc<Resolved>, u32)> = Vec::new();
     for backend in rule.backend_refs.iter().flatten() {
-        match check_backend(backend, "HTTPRoute", ns, cluster, backends, cache) {
+        match check_backend(backend, kind, ns, cluster, backends, cache) {
             Ok(resolved) => valid.push((resolved, backend.weight.unwrap_or(1).clamp(0, 1_000_000) as u32)),
             Err(problem) => {
                 unresolved.get_or_insert(problem);
@@ -407,7 +414,7 @@ fn check_backend(
     ns: &str,
     cluster: &super::Cluster,
     backends: &Backends,
-    cache: &mut HashMap<(String, String, i32), Option<Rc<Resolved>>>,
+    cache: &mut HashMap<(String, String, i32, bool), Option<Rc<Resolved>>>,
 ) -> Result<Rc<Resolved>, (&'static str, String)> {
     let group = backend.group.as_deref().unwrap_or("");
     let kind = backend.kind.as_deref().unwrap_or("Service");
@@ -431,9 +438,11 @@ fn check_backend(
     let Some(port) = backend.port else {
         return Err(("UnsupportedValue", format!("backendRef Service {}: a port is required", backend.name)));
     };
-    let key = (target_ns.clone(), backend.name.clone(), port);
+    // gRPC pods speak HTTP/2 without TLS.
+    let h2c = route_kind == "GRPCRoute";
+    let key = (target_ns.clone(), backend.name.clone(), port, h2c);
     let resolved =
-        cache.entry(key).or_insert_with(|| backends.resolve_port(&target_ns, &backend.name, port).map(Rc::new));
+        cache.entry(key).or_insert_with(|| backends.resolve_port(&target_ns, &backend.name, port, h2c).map(Rc::new));
     match resolved {
         Some(r) if r.source.is_some() => Ok(Rc::clone(r)),
         _ => Err(("BackendNotFound", format!("Service {target_ns}/{} has no port {port}", backend.name))),

@@ -116,7 +116,7 @@ fn simple_same_namespace_route_attaches_and_routes_to_its_backend() {
     let gateway = r.gateway.gateways.iter().find(|g| g.name == "same-namespace").unwrap();
     assert!(condition(&gateway.conditions, "Accepted").status && condition(&gateway.conditions, "Programmed").status);
     assert_eq!(gateway.listeners[0].attached_routes, 1);
-    assert_eq!(gateway.listeners[0].supported_kinds, vec!["HTTPRoute"]);
+    assert_eq!(gateway.listeners[0].supported_kinds, vec!["HTTPRoute", "GRPCRoute"]);
     assert_eq!(r.gateway.classes.len(), 1, "only our class gets a status");
     assert!(!r.gateway.gateways.iter().any(|g| g.name == "foreign"));
 }
