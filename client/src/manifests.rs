@@ -28,6 +28,7 @@ fn add_value(cluster: &mut Cluster, value: serde_yaml::Value, origin: &str) -> R
         "IngressClass" => cluster.classes.push(typed(value, origin)?),
         "Service" => cluster.services.push(typed(value, origin)?),
         "EndpointSlice" => cluster.slices.push(typed(value, origin)?),
+        "Namespace" => cluster.namespaces.push(typed(value, origin)?),
         "GatewayClass" => cluster.gateway_classes.push(typed(value, origin)?),
         "Gateway" => cluster.gateways.push(typed(value, origin)?),
         "HTTPRoute" => cluster.http_routes.push(typed(value, origin)?),

@@ -47,6 +47,8 @@ struct GatewayStores {
     gateways: Store<Gateway>,
     routes: Store<HttpRoute>,
     grants: Store<ReferenceGrant>,
+    /// Namespaces, for listeners that admit routes by namespace labels.
+    namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
     /// The other route kinds, where the cluster serves them.
     grpc_routes: Option<Store<GrpcRoute>>,
     tls_routes: Option<Store<TlsRoute>>,
@@ -77,6 +79,7 @@ impl Stores {
             gateways: self.gateway.get().map(|g| g.gateways.state()).unwrap_or_default(),
             http_routes: self.gateway.get().map(|g| g.routes.state()).unwrap_or_default(),
             reference_grants: self.gateway.get().map(|g| g.grants.state()).unwrap_or_default(),
+            namespaces: self.gateway.get().map(|g| g.namespaces.state()).unwrap_or_default(),
             grpc_routes: self.gateway.get().and_then(|g| g.grpc_routes.as_ref()).map(Store::state).unwrap_or_default(),
             tls_routes: self.gateway.get().and_then(|g| g.tls_routes.as_ref()).map(Store::state).unwrap_or_default(),
             tcp_routes: self.gateway.get().and_then(|g| g.tcp_routes.as_ref()).map(Store::state).unwrap_or_default(),
@@ -260,7 +263,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     watch!(Secret, secret_writer, SECRETS, config.clone().fields(TLS_SECRETS)),
                 ]);
                 let mut listed = vec![false; 5];
-                const NAMES: [&str; 13] = [
+                const NAMES: [&str; 14] = [
                     "Ingress",
                     "IngressClass",
                     "Service",
@@ -274,6 +277,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     "TCPRoute",
                     "UDPRoute",
                     "GRPCRoute",
+                    "Namespace",
                 ];
                 const SECRETS: usize = 4;
                 // Gateway API streams, when the cluster serves the group; the first lookup before the first
@@ -309,9 +313,21 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     let (gateways, gateways_reader) = watch_dynamic!(Gateway, "Gateway", 6);
                     let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", 7);
                     let (grants, grants_reader) = watch_dynamic!(ReferenceGrant, "ReferenceGrant", 8);
-                    events.extend([classes, gateways, routes, grants]);
-                    listed.resize(13, true);
+                    let (namespaces_reader, namespaces_writer) = reflector::store();
+                    let namespaces = reflector::reflector(
+                        namespaces_writer,
+                        watcher(Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()), config.clone())
+                            .default_backoff(),
+                    )
+                    .map(|event| match event {
+                        Ok(event) => (13usize, triggers(&event), None),
+                        Err(e) => (13, false, Some(e.to_string())),
+                    })
+                    .boxed();
+                    events.extend([classes, gateways, routes, grants, namespaces]);
+                    listed.resize(14, true);
                     listed[5..9].fill(false);
+                    listed[13] = false;
                     let mut optional = |index: usize, version: Option<&String>| {
                         version.map(|v| {
                             listed[index] = false;
@@ -338,6 +354,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                         gateways: gateways_reader,
                         routes: routes_reader,
                         grants: grants_reader,
+                        namespaces: namespaces_reader,
                         grpc_routes: reader!(grpc),
                         tls_routes: reader!(tls),
                         tcp_routes: reader!(tcp),
@@ -360,7 +377,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                         gateway_lookup()
                     );
                 }
-                let mut forbidden_kinds = [false; 13];
+                let mut forbidden_kinds = [false; 14];
                 loop {
                     let next = tokio::select! {
                         next = events.next() => next,

@@ -45,6 +45,8 @@ pub struct Cluster {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// Secrets of type `kubernetes.io/tls`.
     pub secrets: Vec<Arc<Secret>>,
+    /// Namespaces (watched with the Gateway API: listeners may admit routes by namespace labels).
+    pub namespaces: Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
     /// Gateway API GatewayClasses (empty when the cluster has no Gateway API CRDs).
     pub gateway_classes: Vec<Arc<gateway::GatewayClass>>,
     /// Gateway API Gateways.
@@ -776,6 +778,7 @@ fn plan_inputs(cluster: &Cluster) -> Vec<usize> {
     add(cluster.http_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.reference_grants.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.grpc_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
+    add(cluster.namespaces.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.tls_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.tcp_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
     add(cluster.udp_routes.iter().map(|o| Arc::as_ptr(o) as usize).collect());
@@ -832,6 +835,7 @@ type GatewayInputs = (
         Vec<Arc<gateway::TcpRoute>>,
         Vec<Arc<gateway::UdpRoute>>,
     ),
+    Vec<Arc<k8s_openapi::api::core::v1::Namespace>>,
 );
 
 impl Renderer {
@@ -940,6 +944,7 @@ impl Renderer {
                             cluster.tcp_routes.clone(),
                             cluster.udp_routes.clone(),
                         ),
+                        cluster.namespaces.clone(),
                     ),
                 );
                 self.cache = Some((inputs, alive, Arc::clone(&planned)));

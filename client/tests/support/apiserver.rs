@@ -4,7 +4,7 @@
 //! kube-apiserver can be installed on this machine kind; this stands in for one and says so.
 //!
 //! The Gateway API (gateway.networking.k8s.io/v1: GatewayClass, Gateway, HTTPRoute, ReferenceGrant, and
-//! TLSRoute, TCPRoute, UDPRoute as the standard channel serves them since v1.6) is served
+//! GRPCRoute, TLSRoute, TCPRoute, UDPRoute as the standard channel serves them since v1.6) is served
 //! only after [`ApiServer::install_gateway_api`], as a cluster serves it only once its CRDs are installed:
 //! before, its discovery document and collections answer 404. Status writes to those kinds are checked as the
 //! CRDs' schemas check conditions (type, status, reason pattern, lastTransitionTime); a real server checks
@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 
 /// The resource types served: (URL prefix of the collection, apiVersion, kind).
-const TYPES: [(&str, &str, &str); 12] = [
+const TYPES: [(&str, &str, &str); 14] = [
     ("/apis/gateway.networking.k8s.io/v1/gatewayclasses", GATEWAY_API, "GatewayClass"),
     ("/apis/gateway.networking.k8s.io/v1/gateways", GATEWAY_API, "Gateway"),
     ("/apis/gateway.networking.k8s.io/v1/httproutes", GATEWAY_API, "HTTPRoute"),
     ("/apis/gateway.networking.k8s.io/v1/referencegrants", GATEWAY_API, "ReferenceGrant"),
+    ("/apis/gateway.networking.k8s.io/v1/grpcroutes", GATEWAY_API, "GRPCRoute"),
     ("/apis/gateway.networking.k8s.io/v1/tlsroutes", GATEWAY_API, "TLSRoute"),
     ("/apis/gateway.networking.k8s.io/v1/tcproutes", GATEWAY_API, "TCPRoute"),
     ("/apis/gateway.networking.k8s.io/v1/udproutes", GATEWAY_API, "UDPRoute"),
@@ -36,6 +37,7 @@ const TYPES: [(&str, &str, &str); 12] = [
     ("/api/v1/services", "v1", "Service"),
     ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
     ("/api/v1/secrets", "v1", "Secret"),
+    ("/api/v1/namespaces", "v1", "Namespace"),
 ];
 
 /// What the Gateway API CRDs' schemas require of every condition in a status (metav1.Condition): a type,

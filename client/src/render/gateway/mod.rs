@@ -1,15 +1,18 @@
 //! The Gateway API (gateway.networking.k8s.io/v1), served when the cluster has its CRDs: GatewayClasses of
-//! our controller, their Gateways' HTTP and HTTPS listeners on the edge's entrypoints, and HTTPRoutes
-//! attached to them, rendered into the same Traefik document as the Ingresses. Pure: the planner reads the
-//! cluster and returns routers, services, middlewares, certificates and the status to write.
+//! our controller, their Gateways' listeners on the edge's entrypoints and ports, and the HTTPRoutes,
+//! GRPCRoutes, TLSRoutes, TCPRoutes and UDPRoutes attached to them, rendered into the same snapshot as the
+//! Ingresses. Pure: the planner reads the cluster and returns routers, services, middlewares, certificates,
+//! passthrough routes, public ports and the status to write.
 //!
 //! Module map: [`hostnames`] (listener x route hostnames, host matchers), [`matching`] (matches as Traefik
-//! rules, the spec's precedence), [`filters`] (filters as middlewares), [`conditions`] (status as data).
+//! rules, the spec's precedence), [`filters`] (filters as middlewares), [`grpc`] (GRPCRoute as HTTPRoute),
+//! [`conditions`] (status as data).
 //!
 //! Choices, where the spec leaves room or Traefik cannot follow it (README "Gateway API"):
 //! - Listeners: HTTP on port 80 and HTTPS on 443 (the edge's public entrypoints); other ports answer
-//!   `PortUnavailable`, other protocols `UnsupportedProtocol`; `allowedRoutes.namespaces.from: Selector` is
-//!   not served (`UnsupportedValue`): the client does not watch Namespaces.
+//!   `PortUnavailable`, other protocols `UnsupportedProtocol`. TLS listeners pass TLS through (TLSRoute); TCP
+//!   and UDP listeners are public ports the agent serves (TCPRoute, UDPRoute; one route per listener).
+//! - GRPCRoutes are served as the HTTPRoutes they amount to ([`grpc`]), with h2c to the pods.
 //! - Precedence: every router gets its own priority from the spec's total order (hostname, path, method,
 //!   headers, query parameters, then the older route, namespace/name, rule and match index); Gateway API
 //!   routers rank above every Ingress router.
@@ -147,7 +150,8 @@ struct Listener {
     serve: Option<(String, &'static str)>,
     /// HTTPS with certificates from Secrets (no ACME resolver on its routers).
     own_certificates: bool,
-    all_namespaces: bool,
+    /// The namespaces it admits routes from: `None` for all, else these (its own by default).
+    namespaces: Option<BTreeSet<String>>,
     /// The route kinds it admits.
     kinds: Vec<&'static str>,
     /// The TCPRoute or UDPRoute that has it (one per listener: its port is the route).
@@ -155,6 +159,27 @@ struct Listener {
     attached: i32,
     conditions: Vec<Condition>,
     supported_kinds: Vec<&'static str>,
+}
+
+/// Whether a label selector (matchLabels and matchExpressions: In, NotIn, Exists, DoesNotExist) selects an
+/// object with `labels`. An unknown operator selects nothing.
+fn selects(
+    selector: &gateway_api::gateways::GatewayListenersAllowedRoutesNamespacesSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let label = |key: &str| labels.and_then(|l| l.get(key));
+    let by_labels = selector.match_labels.iter().flatten().all(|(k, v)| label(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => label(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => label(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => label(&e.key).is_some(),
+            "DoesNotExist" => label(&e.key).is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
 }
 
 /// Whether a ReferenceGrant in `to_ns` lets `from_kind` objects of `from_ns` refer to the `to_kind` object
@@ -482,7 +507,8 @@ fn attach<T: serde::Serialize>(
             .collect();
         let allowed: Vec<&(usize, &Listener)> = candidates
             .iter()
-            .filter(|(_, l)| l.serve.is_some() && l.kinds.contains(&kind) && (l.all_namespaces || key.0 == ns))
+            .filter(|(_, l)| l.serve.is_some() && l.kinds.contains(&kind))
+            .filter(|(_, l)| l.namespaces.as_ref().is_none_or(|admitted| admitted.contains(ns)))
             .collect();
         // Hostnames matter where a listener routes by name (HTTP, HTTPS, TLS); TCP and UDP ports take any.
         let hosted: Vec<(usize, Vec<String>)> = allowed
@@ -661,7 +687,7 @@ fn plan_listeners(
             port: spec.port,
             serve: None,
             own_certificates: false,
-            all_namespaces: false,
+            namespaces: Some([ns.to_string()].into()),
             kinds: Vec::new(),
             taken_by: None,
             attached: 0,
@@ -749,11 +775,16 @@ fn listener_checks(
         }
     }
     let allowed = spec.allowed_routes.as_ref();
-    match allowed.and_then(|a| a.namespaces.as_ref()).and_then(|n| n.from.as_ref()) {
-        Some(From::All) => l.all_namespaces = true,
+    let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+    match namespaces.and_then(|n| n.from.as_ref()) {
+        Some(From::All) => l.namespaces = None,
         Some(From::Selector) => {
-            let message = "allowedRoutes.namespaces.from: Selector is not supported (use Same or All)";
-            return (Condition::new("Accepted", false, "UnsupportedValue", message), ok_refs);
+            let Some(selector) = namespaces.and_then(|n| n.selector.as_ref()) else {
+                let message = "allowedRoutes.namespaces.from: Selector needs a selector";
+                return (Condition::new("Accepted", false, "UnsupportedValue", message), ok_refs);
+            };
+            let labelled = cluster.namespaces.iter().filter(|n| selects(selector, n.metadata.labels.as_ref()));
+            l.namespaces = Some(labelled.filter_map(|n| n.metadata.name.clone()).collect());
         }
         _ => {}
     }

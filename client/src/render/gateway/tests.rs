@@ -381,3 +381,42 @@ fn a_route_port_a_load_balancer_service_has_is_a_conflict() {
     let notice = r.notices.iter().find(|n| n.kind == "TCPRoute").expect("a PortConflict Event on the route");
     assert_eq!(notice.reason, "PortConflict");
 }
+
+#[test]
+fn a_listener_admits_routes_from_namespaces_its_selector_picks() {
+    let yaml = "
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: shop, tier: web}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {team: other}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: selected, namespace: infra}
+spec:
+  gatewayClassName: polaredge
+  listeners:
+  - name: http
+    port: 80
+    protocol: HTTP
+    hostname: selected.test
+    allowedRoutes:
+      namespaces:
+        from: Selector
+        selector:
+          matchLabels: {team: shop}
+          matchExpressions: [{key: tier, operator: In, values: [web, api]}]
+";
+    let to_selected = "  parentRefs: [{name: selected, namespace: infra}]\n  rules: [{backendRefs: [{name: web-backend, namespace: app, port: 8080}]}]\n";
+    let r = rendered(&format!(
+        "{yaml}{}{}",
+        route("shop", "in", "2024-02-01T00:00:00Z", to_selected),
+        route("app", "out", "2024-02-01T00:00:00Z", to_selected)
+    ));
+    assert!(condition(&parents(&r, "shop", "in")[0].conditions, "Accepted").status);
+    assert_eq!(condition(&parents(&r, "app", "out")[0].conditions, "Accepted").reason, "NotAllowedByListeners");
+}
