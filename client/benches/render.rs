@@ -1,5 +1,5 @@
-//! Renderer speed at scale: 5,000 Ingresses and 25,000 endpoints. Run: `cargo bench -p polaredge-client
-//! --bench render` (BENCHMARKS.md).
+//! Renderer speed at scale: 5,000 Ingresses and 25,000 endpoints, then the same Services routed by 5,000
+//! Gateway API HTTPRoutes instead. Run: `cargo bench -p polaredge-client --bench render` (BENCHMARKS.md).
 
 use client::render::{render, Cluster, Renderer, Settings};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -89,6 +89,39 @@ fn cluster() -> Cluster {
     c
 }
 
+/// The same Services and EndpointSlices routed by HTTPRoutes (two matches each) on one Gateway instead.
+fn gateway_cluster() -> Cluster {
+    let mut c = cluster();
+    c.ingresses.clear();
+    fn object<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).expect("a valid object"))
+    }
+    c.gateway_classes.push(object(serde_json::json!({
+        "metadata": {"name": "polaredge"},
+        "spec": {"controllerName": "polaredge.io/gateway-controller"},
+    })));
+    c.gateways.push(object(serde_json::json!({
+        "metadata": {"name": "edge", "namespace": "infra"},
+        "spec": {"gatewayClassName": "polaredge", "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+        ]},
+    })));
+    for i in 0..INGRESSES {
+        c.http_routes.push(object(serde_json::json!({
+            "metadata": {"name": format!("route-{i}"), "namespace": format!("ns-{}", i % 50)},
+            "spec": {
+                "parentRefs": [{"name": "edge", "namespace": "infra"}],
+                "hostnames": [format!("app{i}.example.com")],
+                "rules": [{
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}, {"path": {"type": "PathPrefix", "value": "/api"}}],
+                    "backendRefs": [{"name": format!("svc-{i}"), "port": 80}],
+                }],
+            },
+        })));
+    }
+    c
+}
+
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -143,4 +176,30 @@ fn main() {
     println!("  one EndpointSlice change -> doc:  median {:>7.1} ms (target <= 20 ms), 7 runs", median(change));
     println!("  serializing the whole document: {json_ms:.1} ms as JSON (serde_yaml would take {yaml_ms:.1} ms)");
     println!("  process RSS with the stores and a rendered snapshot: {} MiB (target <= 150 MB)", rss_kib() / 1024);
+
+    // The same at scale through the Gateway API.
+    let mut g = gateway_cluster();
+    let first = render(&g, &settings);
+    let (routers, bytes) = (first.routers, first.document.len());
+    let mut full = Vec::new();
+    for _ in 0..7 {
+        let t = Instant::now();
+        let _ = render(&g, &settings);
+        full.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut renderer = Renderer::new(settings.clone());
+    let _ = renderer.render(&g);
+    let mut change = Vec::new();
+    for round in 0..7u8 {
+        let t = Instant::now();
+        g.slices[1234] = Arc::new(slice(1234, round + 1));
+        let r = renderer.render(&g);
+        change.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(r.document.contains(&format!("10.4.234.{}:8080", 1 + round as usize + 1)));
+    }
+    println!(
+        "gateway api at scale: {INGRESSES} HTTPRoutes on one Gateway ({routers} routers), same Services, {bytes} bytes"
+    );
+    println!("  full render:                      median {:>7.1} ms (Ingress: above), 7 runs", median(full));
+    println!("  one EndpointSlice change -> doc:  median {:>7.1} ms, 7 runs", median(change));
 }

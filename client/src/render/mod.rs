@@ -133,7 +133,7 @@ pub struct Rendered {
     /// Conflicts and annotation problems.
     pub notices: Vec<Notice>,
     /// The status of the Gateway API resources of ours.
-    pub gateway: gateway::conditions::Statuses,
+    pub gateway: Arc<gateway::conditions::Statuses>,
 }
 
 impl Cluster {
@@ -359,7 +359,7 @@ struct Plan {
     /// TLS passthrough hosts (their servers are filled in at each render).
     passthrough: Vec<passthrough::Route>,
     /// The status of the Gateway API resources of ours.
-    gateway: gateway::conditions::Statuses,
+    gateway: Arc<gateway::conditions::Statuses>,
     /// The public ports of TCPRoutes and UDPRoutes (their servers are filled in at each render).
     gateway_l4: Vec<l4::Claim>,
 }
@@ -703,7 +703,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
         certificates,
         expires,
         passthrough: passthrough_routes,
-        gateway: gateway.statuses,
+        gateway: Arc::new(gateway.statuses),
         gateway_l4: gateway.l4,
     }
 }
@@ -1032,7 +1032,7 @@ impl Renderer {
             served: planned.plan.served.clone(),
             served_services: l4.served,
             notices: planned.plan.notices.iter().cloned().chain(l4.notices).collect(),
-            gateway: planned.plan.gateway.clone(),
+            gateway: Arc::clone(&planned.plan.gateway),
         }
     }
 }

@@ -34,6 +34,7 @@ pub fn patches(
     now: &str,
 ) -> Vec<StatusPatch> {
     let mut out = Vec::new();
+    let routes = RouteIndex::of(cluster);
     for class in &statuses.classes {
         let Some(object) = cluster.gateway_classes.iter().find(|c| c.metadata.name.as_deref() == Some(&class.name))
         else {
@@ -107,7 +108,7 @@ pub fn patches(
         }
     }
     for route in &statuses.routes {
-        let Some((version, current)) = route_status(cluster, route.kind, &route.namespace, &route.name) else {
+        let Some((version, current)) = routes.status(route.kind, &route.namespace, &route.name) else {
             continue;
         };
         let current_parents = current["parents"].as_array().cloned().unwrap_or_default();
@@ -139,30 +140,43 @@ pub fn patches(
     out
 }
 
-/// The version a route is served at and its current status, if the stores hold it.
-fn route_status(cluster: &Cluster, kind: &str, ns: &str, name: &str) -> Option<(String, Value)> {
-    fn find<P: Clone + serde::Serialize, U: Clone + serde::Serialize>(
-        list: &[std::sync::Arc<kube::core::Object<P, U>>],
-        ns: &str,
-        name: &str,
-    ) -> Option<(String, Value)> {
-        let object = list
-            .iter()
-            .find(|o| o.metadata.name.as_deref() == Some(name) && o.metadata.namespace.as_deref() == Some(ns))?;
-        let version = object
-            .types
-            .as_ref()
-            .and_then(|t| t.api_version.rsplit_once('/').map(|(_, v)| v.to_string()))
-            .unwrap_or_else(|| crate::render::gateway::VERSION.into());
-        Some((version, serde_json::to_value(&object.status).unwrap_or_default()))
+/// Every route the stores hold by (kind, namespace, name): its served version and current status. Built once
+/// per write, so thousands of routes cost one pass, not one search each.
+struct RouteIndex<'a>(std::collections::HashMap<(&'static str, &'a str, &'a str), (String, Value)>);
+
+impl<'a> RouteIndex<'a> {
+    fn of(cluster: &'a Cluster) -> RouteIndex<'a> {
+        fn add<'a, P: Clone + serde::Serialize, U: Clone + serde::Serialize>(
+            index: &mut std::collections::HashMap<(&'static str, &'a str, &'a str), (String, Value)>,
+            kind: &'static str,
+            list: &'a [std::sync::Arc<kube::core::Object<P, U>>],
+        ) {
+            for object in list {
+                let (Some(ns), Some(name)) = (object.metadata.namespace.as_deref(), object.metadata.name.as_deref())
+                else {
+                    continue;
+                };
+                let version = object
+                    .types
+                    .as_ref()
+                    .and_then(|t| t.api_version.rsplit_once('/').map(|(_, v)| v.to_string()))
+                    .unwrap_or_else(|| crate::render::gateway::VERSION.into());
+                let status = object.status.as_ref().map(serde_json::to_value).and_then(Result::ok).unwrap_or_default();
+                index.insert((kind, ns, name), (version, status));
+            }
+        }
+        let mut index = std::collections::HashMap::new();
+        add(&mut index, "HTTPRoute", &cluster.http_routes);
+        add(&mut index, "GRPCRoute", &cluster.grpc_routes);
+        add(&mut index, "TLSRoute", &cluster.tls_routes);
+        add(&mut index, "TCPRoute", &cluster.tcp_routes);
+        add(&mut index, "UDPRoute", &cluster.udp_routes);
+        RouteIndex(index)
     }
-    match kind {
-        "HTTPRoute" => find(&cluster.http_routes, ns, name),
-        "GRPCRoute" => find(&cluster.grpc_routes, ns, name),
-        "TLSRoute" => find(&cluster.tls_routes, ns, name),
-        "TCPRoute" => find(&cluster.tcp_routes, ns, name),
-        "UDPRoute" => find(&cluster.udp_routes, ns, name),
-        _ => None,
+
+    /// The version a route is served at and its current status (`null` without one).
+    fn status(&self, kind: &'static str, ns: &str, name: &str) -> Option<(String, Value)> {
+        self.0.get(&(kind, ns, name)).cloned()
     }
 }
 

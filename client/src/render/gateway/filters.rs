@@ -68,6 +68,9 @@ pub fn middlewares(
         };
         out.push(middleware);
     }
+    if out.is_empty() {
+        return Ok(out);
+    }
     // Every value as the agent will check it: a refused value would refuse the whole snapshot.
     let mut http = model::Http::default();
     http.middlewares.extend(out.iter().enumerate().map(|(i, m)| (i.to_string(), m.clone())));

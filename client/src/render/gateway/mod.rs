@@ -118,6 +118,8 @@ pub(super) struct Plan {
     pub http: model::Http,
     /// The backends routed to, for the caller to add as load-balancer services.
     pub backends: Vec<Rc<Resolved>>,
+    /// Their names (a backend is listed once).
+    backend_names: std::collections::HashSet<String>,
     /// Certificates of HTTPS listeners by Secret (namespace, name).
     pub certificates: BTreeMap<(String, String), model::TlsCertificate>,
     /// When the first of those certificates expires.
@@ -409,7 +411,7 @@ fn rule_service(
         }
     }
     for (resolved, _) in &valid {
-        if !out.backends.iter().any(|b| b.name == resolved.name) {
+        if out.backend_names.insert(resolved.name.clone()) {
             out.backends.push(Rc::clone(resolved));
         }
     }
