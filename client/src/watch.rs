@@ -107,6 +107,7 @@ fn triggers<K>(event: &watcher::Event<K>) -> bool {
 pub struct Writer {
     client: kube::Client,
     runtime: tokio::runtime::Handle,
+    recorder: kube::runtime::events::Recorder,
 }
 
 impl Writer {
@@ -168,42 +169,35 @@ impl Writer {
 
     /// Creates a Warning Event on the Ingress or Service a notice is about.
     pub fn post_event(&self, notice: &crate::render::Notice, uid: Option<String>) {
-        use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let event = Event {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", notice.name)),
-                namespace: Some(notice.namespace.clone()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some(match notice.kind {
-                    "Service" => "v1".to_string(),
-                    "HTTPRoute" | "GRPCRoute" | "Gateway" | "TLSRoute" | "TCPRoute" | "UDPRoute" => {
-                        format!("{}/{}", gateway::GROUP, gateway::VERSION)
-                    }
-                    _ => "networking.k8s.io/v1".to_string(),
-                }),
-                kind: Some(notice.kind.into()),
-                name: Some(notice.name.clone()),
-                namespace: Some(notice.namespace.clone()),
-                // Without the uid `kubectl describe` does not show the Event.
-                uid,
-                ..Default::default()
-            },
-            reason: Some(notice.reason.into()),
-            message: Some(notice.message.clone()),
-            type_: Some("Warning".into()),
-            source: Some(EventSource { component: Some("polaredge-client".into()), ..Default::default() }),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            count: Some(1),
+        use k8s_openapi::api::core::v1::ObjectReference;
+        use kube::runtime::events::{Event, EventType};
+        let reference = ObjectReference {
+            api_version: Some(match notice.kind {
+                "Service" => "v1".to_string(),
+                "HTTPRoute" | "GRPCRoute" | "Gateway" | "TLSRoute" | "TCPRoute" | "UDPRoute" => {
+                    format!("{}/{}", gateway::GROUP, gateway::VERSION)
+                }
+                _ => "networking.k8s.io/v1".to_string(),
+            }),
+            kind: Some(notice.kind.into()),
+            name: Some(notice.name.clone()),
+            namespace: Some(notice.namespace.clone()),
+            // Without the uid `kubectl describe` does not show the Event.
+            uid,
             ..Default::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &notice.namespace);
+        // The Recorder (events.k8s.io/v1) makes the first report an Event and counts a repeat within six
+        // minutes into that Event's series instead of a new one.
+        let event = Event {
+            type_: EventType::Warning,
+            reason: notice.reason.into(),
+            note: Some(notice.message.chars().take(1024).collect()),
+            action: "Render".into(),
+            secondary: None,
+        };
+        let recorder = self.recorder.clone();
         self.runtime.spawn(async move {
-            if let Err(e) = api.create(&kube::api::PostParams::default(), &event).await {
+            if let Err(e) = recorder.publish(&event, &reference).await {
                 log::warn!("cannot create an Event: {e}");
             }
         });
@@ -431,7 +425,12 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
         })
         .map_err(|e| e.to_string())?;
     let client = ready_rx.recv().map_err(|_| "the watch thread ended".to_string())??;
-    Ok((stores, Writer { client, runtime: handle }))
+    let reporter = kube::runtime::events::Reporter {
+        controller: "polaredge-client".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    Ok((stores, Writer { client, runtime: handle, recorder }))
 }
 
 /// The optional route kinds the cluster serves, with the version each is served at.

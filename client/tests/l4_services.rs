@@ -49,9 +49,9 @@ fn a_load_balancer_service_of_our_class_is_served_at_the_edge_with_status_and_co
     let conflict = || {
         api.events().iter().any(|e| {
             e["reason"] == "PortConflict"
-                && e["involvedObject"]["kind"] == "Service"
-                && e["involvedObject"]["name"] == "copy"
-                && e["involvedObject"]["uid"] == "uid-Service-data-copy"
+                && e["regarding"]["kind"] == "Service"
+                && e["regarding"]["name"] == "copy"
+                && e["regarding"]["uid"] == "uid-Service-data-copy"
         })
     };
     assert!(eventually(Duration::from_secs(10), conflict), "events: {:?}", api.events());
@@ -102,8 +102,8 @@ fn a_udp_service_of_our_class_answers_through_the_edge() {
         api.events().iter().any(|e| {
             e["reason"] == "PortWithheld"
                 && e["type"] == "Warning"
-                && e["involvedObject"]["name"] == "grab"
-                && e["message"].as_str().is_some_and(|m| m.contains(&format!("port {}/UDP", edge.web.port())))
+                && e["regarding"]["name"] == "grab"
+                && e["note"].as_str().is_some_and(|m| m.contains(&format!("port {}/UDP", edge.web.port())))
         })
     };
     assert!(eventually(Duration::from_secs(10), withheld), "events: {:?}\n{}", api.events(), client.log());

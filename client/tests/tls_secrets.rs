@@ -82,8 +82,8 @@ fn an_ingress_tls_secret_is_served_for_its_host_and_a_rotation_follows_within_se
     let warned = || {
         api.events().iter().any(|e| {
             e["reason"] == "TLSSecretUnusable"
-                && e["involvedObject"]["name"] == "app"
-                && e["message"].as_str().is_some_and(|m| m.contains("does not belong"))
+                && e["regarding"]["name"] == "app"
+                && e["note"].as_str().is_some_and(|m| m.contains("does not belong"))
         })
     };
     assert!(eventually(Duration::from_secs(10), warned), "events: {:?}", api.events());

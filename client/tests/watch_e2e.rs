@@ -39,8 +39,8 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
     let conflict_reported = || {
         api.events().iter().any(|e| {
             e["reason"] == "RouteConflict"
-                && e["involvedObject"]["name"] == "dup"
-                && e["involvedObject"]["uid"] == "uid-Ingress-default-dup"
+                && e["regarding"]["name"] == "dup"
+                && e["regarding"]["uid"] == "uid-Ingress-default-dup"
         })
     };
     assert!(eventually(Duration::from_secs(10), conflict_reported), "events: {:?}", api.events());
@@ -56,6 +56,17 @@ fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
         "{}",
         ip("dup")
     );
+    // Ours again, the same conflict comes back: counted in the first Event's series, not a second Event.
+    api.apply(&ingress_doc.replace("name: app,", "name: dup,"));
+    let conflicts = || api.events().into_iter().filter(|e| e["reason"] == "RouteConflict").collect::<Vec<_>>();
+    assert!(
+        eventually(Duration::from_secs(10), || conflicts().first().is_some_and(|e| e["series"]["count"] == 2)),
+        "events: {:?}",
+        api.events()
+    );
+    assert_eq!(conflicts().len(), 1, "one Event, counted");
+    assert_eq!(conflicts()[0]["reportingController"], "polaredge-client");
+    api.apply(&not_ours);
 
     // An EndpointSlice update, then an Ingress update, then a second Ingress created.
     api.apply(manifests("app.test", b).split("---").last().unwrap());

@@ -436,6 +436,34 @@ impl ApiServer {
                 st.events.push(request.clone());
                 ("201 Created", request)
             }
+            // events.k8s.io/v1, as kube-runtime's Recorder writes them: created once, then patched with a
+            // series count when the same event repeats.
+            ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _ns, "events"]) => {
+                let missing: Vec<&str> = ["eventTime", "reportingController", "reportingInstance", "action", "reason"]
+                    .into_iter()
+                    .filter(|f| request[*f].as_str().is_none_or(str::is_empty))
+                    .collect();
+                let note_too_long = request["note"].as_str().is_some_and(|n| n.len() > 1024);
+                if !missing.is_empty() || note_too_long {
+                    return (
+                        "422 Unprocessable Entity",
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": format!("required: {missing:?}; note at most 1 KiB")}),
+                    );
+                }
+                st.events.push(request.clone());
+                ("201 Created", request)
+            }
+            ("PATCH", ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", name]) => {
+                let Some(event) =
+                    st.events.iter_mut().find(|e| e["metadata"]["name"] == *name && e["metadata"]["namespace"] == *ns)
+                else {
+                    return ("404 Not Found", json!({"kind": "Status", "code": 404}));
+                };
+                for (field, value) in request.as_object().into_iter().flatten() {
+                    event[field] = value.clone();
+                }
+                ("200 OK", event.clone())
+            }
             _ => (
                 "405 Method Not Allowed",
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 405}),
