@@ -13,6 +13,7 @@
 
 pub mod annotations;
 pub mod gateway;
+mod ingress;
 pub mod l4;
 mod passthrough;
 pub mod rules;
@@ -22,14 +23,12 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use routes::model::{self, DynamicConfig};
-use rules::PathMatch;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// The controller name in IngressClass.spec.controller that marks a class as ours.
 pub const CONTROLLER: &str = "polaredge.io/ingress-controller";
-const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What the renderer reads: the reflector stores' contents.
@@ -183,20 +182,6 @@ fn fnv(parts: &[&str]) -> String {
     format!("{:08x}", h as u32)
 }
 
-/// Which IngressClass names are ours, and whether one of them is the default.
-fn our_classes(cluster: &Cluster, settings: &Settings) -> (BTreeSet<String>, bool) {
-    let mut names = BTreeSet::new();
-    let mut default = false;
-    for class in &cluster.classes {
-        if class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(settings.controller.as_str()) {
-            names.insert(class.metadata.name.clone().unwrap_or_default());
-            let annotations = class.metadata.annotations.as_ref();
-            default |= annotations.and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).is_some_and(|v| v == "true");
-        }
-    }
-    (names, default)
-}
-
 /// Services, indexed once per plan.
 struct Backends<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
@@ -323,25 +308,6 @@ fn servers_of(wanted: &str, slices: &[Arc<EndpointSlice>]) -> Vec<SocketAddr> {
     servers
 }
 
-/// Namespace, Service, port (name or number) and scheme override: what a resolution depends on.
-type BackendKey = (String, String, String, Option<bool>);
-
-/// One claim on a host+path, kept until conflicts are settled.
-struct Route {
-    key: (String, PathMatch, String),
-    router: String,
-    rule: String,
-    priority: i64,
-    ns: String,
-    ingress: String,
-    backend: IngressBackend,
-    tls: bool,
-    /// Served with a certificate from a Secret (no ACME resolver on its TLS router).
-    own_certificate: bool,
-    annotations: Annotations,
-    strip_prefix: Option<String>,
-}
-
 /// Everything but the servers: what Ingresses, IngressClasses and Services decide. EndpointSlices change far
 /// more often, so the plan is kept while only they change.
 struct Plan {
@@ -395,295 +361,12 @@ fn covers(names: &[String], host: &str) -> bool {
 }
 
 fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
-    let (classes, we_are_default) = our_classes(cluster, settings);
     let backends = Backends::index(cluster);
     let secrets = secrets_index(cluster);
     let now = (settings.now)();
-    let mut certificates = BTreeMap::new();
-    let mut expires = i64::MAX;
-    let mut notices = Vec::new();
-    let mut passthrough_routes = Vec::new();
-    let mut passthrough_claims = BTreeMap::new();
-    // Oldest first, so the oldest Ingress wins a conflict (then by namespace/name for equal times).
-    let mut ingresses: Vec<&Ingress> = cluster
-        .ingresses
-        .iter()
-        .map(|i| &**i)
-        .filter(|i| match i.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()) {
-            Some(class) => classes.contains(class),
-            None => we_are_default,
-        })
-        .collect();
-    ingresses.sort_by(|a, b| {
-        fn key(i: &Ingress) -> (Option<k8s_openapi::jiff::Timestamp>, &str, &str) {
-            let m = &i.metadata;
-            (
-                m.creation_timestamp.as_ref().map(|t| t.0),
-                m.namespace.as_deref().unwrap_or("default"),
-                m.name.as_deref().unwrap_or(""),
-            )
-        }
-        key(a).cmp(&key(b))
-    });
-
-    let mut claimed: BTreeMap<(String, PathMatch, String), (String, String)> = BTreeMap::new();
-    let mut routes = Vec::new();
-    let mut served = BTreeSet::new();
-    for ingress in ingresses {
-        let (ns, name) = ns_name(&ingress.metadata);
-        let annotations = Annotations::parse(ingress.metadata.annotations.as_ref());
-        for problem in &annotations.problems {
-            notices.push(Notice {
-                kind: "Ingress",
-                namespace: ns.clone(),
-                name: name.clone(),
-                reason: "BadAnnotation",
-                message: problem.clone(),
-            });
-        }
-        let Some(spec) = &ingress.spec else { continue };
-        if annotations.tls_passthrough {
-            passthrough_routes.extend(passthrough::routes(
-                ingress,
-                (&ns, &name),
-                &backends,
-                &mut passthrough_claims,
-                &mut notices,
-            ));
-            served.insert((ns, name));
-            continue;
-        }
-        // TLS host -> served with a certificate from a Secret (else ACME).
-        let mut tls_hosts: BTreeMap<&str, bool> = BTreeMap::new();
-        for entry in spec.tls.iter().flatten() {
-            let hosts: Vec<&str> = entry.hosts.iter().flatten().map(String::as_str).collect();
-            let own = match &entry.secret_name {
-                None => false,
-                Some(secret) => match certificate_of(secrets.get(&(ns.clone(), secret.clone())), now) {
-                    Ok((certificate, checked)) => {
-                        for host in hosts.iter().filter(|h| !covers(&checked.dns_names, h)) {
-                            notices.push(Notice {
-                                kind: "Ingress",
-                                namespace: ns.clone(),
-                                name: name.clone(),
-                                reason: "TLSSecretHostMismatch",
-                                message: format!(
-                                    "the certificate in Secret {ns}/{secret} does not name host {host:?} (it names {:?}); clients will see a name mismatch",
-                                    checked.dns_names
-                                ),
-                            });
-                        }
-                        expires = expires.min(checked.not_after);
-                        certificates.insert((ns.clone(), secret.clone()), certificate);
-                        true
-                    }
-                    Err(reason) => {
-                        notices.push(Notice {
-                            kind: "Ingress",
-                            namespace: ns.clone(),
-                            name: name.clone(),
-                            reason: "TLSSecretUnusable",
-                            message: format!("TLS Secret {ns}/{secret}: {reason}; hosts {hosts:?} use ACME instead"),
-                        });
-                        false
-                    }
-                },
-            };
-            for host in hosts {
-                *tls_hosts.entry(host).or_default() |= own;
-            }
-        }
-        let mut candidates = Vec::new();
-        for rule in spec.rules.iter().flatten() {
-            let host = rule.host.clone().unwrap_or_default();
-            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let raw = path.path.clone().unwrap_or_else(|| "/".into());
-                let kind = match path.path_type.as_str() {
-                    "Exact" => PathMatch::Exact,
-                    "Prefix" => PathMatch::Prefix,
-                    _ => annotations.path_match.unwrap_or(PathMatch::Prefix),
-                };
-                candidates.push((host.clone(), kind, raw, path.backend.clone()));
-            }
-        }
-        let mut default_backend = None;
-        if let Some(backend) = &spec.default_backend {
-            default_backend = Some(backend.clone());
-        }
-        for (host, kind, path, backend) in candidates {
-            if !rules::literal_ok(&host) || !rules::literal_ok(&path) || !path.starts_with('/') {
-                notices.push(Notice {
-                    kind: "Ingress",
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    reason: "BadPath",
-                    message: format!("host {host:?} path {path:?} cannot be expressed as a Traefik rule; skipped"),
-                });
-                continue;
-            }
-            let key = (host.clone(), kind, path.trim_end_matches('/').to_string());
-            if let Some((owner_ns, owner)) = claimed.get(&key) {
-                if (owner_ns, owner) != (&ns, &name) {
-                    notices.push(Notice {
-                        kind: "Ingress",
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        reason: "RouteConflict",
-                        message: format!(
-                            "host {host:?} path {path:?} is already served by the older Ingress {owner_ns}/{owner}; this rule is ignored"
-                        ),
-                    });
-                }
-                continue;
-            }
-            claimed.insert(key.clone(), (ns.clone(), name.clone()));
-            let router = format!("{}-{}-{}", slug(&ns), slug(&name), fnv(&[&host, &format!("{kind:?}"), &path]));
-            let priority = annotations.priority.unwrap_or_else(|| rules::priority(&host, kind, &path));
-            let strip_prefix =
-                (annotations.strip_prefix && path != "/").then(|| path.trim_end_matches('/').to_string());
-            routes.push(Route {
-                key,
-                router,
-                rule: rules::rule(&host, kind, &path),
-                priority,
-                ns: ns.clone(),
-                ingress: name.clone(),
-                backend,
-                tls: tls_hosts.contains_key(host.as_str()),
-                own_certificate: tls_hosts.get(host.as_str()).copied().unwrap_or(false),
-                annotations: annotations.clone(),
-                strip_prefix,
-            });
-        }
-        if let Some(backend) = default_backend {
-            let key = (String::new(), PathMatch::Prefix, "<default>".to_string());
-            match claimed.get(&key) {
-                Some((owner_ns, owner)) => notices.push(Notice {
-                    kind: "Ingress",
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    reason: "RouteConflict",
-                    message: format!(
-                        "the default backend is already set by the older Ingress {owner_ns}/{owner}; ignored"
-                    ),
-                }),
-                None => {
-                    claimed.insert(key.clone(), (ns.clone(), name.clone()));
-                    routes.push(Route {
-                        key,
-                        router: format!("{}-{}-default", slug(&ns), slug(&name)),
-                        rule: "PathPrefix(`/`)".into(),
-                        priority: rules::DEFAULT_BACKEND_PRIORITY,
-                        ns: ns.clone(),
-                        ingress: name.clone(),
-                        backend,
-                        tls: false,
-                        own_certificate: false,
-                        annotations: annotations.clone(),
-                        strip_prefix: None,
-                    });
-                }
-            }
-        }
-        served.insert((ns, name));
-    }
-
-    let mut http = model::Http::default();
-    let mut sources = BTreeMap::new();
-    let mut resolved_cache: HashMap<BackendKey, Option<std::rc::Rc<Resolved>>> = HashMap::new();
-    for route in routes {
-        let svc = route.backend.service.as_ref();
-        let cache_key = (
-            route.ns.clone(),
-            svc.map(|s| s.name.clone()).unwrap_or_default(),
-            svc.and_then(|s| s.port.as_ref()).map(|p| format!("{:?}{:?}", p.name, p.number)).unwrap_or_default(),
-            route.annotations.backend_https,
-        );
-        let resolved = resolved_cache
-            .entry(cache_key)
-            .or_insert_with(|| backends.resolve(&route.ns, &route.backend, &route.annotations).map(std::rc::Rc::new))
-            .clone();
-        let Some(resolved) = resolved else {
-            notices.push(Notice {
-                kind: "Ingress",
-                namespace: route.ns.clone(),
-                name: route.ingress.clone(),
-                reason: "BadBackend",
-                message: format!("{:?}: only Service backends with a port are supported; skipped", route.key),
-            });
-            continue;
-        };
-        let lb = add_backend(&mut http, &mut sources, &resolved);
-        if let Some(pass) = route.annotations.pass_host_header {
-            lb.pass_host_header = Some(pass);
-        }
-        if let Some(cookie) = &route.annotations.sticky_cookie {
-            lb.sticky = Some(model::Sticky {
-                cookie: model::StickyCookie {
-                    name: (!cookie.is_empty()).then(|| cookie.clone()),
-                    http_only: Some(true),
-                    ..Default::default()
-                },
-            });
-        }
-        let mut middlewares = Vec::new();
-        if let Some(prefix) = &route.strip_prefix {
-            let mw = format!("{}-strip", route.router);
-            http.middlewares.insert(
-                mw.clone(),
-                model::Middleware {
-                    strip_prefix: Some(model::StripPrefix { prefixes: vec![prefix.clone()] }),
-                    ..Default::default()
-                },
-            );
-            middlewares.push(mw);
-        }
-        let entry_points = route.annotations.entry_points.clone();
-        if route.tls {
-            http.routers.insert(
-                format!("{}-tls", route.router),
-                model::HttpRouter {
-                    rule: route.rule.clone(),
-                    service: resolved.name.clone(),
-                    entry_points: vec![settings.websecure.clone()],
-                    middlewares: middlewares.clone(),
-                    priority: Some(route.priority),
-                    tls: Some(model::RouterTls {
-                        // Traefik picks a certificate from the Secrets by SNI; a resolver would ask ACME too.
-                        cert_resolver: if route.own_certificate { None } else { settings.cert_resolver.clone() },
-                        ..Default::default()
-                    }),
-                },
-            );
-        }
-        let mut plain_middlewares = middlewares;
-        if route.tls && route.annotations.redirect_to_https {
-            let mw = "polaredge-redirect-https".to_string();
-            http.middlewares.insert(
-                mw.clone(),
-                model::Middleware {
-                    redirect_scheme: Some(model::RedirectScheme {
-                        scheme: "https".into(),
-                        permanent: Some(true),
-                        port: None,
-                    }),
-                    ..Default::default()
-                },
-            );
-            plain_middlewares = vec![mw];
-        }
-        http.routers.insert(
-            route.router,
-            model::HttpRouter {
-                rule: route.rule,
-                service: resolved.name.clone(),
-                entry_points: entry_points.unwrap_or_else(|| vec![settings.web.clone()]),
-                middlewares: plain_middlewares,
-                priority: Some(route.priority),
-                tls: None,
-            },
-        );
-    }
+    let ingress::Claims { routes, served, mut notices, mut certificates, mut expires, mut passthrough } =
+        ingress::claims(cluster, settings, &backends, &secrets, now);
+    let (mut http, mut sources) = ingress::routers(routes, &backends, settings, &mut notices);
     let gateway = gateway::plan(cluster, settings, &backends, &secrets, now);
     for resolved in &gateway.backends {
         add_backend(&mut http, &mut sources, resolved);
@@ -692,7 +375,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
     http.services.extend(gateway.http.services);
     http.middlewares.extend(gateway.http.middlewares);
     certificates.extend(gateway.certificates);
-    passthrough_routes.extend(gateway.passthrough);
+    passthrough.extend(gateway.passthrough);
     expires = expires.min(gateway.expires);
     notices.extend(gateway.notices);
     Plan {
@@ -702,7 +385,7 @@ fn plan(cluster: &Cluster, settings: &Settings) -> Plan {
         notices,
         certificates,
         expires,
-        passthrough: passthrough_routes,
+        passthrough,
         gateway: Arc::new(gateway.statuses),
         gateway_l4: gateway.l4,
     }
