@@ -234,6 +234,40 @@ pub(super) fn plan(
         listeners.insert((ns, name), list);
     }
 
+    plan_http_routes(cluster, settings, backends, &mut listeners, &mut out);
+    plan_l4_routes(cluster, settings, backends, &mut listeners, &mut out);
+    if out.http.routers.values().any(|r| r.service == INVALID_BACKEND) {
+        out.http.services.insert(INVALID_BACKEND.into(), model::HttpService::balanced(Default::default()));
+        out.http.middlewares.insert(
+            INVALID_BACKEND_500.into(),
+            model::Middleware {
+                errors: Some(model::Errors {
+                    status: vec!["500-599".into()],
+                    service: routes::validate::ERROR_PAGE_SERVICE.into(),
+                    query: Some("/ping".into()),
+                    status_rewrites: [("500-599".to_string(), 500)].into(),
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    for gateway in &gateways {
+        let (ns, name) = ns_name(gateway);
+        let list = listeners.remove(&(ns.clone(), name.clone())).unwrap_or_default();
+        out.statuses.gateways.push(gateway_status(gateway, ns, name, list));
+    }
+    out
+}
+
+/// HTTPRoutes and GRPCRoutes, oldest first (the spec's tie-breaker): each rule x match x attached listener x
+/// host a router, each router its own priority from the spec's total order.
+fn plan_http_routes(
+    cluster: &super::Cluster,
+    settings: &Settings,
+    backends: &Backends,
+    listeners: &mut BTreeMap<(String, String), Vec<Listener>>,
+    out: &mut Plan,
+) {
     // Routes, oldest first (the spec's tie-breaker), each rule x match x attached listener x host a router.
     // GRPCRoutes as the HTTPRoutes they amount to (h2c to their pods).
     let grpc: Vec<HttpRoute> = cluster.grpc_routes.iter().map(|r| grpc::as_http(r)).collect();
@@ -245,7 +279,7 @@ pub(super) fn plan(
     for (kind, route) in routes {
         let (ns, name) = ns_name(route);
         let hosts = route.spec.hostnames.clone().unwrap_or_default();
-        let (parents, attached_to) = attach(&route.spec.parent_refs, &ns, &hosts, kind, &listeners);
+        let (parents, attached_to) = attach(&route.spec.parent_refs, &ns, &hosts, kind, listeners);
         let attachments: Vec<(&Listener, Vec<String>)> =
             attached_to.iter().map(|(key, i, hosts)| (&listeners[key][*i], hosts.clone())).collect();
         if parents.is_empty() {
@@ -256,7 +290,7 @@ pub(super) fn plan(
         let mut skipped = Vec::new();
         for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
             let (service, invalid) =
-                rule_service(rule, (kind, &ns), cluster, backends, &mut resolved_cache, &mut unresolved, &mut out);
+                rule_service(rule, (kind, &ns), cluster, backends, &mut resolved_cache, &mut unresolved, out);
             let default_match = [HttpRouteRulesMatches::default()];
             let matches = rule.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);
             for (listener, hosts) in &attachments {
@@ -358,7 +392,6 @@ pub(super) fn plan(
                 .collect(),
         });
     }
-    plan_l4_routes(cluster, settings, backends, &mut listeners, &mut out);
     // One priority per router, from the spec's total order (the first wins).
     ordered.sort();
     let count = ordered.len() as i64;
@@ -367,27 +400,6 @@ pub(super) fn plan(
             r.priority.get_or_insert(PRIORITY_BASE + count - i as i64);
         }
     }
-    if out.http.routers.values().any(|r| r.service == INVALID_BACKEND) {
-        out.http.services.insert(INVALID_BACKEND.into(), model::HttpService::balanced(Default::default()));
-        out.http.middlewares.insert(
-            INVALID_BACKEND_500.into(),
-            model::Middleware {
-                errors: Some(model::Errors {
-                    status: vec!["500-599".into()],
-                    service: routes::validate::ERROR_PAGE_SERVICE.into(),
-                    query: Some("/ping".into()),
-                    status_rewrites: [("500-599".to_string(), 500)].into(),
-                }),
-                ..Default::default()
-            },
-        );
-    }
-    for gateway in &gateways {
-        let (ns, name) = ns_name(gateway);
-        let list = listeners.remove(&(ns.clone(), name.clone())).unwrap_or_default();
-        out.statuses.gateways.push(gateway_status(gateway, ns, name, list));
-    }
-    out
 }
 
 /// The Traefik service of a rule (one backend, a weighted split, or the invalid-backend service), and whether
