@@ -85,6 +85,8 @@ wait_for() { # host path expected
 wait_for shop.localhost / "storefront"
 if [ $check = 1 ]; then
   wait_for shop.localhost /api/ '"api"'
+  wait_for gw.localhost / "storefront"   # the Gateway API's HTTPRoute (examples/gateway.yaml)
+  wait_for gw.localhost /api/ '"api"'
   sed -i 's/host: shop.localhost/host: store.localhost/' "$manifests/ingress.yaml"
   wait_for store.localhost / "storefront"
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: shop.localhost' http://127.0.0.1:18080/)" = 404 ]
@@ -98,6 +100,7 @@ POLAREDGE is running locally (agent + Traefik + client over a userspace WireGuar
 
   curl -H 'Host: shop.localhost' http://127.0.0.1:18080/        # storefront pod
   curl -H 'Host: shop.localhost' http://127.0.0.1:18080/api/    # api pod
+  curl -i -H 'Host: gw.localhost' http://127.0.0.1:18080/       # the same pods through a Gateway API HTTPRoute
   curl http://127.0.0.1:19090/metrics                           # client metrics
 
 Edit examples/ingress.yaml (a host or a path) and the route changes within a fraction of a second.
