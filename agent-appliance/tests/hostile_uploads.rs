@@ -176,6 +176,19 @@ fn every_bad_upload_is_refused_while_the_live_route_serves_and_status_answers_at
         ),
         ("empty document", String::new(), 400, "empty document"),
         ("host name backend", route("app.test", "my-svc:80"), 400, "not host names"),
+        // The canary router must stay on top, and no internal service but ping@internal may answer publicly.
+        (
+            "priority above the canary's",
+            json_of("http:\n  routers:\n    app: {rule: \"Host(`app.test`)\", service: app, priority: 2147483647}\n  services:\n    app: {loadBalancer: {servers: [{url: \"http://10.1.0.1:80\"}]}}\n"),
+            400,
+            "outside 0..=2147483646",
+        ),
+        (
+            "dashboard as an error page",
+            route_with_middleware(r#"{"errors": {"status": ["404"], "service": "api@internal", "query": "/"}}"#),
+            400,
+            "only ping@internal is allowed",
+        ),
     ];
     let refused = cases.len();
     for (what, body, expected, message) in cases {
