@@ -237,10 +237,10 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
 
 /// On the appliance, how long after /init started the agent became ready (the init passes its start time).
 pub(crate) fn since_init() -> String {
-    let Some(started) = std::env::var(crate::init::STARTED_ENV).ok().and_then(|v| v.parse::<u128>().ok()) else {
+    let Some(started) = std::env::var(init::STARTED_ENV).ok().and_then(|v| v.parse::<u128>().ok()) else {
         return String::new();
     };
-    format!(", {} ms after /init", crate::init::monotonic_ns().saturating_sub(started) / 1_000_000)
+    format!(", {} ms after /init", init::monotonic_ns().saturating_sub(started) / 1_000_000)
 }
 
 fn spawn_api(agent: Arc<Agent>, listener: tunnel::Listener) {

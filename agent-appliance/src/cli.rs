@@ -23,7 +23,7 @@ commands:
 
 `polaredge-agent <command> --help` explains each command.";
 
-const DEFAULT_CONFIG: &str = "/etc/polaredge/agent.yaml";
+const DEFAULT_CONFIG: &str = init::layout::AGENT_CONFIG;
 
 struct Command {
     name: &'static str,

@@ -16,7 +16,6 @@ pub mod cli;
 pub mod config;
 pub mod forwarders;
 pub mod http;
-pub mod init;
 pub mod install;
 pub mod l4;
 pub mod logger;

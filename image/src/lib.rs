@@ -139,10 +139,12 @@ pub fn build_initramfs(inputs: &Inputs) -> Result<Initramfs, String> {
     })?;
     for name in &order {
         let bytes = files.remove(name).expect("load_order looked up every module it returns");
-        base.add(&format!("lib/modules/{name}.ko"), Node::File(bytes), 0o644)?;
+        let dir = init::layout::MODULES_DIR.trim_start_matches('/');
+        base.add(&format!("{dir}/{name}.ko"), Node::File(bytes), 0o644)?;
     }
+    // The list init loads from, at the path it reads.
     let list: String = order.iter().map(|m| format!("{m}\n")).collect();
-    base.add("etc/polaredge/modules", Node::File(list.into_bytes()), 0o644)?;
+    base.add(init::layout::MODULES_LIST.trim_start_matches('/'), Node::File(list.into_bytes()), 0o644)?;
 
     let mut bytes = gzip(&base.to_bytes(inputs.mtime));
     let base_len = bytes.len();

@@ -5,10 +5,7 @@ use std::ffi::CString;
 use std::io;
 use std::path::Path;
 
-/// Where the image keeps the modules (flat, `<name>.ko`) and the list of those to load, in order.
-pub const MODULES_DIR: &str = "/lib/modules";
-/// One module name per line, dependencies first; the image builder writes it.
-pub const MODULES_LIST: &str = "/etc/polaredge/modules";
+use crate::layout::{MODULES_DIR, MODULES_LIST};
 
 fn with_context<T>(result: rustix::io::Result<T>, what: impl FnOnce() -> String) -> io::Result<T> {
     result.map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", what())))
@@ -161,7 +158,7 @@ mod tests {
     fn reap_collects_children_and_orphans() {
         if std::env::var_os(ISOLATED).is_none() {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "init::system::tests::reap_collects_children_and_orphans", "--test-threads=1"])
+                .args(["--exact", "system::tests::reap_collects_children_and_orphans", "--test-threads=1"])
                 .env(ISOLATED, "1")
                 .output()
                 .unwrap();

@@ -1,4 +1,6 @@
-//! The agent as PID 1 of the appliance image (`/init` in the initramfs).
+//! PID 1 of the appliance image (`/init` in the initramfs), linked into the agent's single binary: the agent
+//! hands [`main`] a [`Payload`] (what to run, with which config, and what that config says) instead of
+//! strings, and the image builder takes the paths init reads from [`layout`].
 //!
 //! Boot: mount /proc, /sys, /dev, /run, /tmp; read the kernel command line ([`cmdline`]); load the image's
 //! kernel modules; bring up loopback and the interface, static or by DHCP ([`net`], [`dhcp`]); load and
@@ -14,15 +16,27 @@
 pub mod cmdline;
 mod console;
 mod dhcp;
+pub mod layout;
 pub mod lifecycle;
 mod net;
 mod system;
 
-use crate::config;
 use lifecycle::{Action, Lifecycle, Power};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
+
+/// What init boots and supervises (the agent), as a typed interface.
+pub trait Payload: Sync {
+    /// The console banner's name and version, e.g. `polaredge-agent 0.1.0`.
+    fn name(&self) -> String;
+    /// Loads and checks the config at `config`; the state folder it names (init mounts the state disk there).
+    fn state_dir(&self, config: &Path) -> Result<PathBuf, String>;
+    /// The command that runs the payload with `config` (init adds the environment and supervises it).
+    fn run(&self, config: &Path) -> Command;
+    /// The command that prints the running payload's status (the console's `status`).
+    fn status(&self, config: &Path) -> Command;
+}
 
 /// Prints one line on the console (PID 1's stderr is /dev/console).
 pub fn say(line: &str) {
@@ -50,7 +64,7 @@ struct Booted {
     log: Option<String>,
 }
 
-fn boot(started: Instant) -> Result<Booted, String> {
+fn boot(payload: &dyn Payload, started: Instant) -> Result<Booted, String> {
     system::mount_basics().map_err(|e| e.to_string())?;
     // The kernel gives PID 1 a limit of 1,024 open files; every public connection holds two sockets at the edge.
     let open_files = tunnel::driver::raise_open_files_limit(Some(system::OPEN_FILES_LIMIT));
@@ -94,15 +108,16 @@ fn boot(started: Instant) -> Result<Booted, String> {
         }
         None => say("no ip= on the kernel command line: only loopback is up"),
     }
-    let config = config::load(std::path::Path::new(&params.config))
-        .map_err(|e| format!("{e}\n  the image's agent config is broken: rebuild the image with a config that `polaredge-agent check` accepts"))?;
-    let state = system::mount_state(&config.state_dir, params.state_device.as_deref()).map_err(|e| e.to_string())?;
-    say(&format!("{:>4} ms  state {} on {state}", started.elapsed().as_millis(), config.state_dir.display()));
+    let state_dir = payload.state_dir(Path::new(&params.config)).map_err(|e| {
+        format!("{e}\n  the image's agent config is broken: rebuild the image with a config that `polaredge-agent check` accepts")
+    })?;
+    let state = system::mount_state(&state_dir, params.state_device.as_deref()).map_err(|e| e.to_string())?;
+    say(&format!("{:>4} ms  state {} on {state}", started.elapsed().as_millis(), state_dir.display()));
     let buttons = console::spawn_power_button(|| raise(libc::SIGUSR2));
     if buttons > 0 {
         say(&format!("watching {buttons} input device(s) for the power button"));
     }
-    Ok(Booted { config_path: params.config, state_dir: config.state_dir, log: params.log })
+    Ok(Booted { config_path: params.config, state_dir, log: params.log })
 }
 
 fn dhcp_settings(device: &str, hostname: &Option<String>, lease: &dhcp::Lease) -> cmdline::Ipv4Settings {
@@ -148,8 +163,8 @@ fn rescue_hint() {
     say(&format!("the console stays open; {}", console::HELP));
 }
 
-/// Runs as PID 1 forever: boot, supervise the agent, power off on request.
-pub fn main() -> ! {
+/// Runs as PID 1 forever: boot, supervise the payload, power off on request.
+pub fn main(payload: &'static dyn Payload) -> ! {
     let started = Instant::now();
     let started_ns = monotonic_ns();
     // A panic must not take PID 1 down (that panics the kernel): print it and keep the machine inspectable.
@@ -159,7 +174,7 @@ pub fn main() -> ! {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }));
-    say(&format!("POLAREDGE appliance, polaredge-agent {} as PID 1", env!("CARGO_PKG_VERSION")));
+    say(&format!("POLAREDGE appliance, {} as PID 1", payload.name()));
     // Every signal PID 1 acts on is blocked and taken with sigtimedwait; threads inherit the mask.
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -173,7 +188,7 @@ pub fn main() -> ! {
     }
     // Ctrl-Alt-Del sends SIGINT to PID 1 instead of an immediate reboot.
     let _ = rustix::system::reboot(rustix::system::RebootCommand::CadOff);
-    console::spawn_reader(|command| match command {
+    console::spawn_reader(move |command| match command {
         console::Command::Poweroff => raise(libc::SIGUSR2),
         console::Command::Reboot => raise(libc::SIGINT),
         console::Command::Retry => raise(libc::SIGUSR1),
@@ -183,18 +198,15 @@ pub fn main() -> ! {
             let config = std::fs::read_to_string("/proc/cmdline")
                 .ok()
                 .and_then(|line| cmdline::BootParams::parse(&line).ok())
-                .map_or_else(|| cmdline::DEFAULT_CONFIG.to_string(), |p| p.config);
-            let _ = std::process::Command::new("/proc/self/exe")
-                .arg0("polaredge-agent")
-                .args(["status", "--config", &config])
-                .spawn();
+                .map_or_else(|| layout::AGENT_CONFIG.to_string(), |p| p.config);
+            let _ = payload.status(Path::new(&config)).spawn();
         }
     });
 
     let mut lifecycle = Lifecycle::new();
     let mut booted: Option<Booted> = None;
     let mut agent: Option<u32> = None;
-    let mut actions = match boot(started) {
+    let mut actions = match boot(payload, started) {
         Ok(b) => {
             booted = Some(b);
             lifecycle.boot(Instant::now())
@@ -214,7 +226,7 @@ pub fn main() -> ! {
                     Action::Say(line) => say(&line),
                     Action::StartAgent => {
                         let Some(b) = &booted else { continue };
-                        match start_agent(b, started_ns) {
+                        match start_agent(payload, b, started_ns) {
                             Ok(pid) => {
                                 agent = Some(pid);
                                 lifecycle.started(now);
@@ -250,7 +262,7 @@ pub fn main() -> ! {
             }
             Some(libc::SIGTERM | libc::SIGUSR2 | libc::SIGPWR) => lifecycle.shutdown(now, Power::Off),
             Some(libc::SIGINT) => lifecycle.shutdown(now, Power::Reboot),
-            Some(libc::SIGUSR1) if booted.is_none() => match boot(started) {
+            Some(libc::SIGUSR1) if booted.is_none() => match boot(payload, started) {
                 Ok(b) => {
                     booted = Some(b);
                     lifecycle.boot(now)
@@ -266,13 +278,9 @@ pub fn main() -> ! {
     }
 }
 
-fn start_agent(booted: &Booted, started_ns: u128) -> Result<u32, String> {
-    let mut command = std::process::Command::new("/proc/self/exe");
-    command
-        .arg0("polaredge-agent")
-        .args(["run", "--config", &booted.config_path])
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env(STARTED_ENV, started_ns.to_string());
+fn start_agent(payload: &dyn Payload, booted: &Booted, started_ns: u128) -> Result<u32, String> {
+    let mut command = payload.run(Path::new(&booted.config_path));
+    command.env("PATH", "/usr/local/bin:/usr/bin:/bin").env(STARTED_ENV, started_ns.to_string());
     if let Some(level) = &booted.log {
         command.env("POLAREDGE_LOG", level);
     }

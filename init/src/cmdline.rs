@@ -19,8 +19,7 @@
 
 use std::net::Ipv4Addr;
 
-/// Default location of the agent's config inside the image.
-pub const DEFAULT_CONFIG: &str = "/etc/polaredge/agent.yaml";
+use crate::layout::AGENT_CONFIG;
 
 /// Static IPv4 settings for one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +72,7 @@ impl BootParams {
     /// `polaredge.*` value is an error naming the parameter.
     pub fn parse(cmdline: &str) -> Result<BootParams, String> {
         let mut params =
-            BootParams { ip: None, config: DEFAULT_CONFIG.into(), state_device: None, modules: vec![], log: None };
+            BootParams { ip: None, config: AGENT_CONFIG.into(), state_device: None, modules: vec![], log: None };
         for word in cmdline.split_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             match key {
@@ -188,7 +187,7 @@ mod tests {
     fn polaredge_parameters_and_defaults() {
         let p = BootParams::parse("root=/dev/sda polaredge.state=/dev/vda polaredge.modules=a,b, polaredge.log=debug")
             .unwrap();
-        assert_eq!(p.config, DEFAULT_CONFIG);
+        assert_eq!(p.config, AGENT_CONFIG);
         assert_eq!(p.state_device.as_deref(), Some("/dev/vda"));
         assert_eq!(p.modules, ["a", "b"]);
         assert_eq!(p.log.as_deref(), Some("debug"));
