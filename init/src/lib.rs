@@ -113,7 +113,7 @@ fn boot(payload: &dyn Payload, started: Instant) -> Result<Booted, String> {
     })?;
     let state = system::mount_state(&state_dir, params.state_device.as_deref()).map_err(|e| e.to_string())?;
     say(&format!("{:>4} ms  state {} on {state}", started.elapsed().as_millis(), state_dir.display()));
-    let buttons = console::spawn_power_button(|| raise(libc::SIGUSR2));
+    let buttons = console::spawn_power_button(|| raise(rustix::process::Signal::USR2));
     if buttons > 0 {
         say(&format!("watching {buttons} input device(s) for the power button"));
     }
@@ -154,9 +154,9 @@ fn spawn_dhcp_renewal(device: String, hostname: Option<String>, mut lease: dhcp:
     });
 }
 
-fn raise(signal: libc::c_int) {
-    // SAFETY: kill has no memory effects; PID 1's main thread takes the signal with sigtimedwait.
-    unsafe { libc::kill(std::process::id() as libc::pid_t, signal) };
+/// Sends `signal` to ourselves; PID 1's main thread takes it with sigtimedwait.
+fn raise(signal: rustix::process::Signal) {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), signal);
 }
 
 fn rescue_hint() {
@@ -189,9 +189,9 @@ pub fn main(payload: &'static dyn Payload) -> ! {
     // Ctrl-Alt-Del sends SIGINT to PID 1 instead of an immediate reboot.
     let _ = rustix::system::reboot(rustix::system::RebootCommand::CadOff);
     console::spawn_reader(move |command| match command {
-        console::Command::Poweroff => raise(libc::SIGUSR2),
-        console::Command::Reboot => raise(libc::SIGINT),
-        console::Command::Retry => raise(libc::SIGUSR1),
+        console::Command::Poweroff => raise(rustix::process::Signal::USR2),
+        console::Command::Reboot => raise(rustix::process::Signal::INT),
+        console::Command::Retry => raise(rustix::process::Signal::USR1),
         console::Command::Help => say(console::HELP),
         console::Command::Status => {
             // The agent's admin socket is named in its config, which the command line may have moved.
@@ -234,8 +234,8 @@ pub fn main(payload: &'static dyn Payload) -> ! {
                             Err(e) => next.extend(lifecycle.start_failed(now, &e)),
                         }
                     }
-                    Action::StopAgent => signal_agent(agent, libc::SIGTERM),
-                    Action::KillAgent => signal_agent(agent, libc::SIGKILL),
+                    Action::StopAgent => signal_agent(agent, rustix::process::Signal::TERM),
+                    Action::KillAgent => signal_agent(agent, rustix::process::Signal::KILL),
                     Action::Finish(power) => {
                         say(if power == Power::Off { "powering off" } else { "rebooting" });
                         let state_dir = booted.as_ref().map(|b| b.state_dir.clone()).unwrap_or_default();
@@ -288,10 +288,9 @@ fn start_agent(payload: &dyn Payload, booted: &Booted, started_ns: u128) -> Resu
     command.spawn().map(|child| child.id()).map_err(|e| format!("cannot start the agent: {e}"))
 }
 
-fn signal_agent(agent: Option<u32>, signal: libc::c_int) {
-    if let Some(pid) = agent {
-        // SAFETY: kill has no memory effects.
-        unsafe { libc::kill(pid as libc::pid_t, signal) };
+fn signal_agent(agent: Option<u32>, signal: rustix::process::Signal) {
+    if let Some(pid) = agent.and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
