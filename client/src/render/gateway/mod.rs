@@ -235,7 +235,7 @@ pub(super) fn plan(
     }
 
     plan_http_routes(cluster, settings, backends, &mut listeners, &mut out);
-    plan_l4_routes(cluster, settings, backends, &mut listeners, &mut out);
+    plan_l4_routes(cluster, backends, &mut listeners, &mut out);
     if out.http.routers.values().any(|r| r.service == INVALID_BACKEND) {
         out.http.services.insert(INVALID_BACKEND.into(), model::HttpService::balanced(Default::default()));
         out.http.middlewares.insert(
@@ -594,7 +594,6 @@ impl L4Route {
 /// by the agent as LoadBalancer Services' ports are).
 fn plan_l4_routes(
     cluster: &super::Cluster,
-    settings: &Settings,
     backends: &Backends,
     listeners: &mut BTreeMap<(String, String), Vec<Listener>>,
     out: &mut Plan,
@@ -680,7 +679,6 @@ fn plan_l4_routes(
                 .collect(),
         });
     }
-    let _ = settings;
 }
 
 /// The listeners of one Gateway: which are served on which entrypoint, with their conditions.
