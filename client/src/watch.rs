@@ -66,6 +66,42 @@ fn gateway_lookup() -> std::time::Duration {
 /// The field selector of the Secret watch: TLS Secrets only.
 pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
 
+/// The watch streams by index: what each event names, and which stores have listed once.
+mod stream {
+    pub const INGRESS: usize = 0;
+    pub const INGRESS_CLASS: usize = 1;
+    pub const SERVICE: usize = 2;
+    pub const ENDPOINT_SLICE: usize = 3;
+    /// The first of the optional streams (a refusal by RBAC is survivable from here on).
+    pub const SECRET: usize = 4;
+    pub const GATEWAY_CLASS: usize = 5;
+    pub const GATEWAY: usize = 6;
+    pub const HTTP_ROUTE: usize = 7;
+    pub const REFERENCE_GRANT: usize = 8;
+    pub const TLS_ROUTE: usize = 9;
+    pub const TCP_ROUTE: usize = 10;
+    pub const UDP_ROUTE: usize = 11;
+    pub const GRPC_ROUTE: usize = 12;
+    pub const NAMESPACE: usize = 13;
+    /// Their kinds, for logs.
+    pub const NAMES: [&str; 14] = [
+        "Ingress",
+        "IngressClass",
+        "Service",
+        "EndpointSlice",
+        "Secret",
+        "GatewayClass",
+        "Gateway",
+        "HTTPRoute",
+        "ReferenceGrant",
+        "TLSRoute",
+        "TCPRoute",
+        "UDPRoute",
+        "GRPCRoute",
+        "Namespace",
+    ];
+}
+
 impl Stores {
     /// The renderer's input, as the stores hold it now.
     pub fn cluster(&self) -> Cluster {
@@ -250,30 +286,13 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     };
                 }
                 let mut events = futures::stream::select_all([
-                    watch!(Ingress, ingress_writer, 0usize, config.clone()),
-                    watch!(IngressClass, class_writer, 1, config.clone()),
-                    watch!(Service, service_writer, 2, config.clone()),
-                    watch!(EndpointSlice, slice_writer, 3, config.clone()),
-                    watch!(Secret, secret_writer, SECRETS, config.clone().fields(TLS_SECRETS)),
+                    watch!(Ingress, ingress_writer, stream::INGRESS, config.clone()),
+                    watch!(IngressClass, class_writer, stream::INGRESS_CLASS, config.clone()),
+                    watch!(Service, service_writer, stream::SERVICE, config.clone()),
+                    watch!(EndpointSlice, slice_writer, stream::ENDPOINT_SLICE, config.clone()),
+                    watch!(Secret, secret_writer, stream::SECRET, config.clone().fields(TLS_SECRETS)),
                 ]);
-                let mut listed = vec![false; 5];
-                const NAMES: [&str; 14] = [
-                    "Ingress",
-                    "IngressClass",
-                    "Service",
-                    "EndpointSlice",
-                    "Secret",
-                    "GatewayClass",
-                    "Gateway",
-                    "HTTPRoute",
-                    "ReferenceGrant",
-                    "TLSRoute",
-                    "TCPRoute",
-                    "UDPRoute",
-                    "GRPCRoute",
-                    "Namespace",
-                ];
-                const SECRETS: usize = 4;
+                let mut listed = vec![false; stream::SECRET + 1];
                 // Gateway API streams, when the cluster serves the group; the first lookup before the first
                 // render, so that a cluster with HTTPRoutes never gets a snapshot without them.
                 macro_rules! watch_dynamic {
@@ -303,38 +322,40 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                 let start_gateway = |events: &mut futures::stream::SelectAll<_>,
                                      listed: &mut Vec<bool>,
                                      served: &Served| {
-                    let (classes, classes_reader) = watch_dynamic!(GatewayClass, "GatewayClass", 5usize);
-                    let (gateways, gateways_reader) = watch_dynamic!(Gateway, "Gateway", 6);
-                    let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", 7);
-                    let (grants, grants_reader) = watch_dynamic!(ReferenceGrant, "ReferenceGrant", 8);
+                    use k8s_openapi::api::core::v1::Namespace;
+                    let (classes, classes_reader) = watch_dynamic!(GatewayClass, "GatewayClass", stream::GATEWAY_CLASS);
+                    let (gateways, gateways_reader) = watch_dynamic!(Gateway, "Gateway", stream::GATEWAY);
+                    let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", stream::HTTP_ROUTE);
+                    let (grants, grants_reader) =
+                        watch_dynamic!(ReferenceGrant, "ReferenceGrant", stream::REFERENCE_GRANT);
                     let (namespaces_reader, namespaces_writer) = reflector::store();
-                    let namespaces = reflector::reflector(
-                        namespaces_writer,
-                        watcher(Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()), config.clone())
-                            .default_backoff(),
-                    )
-                    .map(|event| match event {
-                        Ok(event) => (13usize, triggers(&event), None),
-                        Err(e) => (13, false, Some(e.to_string())),
-                    })
-                    .boxed();
+                    let namespaces = watch!(Namespace, namespaces_writer, stream::NAMESPACE, config.clone());
                     events.extend([classes, gateways, routes, grants, namespaces]);
-                    listed.resize(14, true);
-                    listed[5..9].fill(false);
-                    listed[13] = false;
+                    // The optional kinds count as listed unless they are watched.
+                    listed.resize(stream::NAMES.len(), true);
+                    for index in [
+                        stream::GATEWAY_CLASS,
+                        stream::GATEWAY,
+                        stream::HTTP_ROUTE,
+                        stream::REFERENCE_GRANT,
+                        stream::NAMESPACE,
+                    ] {
+                        listed[index] = false;
+                    }
                     let mut optional = |index: usize, version: Option<&String>| {
                         version.map(|v| {
                             listed[index] = false;
                             v.clone()
                         })
                     };
-                    let tls = optional(9, served.get("TLSRoute")).map(|v| watch_dynamic!(TlsRoute, "TLSRoute", 9, &v));
-                    let tcp =
-                        optional(10, served.get("TCPRoute")).map(|v| watch_dynamic!(TcpRoute, "TCPRoute", 10, &v));
-                    let udp =
-                        optional(11, served.get("UDPRoute")).map(|v| watch_dynamic!(UdpRoute, "UDPRoute", 11, &v));
-                    let grpc =
-                        optional(12, served.get("GRPCRoute")).map(|v| watch_dynamic!(GrpcRoute, "GRPCRoute", 12, &v));
+                    let tls = optional(stream::TLS_ROUTE, served.get("TLSRoute"))
+                        .map(|v| watch_dynamic!(TlsRoute, "TLSRoute", stream::TLS_ROUTE, &v));
+                    let tcp = optional(stream::TCP_ROUTE, served.get("TCPRoute"))
+                        .map(|v| watch_dynamic!(TcpRoute, "TCPRoute", stream::TCP_ROUTE, &v));
+                    let udp = optional(stream::UDP_ROUTE, served.get("UDPRoute"))
+                        .map(|v| watch_dynamic!(UdpRoute, "UDPRoute", stream::UDP_ROUTE, &v));
+                    let grpc = optional(stream::GRPC_ROUTE, served.get("GRPCRoute"))
+                        .map(|v| watch_dynamic!(GrpcRoute, "GRPCRoute", stream::GRPC_ROUTE, &v));
                     macro_rules! reader {
                         ($watched:expr) => {
                             $watched.map(|(stream, reader)| {
@@ -371,7 +392,7 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                         gateway_lookup()
                     );
                 }
-                let mut forbidden_kinds = [false; 14];
+                let mut forbidden_kinds = [false; stream::NAMES.len()];
                 loop {
                     let next = tokio::select! {
                         next = events.next() => next,
@@ -386,19 +407,19 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                     };
                     let Some((index, trigger, error)) = next else { return };
                     if let Some(e) = error {
-                        if index >= SECRETS && forbidden(&e) {
+                        if index >= stream::SECRET && forbidden(&e) {
                             // Not allowed to read Secrets or the Gateway API: render without them (TLS hosts use
                             // ACME; Gateway API resources are not served).
                             if !forbidden_kinds[index] {
                                 forbidden_kinds[index] = true;
-                                let without = if index == SECRETS {
+                                let without = if index == stream::SECRET {
                                     "TLS hosts use ACME"
                                 } else {
                                     "the Gateway API is not served"
                                 };
                                 log::warn!(
                                     "cannot watch {} ({e}); {without}. Apply deploy/ again to grant get/list/watch",
-                                    NAMES[index]
+                                    stream::NAMES[index]
                                 );
                                 listed[index] = true;
                                 if listed.iter().all(|l| *l) && changed.send(()).is_err() {
@@ -407,12 +428,12 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
                             }
                             continue;
                         }
-                        log::warn!("watch {}: {e} (retrying with backoff)", NAMES[index]);
+                        log::warn!("watch {}: {e} (retrying with backoff)", stream::NAMES[index]);
                         continue;
                     }
                     if forbidden_kinds[index] && trigger {
                         forbidden_kinds[index] = false;
-                        log::info!("watching {} now", NAMES[index]);
+                        log::info!("watching {} now", stream::NAMES[index]);
                     }
                     if trigger {
                         listed[index] = true;
