@@ -9,7 +9,7 @@
 //!   `replacePathRegex`.
 //! - RequestMirror, CORS and ExtensionRef are not supported: the rule is left out and the route says so.
 
-use super::matching::PathKind;
+use super::matching::{escape_regex as escape, PathKind};
 use gateway_api::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirect, HttpRouteRulesFiltersRequestRedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType as FilterType,
@@ -96,18 +96,6 @@ fn header_map<'a>(
         return Err(format!("{bad:?} is not a header name"));
     }
     Ok(map)
-}
-
-/// Regular-expression text matching `s` literally.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A redirect as a `redirectRegex` over `scheme://host[:port]/path[?query]` (groups: 1 scheme, 2 host,

@@ -8,6 +8,7 @@
 //! then header matches. As paths, Exact service+method beats a service prefix, and a longer one a shorter
 //! one, which is that order for everything but regular expressions (last here).
 
+use super::matching::escape_regex as escape;
 use super::{GrpcRoute, HttpRoute};
 use gateway_api::grpcroutes::{GrpcRouteRulesMatchesMethod, GrpcRouteRulesMatchesMethodType};
 use gateway_api::httproutes::{
@@ -32,11 +33,6 @@ fn path(method: &GrpcRouteRulesMatchesMethod) -> HttpRouteRulesMatchesPath {
         (None, None) => (HttpRouteRulesMatchesPathType::PathPrefix, "/".into()),
     };
     HttpRouteRulesMatchesPath { r#type: Some(r#type), value: Some(value) }
-}
-
-/// Regular-expression text matching `s` literally.
-fn escape(s: &str) -> String {
-    s.chars().flat_map(|c| if "\\.+*?()|[]{}^$".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
 }
 
 /// The HTTPRoute a GRPCRoute amounts to (same metadata, parents and hostnames).

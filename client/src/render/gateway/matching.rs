@@ -7,6 +7,18 @@ use gateway_api::httproutes::{
     HttpRouteRulesMatchesQueryParamsType as QueryType,
 };
 
+/// Regular-expression text (RE2, as Traefik compiles it) that matches `s` literally.
+pub fn escape_regex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// How a match's path matches, with the path (a PathPrefix's trailing `/` removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathKind {
