@@ -12,9 +12,9 @@ mod support;
 use client::manifests::add_yaml;
 use client::render::{render, Cluster, Settings};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{free_tcp as free_port, get, traefik_binary};
+use support::{free_tcp as free_port, get, FileTraefik};
 use testkit::{echo_backend, request};
 
 fn service(ns: &str, name: &str, port: u16) -> String {
@@ -147,15 +147,6 @@ fn routes() -> String {
 /// Method, host, path, request headers, and the backend (or status) expected.
 type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
 
-struct Traefik(Child);
-
-impl Drop for Traefik {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The backend that answered (first word of the echo), or the status.
 fn reached(web: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> String {
     match request(web, method, host, path, headers) {
@@ -203,35 +194,15 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
     let unexpected: Vec<_> = rendered.notices.iter().filter(|n| n.kind != "HTTPRoute").collect();
     assert!(unexpected.is_empty(), "{unexpected:?}");
 
-    let dir = std::env::temp_dir().join(format!("pe-gateway-routing-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("dynamic")).unwrap();
-    std::fs::write(dir.join("dynamic/routes.yaml"), &rendered.document).unwrap();
-    let (web, websecure, admin) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        dir.join("traefik.yaml"),
-        format!(
-            "entryPoints:\n  web: {{address: \"127.0.0.1:{web}\"}}\n  websecure: {{address: \"127.0.0.1:{websecure}\"}}\n  traefik: {{address: \"127.0.0.1:{admin}\"}}\nping: {{}}\nproviders:\n  providersThrottleDuration: 100ms\n  file: {{directory: \"{}\", watch: true}}\napi: {{insecure: true, dashboard: false}}\nlog: {{level: ERROR}}\n",
-            dir.join("dynamic").display()
-        ),
-    )
-    .unwrap();
-    let _traefik = Traefik(
-        Command::new(traefik_binary())
-            .arg(format!("--configFile={}", dir.join("traefik.yaml").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Traefik runs (scripts/fetch-traefik.sh)"),
-    );
-    let web = SocketAddr::from(([127, 0, 0, 1], web));
+    let traefik = FileTraefik::start("gateway-routing", &rendered.document);
+    let (web, websecure, admin) = (traefik.web, traefik.websecure, traefik.admin);
     let deadline = Instant::now() + Duration::from_secs(15);
     while reached(web, "GET", "simple.test", "/", &[]) != "infra-backend-v1" {
         assert!(Instant::now() < deadline, "Traefik did not load the rendered routes");
         std::thread::sleep(Duration::from_millis(50));
     }
     // No router of ours may be in error in Traefik (a rule or middleware it refused).
-    let routers = get(SocketAddr::from(([127, 0, 0, 1], admin)), "localhost", "/api/http/routers");
+    let routers = get(admin, "localhost", "/api/http/routers");
     assert!(routers.contains("\"gw-infra-simple-"), "Traefik's API lists our routers: {routers}");
     assert!(!routers.contains("\"error\""), "Traefik refused part of the document: {routers}");
 
@@ -332,8 +303,8 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
             "-sk",
             "-v",
             "--resolve",
-            &format!("app.test:{websecure}:127.0.0.1"),
-            &format!("https://app.test:{websecure}/s"),
+            &format!("app.test:{}:127.0.0.1", websecure.port()),
+            &format!("https://app.test:{}/s", websecure.port()),
         ])
         .output()
         .expect("curl is installed by scripts/install-deps.sh");
@@ -355,7 +326,6 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
 
     // TLSRoute: TLS passthrough by SNI on the same port, the pod's own certificate reaching the client while
     // app.test stays terminated at the edge.
-    let websecure = SocketAddr::from(([127, 0, 0, 1], websecure));
     let pod_certificate = testkit::file_fingerprint(&testkit::testdata("ec.crt"));
     assert!(
         testkit::eventually(Duration::from_secs(10), || testkit::presented_fingerprint(websecure, "db.tls.test")
@@ -367,5 +337,4 @@ fn gateway_api_routes_route_as_the_conformance_tests_expect_in_real_traefik() {
         testkit::file_fingerprint(&testkit::testdata("rsa.crt")),
         "the HTTPS listener's certificate for its host"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

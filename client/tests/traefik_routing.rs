@@ -6,10 +6,9 @@ mod support;
 
 use client::manifests::add_yaml;
 use client::render::{render, Cluster, Settings};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{backend, free_tcp as free_port, get, traefik_binary};
+use support::{backend, get, FileTraefik};
 
 fn service(name: &str, port: u16) -> String {
     format!(
@@ -68,15 +67,6 @@ spec:
       - {path: /, pathType: Prefix, backend: {service: {name: secure, port: {number: 80}}}}
 "#;
 
-struct Traefik(Child);
-
-impl Drop for Traefik {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn rendered_routes_route_as_the_ingress_spec_says_in_real_traefik() {
     let mut cluster = Cluster::default();
@@ -87,28 +77,8 @@ fn rendered_routes_route_as_the_ingress_spec_says_in_real_traefik() {
     let rendered = render(&cluster, &Settings { cert_resolver: None, ..Settings::default() });
     assert!(rendered.notices.is_empty(), "{:?}", rendered.notices);
 
-    let dir = std::env::temp_dir().join(format!("pe-routing-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("dynamic")).unwrap();
-    std::fs::write(dir.join("dynamic/routes.yaml"), &rendered.document).unwrap();
-    let (web, websecure, admin) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        dir.join("traefik.yaml"),
-        format!(
-            "entryPoints:\n  web: {{address: \"127.0.0.1:{web}\"}}\n  websecure: {{address: \"127.0.0.1:{websecure}\"}}\n  traefik: {{address: \"127.0.0.1:{admin}\"}}\nproviders:\n  providersThrottleDuration: 100ms\n  file: {{directory: \"{}\", watch: true}}\napi: {{insecure: true, dashboard: false}}\nlog: {{level: ERROR}}\n",
-            dir.join("dynamic").display()
-        ),
-    )
-    .unwrap();
-    let _traefik = Traefik(
-        Command::new(traefik_binary())
-            .arg(format!("--configFile={}", dir.join("traefik.yaml").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Traefik runs (scripts/fetch-traefik.sh)"),
-    );
-    let web = SocketAddr::from(([127, 0, 0, 1], web));
+    let traefik = FileTraefik::start("routing", &rendered.document);
+    let (web, websecure) = (traefik.web, traefik.websecure);
     let deadline = Instant::now() + Duration::from_secs(15);
     while get(web, "app.test", "/") != "root /" {
         assert!(Instant::now() < deadline, "Traefik did not load the rendered routes");
@@ -133,11 +103,10 @@ fn rendered_routes_route_as_the_ingress_spec_says_in_real_traefik() {
         .args([
             "-sk",
             "--resolve",
-            &format!("secure.test:{websecure}:127.0.0.1"),
-            &format!("https://secure.test:{websecure}/s"),
+            &format!("secure.test:{}:127.0.0.1", websecure.port()),
+            &format!("https://secure.test:{}/s", websecure.port()),
         ])
         .output()
         .expect("curl is installed by scripts/install-deps.sh");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "secure /s");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -48,55 +48,45 @@ pub fn free_udp() -> u16 {
 
 /// An HTTP/1.1 server on a loopback port answering every request with `<name> <path>`: a pod.
 pub fn backend(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut first = String::new();
-                let _ = reader.read_line(&mut first);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                }
-                let body = format!("{name} {}", first.split_whitespace().nth(1).unwrap_or("?"));
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
+    serve_http(move |method_target, _| format!("{name} {}", method_target.split_whitespace().nth(1).unwrap_or("?")))
 }
 
 /// A backend that answers every request with its name, the request line's method and target, and every
 /// request header as `name: value` (name lower-cased), one per line: what a proxy changed is visible.
 pub fn echo_backend(name: &'static str) -> u16 {
+    serve_http(move |method_target, headers| {
+        let mut body = format!("{name} {method_target}\n");
+        for (k, v) in headers {
+            body.push_str(&format!("{}: {v}\n", k.to_ascii_lowercase()));
+        }
+        body
+    })
+}
+
+/// A loopback HTTP/1.1 server (a thread per connection, one request each) answering 200 with
+/// `body(method and target, headers)`; its port.
+fn serve_http(body: impl Fn(&str, &[(String, String)]) -> String + Clone + Send + 'static) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().map_while(Result::ok) {
+            let body = body.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 let mut first = String::new();
                 let _ = reader.read_line(&mut first);
-                let mut parts = first.split_whitespace();
-                let (method, target) = (parts.next().unwrap_or("?"), parts.next().unwrap_or("?"));
-                let mut body = format!("{name} {method} {target}\n");
+                let method_target: Vec<&str> = first.split_whitespace().take(2).collect();
+                let mut headers = Vec::new();
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                         break;
                     }
                     if let Some((k, v)) = line.trim_end().split_once(':') {
-                        body.push_str(&format!("{}: {}\n", k.to_ascii_lowercase(), v.trim()));
+                        headers.push((k.to_string(), v.trim().to_string()));
                     }
                 }
+                let body = body(&method_target.join(" "), &headers);
                 let _ = write!(
                     conn,
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

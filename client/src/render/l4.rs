@@ -173,15 +173,7 @@ pub fn render(
             });
             continue;
         }
-        let mut servers: Vec<SocketAddr> = claim
-            .sources
-            .iter()
-            .flat_map(|(ns, svc, port)| {
-                servers_of(port, slices.get(&(ns.clone(), svc.clone())).map(Vec::as_slice).unwrap_or_default())
-            })
-            .collect();
-        servers.sort();
-        servers.dedup();
+        let servers = super::servers_of_sources(&claim.sources, slices);
         let allow = if claim.transport == "tcp" { &mut out.endpoints } else { &mut out.udp_endpoints };
         allow.extend(servers.iter().copied());
         owners.insert((claim.transport, claim.port), format!("{} {service}", claim.kind));

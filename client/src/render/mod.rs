@@ -278,6 +278,21 @@ fn add_backend<'a>(
     lb
 }
 
+/// The ready endpoints of several Service ports (a route's backends, merged), sorted, each once.
+fn servers_of_sources(
+    sources: &[ServerSource],
+    slices: &HashMap<ServiceKey, Vec<Arc<EndpointSlice>>>,
+) -> Vec<SocketAddr> {
+    let mut servers: Vec<SocketAddr> = sources
+        .iter()
+        .flat_map(|(ns, svc, port)| {
+            servers_of(port, slices.get(&(ns.clone(), svc.clone())).map(Vec::as_slice).unwrap_or_default())
+        })
+        .collect();
+    servers.sort();
+    servers.dedup();
+    servers
+}
 /// The ready endpoints of a Service port (`wanted`: the EndpointSlice port name) from the Service's
 /// EndpointSlices, sorted.
 fn servers_of(wanted: &str, slices: &[Arc<EndpointSlice>]) -> Vec<SocketAddr> {

@@ -4,7 +4,7 @@
 //! sees the traffic in clear. Each rule's host goes to the backend of its `/` path (or its first path).
 
 use super::annotations::Annotations;
-use super::{fnv, servers_of, slug, Backends, Notice, ServerSource, ServiceKey};
+use super::{fnv, servers_of_sources, slug, Backends, Notice, ServerSource, ServiceKey};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use routes::model;
@@ -95,15 +95,7 @@ pub(super) fn section(
     let mut tcp = model::Tcp::default();
     let mut endpoints = Vec::new();
     for route in routes {
-        let mut servers: Vec<SocketAddr> = route
-            .sources
-            .iter()
-            .flat_map(|(ns, svc, port)| {
-                servers_of(port, slices.get(&(ns.clone(), svc.clone())).map(Vec::as_slice).unwrap_or_default())
-            })
-            .collect();
-        servers.sort();
-        servers.dedup();
+        let servers = servers_of_sources(&route.sources, slices);
         endpoints.extend(servers.iter().copied());
         tcp.routers.insert(
             route.router.clone(),

@@ -156,3 +156,51 @@ impl Drop for Edge {
         }
     }
 }
+
+/// Real Traefik on loopback ports serving one routes document through its file provider (what the agent
+/// writes, without the agent): for tests of rendered routes. Killed, and its folder removed, on drop.
+pub struct FileTraefik {
+    child: std::process::Child,
+    dir: PathBuf,
+    /// The plain HTTP entrypoint.
+    pub web: SocketAddr,
+    /// The TLS entrypoint.
+    pub websecure: SocketAddr,
+    /// The API (`/api/http/routers`) and ping.
+    pub admin: SocketAddr,
+}
+
+impl FileTraefik {
+    /// Starts Traefik on `document`; its folder is named after `name`.
+    pub fn start(name: &str, document: &str) -> FileTraefik {
+        let dir = std::env::temp_dir().join(format!("pe-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("dynamic")).unwrap();
+        std::fs::write(dir.join("dynamic/routes.yaml"), document).unwrap();
+        let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let (web, websecure, admin) = (local(free_tcp()), local(free_tcp()), local(free_tcp()));
+        std::fs::write(
+            dir.join("traefik.yaml"),
+            format!(
+                "entryPoints:\n  web: {{address: \"{web}\"}}\n  websecure: {{address: \"{websecure}\"}}\n  traefik: {{address: \"{admin}\"}}\nping: {{}}\nproviders:\n  providersThrottleDuration: 100ms\n  file: {{directory: \"{}\", watch: true}}\napi: {{insecure: true, dashboard: false}}\nlog: {{level: ERROR}}\n",
+                dir.join("dynamic").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(traefik_binary())
+            .arg(format!("--configFile={}", dir.join("traefik.yaml").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("Traefik runs (scripts/fetch-traefik.sh)");
+        FileTraefik { child, dir, web, websecure, admin }
+    }
+}
+
+impl Drop for FileTraefik {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
