@@ -40,6 +40,37 @@ const TYPES: [(&str, &str, &str); 14] = [
     ("/api/v1/namespaces", "v1", "Namespace"),
 ];
 
+/// A merge patch of an object's status subresource, as the client sends it: each field given replaces the
+/// stored one (lists whole), and watchers see the change.
+fn patch_status(
+    st: &mut State,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    status: &Value,
+    changed: &Condvar,
+) -> (&'static str, Value) {
+    st.rv += 1;
+    let rv = st.rv;
+    let Some(object) = st.objects.get_mut(kind).and_then(|m| m.get_mut(&(ns.to_string(), name.to_string()))) else {
+        return (
+            "404 Not Found",
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+        );
+    };
+    if !object["status"].is_object() {
+        object["status"] = json!({});
+    }
+    for (field, value) in status.as_object().into_iter().flatten() {
+        object["status"][field] = value.clone();
+    }
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let object = object.clone();
+    st.log.push((rv, kind.into(), "MODIFIED", object.clone()));
+    changed.notify_all();
+    ("200 OK", object)
+}
+
 /// What the Gateway API CRDs' schemas require of every condition in a status (metav1.Condition): a type,
 /// True/False/Unknown, a CamelCase reason, an RFC 3339 lastTransitionTime, a non-negative observedGeneration.
 fn check_conditions(status: &Value) -> Result<(), String> {
@@ -344,22 +375,7 @@ impl ApiServer {
             ("PATCH", ["apis", "networking.k8s.io", "v1", "namespaces", ns, "ingresses", name, "status"])
             | ("PATCH", ["api", "v1", "namespaces", ns, "services", name, "status"]) => {
                 let kind = if parts[1] == "v1" { "Service" } else { "Ingress" };
-                st.rv += 1;
-                let rv = st.rv;
-                let Some(object) =
-                    st.objects.get_mut(kind).and_then(|m| m.get_mut(&(ns.to_string(), name.to_string())))
-                else {
-                    return (
-                        "404 Not Found",
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-                    );
-                };
-                object["status"] = request["status"].clone();
-                object["metadata"]["resourceVersion"] = json!(rv.to_string());
-                let object = object.clone();
-                st.log.push((rv, kind.into(), "MODIFIED", object.clone()));
-                cvar.notify_all();
-                ("200 OK", object)
+                patch_status(&mut st, kind, ns, name, &request["status"], cvar)
             }
             ("PATCH", ["apis", "gateway.networking.k8s.io", "v1", "namespaces", _, plural, name, "status"])
             | ("PATCH", ["apis", "gateway.networking.k8s.io", "v1", plural @ "gatewayclasses", name, "status"])
@@ -375,28 +391,7 @@ impl ApiServer {
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": message}),
                     );
                 }
-                st.rv += 1;
-                let rv = st.rv;
-                let Some(object) =
-                    st.objects.get_mut(kind).and_then(|m| m.get_mut(&(ns.to_string(), name.to_string())))
-                else {
-                    return (
-                        "404 Not Found",
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-                    );
-                };
-                // A JSON merge patch of the status: each field given replaces the stored one (lists whole).
-                if !object["status"].is_object() {
-                    object["status"] = json!({});
-                }
-                for (field, value) in request["status"].as_object().into_iter().flatten() {
-                    object["status"][field] = value.clone();
-                }
-                object["metadata"]["resourceVersion"] = json!(rv.to_string());
-                let object = object.clone();
-                st.log.push((rv, kind.into(), "MODIFIED", object.clone()));
-                cvar.notify_all();
-                ("200 OK", object)
+                patch_status(&mut st, kind, ns, name, &request["status"], cvar)
             }
             ("POST", ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"]) => {
                 let name = request["metadata"]["name"].as_str().unwrap_or("").to_string();
