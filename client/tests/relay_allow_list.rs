@@ -36,7 +36,7 @@ fn allowed_targets_connect_and_others_are_refused() {
     }
     let through = |pod: SocketAddr| {
         let counters = Arc::new(tunnel::StreamCounters::default());
-        let relay = "10.88.0.2:7000".parse().unwrap();
+        let relay: std::net::SocketAddr = "10.88.0.2:7000".parse().unwrap();
         let local = TcpListener::bind("127.0.0.1:0").unwrap();
         let forwarding = agent.forward_from(local, relay, protocol::relay::encode(pod), counters).unwrap();
         let mut user = TcpStream::connect(forwarding.local_addr()).unwrap();

@@ -1,4 +1,5 @@
-//! The sans-IO core: one WireGuard peer ([`boringtun::noise::Tunn`]) and one smoltcp [`Interface`].
+//! The sans-IO core: WireGuard peers ([`crate::peer`]: one for a client, one per client replica for an agent)
+//! and one smoltcp [`Interface`].
 //!
 //! The caller owns every socket and clock. It feeds the core UDP datagrams with [`Core::handle_datagram`], calls
 //! [`Core::poll`] after input and whenever [`Core::poll_at`] comes due, and moves TCP payload through the smoltcp
@@ -8,8 +9,10 @@ use crate::buffers::Buffers;
 use crate::device::{DatagramSink, RxQueue, TxPath, WgDevice};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::listen::{self, ListenPort, SPARE_LISTENERS};
+use crate::peer::{self, Peer, PeerConfig, MAX_PEERS};
 use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::TunnResult;
+use boringtun::x25519;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
@@ -119,6 +122,9 @@ pub struct CoreConfig {
     pub peer_allowed_ips: Vec<IpCidr>,
     /// The peer's outer UDP address, if known in advance. The core follows the peer when it roams.
     pub endpoint: Option<SocketAddr>,
+    /// Further peers on the same interface (an agent serving several client replicas, each with a key and a
+    /// tunnel address of its own). With any, every peer needs `allowed_ips`: they route packets to peers.
+    pub other_peers: Vec<PeerConfig>,
     /// Tunnel MTU: the largest IP packet inside the tunnel.
     pub mtu: usize,
     /// Per-connection TCP tuning and the connection limits.
@@ -139,6 +145,7 @@ impl CoreConfig {
             addresses,
             peer_allowed_ips: Vec::new(),
             endpoint: None,
+            other_peers: Vec::new(),
             mtu: DEFAULT_MTU,
             tcp: TcpTuning::default(),
             udp: UdpTuning::default(),
@@ -155,6 +162,10 @@ pub enum ConfigError {
     TooManyAddresses(usize),
     /// The MTU is below IPv6's minimum of 1280 or above 65535.
     BadMtu(usize),
+    /// More peers than one core serves ([`MAX_PEERS`]).
+    TooManyPeers(usize),
+    /// Peer number `n` (0 is the first) has no allowed IPs, which a core with several peers routes by.
+    PeerWithoutAllowedIps(usize),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -165,6 +176,11 @@ impl std::fmt::Display for ConfigError {
                 write!(f, "{n} tunnel addresses given; at most 2 (one IPv4, one IPv6) are supported")
             }
             ConfigError::BadMtu(m) => write!(f, "tunnel MTU {m} is out of range 1280..=65535"),
+            ConfigError::TooManyPeers(n) => write!(f, "{n} peers given; one tunnel serves at most {MAX_PEERS}"),
+            ConfigError::PeerWithoutAllowedIps(n) => write!(
+                f,
+                "peer {n} has no allowed IPs: with several peers each needs its tunnel address (e.g. 10.88.0.3/32)"
+            ),
         }
     }
 }
@@ -188,7 +204,8 @@ pub struct Stats {
     pub dropped_replay: u64,
     /// Decrypted packets from a source outside the peer's allowed IPs.
     pub dropped_source: u64,
-    /// Packets that could not be sent because the peer's endpoint is not known yet.
+    /// Packets that could not be sent because the peer's endpoint is not known yet (or no peer owns their
+    /// destination).
     pub dropped_no_endpoint: u64,
     /// Packets boringtun refused to encrypt.
     pub dropped_encrypt: u64,
@@ -209,6 +226,8 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Payload bytes received through the tunnel.
     pub rx_bytes: u64,
+    /// Time since the last authentic datagram from the peer (keepalives included), if one came.
+    pub last_received: Option<std::time::Duration>,
 }
 
 /// Why a connection could not be opened.
@@ -247,21 +266,23 @@ const MSG_COOKIE_REPLY: u8 = 3;
 
 /// One end of a WireGuard tunnel with a TCP/IP stack on the inside. See the module docs.
 pub struct Core {
-    tunn: Tunn,
+    /// In configuration order: the first peer, then [`CoreConfig::other_peers`].
+    peers: Vec<Peer>,
+    /// Our static key, to learn which peer a handshake initiation comes from.
+    static_private: x25519::StaticSecret,
+    static_public: x25519::PublicKey,
+    /// This core's number, the prefix of its peers' session indices.
+    index: u32,
+    /// The time of the latest input or poll.
+    now: Instant,
     iface: Interface,
     sockets: SocketSet<'static>,
     rx: RxQueue,
     plain: Box<[u8]>,
     cipher: Box<[u8]>,
-    endpoint: Option<SocketAddr>,
-    allowed: Vec<IpCidr>,
     has_v4: bool,
     has_v6: bool,
     next_timer: Instant,
-    keepalive: bool,
-    next_forced_handshake: Instant,
-    next_offered_handshake: Instant,
-    stale_session_seen: Option<SocketAddr>,
     next_port: u16,
     tcp: TcpTuning,
     /// Each TCP socket's buffer mapping; removing the socket unmaps it.
@@ -275,7 +296,8 @@ pub struct Core {
 }
 
 impl Core {
-    /// Builds a core. `index` tells several cores of one process apart in WireGuard's session indices.
+    /// Builds a core. `index` tells several cores of one process apart in WireGuard's session indices (below
+    /// 2^20).
     pub fn new(config: CoreConfig, index: u32, now: Instant) -> Result<Core, ConfigError> {
         if config.addresses.is_empty() {
             return Err(ConfigError::NoAddress);
@@ -286,15 +308,14 @@ impl Core {
         if !(1280..=65535).contains(&config.mtu) {
             return Err(ConfigError::BadMtu(config.mtu));
         }
-        let tunn = Tunn::new(
-            config.private_key.secret(),
-            config.peer_public_key.to_x25519(),
-            config.preshared_key.as_ref().map(PresharedKey::to_bytes),
-            config.persistent_keepalive,
-            index,
-            None,
-        );
-        let mut tunn = tunn;
+        let peers = peer_configs(&config)?;
+        let static_private = config.private_key.secret();
+        let static_public = x25519::PublicKey::from(&static_private);
+        let mut peers: Vec<Peer> = peers
+            .into_iter()
+            .enumerate()
+            .map(|(n, p)| Peer::new(config.private_key.secret(), p, peer::session_index(index, n), now))
+            .collect();
         let mut rx = RxQueue::new(config.mtu + 64, RX_QUEUE_PACKETS);
         let mut plain = vec![0; config.mtu].into_boxed_slice();
         // boringtun needs room for its 32 bytes of header and tag, and never less than a handshake (148).
@@ -306,10 +327,9 @@ impl Core {
         let mut device = WgDevice {
             rx: &mut rx,
             tx: TxPath {
-                tunn: &mut tunn,
+                peers: &mut peers,
                 plain: &mut plain,
                 cipher: &mut cipher,
-                endpoint: None,
                 sink: &mut |_: SocketAddr, _: &[u8]| {},
                 stats: &mut stats,
             },
@@ -326,28 +346,21 @@ impl Core {
                 addrs.push(*cidr).expect("address count checked above");
             }
         });
-        let mut allowed = config.peer_allowed_ips;
-        if allowed.is_empty() {
-            // Without explicit AllowedIPs accept the peer from anywhere in our own tunnel subnets.
-            allowed = config.addresses.clone();
-        }
         let port_seed = u16::from_le_bytes([random_seed()[0], random_seed()[1]]);
         Ok(Core {
-            tunn,
+            peers,
+            static_private,
+            static_public,
+            index,
+            now,
             iface,
             sockets: SocketSet::new(Vec::new()),
             rx,
             plain,
             cipher,
-            endpoint: config.endpoint,
-            allowed,
             has_v4,
             has_v6,
             next_timer: now,
-            keepalive: config.persistent_keepalive.is_some_and(|k| k > 0),
-            next_forced_handshake: now,
-            next_offered_handshake: now,
-            stale_session_seen: None,
             next_port: EPHEMERAL_PORTS.start() + port_seed % 16384,
             max_connections: config.tcp.max_connections,
             tcp: config.tcp,
@@ -363,6 +376,7 @@ impl Core {
     /// packets) go out through `sink` at once; decrypted packets wait for the next [`Core::poll`].
     /// Invalid datagrams are counted in [`Stats`] and otherwise ignored.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], sink: &mut impl DatagramSink) {
+        self.now = now;
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         if datagram.is_empty() {
@@ -370,19 +384,27 @@ impl Core {
             self.stats.dropped_invalid += 1;
             return;
         }
+        let Some(n) =
+            peer::peer_of_datagram(datagram, self.index, &self.peers, &self.static_private, &self.static_public)
+        else {
+            self.stats.dropped_invalid += 1;
+            return;
+        };
         if self.rx.is_full() {
             self.poll(now, sink);
         }
         let mut buffer = self.rx.take_buffer();
         let mut decrypted = None;
-        let authentic = match self.tunn.decapsulate(Some(from.ip()), datagram, &mut buffer) {
+        let mut stale_session = false;
+        let peer = &mut self.peers[n];
+        let authentic = match peer.tunn.decapsulate(Some(from.ip()), datagram, &mut buffer) {
             TunnResult::Done => true,
             TunnResult::Err(e) => {
                 match e {
                     WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => self.stats.dropped_replay += 1,
                     WireGuardError::NoCurrentSession => {
                         self.stats.dropped_invalid += 1;
-                        self.stale_session_seen = Some(from);
+                        stale_session = true;
                     }
                     _ => self.stats.dropped_invalid += 1,
                 }
@@ -407,25 +429,29 @@ impl Core {
             }
         };
         match decrypted {
-            Some((len, src)) if self.allowed.iter().any(|cidr| cidr.contains_addr(&src)) => self.rx.push(buffer, len),
+            Some((len, src)) if peer.allows(&src) => self.rx.push(buffer, len),
             Some(_) => {
                 self.stats.dropped_source += 1;
                 self.rx.give_back(buffer);
             }
             None => self.rx.give_back(buffer),
         }
-        if let Some(to) = self.stale_session_seen.take() {
-            self.offer_new_session(now, to, sink);
+        if stale_session {
+            self.offer_new_session(n, now, from, sink);
         }
         if !authentic {
             return;
         }
-        if datagram.first() != Some(&MSG_COOKIE_REPLY) && self.endpoint != Some(from) {
-            self.endpoint = Some(from);
-            self.stats.endpoint_changes += 1;
+        let peer = &mut self.peers[n];
+        if datagram.first() != Some(&MSG_COOKIE_REPLY) {
+            peer.last_received = Some(now);
+            if peer.endpoint != Some(from) {
+                peer.endpoint = Some(from);
+                self.stats.endpoint_changes += 1;
+            }
         }
         // After a handshake completes boringtun releases the packets it queued meanwhile.
-        while let TunnResult::WriteToNetwork(queued) = self.tunn.decapsulate(None, &[], &mut self.cipher) {
+        while let TunnResult::WriteToNetwork(queued) = peer.tunn.decapsulate(None, &[], &mut self.cipher) {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += queued.len() as u64;
             sink.send_to(from, queued);
@@ -436,25 +462,28 @@ impl Core {
     /// wait for the peer to give up on it (15 s); instead offer a new handshake to where the data came from. It
     /// is rate-limited, and the address is not trusted: only the holder of the peer's key can answer, and the
     /// endpoint moves only when it does.
-    fn offer_new_session(&mut self, now: Instant, to: SocketAddr, sink: &mut impl DatagramSink) {
-        if now < self.next_offered_handshake {
+    fn offer_new_session(&mut self, n: usize, now: Instant, to: SocketAddr, sink: &mut impl DatagramSink) {
+        let peer = &mut self.peers[n];
+        if now < peer.next_offered_handshake {
             return;
         }
-        self.next_offered_handshake = now + FORCED_HANDSHAKE_INTERVAL;
-        if let TunnResult::WriteToNetwork(init) = self.tunn.format_handshake_initiation(&mut self.cipher, false) {
+        peer.next_offered_handshake = now + FORCED_HANDSHAKE_INTERVAL;
+        if let TunnResult::WriteToNetwork(init) = peer.tunn.format_handshake_initiation(&mut self.cipher, false) {
             self.stats.datagrams_out += 1;
             self.stats.bytes_out += init.len() as u64;
             sink.send_to(to, init);
         }
     }
 
-    /// Starts a new handshake with the peer now (rate-limited like every forced handshake). For a caller whose
-    /// requests go unanswered although the peer should be up: the peer may hold a newer session with another
-    /// holder of our key (a second client replica), and answers only the session it considers current, which
-    /// WireGuard would renew by itself only after 15 s without answers.
+    /// Starts a new handshake with every peer now (rate-limited like every forced handshake). For a caller
+    /// whose requests go unanswered although the peer should be up: the peer may hold a newer session with
+    /// another holder of our key (a second client replica), and answers only the session it considers current,
+    /// which WireGuard would renew by itself only after 15 s without answers.
     pub fn rehandshake(&mut self, now: Instant, sink: &mut impl DatagramSink) {
-        if let Some(to) = self.endpoint {
-            self.offer_new_session(now, to, sink);
+        for n in 0..self.peers.len() {
+            if let Some(to) = self.peers[n].endpoint {
+                self.offer_new_session(n, now, to, sink);
+            }
         }
     }
 
@@ -462,6 +491,7 @@ impl Core {
     /// socket's state may have changed (data arrived, buffer space freed, connection opened or closed);
     /// connections that completed their handshake on a listening port are then ready in [`Core::accept`].
     pub fn poll(&mut self, now: Instant, sink: &mut impl DatagramSink) -> bool {
+        self.now = now;
         if now >= self.next_timer {
             self.next_timer = now + TIMER_TICK;
             self.service_timers(now, sink);
@@ -470,10 +500,9 @@ impl Core {
         let mut device = WgDevice {
             rx: &mut self.rx,
             tx: TxPath {
-                tunn: &mut self.tunn,
+                peers: &mut self.peers,
                 plain: &mut self.plain,
                 cipher: &mut self.cipher,
-                endpoint: self.endpoint,
                 sink,
                 stats: &mut self.stats,
             },
@@ -569,23 +598,26 @@ impl Core {
     }
 
     fn service_timers(&mut self, now: Instant, sink: &mut impl DatagramSink) {
-        let expired = match self.tunn.update_timers(&mut self.cipher) {
-            TunnResult::WriteToNetwork(datagram) => {
-                send_or_count(&mut self.stats, self.endpoint, sink, datagram);
-                false
-            }
-            TunnResult::Err(WireGuardError::ConnectionExpired) => true,
-            _ => false,
-        };
-        // boringtun starts a handshake only when there is something to send, and gives up for good after 90 s
-        // of failures. The side with a persistent keepalive (the client behind NAT) must keep the tunnel up so
-        // the agent can reach it, so it (re)starts the handshake itself, at boringtun's retry pace.
-        let keep_up = self.keepalive && self.endpoint.is_some();
-        let never_connected = self.tunn.time_since_last_handshake().is_none();
-        if keep_up && (never_connected || expired) && now >= self.next_forced_handshake {
-            self.next_forced_handshake = now + FORCED_HANDSHAKE_INTERVAL;
-            if let TunnResult::WriteToNetwork(init) = self.tunn.format_handshake_initiation(&mut self.cipher, false) {
-                send_or_count(&mut self.stats, self.endpoint, sink, init);
+        for peer in &mut self.peers {
+            let expired = match peer.tunn.update_timers(&mut self.cipher) {
+                TunnResult::WriteToNetwork(datagram) => {
+                    send_or_count(&mut self.stats, peer.endpoint, sink, datagram);
+                    false
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => true,
+                _ => false,
+            };
+            // boringtun starts a handshake only when there is something to send, and gives up for good after 90 s
+            // of failures. The side with a persistent keepalive (the client behind NAT) must keep the tunnel up
+            // so the agent can reach it, so it (re)starts the handshake itself, at boringtun's retry pace.
+            let keep_up = peer.keepalive && peer.endpoint.is_some();
+            let never_connected = peer.tunn.time_since_last_handshake().is_none();
+            if keep_up && (never_connected || expired) && now >= peer.next_forced_handshake {
+                peer.next_forced_handshake = now + FORCED_HANDSHAKE_INTERVAL;
+                if let TunnResult::WriteToNetwork(init) = peer.tunn.format_handshake_initiation(&mut self.cipher, false)
+                {
+                    send_or_count(&mut self.stats, peer.endpoint, sink, init);
+                }
             }
         }
     }
@@ -712,10 +744,33 @@ impl Core {
         self.stats
     }
 
-    /// The peer's address, last handshake and byte counts.
+    /// The first peer's address, last handshake and byte counts.
     pub fn peer(&self) -> PeerStatus {
-        let (last_handshake, tx, rx, _, _) = self.tunn.stats();
-        PeerStatus { endpoint: self.endpoint, last_handshake, tx_bytes: tx as u64, rx_bytes: rx as u64 }
+        self.peer_status(0)
+    }
+
+    /// Every peer's status, in configuration order (the first peer, then [`CoreConfig::other_peers`]).
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        (0..self.peers.len()).map(|n| self.peer_status(n)).collect()
+    }
+
+    /// Peer number `n`'s status (see [`Core::peers`]).
+    ///
+    /// # Panics
+    /// If there is no peer `n`.
+    pub fn peer_status(&self, n: usize) -> PeerStatus {
+        let peer = &self.peers[n];
+        let (last_handshake, tx, rx, _, _) = peer.tunn.stats();
+        let last_received = peer.last_received.map(|at| std::time::Duration::from_micros((self.now - at).total_micros()));
+        PeerStatus { endpoint: peer.endpoint, last_handshake, tx_bytes: tx as u64, rx_bytes: rx as u64, last_received }
+    }
+
+    /// The peer that tunnel address `address` belongs to (its number in [`Core::peers`]).
+    pub fn peer_of_address(&self, address: IpAddress) -> Option<usize> {
+        if self.peers.len() == 1 {
+            return Some(0);
+        }
+        self.peers.iter().position(|p| p.allows(&address))
     }
 
     /// A socket with our tuning and buffers of its own, or `None` at the cap (or if mapping fails).
@@ -765,6 +820,30 @@ impl Core {
         }
         None
     }
+}
+
+/// Every peer of `config`, the first one first, checked: within [`MAX_PEERS`], and routable when there are
+/// several. A single peer without allowed IPs is accepted from anywhere in our own tunnel subnets.
+fn peer_configs(config: &CoreConfig) -> Result<Vec<PeerConfig>, ConfigError> {
+    let first = PeerConfig {
+        public_key: config.peer_public_key,
+        preshared_key: config.preshared_key.clone(),
+        persistent_keepalive: config.persistent_keepalive,
+        allowed_ips: config.peer_allowed_ips.clone(),
+        endpoint: config.endpoint,
+    };
+    let mut peers = vec![first];
+    peers.extend(config.other_peers.iter().cloned());
+    if peers.len() > MAX_PEERS {
+        return Err(ConfigError::TooManyPeers(peers.len()));
+    }
+    if peers.len() == 1 && peers[0].allowed_ips.is_empty() {
+        peers[0].allowed_ips = config.addresses.clone();
+    }
+    if let Some(n) = peers.iter().position(|p| p.allowed_ips.is_empty()) {
+        return Err(ConfigError::PeerWithoutAllowedIps(n));
+    }
+    Ok(peers)
 }
 
 fn send_or_count(stats: &mut Stats, endpoint: Option<SocketAddr>, sink: &mut impl DatagramSink, datagram: &[u8]) {

@@ -7,7 +7,8 @@
 //! second scratch buffer and handed to the caller's [`DatagramSink`]: no queue, no copy, no allocation.
 
 use crate::core::Stats;
-use boringtun::noise::{Tunn, TunnResult};
+use crate::peer::{self, Peer};
+use boringtun::noise::TunnResult;
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use std::collections::VecDeque;
@@ -67,12 +68,11 @@ pub(crate) struct WgDevice<'a, S: DatagramSink> {
     pub tx: TxPath<'a, S>,
 }
 
-/// Everything sending one packet touches: encrypt with `tunn`, hand the datagram to `sink`.
+/// Everything sending one packet touches: encrypt with the destination's peer, hand the datagram to `sink`.
 pub(crate) struct TxPath<'a, S: DatagramSink> {
-    pub tunn: &'a mut Tunn,
+    pub peers: &'a mut [Peer],
     pub plain: &'a mut [u8],
     pub cipher: &'a mut [u8],
-    pub endpoint: Option<SocketAddr>,
     pub sink: &'a mut S,
     pub stats: &'a mut Stats,
 }
@@ -140,12 +140,16 @@ impl<S: DatagramSink> phy::TxToken for TxToken<'_, '_, S> {
         let path = self.path;
         let packet = &mut path.plain[..len];
         let result = f(packet);
-        let Some(endpoint) = path.endpoint else {
+        let Some(peer) = peer::peer_of_packet(packet, path.peers).map(|n| &mut path.peers[n]) else {
+            path.stats.dropped_no_endpoint += 1;
+            return result;
+        };
+        let Some(endpoint) = peer.endpoint else {
             // Nowhere to send until the peer has shown up (agent side) or been configured (client side).
             path.stats.dropped_no_endpoint += 1;
             return result;
         };
-        match path.tunn.encapsulate(packet, path.cipher) {
+        match peer.tunn.encapsulate(packet, path.cipher) {
             TunnResult::WriteToNetwork(datagram) => {
                 path.stats.datagrams_out += 1;
                 path.stats.bytes_out += datagram.len() as u64;

@@ -29,6 +29,7 @@ pub mod driver;
 pub mod flow;
 pub mod keys;
 mod listen;
+pub mod peer;
 
 #[cfg(feature = "testing")]
 pub mod impair;
@@ -38,6 +39,7 @@ pub mod sim;
 pub mod testbed;
 
 pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning, UdpTuning};
+pub use peer::PeerConfig;
 pub use device::DatagramSink;
 pub use driver::{
     FlowCounters, Forwarding, Listener, PickTarget, Preamble, RelayPolicy, RelayPort, RelayTarget, StreamCounters,

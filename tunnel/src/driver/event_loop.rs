@@ -12,6 +12,7 @@
 use super::bridge::{Bridge, Pump, SpliceOutcome};
 use super::datagrams::Datagrams;
 use super::kernel;
+use super::remotes::{self, Candidate, Remotes, MOVE_AFTER};
 use super::timers::{Timer, Timers};
 use super::udp::{self, UdpSink};
 use super::{Command, Preamble, RelayPolicy, Shared, StreamCounters, TunnelStatus, TunnelStream};
@@ -20,7 +21,7 @@ use rustix::event::epoll;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 use smoltcp::time::Instant;
-use smoltcp::wire::IpEndpoint;
+use smoltcp::wire::{IpAddress, IpEndpoint};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -88,9 +89,19 @@ struct RelayPort {
 /// A kernel listening socket whose connections go into the tunnel.
 struct Forwarder {
     listener: OwnedFd,
-    remote: SocketAddr,
+    remotes: Remotes,
+    /// The remote the next stream tries first (streams take them in turn).
+    next: usize,
     preamble: Preamble,
     counters: Arc<StreamCounters>,
+}
+
+/// A forwarded stream that may still move to another remote if its tunnel connection is not answered.
+struct Moving {
+    remotes: Remotes,
+    current: usize,
+    /// Moves left before the stream fails like a single-remote one.
+    left: usize,
 }
 
 enum Stage {
@@ -132,6 +143,8 @@ struct Connection {
     counters: Option<Arc<StreamCounters>>,
     /// For relayed streams: the port's policy.
     relay: Option<Arc<RelayPort>>,
+    /// For forwarded streams with several remotes.
+    moving: Option<Moving>,
     /// When the current stage gives up (connect, preamble, dial).
     deadline: Option<Instant>,
     last_active: Instant,
@@ -161,6 +174,8 @@ pub(crate) struct Driver {
     limits: Limits,
     listeners: HashMap<u16, Accepting>,
     forwarders: HashMap<u64, Forwarder>,
+    /// Remotes whose connection went unanswered, and when; forgiven once their peer is heard from again.
+    suspected: HashMap<SocketAddr, Instant>,
     connections: HashMap<u64, Connection>,
     /// Spliced connections to pump: kernel socket ready, or tunnel socket woke.
     dirty: Vec<u64>,
@@ -204,6 +219,7 @@ impl Driver {
             limits,
             listeners: HashMap::new(),
             forwarders: HashMap::new(),
+            suspected: HashMap::new(),
             connections: HashMap::new(),
             dirty: Vec::new(),
             woken: Arc::default(),
@@ -360,7 +376,8 @@ impl Driver {
                 let id = self.new_id();
                 let result = epoll::add(&self.epoll, &listener, epoll::EventData::new_u64(id), epoll::EventFlags::IN)
                     .map(|()| {
-                        self.forwarders.insert(id, Forwarder { listener, remote, preamble, counters });
+                        let forwarder = Forwarder { listener, remotes: remote, next: 0, preamble, counters };
+                        self.forwarders.insert(id, forwarder);
                         id
                     })
                     .map_err(io::Error::from);
@@ -389,6 +406,7 @@ impl Driver {
             Command::Status { reply } => {
                 let _ = reply.send(TunnelStatus {
                     peer: self.core.peer(),
+                    peers: self.core.peers(),
                     stats: self.core.stats(),
                     send_errors: self.send_errors,
                     connections: self.connections.len(),
@@ -443,6 +461,7 @@ impl Driver {
             dirty: false,
             counters,
             relay: None,
+            moving: None,
             deadline: None,
             last_active: now,
             quiet: false,
@@ -512,18 +531,20 @@ impl Driver {
                 Preamble::Fixed(bytes) => Some(bytes.clone()),
                 Preamble::PerConnection(make) => kernel::addresses(&fd).and_then(|(client, local)| make(client, local)),
             };
-            let (remote, counters) = (forwarder.remote, Arc::clone(&forwarder.counters));
+            let (remotes, counters) = (forwarder.remotes.clone(), Arc::clone(&forwarder.counters));
             counters.opened.fetch_add(1, Relaxed);
             let Some(preamble) = preamble else {
                 // Nowhere to send it (no pod), or reset before its addresses could be read: close it now.
                 counters.refused.fetch_add(1, Relaxed);
                 continue;
             };
-            if self.core.peer().endpoint.is_none() {
-                // Without a peer nothing can be sent: closing at once makes Traefik answer 502 now, not later.
+            let Some(current) = remotes::pick(&self.candidates(&remotes, now), forwarder.next, None) else {
+                // No peer has shown up: closing at once makes Traefik answer 502 now, not later.
                 counters.refused.fetch_add(1, Relaxed);
                 continue;
-            }
+            };
+            self.forwarders.get_mut(&id).expect("looked up above").next = current + 1;
+            let remote = remotes.addresses()[current];
             let handle = match self.core.connect(IpEndpoint::from(remote)) {
                 Ok(handle) => handle,
                 Err(e) => {
@@ -539,8 +560,62 @@ impl Driver {
                 continue;
             }
             self.splice(conn, fd, preamble, None, now);
-            self.set_deadline(conn, after(now, self.limits.connect_timeout));
+            let left = remotes.addresses().len() - 1;
+            let wait = if left > 0 { MOVE_AFTER.min(self.limits.connect_timeout) } else { self.limits.connect_timeout };
+            if left > 0 {
+                let connection = self.connections.get_mut(&conn).expect("added above");
+                connection.moving = Some(Moving { remotes, current, left });
+            }
+            self.set_deadline(conn, after(now, wait));
         }
+    }
+
+    /// What the choice of a remote knows: whether each remote's peer is reachable, and suspected.
+    fn candidates(&self, remotes: &Remotes, now: Instant) -> Vec<Candidate> {
+        remotes
+            .addresses()
+            .iter()
+            .map(|remote| {
+                let peer = self.core.peer_of_address(IpAddress::from(remote.ip())).map(|n| self.core.peer_status(n));
+                let suspected = self.suspected.get(remote).is_some_and(|&since| {
+                    let suspected_for = Duration::from_micros((now - since).total_micros());
+                    // Heard from since it was suspected: forgiven.
+                    peer.and_then(|p| p.last_received).is_none_or(|age| age >= suspected_for)
+                });
+                Candidate { reachable: peer.is_some_and(|p| p.endpoint.is_some()), suspected }
+            })
+            .collect()
+    }
+
+    /// Forwarded stream `id` was not answered by its remote in time: suspect that remote, and open the stream's
+    /// tunnel connection to another one. Nothing was sent yet (the preamble waits for the connection), so the
+    /// kernel side notices nothing but the wait. Returns false if there is nowhere to move to.
+    fn move_stream(&mut self, id: u64, now: Instant) -> bool {
+        let connection = self.connections.get_mut(&id).expect("present");
+        let Some(moving) = connection.moving.as_mut().filter(|m| m.left > 0) else { return false };
+        let (remotes, from) = (moving.remotes.clone(), moving.current);
+        let left_remote = remotes.addresses()[from];
+        self.suspected.insert(left_remote, now);
+        let Some(to) = remotes::pick(&self.candidates(&remotes, now), from + 1, Some(from)) else { return false };
+        let Ok(handle) = self.core.connect(IpEndpoint::from(remotes.addresses()[to])) else { return false };
+        let connection = self.connections.get_mut(&id).expect("present");
+        let moving = connection.moving.as_mut().expect("checked above");
+        moving.current = to;
+        moving.left -= 1;
+        let wait = if moving.left > 0 { MOVE_AFTER.min(self.limits.connect_timeout) } else { self.limits.connect_timeout };
+        let old = std::mem::replace(&mut connection.socket, handle);
+        if !connection.dirty {
+            connection.dirty = true; // registers the wakers on the new socket
+            self.dirty.push(id);
+        }
+        self.core.tcp(old).abort();
+        self.core.release(old);
+        log::info!(
+            "tunnel driver: {left_remote} did not answer within {MOVE_AFTER:?}; a stream moves to {}",
+            remotes.addresses()[to]
+        );
+        self.set_deadline(id, after(now, wait));
+        true
     }
 
     /// Connection `id` finished dialing its relay target (or failed to).
@@ -613,7 +688,7 @@ impl Driver {
                         continue; // the stage moved on, or its deadline moved
                     }
                     connection.deadline = None;
-                    self.expire(id);
+                    self.expire(id, now);
                 }
                 Timer::FlowSweep => unreachable!("handled above"),
                 Timer::Idle => {
@@ -653,7 +728,7 @@ impl Driver {
     }
 
     /// The current stage of connection `id` ran out of time.
-    fn expire(&mut self, id: u64) {
+    fn expire(&mut self, id: u64, now: Instant) {
         let connection = self.connections.get_mut(&id).expect("present");
         let timeout = self.limits.connect_timeout;
         let end = match &connection.stage {
@@ -676,6 +751,9 @@ impl Driver {
             }
             // A forwarded stream whose tunnel connection nobody answered.
             Stage::Spliced { .. } if self.core.tcp(connection.socket).state() == State::SynSent => {
+                if self.move_stream(id, now) {
+                    return;
+                }
                 log::warn!(
                     "tunnel driver: no answer through the tunnel within {timeout:?}; closing a forwarded connection"
                 );

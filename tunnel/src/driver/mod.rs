@@ -19,11 +19,13 @@ mod bridge;
 mod datagrams;
 mod event_loop;
 mod kernel;
+mod remotes;
 mod timers;
 mod udp;
 
 pub use bridge::SpliceOutcome;
 pub use kernel::{listen, raise_open_files_limit, LISTEN_BACKLOG};
+pub use remotes::{Remotes, MOVE_AFTER};
 
 use crate::core::{Core, CoreConfig, PeerStatus, Stats};
 use std::io;
@@ -48,8 +50,10 @@ pub struct TunnelConfig {
 /// Live state of a tunnel, as [`Tunnel::status`] reports it.
 #[derive(Debug, Clone)]
 pub struct TunnelStatus {
-    /// The peer: endpoint, last handshake, bytes.
+    /// The (first) peer: endpoint, last handshake, bytes.
     pub peer: PeerStatus,
+    /// Every peer, the first one first ([`crate::CoreConfig::other_peers`]).
+    pub peers: Vec<PeerStatus>,
     /// The core's counters.
     pub stats: Stats,
     /// Datagrams the outer socket failed to send.
@@ -186,7 +190,7 @@ pub(crate) enum Command {
     },
     ForwardFrom {
         listener: OwnedFd,
-        remote: SocketAddr,
+        remote: Remotes,
         preamble: Preamble,
         counters: Arc<StreamCounters>,
         reply: Sender<io::Result<u64>>,
@@ -317,14 +321,17 @@ impl Tunnel {
     /// tunnel, sending `preamble` first, spliced both ways inside the driver. A tunnel connection that cannot
     /// be opened, or that is not answered within the connect timeout, closes the kernel connection at once.
     /// Counted in `counters`. Dropping the handle closes the listener; streams under way go on.
+    ///
+    /// `remote` may list several addresses (one per client replica, each a peer of this tunnel): streams take
+    /// them in turn, and a stream not answered within [`MOVE_AFTER`] moves to the next ([`Remotes`]).
     pub fn forward_from(
         &self,
         listener: TcpListener,
-        remote: SocketAddr,
+        remote: impl Into<Remotes>,
         preamble: impl Into<Preamble>,
         counters: Arc<StreamCounters>,
     ) -> io::Result<Forwarding> {
-        let preamble = preamble.into();
+        let (remote, preamble) = (remote.into(), preamble.into());
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let listener = OwnedFd::from(listener);
