@@ -25,7 +25,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, UNIX_EPOCH};
 use tunnel::{
-    CoreConfig, FlowCounters, IpCidr, PresharedKey, PrivateKey, PublicKey, StreamCounters, Tunnel, TunnelConfig,
+    CoreConfig, FlowCounters, IpCidr, PeerConfig, PresharedKey, PrivateKey, PublicKey, StreamCounters, Tunnel,
+    TunnelConfig,
 };
 
 /// Concurrent control API connections; a new one evicts the longest-idle one, so a flood cannot exhaust
@@ -79,10 +80,29 @@ pub fn tunnel_config(config: &AgentConfig) -> Result<TunnelConfig, String> {
         wg.preshared_key_file.as_deref().map(|p| read_key(p, "preshared key")).transpose()?;
     let address: IpCidr =
         wg.address.parse().map_err(|_| format!("wireguard.address {:?} is not an address with prefix", wg.address))?;
-    let client = IpCidr::new(wg.client_address.into(), if wg.client_address.is_ipv4() { 32 } else { 128 });
+    let host = |a: IpAddr| IpCidr::new(a.into(), if a.is_ipv4() { 32 } else { 128 });
+    let mut other_peers = Vec::new();
+    for (n, replica) in wg.replicas.iter().enumerate() {
+        if !address.contains_addr(&replica.address.into()) || replica.address == wg.client_address {
+            return Err(format!(
+                "wireguard.replicas[{n}].address {} must be inside wireguard.address {address} and differ from \
+                 client_address (e.g. address 10.88.0.1/24 with replicas at 10.88.0.3, 10.88.0.4, ...)",
+                replica.address
+            ));
+        }
+        let public_key = replica.public_key.parse().map_err(|e| format!("wireguard.replicas[{n}].public_key: {e}"))?;
+        other_peers.push(PeerConfig {
+            public_key,
+            preshared_key: preshared_key.clone(),
+            persistent_keepalive: None,
+            allowed_ips: vec![host(replica.address)],
+            endpoint: None,
+        });
+    }
     let mut core = CoreConfig {
         preshared_key,
-        peer_allowed_ips: vec![client],
+        peer_allowed_ips: vec![host(wg.client_address)],
+        other_peers,
         ..CoreConfig::new(private_key, peer, vec![address])
     };
     config.streams.apply(&mut core.tcp);
@@ -173,9 +193,14 @@ pub fn run(config: AgentConfig) -> Result<(), String> {
     tunnel::driver::raise_open_files_limit(None); // the tunnel warns if it is still below its cap
     let tunnel = Arc::new(Tunnel::start(tunnel_config(&config)?).map_err(|e| e.to_string())?);
     log::info!("WireGuard on {} (UDP), tunnel address {}", tunnel.local_addr(), config.wireguard.address);
-    let relay = SocketAddr::new(config.wireguard.client_address, config.relay_port);
-    let forwarders = Forwarders::new(Arc::clone(&tunnel), relay);
-    let l4 = crate::l4::Ports::new(Arc::clone(&tunnel), relay, config.l4.address);
+    let relays: Vec<SocketAddr> = config
+        .wireguard
+        .clients()
+        .into_iter()
+        .map(|(_, address)| SocketAddr::new(address, config.relay_port))
+        .collect();
+    let forwarders = Forwarders::new(Arc::clone(&tunnel), relays.clone());
+    let l4 = crate::l4::Ports::new(Arc::clone(&tunnel), relays, config.l4.address);
     let l4_metrics = Arc::clone(&l4.metrics);
     let udp_metrics = Arc::clone(&l4.udp_metrics);
     let canary = canary_entry_point(&config);
@@ -347,6 +372,18 @@ impl Agent {
                 connections: t.connections,
                 dropped_invalid: t.stats.dropped_invalid,
                 dropped_replay: t.stats.dropped_replay,
+                replicas: if t.peers.len() < 2 {
+                    Vec::new()
+                } else {
+                    t.peers
+                        .iter()
+                        .map(|p| api::ReplicaTunnel {
+                            endpoint: p.endpoint.map(|e| e.to_string()),
+                            last_handshake_s: p.last_handshake.map(|d| d.as_secs()),
+                            last_received_s: p.last_received.map(|d| d.as_secs()),
+                        })
+                        .collect()
+                },
             }),
             forwarders: view
                 .forwarders

@@ -571,8 +571,8 @@ mod tests {
             })
             .unwrap(),
         );
-        let forwarders = Forwarders::new(Arc::clone(&tunnel), "10.88.0.2:7000".parse().unwrap());
-        let ports = Ports::new(Arc::clone(&tunnel), "10.88.0.2:7000".parse().unwrap(), [127, 0, 0, 1].into());
+        let forwarders = Forwarders::new(Arc::clone(&tunnel), vec!["10.88.0.2:7000".parse().unwrap()]);
+        let ports = Ports::new(Arc::clone(&tunnel), vec!["10.88.0.2:7000".parse().unwrap()], [127, 0, 0, 1].into());
         Fixture { root, applier: Applier::new(store, forwarders, ports, Some("web".into())), tunnel }
     }
 

@@ -167,6 +167,30 @@ pub struct Wireguard {
     /// The client's tunnel address.
     #[serde(default = "default_client_address")]
     pub client_address: IpAddr,
+    /// Further client replicas, each with a key and a tunnel address of its own (inside `address`'s subnet,
+    /// e.g. a /24). Every replica keeps its tunnel up; public connections take the live ones in turn, so a
+    /// replica that dies costs no request. Uploads are accepted from whichever leads (fencing by term).
+    #[serde(default)]
+    pub replicas: Vec<Replica>,
+}
+
+/// One more client replica (see [`Wireguard::replicas`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// The replica's public key.
+    pub public_key: String,
+    /// The replica's tunnel address.
+    pub address: IpAddr,
+}
+
+impl Wireguard {
+    /// Every client replica's (key, tunnel address), the first being `client_public_key`/`client_address`.
+    pub fn clients(&self) -> Vec<(&str, IpAddr)> {
+        let mut all = vec![(self.client_public_key.as_str(), self.client_address)];
+        all.extend(self.replicas.iter().map(|r| (r.public_key.as_str(), r.address)));
+        all
+    }
 }
 
 /// ACME settings.

@@ -16,16 +16,17 @@ use tunnel::{StreamCounters, Tunnel};
 /// The set of forwarders.
 pub struct Forwarders {
     tunnel: Arc<Tunnel>,
-    relay: SocketAddr,
+    /// The relay of every client replica (streams take the live ones in turn).
+    relays: Vec<SocketAddr>,
     active: BTreeMap<SocketAddr, Forwarding>,
     /// Counters of every forwarded stream, kept by the driver (for /metrics).
     pub metrics: Arc<StreamCounters>,
 }
 
 impl Forwarders {
-    /// Forwarders that reach the client's relay at `relay` through `tunnel`.
-    pub fn new(tunnel: Arc<Tunnel>, relay: SocketAddr) -> Forwarders {
-        Forwarders { tunnel, relay, active: BTreeMap::new(), metrics: Arc::new(StreamCounters::default()) }
+    /// Forwarders that reach the client's relays at `relays` (one per replica) through `tunnel`.
+    pub fn new(tunnel: Arc<Tunnel>, relays: Vec<SocketAddr>) -> Forwarders {
+        Forwarders { tunnel, relays, active: BTreeMap::new(), metrics: Arc::new(StreamCounters::default()) }
     }
 
     /// Makes sure every pod in `pods` has a forwarder; returns pod -> local listener address for all of them.
@@ -38,7 +39,7 @@ impl Forwarders {
                 .and_then(|listener| {
                     self.tunnel.forward_from(
                         listener,
-                        self.relay,
+                        self.relays.clone(),
                         protocol::relay::encode(pod),
                         Arc::clone(&self.metrics),
                     )

@@ -64,7 +64,8 @@ struct Port {
 /// The open ports.
 pub struct Ports {
     tunnel: Arc<Tunnel>,
-    relay: SocketAddr,
+    /// The relay of every client replica (TCP streams take the live ones in turn; UDP flows go to the first).
+    relays: Vec<SocketAddr>,
     address: IpAddr,
     active: BTreeMap<PortKey, Port>,
     /// Counters of every connection to the TCP ports, kept by the driver.
@@ -97,10 +98,10 @@ fn pick(plan: &PortPlan, next: &AtomicUsize) -> Option<SocketAddr> {
 impl Ports {
     /// Ports bound on `address`, whose connections and flows reach the client's relay at `relay` (its TCP and
     /// UDP relay ports share the number).
-    pub fn new(tunnel: Arc<Tunnel>, relay: SocketAddr, address: IpAddr) -> Ports {
+    pub fn new(tunnel: Arc<Tunnel>, relays: Vec<SocketAddr>, address: IpAddr) -> Ports {
         Ports {
             tunnel,
-            relay,
+            relays,
             address,
             active: BTreeMap::new(),
             metrics: Arc::new(StreamCounters::default()),
@@ -118,13 +119,18 @@ impl Ports {
                 };
                 let listener = tunnel::driver::listen(address)?;
                 let preamble = Preamble::PerConnection(Arc::new(make));
-                Ok(Serving::Tcp(self.tunnel.forward_from(listener, self.relay, preamble, Arc::clone(&self.metrics))?))
+                Ok(Serving::Tcp(self.tunnel.forward_from(
+                    listener,
+                    self.relays.clone(),
+                    preamble,
+                    Arc::clone(&self.metrics),
+                )?))
             }
             Transport::Udp => {
                 let socket = UdpSocket::bind(address)?;
                 let choose = move |_client| pick(&reader.read().unwrap_or_else(|p| p.into_inner()), &next);
                 let counters = Arc::clone(&self.udp_metrics);
-                Ok(Serving::Udp(self.tunnel.expose_udp(socket, self.relay, Arc::new(choose), counters)?))
+                Ok(Serving::Udp(self.tunnel.expose_udp(socket, self.relays[0], Arc::new(choose), counters)?))
             }
         }
     }

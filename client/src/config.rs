@@ -134,13 +134,61 @@ pub fn private_key(config: &ClientConfig) -> Result<tunnel::PrivateKey, String> 
     text.parse().map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Who this replica is inside the tunnels.
+pub struct Identity {
+    /// The WireGuard key.
+    pub key: tunnel::PrivateKey,
+    /// The tunnel address with prefix.
+    pub address: String,
+    /// Each replica has a key of its own, so every replica keeps its tunnels and relays up (a hot standby) and
+    /// only uploads wait for leadership. With one key shared by all replicas, only the leader may hold tunnels.
+    pub own_key: bool,
+}
+
+/// This replica's identity. `replica_keys` (`POLAREDGE_REPLICA_KEYS`): one private key per line, line `n` for
+/// the replica whose `pod_name` ends in `-n` (a StatefulSet's pods), with tunnel address 10.88.0.(2 + n)/24;
+/// without it, the one client key and the configured address.
+pub fn identity(config: &ClientConfig, replica_keys: Option<&str>, pod_name: Option<&str>) -> Result<Identity, String> {
+    let Some(text) = replica_keys.filter(|t| !t.trim().is_empty()) else {
+        return Ok(Identity { key: private_key(config)?, address: config.address.clone(), own_key: false });
+    };
+    let keys: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if keys.len() > protocol::defaults::MAX_REPLICAS {
+        return Err(format!(
+            "POLAREDGE_REPLICA_KEYS lists {} keys; at most {} replicas are served",
+            keys.len(),
+            protocol::defaults::MAX_REPLICAS
+        ));
+    }
+    let pod = pod_name.unwrap_or_default();
+    let ordinal = pod.rsplit_once('-').and_then(|(_, n)| n.parse::<usize>().ok()).ok_or_else(|| {
+        format!(
+            "POLAREDGE_REPLICA_KEYS is set, but the pod name {pod:?} (POD_NAME) ends in no replica number: run the \
+             client as a StatefulSet (pods name-0, name-1, ...) or drop the variable"
+        )
+    })?;
+    let key = keys.get(ordinal).ok_or_else(|| {
+        format!(
+            "replica {ordinal} ({pod}) has no key: POLAREDGE_REPLICA_KEYS lists {} (one per replica; scale the \
+             StatefulSet to at most that many or add keys, and the agents' wireguard.replicas with them)",
+            keys.len()
+        )
+    })?;
+    let key = key.parse().map_err(|e| format!("POLAREDGE_REPLICA_KEYS line {}: {e}", ordinal + 1))?;
+    let address = protocol::defaults::replica_address(ordinal).expect("ordinal below MAX_REPLICAS");
+    Ok(Identity { key, address: format!("{address}/{}", protocol::defaults::REPLICAS_PREFIX), own_key: true })
+}
+
 /// A config from the environment, as the Deployment sets it from the Secret that `polaredge-agent init` prints:
 /// `POLAREDGE_PRIVATE_KEY`, and either `POLAREDGE_AGENTS` (several edges: see [`agents_from_text`]) or one
 /// agent as `POLAREDGE_AGENT_PUBLIC_KEY`, `POLAREDGE_AGENT_ENDPOINT` (host:port) and optionally
 /// `POLAREDGE_AGENT_ADDRESS` and `POLAREDGE_PUBLIC_ADDRESS`; optionally `POLAREDGE_CLIENT_ADDRESS` and
 /// `POLAREDGE_CERT_RESOLVER`.
 pub fn from_env() -> Result<ClientConfig, String> {
-    std::env::var("POLAREDGE_PRIVATE_KEY").map_err(|_| "POLAREDGE_PRIVATE_KEY is not set".to_string())?;
+    if std::env::var_os("POLAREDGE_REPLICA_KEYS").is_none() {
+        std::env::var("POLAREDGE_PRIVATE_KEY")
+            .map_err(|_| "neither POLAREDGE_PRIVATE_KEY nor POLAREDGE_REPLICA_KEYS is set".to_string())?;
+    }
     let agents = match std::env::var("POLAREDGE_AGENTS") {
         Ok(list) if !list.trim().is_empty() => agents_from_text(&list)?,
         _ => vec![agent_from_env()?],
@@ -190,6 +238,29 @@ fn agent_from_env() -> Result<AgentPeer, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_replica_takes_the_key_and_address_of_its_number() {
+        let config: ClientConfig = serde_yaml::from_str("agents: []").unwrap();
+        // Without replica keys every replica uses the one client key (here: none configured).
+        let error = identity(&config, None, Some("polaredge-client-1")).err().unwrap();
+        assert!(error.contains("private_key_file"), "{error}");
+
+        let keys = [tunnel::PrivateKey::generate(), tunnel::PrivateKey::generate()];
+        let text = format!("{}\n{}\n", keys[0], keys[1]);
+        for (n, key) in keys.iter().enumerate() {
+            let me = identity(&config, Some(&text), Some(&format!("polaredge-client-{n}"))).unwrap();
+            assert!(me.own_key);
+            assert_eq!(me.key.public_key(), key.public_key());
+            assert_eq!(me.address, format!("10.88.0.{}/24", 2 + n));
+        }
+        let error = identity(&config, Some(&text), Some("polaredge-client-2")).err().unwrap();
+        assert!(error.contains("replica 2") && error.contains("lists 2"), "{error}");
+        let error = identity(&config, Some(&text), Some("polaredge-client-7d9f8b-x2x4")).err().unwrap();
+        assert!(error.contains("StatefulSet"), "{error}");
+        let error = identity(&config, Some("not a key\n"), Some("c-0")).err().unwrap();
+        assert!(error.starts_with("POLAREDGE_REPLICA_KEYS line 1"), "{error}");
+    }
 
     #[test]
     fn several_agents_come_as_a_yaml_list_with_distinct_names() {

@@ -143,8 +143,10 @@ pub const STANDBY_LOOK: Duration = Duration::from_secs(2);
 
 /// Blocks until this replica holds the Lease and sets its term in `term` (the Lease's transition count, which
 /// its uploads carry: `protocol::fencing`); then keeps renewing it in the background, and settles the fences
-/// the send loops report in `term` ([`on_fenced`]). `lost` is called, with the reason, once another replica
-/// holds the Lease; the caller stops serving.
+/// the send loops report in `term` ([`on_fenced`]). `ended` is called once another replica holds the Lease
+/// ([`Ended::Lost`]); the caller stops serving. SIGTERM is watched from the start: a standby returns
+/// [`Elected::Terminated`] at once; a leader releases the Lease first (so a standby takes over at its next
+/// look instead of at expiry), then calls `ended` with [`Ended::Terminated`], and the caller drains and exits.
 ///
 /// A renewal that cannot reach the API does not end leadership: the data plane must not depend on the control
 /// plane, and when nobody can reach the API nobody can take over either. If a standby can reach it and takes
@@ -157,14 +159,16 @@ pub async fn elect(
     me: String,
     duration: Duration,
     term: Arc<Term>,
-    lost: impl FnOnce(String) + Send + 'static,
-) -> Result<(), String> {
+    ended: impl FnOnce(Ended) + Send + 'static,
+) -> Result<Elected, String> {
     let api: Api<Lease> = Api::namespaced(client, namespace);
     let retry = duration / 3;
     // A standby looks often (as client-go's 2 s retry period), so a Lease its leader released is taken at once.
     let look = retry.min(STANDBY_LOOK);
     let mut following = None;
     let mut seen = Seen::default();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
     let first = loop {
         match step(&api, name, &me, duration, &mut seen).await {
             Ok((Decision::Follow(holder), _)) => {
@@ -176,7 +180,13 @@ pub async fn elect(
             Ok((_, term)) => break term,
             Err(e) => log::warn!("leader election: {e}"),
         }
-        tokio::time::sleep(look).await;
+        tokio::select! {
+            _ = tokio::time::sleep(look) => {}
+            _ = terminate.recv() => {
+                log::info!("SIGTERM while standing by");
+                return Ok(Elected::Terminated);
+            }
+        }
     };
     term.set(first as u64);
     log::info!("leader election: this replica ({me}) leads, term {first}");
@@ -197,7 +207,8 @@ pub async fn elect(
                         Ok(()) => log::info!("SIGTERM: released the Lease {name}; the standby takes over now"),
                         Err(e) => log::warn!("SIGTERM: cannot release the Lease {name} ({e}); the standby takes over when it expires"),
                     }
-                    std::process::exit(0);
+                    ended(Ended::Terminated);
+                    return;
                 }
             }
             if let Some(by) = term.take_fenced().filter(|&by| Some(by) >= term.current()) {
@@ -241,9 +252,27 @@ pub async fn elect(
             }
         };
         log::error!("leader election: lost the lease: {reason}");
-        lost(reason);
+        ended(Ended::Lost(reason));
     });
-    Ok(())
+    Ok(Elected::Leading)
+}
+
+/// How a leadership won by [`elect`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Another replica holds the Lease (the reason says how we know); the caller stops serving.
+    Lost(String),
+    /// SIGTERM; the Lease was released (or could not be); the caller drains and exits.
+    Terminated,
+}
+
+/// How [`elect`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elected {
+    /// This replica leads (and keeps renewing in the background).
+    Leading,
+    /// SIGTERM came before it led.
+    Terminated,
 }
 
 /// Sets the Lease's transition count to `term`, if we still hold it (resourceVersion-guarded).

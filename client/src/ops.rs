@@ -37,12 +37,15 @@ pub struct Metrics {
     pub relay: Arc<RelayMetrics>,
     /// UDP relay counters.
     pub udp_relay: Arc<UdpRelayMetrics>,
+    /// A replica with a key of its own opened its relays (it carries the agents' streams, leader or not).
+    pub relaying: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
-    /// Ready once some agent serves our latest snapshot.
+    /// Ready once some agent serves our latest snapshot, or, for a replica with a key of its own, once its
+    /// relays are open: what a rolling update must wait for before stopping the next replica.
     pub fn ready(&self) -> bool {
-        self.agents.lock().unwrap().values().any(|a| a.in_sync)
+        self.relaying.load(Ordering::Relaxed) || self.agents.lock().unwrap().values().any(|a| a.in_sync)
     }
 
     /// Prometheus text.

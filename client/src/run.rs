@@ -5,13 +5,14 @@
 //! change for more to arrive, but never longer than [`MAX_DELAY`].
 
 use crate::config::{self, ClientConfig};
-use crate::leader::Term;
+use crate::leader::{Elected, Ended, Term};
 use crate::ops::Metrics;
 use crate::relay::{self, AllowList, RelayMetrics, UdpRelayMetrics};
 use crate::render::{self, Cluster, Settings};
 use crate::sender::{self, Action, Sender};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -40,6 +41,8 @@ struct Feedback {
     /// Agents whose last upload or check got no answer.
     down: Mutex<std::collections::BTreeSet<String>>,
     stop: Mutex<Option<String>>,
+    /// SIGTERM: stop, and drain the relays first.
+    terminating: std::sync::atomic::AtomicBool,
     wake: Mutex<Option<mpsc::Sender<()>>>,
 }
 
@@ -93,15 +96,26 @@ impl Feedback {
     fn stopped(&self) -> Option<String> {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// SIGTERM: stop serving, draining the relays first.
+    fn terminate(&self) {
+        self.terminating.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop("SIGTERM".into());
+    }
+
+    fn terminating(&self) -> bool {
+        self.terminating.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Calls `changed` with the stores' state after each burst of watch events (or a change in what the agents
-/// withhold, or which answer), then writes Ingress and Service status (the addresses of the `edges`, name and
-/// address, that answer) and Events for new notices.
+/// withhold, or which answer), then, while `leading`, writes Ingress and Service status (the addresses of the
+/// `edges`, name and address, that answer) and Events for new notices.
 fn watch_kubernetes(
     mut changed: impl FnMut(Cluster) -> render::Rendered,
     edges: Vec<(String, String)>,
     feedback: Arc<Feedback>,
+    leading: &AtomicBool,
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     *feedback.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
@@ -123,6 +137,9 @@ fn watch_kubernetes(
         }
         let cluster = stores.cluster();
         let rendered = changed(cluster.clone());
+        if !leading.load(SeqCst) {
+            continue; // a hot standby renders for its relays' allow-lists; only the leader writes to the cluster
+        }
         let addresses = crate::status::serving_addresses(&edges, &feedback.down());
         writer.write_status(crate::status::status_changes(
             &cluster,
@@ -201,13 +218,16 @@ fn watch_manifests(
     }
 }
 
-/// With a cluster, waits until this replica leads (Lease `polaredge-client` in `POD_NAMESPACE`, identity
-/// `POD_NAME`) and sets its term in `term`; `POLAREDGE_LEADER_ELECTION=false` turns it off. Leadership lost:
-/// `feedback` says stop, `run` returns and the process exits, so a restarted replica comes back as a follower.
-fn lead(term: Arc<Term>, feedback: Arc<Feedback>) -> Result<(), String> {
-    if std::env::var("POLAREDGE_LEADER_ELECTION").as_deref() == Ok("false") {
-        return Ok(());
-    }
+/// Whether this process runs a leader election (a cluster, and `POLAREDGE_LEADER_ELECTION` not `false`).
+fn elects(source: &Source) -> bool {
+    matches!(source, Source::Kubernetes) && std::env::var("POLAREDGE_LEADER_ELECTION").as_deref() != Ok("false")
+}
+
+/// Waits until this replica leads (Lease `polaredge-client` in `POD_NAMESPACE`, identity `POD_NAME`) and sets
+/// its term in `term`, or until SIGTERM comes first. Leadership lost: `feedback` says stop, `run` returns and
+/// the process exits, so a restarted replica comes back as a follower. SIGTERM while leading: the Lease is
+/// released, then `feedback` says terminate.
+fn lead(term: Arc<Term>, feedback: Arc<Feedback>) -> Result<Elected, String> {
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "polaredge".into());
     let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -232,7 +252,10 @@ fn lead(term: Arc<Term>, feedback: Arc<Feedback>) -> Result<(), String> {
                             me,
                             Duration::from_secs(seconds),
                             term,
-                            move |reason| feedback.stop(format!("leadership lost ({reason})")),
+                            move |ended| match ended {
+                                Ended::Lost(reason) => feedback.stop(format!("leadership lost ({reason})")),
+                                Ended::Terminated => feedback.terminate(),
+                            },
                         )
                         .await
                     }
@@ -245,6 +268,23 @@ fn lead(term: Arc<Term>, feedback: Arc<Feedback>) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     done_rx.recv().map_err(|_| "leader election stopped".to_string())?
+}
+
+/// A hot standby (a key of its own) holds its tunnels and relays from the start; the election runs beside it,
+/// and `leading` turns on when it wins, which lets the send loops upload and the watch loop write status.
+fn lead_in_background(term: Arc<Term>, feedback: Arc<Feedback>, leading: Arc<AtomicBool>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("election".into())
+        .spawn(move || match lead(term, Arc::clone(&feedback)) {
+            Ok(Elected::Leading) => {
+                leading.store(true, SeqCst);
+                feedback.wake();
+            }
+            Ok(Elected::Terminated) => feedback.terminate(),
+            Err(e) => feedback.stop(e),
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the leader election: {e}"))
 }
 
 /// The relays' allow-lists: the endpoints of the latest snapshot plus those of the one before, since
@@ -274,59 +314,102 @@ impl AllowLists {
 }
 
 /// What the process shares with every agent's tunnel and send loop.
+#[derive(Clone)]
 struct Shared {
     metrics: Arc<Metrics>,
     relay_metrics: Arc<RelayMetrics>,
     udp_relay_metrics: Arc<UdpRelayMetrics>,
     feedback: Arc<Feedback>,
     term: Arc<Term>,
+    /// This replica leads (or runs without an election): its send loops upload, its watch loop writes status.
+    leading: Arc<AtomicBool>,
 }
 
 /// One agent's tunnel with its relays (alive as long as this is) and the channel its send loop reads snapshots
 /// from.
 struct AgentLink {
+    name: String,
     snapshots: mpsc::Sender<Arc<String>>,
-    _relay: tunnel::RelayPort,
-    _udp_relay: tunnel::UdpRelayPort,
+    tunnel: Arc<Tunnel>,
+    /// Dropped to drain: new streams are refused (the agent moves them to another replica), streams under way
+    /// go on.
+    relays: Option<(tunnel::RelayPort, tunnel::UdpRelayPort)>,
 }
 
-/// Starts the tunnel to `agent`, its TCP and UDP relays and its send loop.
+/// Starts the tunnel to `agent` and its send loop (the relays open with the first snapshot).
 fn connect_agent(
     config: &ClientConfig,
     agent: &config::AgentPeer,
-    key: &tunnel::PrivateKey,
-    allow: &AllowLists,
+    me: &config::Identity,
     shared: &Shared,
 ) -> Result<AgentLink, String> {
     let address: IpCidr =
-        config.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", config.address))?;
+        me.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", me.address))?;
     let peer: tunnel::PublicKey =
         agent.public_key.parse().map_err(|e| format!("agent {}: public_key: {e}", agent.name))?;
     let mut core = CoreConfig {
         endpoint: Some(agent.endpoint),
         persistent_keepalive: Some(config.keepalive),
         peer_allowed_ips: vec![IpCidr::new(agent.api.ip().into(), if agent.api.is_ipv4() { 32 } else { 128 })],
-        ..CoreConfig::new(key.clone(), peer, vec![address])
+        ..CoreConfig::new(me.key.clone(), peer, vec![address])
     };
     core.tcp.max_connections = config.max_connections;
     core.tcp.connect_timeout = Duration::from_millis(config.dial_timeout_ms);
     let listen = std::net::SocketAddr::from(([0, 0, 0, 0], config.listen_port));
     let tunnel =
         Arc::new(Tunnel::start(TunnelConfig { core, listen }).map_err(|e| format!("agent {}: {e}", agent.name))?);
-    let relay = relay::serve(&tunnel, config.relay_port, Arc::clone(&allow.tcp), Arc::clone(&shared.relay_metrics))
-        .map_err(|e| format!("agent {}: relay: {e}", agent.name))?;
-    let udp_relay =
-        relay::serve_udp(&tunnel, config.relay_port, Arc::clone(&allow.udp), Arc::clone(&shared.udp_relay_metrics))
-            .map_err(|e| format!("agent {}: UDP relay: {e}", agent.name))?;
     let (tx, rx) = mpsc::channel::<Arc<String>>();
-    let (name, api, metrics) = (agent.name.clone(), agent.api, Arc::clone(&shared.metrics));
-    let (feedback, term) = (Arc::clone(&shared.feedback), Arc::clone(&shared.term));
+    let (name, api) = (agent.name.clone(), agent.api);
+    let (sending, shared) = (Arc::clone(&tunnel), shared.clone());
     std::thread::Builder::new()
         .name(format!("send-{name}"))
-        .spawn(move || send_loop(&name, &tunnel, api, rx, &metrics, &feedback, &term))
+        .spawn(move || send_loop(&name, &sending, api, rx, &shared))
         .map_err(|e| e.to_string())?;
     log::info!("agent {}: tunnel to {} (WireGuard), API {}", agent.name, agent.endpoint, agent.api);
-    Ok(AgentLink { snapshots: tx, _relay: relay, _udp_relay: udp_relay })
+    Ok(AgentLink { name: agent.name.clone(), snapshots: tx, tunnel, relays: None })
+}
+
+impl AgentLink {
+    /// Opens the relays once the allow-lists hold a whole snapshot (the first render comes after every store
+    /// listed once). Until then a stream the agent sends here is refused before it opens, and the agent moves
+    /// it to another replica: a replica that just started never refuses a stream it should carry.
+    fn open_relays(&mut self, port: u16, allow: &AllowLists, shared: &Shared) -> Result<(), String> {
+        if self.relays.is_some() {
+            return Ok(());
+        }
+        let tcp = relay::serve(&self.tunnel, port, Arc::clone(&allow.tcp), Arc::clone(&shared.relay_metrics))
+            .map_err(|e| format!("agent {}: relay: {e}", self.name))?;
+        let udp = relay::serve_udp(&self.tunnel, port, Arc::clone(&allow.udp), Arc::clone(&shared.udp_relay_metrics))
+            .map_err(|e| format!("agent {}: UDP relay: {e}", self.name))?;
+        self.relays = Some((tcp, udp));
+        Ok(())
+    }
+}
+
+/// Longest a terminating replica waits for the streams it relays to end (within Kubernetes' default 30 s
+/// grace period).
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
+/// A stream quiet this long while draining is between requests (an idle HTTP keep-alive connection), and is
+/// closed.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
+
+/// SIGTERM: refuses new streams (with several replicas the agents move them to another one at once), closes
+/// the streams that are quiet, and waits for the rest to end or go quiet, up to [`DRAIN_LIMIT`].
+fn drain(links: &mut [AgentLink]) {
+    for link in links.iter_mut() {
+        link.relays = None;
+    }
+    let started = Instant::now();
+    let close_quiet =
+        |links: &[AgentLink]| -> usize { links.iter().filter_map(|l| l.tunnel.close_quiet(DRAIN_QUIET).ok()).sum() };
+    let mut left = close_quiet(links);
+    log::info!("SIGTERM: relays closed to new streams; {left} streams carrying data");
+    while left > 0 && started.elapsed() < DRAIN_LIMIT {
+        std::thread::sleep(Duration::from_millis(100));
+        left = close_quiet(links);
+    }
+    log::info!("SIGTERM: drained in {:?} ({left} streams left); exiting", started.elapsed());
 }
 
 /// Records a new snapshot in the metrics and the log.
@@ -345,9 +428,12 @@ fn count_snapshot(metrics: &Metrics, rendered: &render::Rendered, started: Insta
     );
 }
 
-/// Runs until the process is stopped, or until it must stop serving (leadership lost).
+/// Runs until the process is stopped, or until it must stop serving (leadership lost, or SIGTERM: then the
+/// relays drain first and it returns `Ok`).
 pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
-    let key = config::private_key(&config)?;
+    let replica_keys = std::env::var("POLAREDGE_REPLICA_KEYS").ok();
+    let pod_name = std::env::var("POD_NAME").ok();
+    let me = config::identity(&config, replica_keys.as_deref(), pod_name.as_deref())?;
     let relay_metrics = Arc::new(RelayMetrics::default());
     let udp_relay_metrics = Arc::new(UdpRelayMetrics::default());
     let metrics = Arc::new(Metrics {
@@ -355,18 +441,34 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         udp_relay: Arc::clone(&udp_relay_metrics),
         ..Default::default()
     });
-    let shared = Shared { metrics, relay_metrics, udp_relay_metrics, feedback: Arc::default(), term: Arc::default() };
+    let shared = Shared {
+        metrics,
+        relay_metrics,
+        udp_relay_metrics,
+        feedback: Arc::default(),
+        term: Arc::default(),
+        leading: Arc::new(AtomicBool::new(!elects(&source))),
+    };
     // Probes answer from the start, also on a replica that waits to lead.
     let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&shared.metrics))?;
     log::info!("/healthz, /readyz and /metrics on {ops}");
     tunnel::driver::raise_open_files_limit(None); // each tunnel warns if it is still below its cap
-    if matches!(source, Source::Kubernetes) {
-        lead(Arc::clone(&shared.term), Arc::clone(&shared.feedback))?;
+    if elects(&source) && !me.own_key {
+        // One key for all replicas: only the leader may hold tunnels (a second session of the key would take
+        // the agents' answers away from the first).
+        if lead(Arc::clone(&shared.term), Arc::clone(&shared.feedback))? == Elected::Terminated {
+            return Ok(());
+        }
+        shared.leading.store(true, SeqCst);
     }
     let mut allow = AllowLists::default();
     let mut links = Vec::new();
     for agent in &config.agents {
-        links.push(connect_agent(&config, agent, &key, &allow, &shared)?);
+        links.push(connect_agent(&config, agent, &me, &shared)?);
+    }
+    if elects(&source) && me.own_key {
+        log::info!("replica {}: tunnels and relays up; uploads wait for leadership", me.address);
+        lead_in_background(Arc::clone(&shared.term), Arc::clone(&shared.feedback), Arc::clone(&shared.leading))?;
     }
     let settings = Settings {
         cert_resolver: (!config.cert_resolver.is_empty()).then(|| config.cert_resolver.clone()),
@@ -387,8 +489,14 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
         count_snapshot(&shared.metrics, &rendered, started);
         last_yaml.clone_from(&rendered.document);
         let yaml = Arc::new(rendered.document.clone());
-        for link in &links {
+        for link in &mut links {
+            if let Err(e) = link.open_relays(config.relay_port, &allow, &shared) {
+                log::error!("{e}; streams go to other replicas");
+            }
             let _ = link.snapshots.send(Arc::clone(&yaml));
+        }
+        if me.own_key && links.iter().all(|l| l.relays.is_some()) {
+            shared.metrics.relaying.store(true, SeqCst);
         }
         rendered
     };
@@ -400,9 +508,13 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
                 .iter()
                 .map(|a| (a.name.clone(), a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())))
                 .collect();
-            watch_kubernetes(on_change, edges, Arc::clone(&shared.feedback))
+            watch_kubernetes(on_change, edges, Arc::clone(&shared.feedback), &shared.leading)
         }
     };
+    if shared.feedback.terminating() {
+        drain(&mut links);
+        return Ok(());
+    }
     drop(links);
     result
 }
@@ -415,13 +527,21 @@ fn send_loop(
     tunnel: &Tunnel,
     api: std::net::SocketAddr,
     snapshots: Receiver<Arc<String>>,
-    metrics: &Metrics,
-    feedback: &Feedback,
-    term: &Term,
+    shared: &Shared,
 ) {
+    let Shared { metrics, feedback, term, leading, .. } = shared;
     let mut policy = Sender::new(Instant::now());
     let mut handshake_age: Option<Duration> = None;
     loop {
+        if !leading.load(SeqCst) {
+            // A hot standby keeps the latest snapshot for the moment it leads, and sends nothing.
+            match snapshots.recv_timeout(SESSION_CHECK) {
+                Ok(yaml) => policy.snapshot(Instant::now(), snapshots.try_iter().last().unwrap_or(yaml)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        }
         // A handshake younger than the last one seen is a new session: the agent may have restarted with other
         // routes, so compare at once rather than at the next periodic check.
         if let Ok(status) = tunnel.status() {

@@ -197,6 +197,20 @@ pub struct Tunnel {
     pub dropped_invalid: u64,
     /// Datagrams dropped as replays.
     pub dropped_replay: u64,
+    /// Every client replica's tunnel (the first is the one above), when the agent serves several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaTunnel>,
+}
+
+/// One client replica's tunnel, as the agent sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaTunnel {
+    /// The replica's outer address, once it handshook.
+    pub endpoint: Option<String>,
+    /// Seconds since the last handshake.
+    pub last_handshake_s: Option<u64>,
+    /// Seconds since anything authentic came from it (keepalives included).
+    pub last_received_s: Option<u64>,
 }
 
 /// One forwarder.

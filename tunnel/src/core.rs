@@ -761,7 +761,8 @@ impl Core {
     pub fn peer_status(&self, n: usize) -> PeerStatus {
         let peer = &self.peers[n];
         let (last_handshake, tx, rx, _, _) = peer.tunn.stats();
-        let last_received = peer.last_received.map(|at| std::time::Duration::from_micros((self.now - at).total_micros()));
+        let last_received =
+            peer.last_received.map(|at| std::time::Duration::from_micros((self.now - at).total_micros()));
         PeerStatus { endpoint: peer.endpoint, last_handshake, tx_bytes: tx as u64, rx_bytes: rx as u64, last_received }
     }
 

@@ -39,13 +39,13 @@ pub mod sim;
 pub mod testbed;
 
 pub use crate::core::{Core, CoreConfig, PeerStatus, Stats, TcpTuning, UdpTuning};
-pub use peer::PeerConfig;
 pub use device::DatagramSink;
 pub use driver::{
     FlowCounters, Forwarding, Listener, PickTarget, Preamble, RelayPolicy, RelayPort, RelayTarget, StreamCounters,
     Tunnel, TunnelConfig, TunnelStream, UdpExposure, UdpRelayPort,
 };
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use peer::PeerConfig;
 pub use smoltcp::wire::{IpCidr, IpEndpoint};
 
 /// The README's "Tunnel library in brief" example, compiled as a doctest so it cannot drift from the API.

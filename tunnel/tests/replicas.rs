@@ -57,8 +57,16 @@ fn ask(forwarder: SocketAddr) -> (String, Duration) {
     (answer, started.elapsed())
 }
 
-#[test]
-fn streams_take_every_live_replica_and_move_off_one_that_vanished() {
+/// An agent with two replicas (A at .2, B at .3) whose relays send every stream to their own pod, and a
+/// forwarder on the agent that takes both.
+struct Setup {
+    _agent: Tunnel,
+    replicas: Vec<Option<(Tunnel, tunnel::RelayPort)>>,
+    forwarding: tunnel::Forwarding,
+    counters: Arc<StreamCounters>,
+}
+
+fn setup() -> Setup {
     let agent_key = PrivateKey::generate();
     let keys = [PrivateKey::generate(), PrivateKey::generate()];
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -75,7 +83,7 @@ fn streams_take_every_live_replica_and_move_off_one_that_vanished() {
         ..CoreConfig::new(agent_key.clone(), keys[0].public_key(), vec![cidr("10.88.0.1/24")])
     };
     let agent = Tunnel::start(TunnelConfig { core: agent_core, listen: loopback }).unwrap();
-    let mut replicas: Vec<Option<(Tunnel, tunnel::RelayPort)>> = Vec::new();
+    let mut replicas = Vec::new();
     for (n, name) in ["replica-a", "replica-b"].into_iter().enumerate() {
         let core = CoreConfig {
             endpoint: Some(agent.local_addr()),
@@ -103,6 +111,12 @@ fn streams_take_every_live_replica_and_move_off_one_that_vanished() {
             Arc::clone(&counters),
         )
         .unwrap();
+    Setup { _agent: agent, replicas, forwarding, counters }
+}
+
+#[test]
+fn streams_take_every_live_replica_and_move_off_one_that_vanished() {
+    let Setup { _agent, mut replicas, forwarding, counters } = setup();
     let answers: Vec<String> = (0..20).map(|_| ask(forwarding.local_addr()).0).collect();
     for name in ["replica-a", "replica-b"] {
         let count = answers.iter().filter(|a| *a == name).count();
@@ -129,4 +143,23 @@ fn streams_take_every_live_replica_and_move_off_one_that_vanished() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(counters.completed.load(Relaxed), 50);
+}
+
+#[test]
+fn a_replica_that_stops_relaying_hands_new_streams_over_at_once() {
+    let Setup { _agent, mut replicas, forwarding, counters } = setup();
+    assert_eq!(ask(forwarding.local_addr()).0, "replica-a");
+    // A drains (SIGTERM): its relay refuses new streams while its tunnel stays up. Each stream sent to it is
+    // reset before it opens and moves to B without waiting.
+    let (tunnel_a, relay_a) = replicas[0].take().unwrap();
+    drop(relay_a);
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let (answer, took) = ask(forwarding.local_addr());
+        assert_eq!(answer, "replica-b", "request {i} while A drains");
+        slowest = slowest.max(took);
+    }
+    assert!(slowest < Duration::from_millis(500), "a refused stream moved at once, not after 1 s: {slowest:?}");
+    assert_eq!(counters.failed.load(Relaxed) + counters.refused.load(Relaxed), 0);
+    drop(tunnel_a);
 }

@@ -132,11 +132,12 @@ fn carries(net: &mut Net, from: (Option<usize>, SocketHandle), to: (Option<usize
         net.run_until(Duration::from_secs(2), |net| {
             let socket = core(net, to.0).tcp(to.1);
             while socket.can_recv() {
-                socket.recv(|b| {
-                    got.extend_from_slice(b);
-                    (b.len(), ())
-                })
-                .unwrap();
+                socket
+                    .recv(|b| {
+                        got.extend_from_slice(b);
+                        (b.len(), ())
+                    })
+                    .unwrap();
             }
             got.len() >= text.len()
         }),
@@ -162,9 +163,9 @@ fn an_agent_keeps_every_replicas_tunnel_up_and_reaches_each_by_its_address() {
     assert_eq!(net.agent.peer_of_address(IpAddress::v4(10, 88, 0, 9)), None);
 
     // The agent connects to each replica's relay by address; each replica answers on its own socket.
-    for n in 0..2 {
+    for (n, address) in REPLICA.into_iter().enumerate() {
         net.replicas[n].listen(7000);
-        let to_replica = net.agent.connect(IpEndpoint::new(REPLICA[n], 7000)).unwrap();
+        let to_replica = net.agent.connect(IpEndpoint::new(address, 7000)).unwrap();
         let mut on_replica = None;
         assert!(
             net.run_until(Duration::from_secs(2), |net| {

@@ -44,18 +44,28 @@ pub struct Edge {
     pub agent: Proc,
 }
 
-/// An agent config in `dir` (its key in `agent.key` there) for a client of `client_public_key`.
+/// An agent config in `dir` (its key in `agent.key` there) for a client of `client_public_key`, and for the
+/// further client replicas with keys `replicas` (at 10.88.0.3, .4, ...).
 fn write_agent_config(
     dir: &Path,
     udp: SocketAddr,
     client_public_key: &tunnel::PublicKey,
+    replicas: &[tunnel::PublicKey],
     web: SocketAddr,
     websecure: SocketAddr,
 ) {
+    let mut more = String::new();
+    if !replicas.is_empty() {
+        more.push_str(&format!("  address: {}\n  replicas:\n", protocol::defaults::agent_replicas_cidr()));
+        for (n, key) in replicas.iter().enumerate() {
+            let address = protocol::defaults::replica_address(n + 1).unwrap();
+            more.push_str(&format!("  - {{public_key: \"{key}\", address: {address}}}\n"));
+        }
+    }
     std::fs::write(
         dir.join("agent.yaml"),
         format!(
-            "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{client_public_key}\"\nentrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\nl4:\n  address: 127.0.0.1\n",
+            "state_dir: state\nadmin_socket: {d}/admin.sock\nwireguard:\n  listen: \"{udp}\"\n  private_key_file: agent.key\n  client_public_key: \"{client_public_key}\"\n{more}entrypoints:\n  web: \"{web}\"\n  websecure: \"{websecure}\"\ntraefik:\n  binary: {t}\nl4:\n  address: 127.0.0.1\n",
             d = dir.display(),
             t = traefik_binary().display()
         ),
@@ -65,6 +75,12 @@ fn write_agent_config(
 
 impl Edge {
     pub fn start(name: &str) -> Edge {
+        Edge::start_replicated(name, 1)
+    }
+
+    /// An edge whose agent serves `replicas` client replicas, each with a key of its own: replica 0's is
+    /// `client.key`, and `replica.keys` lists them all, a line each, as `POLAREDGE_REPLICA_KEYS` takes them.
+    pub fn start_replicated(name: &str, replicas: usize) -> Edge {
         let dir = std::env::temp_dir().join(format!("pe-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("manifests")).unwrap();
@@ -75,7 +91,11 @@ impl Edge {
         let websecure = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         testkit::write_secret(&dir.join("agent.key"), &agent_key.to_string());
         testkit::write_secret(&dir.join("client.key"), &client_key.to_string());
-        write_agent_config(&dir, udp, &client_key.public_key(), web, websecure);
+        let more: Vec<PrivateKey> = (1..replicas).map(|_| PrivateKey::generate()).collect();
+        let all: Vec<String> = std::iter::once(&client_key).chain(&more).map(ToString::to_string).collect();
+        testkit::write_secret(&dir.join("replica.keys"), &(all.join("\n") + "\n"));
+        let more: Vec<tunnel::PublicKey> = more.iter().map(PrivateKey::public_key).collect();
+        write_agent_config(&dir, udp, &client_key.public_key(), &more, web, websecure);
         std::fs::write(
             dir.join("client.yaml"),
             format!(
@@ -103,7 +123,7 @@ impl Edge {
         let web = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         let websecure = SocketAddr::from(([127, 0, 0, 1], free_tcp()));
         testkit::write_secret(&dir.join("agent.key"), &agent_key.to_string());
-        write_agent_config(&dir, udp, &client_key.public_key(), web, websecure);
+        write_agent_config(&dir, udp, &client_key.public_key(), &[], web, websecure);
         let mut client = std::fs::read_to_string(self.dir.join("client.yaml")).unwrap();
         client.push_str(&format!(
             "- name: {name}\n  endpoint: \"{udp}\"\n  public_key: \"{}\"\n  public_address: \"{public_address}\"\n",

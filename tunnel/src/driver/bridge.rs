@@ -74,6 +74,11 @@ impl Bridge {
         }
     }
 
+    /// Nothing has moved either way yet, not even the preamble (which waits for the tunnel connection).
+    pub(crate) fn untouched(&self) -> bool {
+        self.preamble_sent == 0 && self.to_tunnel == 0 && self.from_tunnel == 0 && !self.read_closed
+    }
+
     /// Bytes carried (to the tunnel, from the tunnel) since the last call.
     pub(crate) fn take_counts(&mut self) -> (u64, u64) {
         let delta = (self.to_tunnel - self.reported.0, self.from_tunnel - self.reported.1);

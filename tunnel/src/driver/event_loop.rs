@@ -403,6 +403,22 @@ impl Driver {
                 let (core, mut sink) = self.sink();
                 core.rehandshake(now, &mut sink);
             }
+            Command::CloseQuiet { quiet, reply } => {
+                let quiet_ids: Vec<u64> = self
+                    .connections
+                    .iter()
+                    .filter(|(_, c)| matches!(c.stage, Stage::Spliced { .. }))
+                    .filter(|(_, c)| Duration::from_micros((now - c.last_active).total_micros()) >= quiet)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in quiet_ids {
+                    if let Some(connection) = self.connections.get(&id) {
+                        self.core.tcp(connection.socket).close();
+                    }
+                    self.close(id, false, Some(End::Completed));
+                }
+                let _ = reply.send(self.connections.len());
+            }
             Command::Status { reply } => {
                 let _ = reply.send(TunnelStatus {
                     peer: self.core.peer(),
@@ -587,8 +603,8 @@ impl Driver {
             .collect()
     }
 
-    /// Forwarded stream `id` was not answered by its remote in time: suspect that remote, and open the stream's
-    /// tunnel connection to another one. Nothing was sent yet (the preamble waits for the connection), so the
+    /// Forwarded stream `id` was not answered by its remote in time, or was reset before it opened: suspect
+    /// that remote, and open the stream's tunnel connection to another one. Nothing was sent yet (the preamble waits for the connection), so the
     /// kernel side notices nothing but the wait. Returns false if there is nowhere to move to.
     fn move_stream(&mut self, id: u64, now: Instant) -> bool {
         let connection = self.connections.get_mut(&id).expect("present");
@@ -602,7 +618,8 @@ impl Driver {
         let moving = connection.moving.as_mut().expect("checked above");
         moving.current = to;
         moving.left -= 1;
-        let wait = if moving.left > 0 { MOVE_AFTER.min(self.limits.connect_timeout) } else { self.limits.connect_timeout };
+        let wait =
+            if moving.left > 0 { MOVE_AFTER.min(self.limits.connect_timeout) } else { self.limits.connect_timeout };
         let old = std::mem::replace(&mut connection.socket, handle);
         if !connection.dirty {
             connection.dirty = true; // registers the wakers on the new socket
@@ -611,7 +628,7 @@ impl Driver {
         self.core.tcp(old).abort();
         self.core.release(old);
         log::info!(
-            "tunnel driver: {left_remote} did not answer within {MOVE_AFTER:?}; a stream moves to {}",
+            "tunnel driver: {left_remote} did not take a stream in time or refused it; it moves to {}",
             remotes.addresses()[to]
         );
         self.set_deadline(id, after(now, wait));
@@ -812,12 +829,21 @@ impl Driver {
     fn pump_bridges(&mut self, now: Instant) -> bool {
         let mut moved = false;
         let mut finished = Vec::new();
+        let mut refused = Vec::new();
         let mut dirty = std::mem::take(&mut self.dirty);
         for &id in &dirty {
             let Some(connection) = self.connections.get_mut(&id) else { continue };
             connection.dirty = false;
             let Stage::Spliced { bridge, .. } = &mut connection.stage else { continue };
             let socket = self.core.tcp(connection.socket);
+            if socket.state() == State::Closed
+                && bridge.untouched()
+                && connection.moving.as_ref().is_some_and(|m| m.left > 0)
+            {
+                // Reset before it opened (a replica draining for SIGTERM): move the stream rather than fail it.
+                refused.push(id);
+                continue;
+            }
             let result = bridge.pump(socket);
             if let Some(waker) = &connection.waker {
                 socket.register_recv_waker(waker);
@@ -845,6 +871,12 @@ impl Driver {
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty; // keep the allocation
+        }
+        for id in refused {
+            moved = true;
+            if !self.move_stream(id, now) {
+                self.close(id, true, Some(End::Failed));
+            }
         }
         for (id, outcome) in finished {
             if let Some(Connection { stage: Stage::Spliced { done, .. }, .. }) = self.connections.get_mut(&id) {

@@ -223,6 +223,10 @@ pub(crate) enum Command {
     Status {
         reply: Sender<TunnelStatus>,
     },
+    CloseQuiet {
+        quiet: Duration,
+        reply: Sender<usize>,
+    },
     Rehandshake,
     Shutdown,
 }
@@ -378,6 +382,13 @@ impl Tunnel {
     /// The peer, counters and connection count, read from the driver thread.
     pub fn status(&self) -> io::Result<TunnelStatus> {
         self.shared.ask(|reply| Command::Status { reply })
+    }
+
+    /// Closes (FIN both ways) every spliced stream that carried nothing either way for `quiet`, and returns how
+    /// many connections are left. For draining: an HTTP keep-alive connection between requests is quiet, and
+    /// its client sees a closed idle connection (which HTTP clients expect) rather than a cut request.
+    pub fn close_quiet(&self, quiet: Duration) -> io::Result<usize> {
+        self.shared.ask(|reply| Command::CloseQuiet { quiet, reply })
     }
 }
 
