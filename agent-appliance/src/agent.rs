@@ -83,7 +83,14 @@ pub fn tunnel_config(config: &AgentConfig) -> Result<TunnelConfig, String> {
     let host = |a: IpAddr| IpCidr::new(a.into(), if a.is_ipv4() { 32 } else { 128 });
     let mut other_peers = Vec::new();
     for (n, replica) in wg.replicas.iter().enumerate() {
-        if !address.contains_addr(&replica.address.into()) || replica.address == wg.client_address {
+        let inside = match (address, replica.address) {
+            // Inside the subnet, and neither its network nor its broadcast address (10.88.0.3 in a /30).
+            (IpCidr::Ipv4(net), IpAddr::V4(a)) => {
+                net.contains_addr(&a) && Some(a) != net.broadcast() && a != net.network().address()
+            }
+            (net, a) => net.contains_addr(&a.into()),
+        };
+        if !inside || replica.address == wg.client_address {
             return Err(format!(
                 "wireguard.replicas[{n}].address {} must be inside wireguard.address {address} and differ from \
                  client_address (e.g. address 10.88.0.1/24 with replicas at 10.88.0.3, 10.88.0.4, ...)",

@@ -36,22 +36,25 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "init",
         help:
-            "usage: polaredge-agent init [--dir DIR] [--state-dir DIR] [--endpoint HOST:PORT] [--listen ADDR] [--force]
+            "usage: polaredge-agent init [--dir DIR] [--state-dir DIR] [--endpoint HOST:PORT] [--listen ADDR]
+                            [--replicas N] [--force]
 
-Writes DIR/agent.yaml (commented) and DIR/agent.key (mode 0600) with a fresh key pair, generates the
-client's key pair, and prints the agent's public key, the endpoint, the client's tunnel address and a
+Writes DIR/agent.yaml (commented) and DIR/agent.key (mode 0600) with a fresh key pair, generates a key pair
+for each client replica, and prints the agent's public key, the endpoint, the client's tunnel address and a
 Kubernetes Secret manifest for the client.
 
   --dir DIR          where to write (default /etc/polaredge)
   --state-dir DIR    the agent's state folder (default /var/lib/polaredge)
   --endpoint H:P     the public address clients dial (default EDGE_PUBLIC_ADDRESS:51820, edit it)
   --listen ADDR      the UDP address to bind (default 0.0.0.0:51820)
+  --replicas N       client replicas, each with a key of its own (default 2, as deploy/ runs; 1 to 16)
   --force            overwrite an existing config and key",
         options: &[
             ("--dir", true),
             ("--state-dir", true),
             ("--endpoint", true),
             ("--listen", true),
+            ("--replicas", true),
             ("--force", false),
         ],
     },
@@ -226,16 +229,26 @@ fn init(options: &HashMap<&str, String>) -> Result<(), String> {
     let endpoint =
         options.get("--endpoint").cloned().unwrap_or_else(|| format!("EDGE_PUBLIC_ADDRESS:{}", listen.port()));
     let force = options.contains_key("--force");
+    let replicas: usize = options
+        .get("--replicas")
+        .map_or(Ok(2), |n| n.parse())
+        .ok()
+        .filter(|n| (1..=protocol::defaults::MAX_REPLICAS).contains(n))
+        .ok_or_else(|| format!("--replicas must be 1 to {}", protocol::defaults::MAX_REPLICAS))?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let agent_key = tunnel::PrivateKey::generate();
-    let client_key = tunnel::PrivateKey::generate();
+    let client_keys: Vec<tunnel::PrivateKey> = (0..replicas).map(|_| tunnel::PrivateKey::generate()).collect();
+    let client_key = &client_keys[0];
+    let public_keys: Vec<String> = client_keys.iter().map(|k| k.public_key().to_string()).collect();
     let config_path = dir.join("agent.yaml");
     write_private(&dir.join("agent.key"), &format!("{agent_key}\n"), force)?;
-    write_private(
-        &config_path,
-        &config::template(&client_key.public_key().to_string(), &state_dir, "agent.key", listen),
-        force,
-    )?;
+    write_private(&config_path, &config::template(&public_keys, &state_dir, "agent.key", listen), force)?;
+    let replica_keys = if replicas > 1 {
+        let lines: Vec<String> = client_keys.iter().map(|k| format!("    {k}")).collect();
+        format!("  replica-keys: |\n{}\n", lines.join("\n"))
+    } else {
+        String::new()
+    };
     println!(
         "Wrote {config} and {key} (mode 0600).
 
@@ -258,7 +271,7 @@ stringData:
   agent-endpoint: \"{endpoint}\"
   client-address: \"{client_cidr}\"
   agent-address: \"{agent_address}\"
-
+{replica_keys}
 Then: polaredge-agent check --config {config} && polaredge-agent run --config {config}",
         config = config_path.display(),
         key = dir.join("agent.key").display(),

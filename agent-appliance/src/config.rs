@@ -367,8 +367,23 @@ pub const MIN_UPLOAD_BYTES: usize = 1024;
 /// Largest `max_upload_bytes`: an upload is held in memory several times over while it is applied.
 pub const MAX_UPLOAD_BYTES: usize = 256 << 20;
 
-/// The commented config `polaredge-agent init` writes.
-pub fn template(client_public_key: &str, state_dir: &Path, key_file: &str, listen: SocketAddr) -> String {
+/// The commented config `polaredge-agent init` writes, for client replicas with keys `client_public_keys`
+/// (at least one; the first is replica 0's).
+pub fn template(client_public_keys: &[String], state_dir: &Path, key_file: &str, listen: SocketAddr) -> String {
+    let client_public_key = client_public_keys.first().map_or("", String::as_str);
+    let (address, replicas) = if client_public_keys.len() > 1 {
+        let mut list = String::from(
+            "  # The other client replicas (a StatefulSet's pods 1, 2, ...), each with a key and address of its own:\n  \
+             # every replica keeps its tunnel up and relays public connections.\n  replicas:\n",
+        );
+        for (n, key) in client_public_keys.iter().enumerate().skip(1) {
+            let address = protocol::defaults::replica_address(n).map_or_else(String::new, |a| a.to_string());
+            list.push_str(&format!("    - {{public_key: \"{key}\", address: {address}}}\n"));
+        }
+        (protocol::defaults::agent_replicas_cidr(), list)
+    } else {
+        (protocol::defaults::agent_cidr(), String::new())
+    };
     format!(
         r#"# polaredge-agent configuration. Reference: README.md ("Installing the agent").
 
@@ -383,10 +398,10 @@ wireguard:
   # The client's public key (its private key is in the Kubernetes Secret that `init` printed).
   client_public_key: "{client_public_key}"
   # preshared_key_file: psk.key
-  # Tunnel addresses: the agent's (with prefix) and the client's.
-  address: 10.88.0.1/30
+  # Tunnel addresses: the agent's (with prefix) and the client's (replica 0's).
+  address: {address}
   client_address: 10.88.0.2
-
+{replicas}
 # Control API (upload, status, metrics) inside the tunnel, and the client's relay port.
 api_port: 9000
 relay_port: 7000
@@ -440,10 +455,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pe-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.yaml");
-        let public = tunnel::PrivateKey::generate().public_key().to_string();
+        let public: Vec<String> = (0..3).map(|_| tunnel::PrivateKey::generate().public_key().to_string()).collect();
+        std::fs::write(&path, template(&public[..1], Path::new("/var/lib/polaredge"), "agent.key", default_listen()))
+            .unwrap();
+        let config = load(&path).unwrap();
+        assert_eq!(config.wireguard.address, "10.88.0.1/30");
+        assert!(config.wireguard.replicas.is_empty());
         std::fs::write(&path, template(&public, Path::new("/var/lib/polaredge"), "agent.key", default_listen()))
             .unwrap();
         let config = load(&path).unwrap();
+        assert_eq!(config.wireguard.address, "10.88.0.1/24", "room for the replicas' addresses");
+        let clients: Vec<(String, String)> =
+            config.wireguard.clients().iter().map(|(k, a)| (k.to_string(), a.to_string())).collect();
+        assert_eq!(
+            clients,
+            [(&public[0], "10.88.0.2"), (&public[1], "10.88.0.3"), (&public[2], "10.88.0.4")]
+                .map(|(k, a)| (k.clone(), a.to_string()))
+        );
         assert_eq!(config.api_port, 9000);
         assert_eq!(config.wireguard.private_key_file, dir.join("agent.key"));
         assert_eq!(config.entrypoints["websecure"], ":443");

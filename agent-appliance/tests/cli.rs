@@ -50,7 +50,19 @@ fn init_writes_private_files_and_prints_what_the_cluster_needs_then_check_explai
     // The Secret's client key matches the public key written into the config.
     let client_private = stdout.lines().find_map(|l| l.trim().strip_prefix("private-key: ")).unwrap().trim_matches('"');
     let client_public = client_private.parse::<tunnel::PrivateKey>().unwrap().public_key().to_string();
-    assert!(std::fs::read_to_string(dir.join("agent.yaml")).unwrap().contains(&client_public));
+    let agent_yaml = std::fs::read_to_string(dir.join("agent.yaml")).unwrap();
+    assert!(agent_yaml.contains(&client_public));
+    // Two replicas by default, as deploy/ runs them: replica-keys lists both, the first being private-key, and
+    // the config lists the second replica with its address.
+    let replica_keys: Vec<&str> =
+        stdout.lines().skip_while(|l| !l.contains("replica-keys: |")).skip(1).take(2).map(str::trim).collect();
+    assert_eq!(replica_keys.len(), 2, "{stdout}");
+    assert_eq!(replica_keys[0], client_private);
+    let second = replica_keys[1].parse::<tunnel::PrivateKey>().unwrap().public_key().to_string();
+    assert!(agent_yaml.contains(&format!("- {{public_key: \"{second}\", address: 10.88.0.3}}")), "{agent_yaml}");
+    assert!(agent_yaml.contains("address: 10.88.0.1/24"), "{agent_yaml}");
+    let (ok, _, stderr) = agent(&["init", "--dir", &format!("{d}/x"), "--replicas", "17"]);
+    assert!(!ok && stderr.contains("--replicas must be 1 to 16"), "{stderr}");
     // A second init refuses to overwrite the key.
     let (ok, _, stderr) = agent(&["init", "--dir", d]);
     assert!(!ok && stderr.contains("--force"), "{stderr}");
@@ -71,6 +83,14 @@ fn init_writes_private_files_and_prints_what_the_cluster_needs_then_check_explai
     let (ok, stdout, _) = agent(&["check", "--config", config.to_str().unwrap()]);
     assert!(ok, "{stdout}");
     assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    // A replica address outside the tunnel subnet is refused, with what to write instead.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("address: 10.88.0.1/24", "address: 10.88.0.1/30")).unwrap();
+    let (ok, stdout, _) = agent(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stdout.contains("wireguard.replicas[0].address 10.88.0.3 must be inside"), "{stdout}");
+    assert!(stdout.contains("10.88.0.1/24"), "{stdout}");
+    std::fs::write(&config, good).unwrap();
     // A private key other users can read is refused, with the fix.
     std::fs::set_permissions(dir.join("agent.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let (ok, stdout, _) = agent(&["check", "--config", config.to_str().unwrap()]);
