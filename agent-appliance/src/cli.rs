@@ -35,8 +35,7 @@ struct Command {
 const COMMANDS: &[Command] = &[
     Command {
         name: "init",
-        help:
-            "usage: polaredge-agent init [--dir DIR] [--state-dir DIR] [--endpoint HOST:PORT] [--listen ADDR]
+        help: "usage: polaredge-agent init [--dir DIR] [--state-dir DIR] [--endpoint HOST:PORT] [--listen ADDR]
                             [--replicas N] [--force]
 
 Writes DIR/agent.yaml (commented) and DIR/agent.key (mode 0600) with a fresh key pair, generates a key pair

@@ -261,10 +261,10 @@ fn the_leader_keeps_serving_through_an_api_server_outage_many_leases_long() {
     let leader = replica_via(&edge, "replica-a", local(free_tcp()), &kubeconfig, 3);
     assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "{}", leader.log());
     let (stop, probes) = prober(web, "app.test", "pod /");
-    // The API is gone for 15 s: five times the 3 s Lease. Nobody can take the Lease, so the leader keeps its
+    // The API is gone for 60 s: twenty times the 3 s Lease. Nobody can take the Lease, so the leader keeps its
     // tunnels and its last snapshot.
     proxy.cut();
-    std::thread::sleep(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(60));
     proxy.restore();
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
@@ -279,9 +279,9 @@ fn the_leader_keeps_serving_through_an_api_server_outage_many_leases_long() {
     );
     assert_eq!(api.lease_holder("polaredge", "polaredge-client").as_deref(), Some("replica-a"));
     assert!(leader.log().contains("still serving"), "{}", leader.log());
-    assert!(requests > 250, "{requests} probes");
+    assert!(requests > 1000, "{requests} probes");
     assert_eq!(failures, 0, "{failures} of {requests} probes failed during the outage\n{}", leader.log());
-    println!("API outage of 15 s (3 s Lease): {requests} probes at 20/s, {failures} failed");
+    println!("API outage of 60 s (3 s Lease): {requests} probes at 20/s, {failures} failed");
 }
 
 #[test]
