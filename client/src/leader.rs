@@ -1,5 +1,6 @@
 //! Leader election on a coordination.k8s.io Lease, so several replicas can run and only the leader uploads
-//! routes and writes status (and, when the replicas share one key, holds the tunnels). [`decide`] is the policy (pure); [`elect`] drives it against the API.
+//! routes and writes status (and, when the replicas share one key, holds the tunnels). [`decide`] is the
+//! policy (pure); [`elect`] drives it against the API.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};

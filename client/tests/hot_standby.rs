@@ -183,7 +183,10 @@ fn with_a_key_per_replica_no_probe_fails_across_sigkill_sigterm_and_a_rolling_re
     std::thread::sleep(Duration::from_secs(2));
 
     let (requests, failures, slowest) = prober.stop();
-    println!("hot standby: {requests} probes at 20/s across SIGKILL, SIGTERM and a rolling restart; {failures} failed; slowest {slowest} ms");
+    println!(
+        "hot standby: {requests} probes at 20/s across SIGKILL, SIGTERM and a rolling restart; {failures} failed; \
+         slowest {slowest} ms"
+    );
     assert!(requests > 300, "{requests} probes");
     assert_eq!(
         failures,

@@ -604,8 +604,9 @@ impl Driver {
     }
 
     /// Forwarded stream `id` was not answered by its remote in time, or was reset before it opened: suspect
-    /// that remote, and open the stream's tunnel connection to another one. Nothing was sent yet (the preamble waits for the connection), so the
-    /// kernel side notices nothing but the wait. Returns false if there is nowhere to move to.
+    /// that remote, and open the stream's tunnel connection to another one. Nothing was sent yet (the preamble
+    /// waits for the connection), so the kernel side notices nothing but the wait. Returns false if there is
+    /// nowhere to move to.
     fn move_stream(&mut self, id: u64, now: Instant) -> bool {
         let connection = self.connections.get_mut(&id).expect("present");
         let Some(moving) = connection.moving.as_mut().filter(|m| m.left > 0) else { return false };
