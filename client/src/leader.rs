@@ -155,14 +155,13 @@ pub const STANDBY_LOOK: Duration = Duration::from_secs(2);
 /// `fenced_by`, and we stop at our next upload or check.
 pub async fn elect(
     client: kube::Client,
-    namespace: &str,
-    name: &str,
+    lease: LeaseName<'_>,
     me: String,
     duration: Duration,
     term: Arc<Term>,
     ended: impl FnOnce(Ended) + Send + 'static,
 ) -> Result<Elected, String> {
-    let api: Api<Lease> = Api::namespaced(client, namespace);
+    let (api, name): (Api<Lease>, _) = (Api::namespaced(client, lease.namespace), lease.name);
     let retry = duration / 3;
     // A standby looks often (as client-go's 2 s retry period), so a Lease its leader released is taken at once.
     let look = retry.min(STANDBY_LOOK);
@@ -171,7 +170,7 @@ pub async fn elect(
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
     let first = loop {
-        match step(&api, name, &me, duration, &mut seen).await {
+        match within(step(&api, name, &me, duration, &mut seen)).await {
             Ok((Decision::Follow(holder), _)) => {
                 if following.as_ref() != Some(&holder) {
                     log::info!("leader election: {holder} leads; standing by");
@@ -204,7 +203,7 @@ pub async fn elect(
                 _ = tokio::time::sleep(retry) => {}
                 _ = term.reported.notified() => {}
                 _ = terminate.recv() => {
-                    match release(&api, &name, &me).await {
+                    match within(release(&api, &name, &me)).await {
                         Ok(()) => log::info!("SIGTERM: released the Lease {name}; the standby takes over now"),
                         Err(e) => log::warn!("SIGTERM: cannot release the Lease {name} ({e}); the standby takes over when it expires"),
                     }
@@ -213,13 +212,13 @@ pub async fn elect(
                 }
             }
             if let Some(by) = term.take_fenced().filter(|&by| Some(by) >= term.current()) {
-                let lease = api.get_opt(&name).await.map_err(|e| e.to_string());
+                let lease = within(async { api.get_opt(&name).await.map_err(|e| e.to_string()) }).await;
                 match on_fenced(
                     by,
                     lease.as_ref().map(|l| l.as_ref().and_then(|l| l.spec.as_ref())).map_err(String::as_str),
                     &me,
                 ) {
-                    OnFenced::Advance(next) => match advance(&api, &name, &me, next).await {
+                    OnFenced::Advance(next) => match within(advance(&api, &name, &me, next)).await {
                         Ok(()) => {
                             log::warn!(
                                 "leader election: an agent followed term {by} although we lead (the Lease was made \
@@ -232,7 +231,7 @@ pub async fn elect(
                     OnFenced::Stop(reason) => break reason,
                 }
             }
-            match step(&api, &name, &me, duration, &mut seen).await {
+            match within(step(&api, &name, &me, duration, &mut seen)).await {
                 Ok((Decision::Follow(holder), _)) => break format!("the API says {holder} holds the Lease {name}"),
                 Ok(_) => {
                     if let Some(since) = unreachable_since.take() {
@@ -256,6 +255,22 @@ pub async fn elect(
         ended(Ended::Lost(reason));
     });
     Ok(Elected::Leading)
+}
+
+/// `call`, failed if the API does not answer within [`crate::kube_api::CALL_LIMIT`] (a dead connection must
+/// not stop the renewal loop, which also settles fences and SIGTERM).
+async fn within<T>(call: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    let limit = crate::kube_api::CALL_LIMIT;
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| Err(format!("no answer from the API within {limit:?}")))
+}
+
+/// Which Lease the replicas compete for.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseName<'a> {
+    /// The Lease's namespace (the client's own).
+    pub namespace: &'a str,
+    /// Its name.
+    pub name: &'a str,
 }
 
 /// How a leadership won by [`elect`] ended.

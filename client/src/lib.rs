@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod kube_api;
 pub mod leader;
 pub mod manifests;
 pub mod ops;

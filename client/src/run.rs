@@ -5,6 +5,7 @@
 //! change for more to arrive, but never longer than [`MAX_DELAY`].
 
 use crate::config::{self, ClientConfig};
+use crate::kube_api::KubeApi;
 use crate::leader::{Elected, Ended, Term};
 use crate::ops::Metrics;
 use crate::relay::{self, AllowList, RelayMetrics, UdpRelayMetrics};
@@ -112,6 +113,7 @@ impl Feedback {
 /// withhold, or which answer), then, while `leading`, writes Ingress and Service status (the addresses of the
 /// `edges`, name and address, that answer) and Events for new notices.
 fn watch_kubernetes(
+    api: &KubeApi,
     mut changed: impl FnMut(Cluster) -> render::Rendered,
     edges: Vec<(String, String)>,
     feedback: Arc<Feedback>,
@@ -119,7 +121,7 @@ fn watch_kubernetes(
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     *feedback.wake.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
-    let (stores, writer) = crate::watch::start(tx)?;
+    let (stores, writer) = crate::watch::start(api, tx);
     let mut reported = crate::status::Reported::default();
     while rx.recv().is_ok() {
         if let Some(reason) = feedback.stopped() {
@@ -227,55 +229,39 @@ fn elects(source: &Source) -> bool {
 /// its term in `term`, or until SIGTERM comes first. Leadership lost: `feedback` says stop, `run` returns and
 /// the process exits, so a restarted replica comes back as a follower. SIGTERM while leading: the Lease is
 /// released, then `feedback` says terminate.
-fn lead(term: Arc<Term>, feedback: Arc<Feedback>) -> Result<Elected, String> {
+fn lead(api: &KubeApi, term: Arc<Term>, feedback: Arc<Feedback>) -> Result<Elected, String> {
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "polaredge".into());
     let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
     let seconds = std::env::var("POLAREDGE_LEASE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15u64);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the leader election runtime: {e}"))?;
     let (done_tx, done_rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("leader".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let result = match kube::Client::try_default().await {
-                    Ok(client) => {
-                        crate::leader::elect(
-                            client,
-                            &namespace,
-                            "polaredge-client",
-                            me,
-                            Duration::from_secs(seconds),
-                            term,
-                            move |ended| match ended {
-                                Ended::Lost(reason) => feedback.stop(format!("leadership lost ({reason})")),
-                                Ended::Terminated => feedback.terminate(),
-                            },
-                        )
-                        .await
-                    }
-                    Err(e) => Err(format!("no Kubernetes API for leader election: {e}")),
-                };
-                let _ = done_tx.send(result);
-                // Keep renewing the Lease for the life of the process.
-                std::future::pending::<()>().await;
-            });
-        })
-        .map_err(|e| e.to_string())?;
+    let client = api.client();
+    api.handle().spawn(async move {
+        let ended = move |ended| match ended {
+            Ended::Lost(reason) => feedback.stop(format!("leadership lost ({reason})")),
+            Ended::Terminated => feedback.terminate(),
+        };
+        let lease = crate::leader::LeaseName { namespace: &namespace, name: "polaredge-client" };
+        let result = crate::leader::elect(client, lease, me, Duration::from_secs(seconds), term, ended).await;
+        let _ = done_tx.send(result);
+    });
     done_rx.recv().map_err(|_| "leader election stopped".to_string())?
 }
 
 /// A hot standby (a key of its own) holds its tunnels and relays from the start; the election runs beside it,
 /// and `leading` turns on when it wins, which lets the send loops upload and the watch loop write status.
-fn lead_in_background(term: Arc<Term>, feedback: Arc<Feedback>, leading: Arc<AtomicBool>) -> Result<(), String> {
+fn lead_in_background(
+    api: &Arc<KubeApi>,
+    term: Arc<Term>,
+    feedback: Arc<Feedback>,
+    leading: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let api = Arc::clone(api);
     std::thread::Builder::new()
         .name("election".into())
-        .spawn(move || match lead(term, Arc::clone(&feedback)) {
+        .spawn(move || match lead(&api, term, Arc::clone(&feedback)) {
             Ok(Elected::Leading) => {
                 leading.store(true, SeqCst);
                 feedback.wake();
@@ -453,10 +439,14 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     let ops = crate::ops::spawn(config.ops_listen, Arc::clone(&shared.metrics))?;
     log::info!("/healthz, /readyz and /metrics on {ops}");
     tunnel::driver::raise_open_files_limit(None); // each tunnel warns if it is still below its cap
-    if elects(&source) && !me.own_key {
+    let api = match source {
+        Source::Kubernetes => Some(Arc::new(KubeApi::connect()?)),
+        Source::Manifests(_) => None,
+    };
+    if let Some(api) = api.as_ref().filter(|_| elects(&source) && !me.own_key) {
         // One key for all replicas: only the leader may hold tunnels (a second session of the key would take
         // the agents' answers away from the first).
-        if lead(Arc::clone(&shared.term), Arc::clone(&shared.feedback))? == Elected::Terminated {
+        if lead(api, Arc::clone(&shared.term), Arc::clone(&shared.feedback))? == Elected::Terminated {
             return Ok(());
         }
         shared.leading.store(true, SeqCst);
@@ -466,9 +456,9 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     for agent in &config.agents {
         links.push(connect_agent(&config, agent, &me, &shared)?);
     }
-    if elects(&source) && me.own_key {
+    if let Some(api) = api.as_ref().filter(|_| elects(&source) && me.own_key) {
         log::info!("replica {}: tunnels and relays up; uploads wait for leadership", me.address);
-        lead_in_background(Arc::clone(&shared.term), Arc::clone(&shared.feedback), Arc::clone(&shared.leading))?;
+        lead_in_background(api, Arc::clone(&shared.term), Arc::clone(&shared.feedback), Arc::clone(&shared.leading))?;
     }
     let settings = Settings {
         cert_resolver: (!config.cert_resolver.is_empty()).then(|| config.cert_resolver.clone()),
@@ -508,7 +498,8 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
                 .iter()
                 .map(|a| (a.name.clone(), a.public_address.clone().unwrap_or_else(|| a.endpoint.ip().to_string())))
                 .collect();
-            watch_kubernetes(on_change, edges, Arc::clone(&shared.feedback), &shared.leading)
+            let api = api.as_ref().expect("connected above for a cluster");
+            watch_kubernetes(api, on_change, edges, Arc::clone(&shared.feedback), &shared.leading)
         }
     };
     if shared.feedback.terminating() {

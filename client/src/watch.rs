@@ -240,9 +240,9 @@ impl Writer {
     }
 }
 
-/// Starts the watches on a Tokio runtime of their own; `changed` gets `()` whenever the cluster changed after
+/// Starts the watches on the process's API runtime; `changed` gets `()` whenever the cluster changed after
 /// every store has listed once. Returns the store readers and a writer for status and Events.
-pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
+pub fn start(api: &crate::kube_api::KubeApi, changed: Sender<()>) -> (Stores, Writer) {
     let (ingresses, ingress_writer) = reflector::store();
     let (classes, class_writer) = reflector::store();
     let (services, service_writer) = reflector::store();
@@ -250,208 +250,178 @@ pub fn start(changed: Sender<()>) -> Result<(Stores, Writer), String> {
     let (secrets, secret_writer) = reflector::store();
     let gateway_stores = Arc::new(OnceLock::new());
     let stores = Stores { ingresses, classes, services, slices, secrets, gateway: Arc::clone(&gateway_stores) };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the Kubernetes watch runtime: {e}"))?;
-    let handle = runtime.handle().clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<kube::Client, String>>();
-    std::thread::Builder::new()
-        .name("kube-watch".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let client = match kube::Client::try_default().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = ready_tx
-                            .send(Err(format!("no Kubernetes API: {e} (in-cluster service account or KUBECONFIG)")));
-                        return;
-                    }
+    let (client, handle) = (api.client(), api.handle());
+    let watching = client.clone();
+    handle.spawn(async move {
+        let client = watching;
+        let config = watcher::Config::default();
+        // Each stream yields (store index, whether to render).
+        macro_rules! watch {
+            ($kind:ty, $writer:expr, $index:expr, $config:expr) => {
+                reflector::reflector($writer, watcher(Api::<$kind>::all(client.clone()), $config).default_backoff())
+                    .map(|event| match event {
+                        Ok(event) => ($index, triggers(&event), None),
+                        Err(e) => ($index, false, Some(e.to_string())),
+                    })
+                    .boxed()
+            };
+        }
+        let mut events = futures::stream::select_all([
+            watch!(Ingress, ingress_writer, stream::INGRESS, config.clone()),
+            watch!(IngressClass, class_writer, stream::INGRESS_CLASS, config.clone()),
+            watch!(Service, service_writer, stream::SERVICE, config.clone()),
+            watch!(EndpointSlice, slice_writer, stream::ENDPOINT_SLICE, config.clone()),
+            watch!(Secret, secret_writer, stream::SECRET, config.clone().fields(TLS_SECRETS)),
+        ]);
+        let mut listed = vec![false; stream::SECRET + 1];
+        // Gateway API streams, when the cluster serves the group; the first lookup before the first
+        // render, so that a cluster with HTTPRoutes never gets a snapshot without them.
+        macro_rules! watch_dynamic {
+            ($kind:ty, $name:expr, $index:expr) => {
+                watch_dynamic!($kind, $name, $index, gateway::VERSION)
+            };
+            ($kind:ty, $name:expr, $index:expr, $version:expr) => {{
+                let resource = gateway::api_resource_at($name, $version);
+                let writer = reflector::store::Writer::<$kind>::new(resource.clone());
+                let reader = writer.as_reader();
+                let stream = reflector::reflector(
+                    writer,
+                    watcher(Api::<$kind>::all_with(client.clone(), &resource), config.clone()).default_backoff(),
+                )
+                .map(|event| match event {
+                    Ok(event) => ($index, triggers(&event), None),
+                    Err(e) => ($index, false, Some(e.to_string())),
+                })
+                .boxed();
+                (stream, reader)
+            }};
+        }
+        let mut gateway_on = false;
+        let mut lookup = tokio::time::interval(gateway_lookup());
+        lookup.tick().await;
+        let start_gateway = |events: &mut futures::stream::SelectAll<_>, listed: &mut Vec<bool>, served: &Served| {
+            use k8s_openapi::api::core::v1::Namespace;
+            let (classes, classes_reader) = watch_dynamic!(GatewayClass, "GatewayClass", stream::GATEWAY_CLASS);
+            let (gateways, gateways_reader) = watch_dynamic!(Gateway, "Gateway", stream::GATEWAY);
+            let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", stream::HTTP_ROUTE);
+            let (grants, grants_reader) = watch_dynamic!(ReferenceGrant, "ReferenceGrant", stream::REFERENCE_GRANT);
+            let (namespaces_reader, namespaces_writer) = reflector::store();
+            let namespaces = watch!(Namespace, namespaces_writer, stream::NAMESPACE, config.clone());
+            events.extend([classes, gateways, routes, grants, namespaces]);
+            // The optional kinds count as listed unless they are watched.
+            listed.resize(stream::NAMES.len(), true);
+            for index in
+                [stream::GATEWAY_CLASS, stream::GATEWAY, stream::HTTP_ROUTE, stream::REFERENCE_GRANT, stream::NAMESPACE]
+            {
+                listed[index] = false;
+            }
+            let mut optional = |index: usize, version: Option<&String>| {
+                version.map(|v| {
+                    listed[index] = false;
+                    v.clone()
+                })
+            };
+            let tls = optional(stream::TLS_ROUTE, served.get("TLSRoute"))
+                .map(|v| watch_dynamic!(TlsRoute, "TLSRoute", stream::TLS_ROUTE, &v));
+            let tcp = optional(stream::TCP_ROUTE, served.get("TCPRoute"))
+                .map(|v| watch_dynamic!(TcpRoute, "TCPRoute", stream::TCP_ROUTE, &v));
+            let udp = optional(stream::UDP_ROUTE, served.get("UDPRoute"))
+                .map(|v| watch_dynamic!(UdpRoute, "UDPRoute", stream::UDP_ROUTE, &v));
+            let grpc = optional(stream::GRPC_ROUTE, served.get("GRPCRoute"))
+                .map(|v| watch_dynamic!(GrpcRoute, "GRPCRoute", stream::GRPC_ROUTE, &v));
+            macro_rules! reader {
+                ($watched:expr) => {
+                    $watched.map(|(stream, reader)| {
+                        events.push(stream);
+                        reader
+                    })
                 };
-                let _ = ready_tx.send(Ok(client.clone()));
-                let config = watcher::Config::default();
-                // Each stream yields (store index, whether to render).
-                macro_rules! watch {
-                    ($kind:ty, $writer:expr, $index:expr, $config:expr) => {
-                        reflector::reflector(
-                            $writer,
-                            watcher(Api::<$kind>::all(client.clone()), $config).default_backoff(),
-                        )
-                        .map(|event| match event {
-                            Ok(event) => ($index, triggers(&event), None),
-                            Err(e) => ($index, false, Some(e.to_string())),
-                        })
-                        .boxed()
-                    };
-                }
-                let mut events = futures::stream::select_all([
-                    watch!(Ingress, ingress_writer, stream::INGRESS, config.clone()),
-                    watch!(IngressClass, class_writer, stream::INGRESS_CLASS, config.clone()),
-                    watch!(Service, service_writer, stream::SERVICE, config.clone()),
-                    watch!(EndpointSlice, slice_writer, stream::ENDPOINT_SLICE, config.clone()),
-                    watch!(Secret, secret_writer, stream::SECRET, config.clone().fields(TLS_SECRETS)),
-                ]);
-                let mut listed = vec![false; stream::SECRET + 1];
-                // Gateway API streams, when the cluster serves the group; the first lookup before the first
-                // render, so that a cluster with HTTPRoutes never gets a snapshot without them.
-                macro_rules! watch_dynamic {
-                    ($kind:ty, $name:expr, $index:expr) => {
-                        watch_dynamic!($kind, $name, $index, gateway::VERSION)
-                    };
-                    ($kind:ty, $name:expr, $index:expr, $version:expr) => {{
-                        let resource = gateway::api_resource_at($name, $version);
-                        let writer = reflector::store::Writer::<$kind>::new(resource.clone());
-                        let reader = writer.as_reader();
-                        let stream = reflector::reflector(
-                            writer,
-                            watcher(Api::<$kind>::all_with(client.clone(), &resource), config.clone())
-                                .default_backoff(),
-                        )
-                        .map(|event| match event {
-                            Ok(event) => ($index, triggers(&event), None),
-                            Err(e) => ($index, false, Some(e.to_string())),
-                        })
-                        .boxed();
-                        (stream, reader)
-                    }};
-                }
-                let mut gateway_on = false;
-                let mut lookup = tokio::time::interval(gateway_lookup());
-                lookup.tick().await;
-                let start_gateway = |events: &mut futures::stream::SelectAll<_>,
-                                     listed: &mut Vec<bool>,
-                                     served: &Served| {
-                    use k8s_openapi::api::core::v1::Namespace;
-                    let (classes, classes_reader) = watch_dynamic!(GatewayClass, "GatewayClass", stream::GATEWAY_CLASS);
-                    let (gateways, gateways_reader) = watch_dynamic!(Gateway, "Gateway", stream::GATEWAY);
-                    let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", stream::HTTP_ROUTE);
-                    let (grants, grants_reader) =
-                        watch_dynamic!(ReferenceGrant, "ReferenceGrant", stream::REFERENCE_GRANT);
-                    let (namespaces_reader, namespaces_writer) = reflector::store();
-                    let namespaces = watch!(Namespace, namespaces_writer, stream::NAMESPACE, config.clone());
-                    events.extend([classes, gateways, routes, grants, namespaces]);
-                    // The optional kinds count as listed unless they are watched.
-                    listed.resize(stream::NAMES.len(), true);
-                    for index in [
-                        stream::GATEWAY_CLASS,
-                        stream::GATEWAY,
-                        stream::HTTP_ROUTE,
-                        stream::REFERENCE_GRANT,
-                        stream::NAMESPACE,
-                    ] {
-                        listed[index] = false;
-                    }
-                    let mut optional = |index: usize, version: Option<&String>| {
-                        version.map(|v| {
-                            listed[index] = false;
-                            v.clone()
-                        })
-                    };
-                    let tls = optional(stream::TLS_ROUTE, served.get("TLSRoute"))
-                        .map(|v| watch_dynamic!(TlsRoute, "TLSRoute", stream::TLS_ROUTE, &v));
-                    let tcp = optional(stream::TCP_ROUTE, served.get("TCPRoute"))
-                        .map(|v| watch_dynamic!(TcpRoute, "TCPRoute", stream::TCP_ROUTE, &v));
-                    let udp = optional(stream::UDP_ROUTE, served.get("UDPRoute"))
-                        .map(|v| watch_dynamic!(UdpRoute, "UDPRoute", stream::UDP_ROUTE, &v));
-                    let grpc = optional(stream::GRPC_ROUTE, served.get("GRPCRoute"))
-                        .map(|v| watch_dynamic!(GrpcRoute, "GRPCRoute", stream::GRPC_ROUTE, &v));
-                    macro_rules! reader {
-                        ($watched:expr) => {
-                            $watched.map(|(stream, reader)| {
-                                events.push(stream);
-                                reader
-                            })
-                        };
-                    }
-                    let stores = GatewayStores {
-                        classes: classes_reader,
-                        gateways: gateways_reader,
-                        routes: routes_reader,
-                        grants: grants_reader,
-                        namespaces: namespaces_reader,
-                        grpc_routes: reader!(grpc),
-                        tls_routes: reader!(tls),
-                        tcp_routes: reader!(tcp),
-                        udp_routes: reader!(udp),
-                    };
-                    let _ = gateway_stores.set(stores);
-                };
-                if let Some(served) = gateway_served(&client).await {
-                    log::info!(
-                        "the cluster serves the Gateway API: watching GatewayClasses, Gateways, HTTPRoutes, \
+            }
+            let stores = GatewayStores {
+                classes: classes_reader,
+                gateways: gateways_reader,
+                routes: routes_reader,
+                grants: grants_reader,
+                namespaces: namespaces_reader,
+                grpc_routes: reader!(grpc),
+                tls_routes: reader!(tls),
+                tcp_routes: reader!(tcp),
+                udp_routes: reader!(udp),
+            };
+            let _ = gateway_stores.set(stores);
+        };
+        if let Some(served) = gateway_served(&client).await {
+            log::info!(
+                "the cluster serves the Gateway API: watching GatewayClasses, Gateways, HTTPRoutes, \
                          ReferenceGrants and {served:?}"
-                    );
-                    start_gateway(&mut events, &mut listed, &served);
-                    gateway_on = true;
-                } else {
-                    log::info!(
-                        "the cluster has no Gateway API CRDs ({}/{}): serving Ingresses; looking again every {:?}",
-                        gateway::GROUP,
-                        gateway::VERSION,
-                        gateway_lookup()
-                    );
+            );
+            start_gateway(&mut events, &mut listed, &served);
+            gateway_on = true;
+        } else {
+            log::info!(
+                "the cluster has no Gateway API CRDs ({}/{}): serving Ingresses; looking again every {:?}",
+                gateway::GROUP,
+                gateway::VERSION,
+                gateway_lookup()
+            );
+        }
+        let mut forbidden_kinds = [false; stream::NAMES.len()];
+        loop {
+            let next = tokio::select! {
+                next = events.next() => next,
+                _ = lookup.tick(), if !gateway_on => {
+                    if let Some(served) = gateway_served(&client).await {
+                        log::info!("the cluster serves the Gateway API now: watching its resources");
+                        start_gateway(&mut events, &mut listed, &served);
+                        gateway_on = true;
+                    }
+                    continue;
                 }
-                let mut forbidden_kinds = [false; stream::NAMES.len()];
-                loop {
-                    let next = tokio::select! {
-                        next = events.next() => next,
-                        _ = lookup.tick(), if !gateway_on => {
-                            if let Some(served) = gateway_served(&client).await {
-                                log::info!("the cluster serves the Gateway API now: watching its resources");
-                                start_gateway(&mut events, &mut listed, &served);
-                                gateway_on = true;
-                            }
-                            continue;
-                        }
-                    };
-                    let Some((index, trigger, error)) = next else { return };
-                    if let Some(e) = error {
-                        if index >= stream::SECRET && forbidden(&e) {
-                            // Not allowed to read Secrets or the Gateway API: render without them (TLS hosts use
-                            // ACME; Gateway API resources are not served).
-                            if !forbidden_kinds[index] {
-                                forbidden_kinds[index] = true;
-                                let without = if index == stream::SECRET {
-                                    "TLS hosts use ACME"
-                                } else {
-                                    "the Gateway API is not served"
-                                };
-                                log::warn!(
-                                    "cannot watch {} ({e}); {without}. Apply deploy/ again to grant get/list/watch",
-                                    stream::NAMES[index]
-                                );
-                                listed[index] = true;
-                                if listed.iter().all(|l| *l) && changed.send(()).is_err() {
-                                    return;
-                                }
-                            }
-                            continue;
-                        }
-                        log::warn!("watch {}: {e} (retrying with backoff)", stream::NAMES[index]);
-                        continue;
-                    }
-                    if forbidden_kinds[index] && trigger {
-                        forbidden_kinds[index] = false;
-                        log::info!("watching {} now", stream::NAMES[index]);
-                    }
-                    if trigger {
+            };
+            let Some((index, trigger, error)) = next else { return };
+            if let Some(e) = error {
+                if index >= stream::SECRET && forbidden(&e) {
+                    // Not allowed to read Secrets or the Gateway API: render without them (TLS hosts use
+                    // ACME; Gateway API resources are not served).
+                    if !forbidden_kinds[index] {
+                        forbidden_kinds[index] = true;
+                        let without = if index == stream::SECRET {
+                            "TLS hosts use ACME"
+                        } else {
+                            "the Gateway API is not served"
+                        };
+                        log::warn!(
+                            "cannot watch {} ({e}); {without}. Apply deploy/ again to grant get/list/watch",
+                            stream::NAMES[index]
+                        );
                         listed[index] = true;
                         if listed.iter().all(|l| *l) && changed.send(()).is_err() {
                             return;
                         }
                     }
+                    continue;
                 }
-            });
-        })
-        .map_err(|e| e.to_string())?;
-    let client = ready_rx.recv().map_err(|_| "the watch thread ended".to_string())??;
+                log::warn!("watch {}: {e} (retrying with backoff)", stream::NAMES[index]);
+                continue;
+            }
+            if forbidden_kinds[index] && trigger {
+                forbidden_kinds[index] = false;
+                log::info!("watching {} now", stream::NAMES[index]);
+            }
+            if trigger {
+                listed[index] = true;
+                if listed.iter().all(|l| *l) && changed.send(()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
     let reporter = kube::runtime::events::Reporter {
         controller: "polaredge-client".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
-    Ok((stores, Writer { client, runtime: handle, recorder }))
+    (stores, Writer { client, runtime: handle, recorder })
 }
 
 /// The optional route kinds the cluster serves, with the version each is served at.

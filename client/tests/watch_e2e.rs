@@ -272,8 +272,10 @@ fn the_leader_keeps_serving_through_an_api_server_outage_many_leases_long() {
     // Back: the same leader, and changes flow again (the change moves the route: probes stopped before it).
     let ingress = manifests("app.test", pod).split("---").nth(1).unwrap().replace("host: app.test", "host: after.test");
     api.apply(&ingress);
+    // The watches retry with kube-runtime's backoff, which reaches 30 s during a minute-long outage (as
+    // client-go's reflectors do), so the first change may wait that long after the API is back.
     assert!(
-        eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"),
+        eventually(Duration::from_secs(45), || get(web, "after.test", "/") == "pod /"),
         "changes after the outage\n{}",
         leader.log()
     );
