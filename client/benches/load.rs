@@ -410,14 +410,22 @@ fn burst(addr: SocketAddr, n: usize) -> (usize, Duration) {
         let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
         let _ = write!(conn, "GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
     }
-    let mut failed = 0;
+    // What the failures were: the status line, or what went wrong before one came.
+    let mut failures = std::collections::BTreeMap::<String, usize>::new();
     for conn in conns.iter_mut() {
         let mut answer = String::new();
-        let ok =
-            conn.as_mut().is_some_and(|c| c.read_to_string(&mut answer).is_ok() && answer.starts_with("HTTP/1.1 200"));
-        failed += usize::from(!ok);
+        let outcome = match conn.as_mut().map(|c| c.read_to_string(&mut answer)) {
+            None => "connect failed".to_string(),
+            Some(Err(e)) => format!("read: {:?}", e.kind()),
+            Some(Ok(_)) if answer.starts_with("HTTP/1.1 200") => continue,
+            Some(Ok(_)) => answer.lines().next().unwrap_or("no answer").to_string(),
+        };
+        *failures.entry(outcome).or_default() += 1;
     }
-    (failed, started.elapsed())
+    if !failures.is_empty() {
+        println!("  burst of {n} to {addr}: {failures:?}");
+    }
+    (failures.values().sum(), started.elapsed())
 }
 
 /// Pins every thread of each process to `cpu`, or lets them run anywhere again with -1 (taskset, util-linux).

@@ -226,10 +226,9 @@ fn elects(source: &Source) -> bool {
 }
 
 /// Waits until this replica leads (Lease `polaredge-client` in `POD_NAMESPACE`, identity `POD_NAME`) and sets
-/// its term in `term`, or until SIGTERM comes first. Leadership lost: `feedback` says stop, `run` returns and
-/// the process exits, so a restarted replica comes back as a follower. SIGTERM while leading: the Lease is
-/// released, then `feedback` says terminate.
-fn lead(api: &KubeApi, term: Arc<Term>, feedback: Arc<Feedback>) -> Result<Elected, String> {
+/// its term in `term`, or until SIGTERM comes first. Afterwards `on_end` says how the leadership ended: lost
+/// (another replica holds the Lease) or SIGTERM (the Lease was released first).
+fn lead(api: &KubeApi, term: Arc<Term>, on_end: impl FnOnce(Ended) + Send + 'static) -> Result<Elected, String> {
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "polaredge".into());
     let me = std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -239,19 +238,26 @@ fn lead(api: &KubeApi, term: Arc<Term>, feedback: Arc<Feedback>) -> Result<Elect
     let (done_tx, done_rx) = mpsc::channel();
     let client = api.client();
     api.handle().spawn(async move {
-        let ended = move |ended| match ended {
-            Ended::Lost(reason) => feedback.stop(format!("leadership lost ({reason})")),
-            Ended::Terminated => feedback.terminate(),
-        };
         let lease = crate::leader::LeaseName { namespace: &namespace, name: "polaredge-client" };
-        let result = crate::leader::elect(client, lease, me, Duration::from_secs(seconds), term, ended).await;
+        let result = crate::leader::elect(client, lease, me, Duration::from_secs(seconds), term, on_end).await;
         let _ = done_tx.send(result);
     });
     done_rx.recv().map_err(|_| "leader election stopped".to_string())?
 }
 
+/// With one key shared by all replicas: what ends a leadership ends the process (it comes back as a standby,
+/// which holds no tunnels), after draining on SIGTERM.
+fn on_end_exit(feedback: Arc<Feedback>) -> impl FnOnce(Ended) + Send + 'static {
+    move |ended| match ended {
+        Ended::Lost(reason) => feedback.stop(format!("leadership lost ({reason})")),
+        Ended::Terminated => feedback.terminate(),
+    }
+}
+
 /// A hot standby (a key of its own) holds its tunnels and relays from the start; the election runs beside it,
-/// and `leading` turns on when it wins, which lets the send loops upload and the watch loop write status.
+/// and `leading` is on while it leads, which lets the send loops upload and the watch loop write status. A
+/// leadership lost (fenced, or the Lease taken over) turns it back into a standby that still relays, and it
+/// stands for election again; SIGTERM drains and exits.
 fn lead_in_background(
     api: &Arc<KubeApi>,
     term: Arc<Term>,
@@ -259,16 +265,31 @@ fn lead_in_background(
     leading: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let api = Arc::clone(api);
-    std::thread::Builder::new()
-        .name("election".into())
-        .spawn(move || match lead(&api, term, Arc::clone(&feedback)) {
+    let elections = move || loop {
+        let (lost_tx, lost_rx) = mpsc::channel();
+        let on_terminate = Arc::clone(&feedback);
+        let on_end = move |ended| match ended {
+            Ended::Lost(reason) => {
+                let _ = lost_tx.send(reason);
+            }
+            Ended::Terminated => on_terminate.terminate(),
+        };
+        match lead(&api, Arc::clone(&term), on_end) {
             Ok(Elected::Leading) => {
                 leading.store(true, SeqCst);
                 feedback.wake();
+                // Until the leadership ends: lost (back to standing by) or SIGTERM (the sender is dropped).
+                let Ok(reason) = lost_rx.recv() else { return };
+                leading.store(false, SeqCst);
+                log::warn!("leadership lost ({reason}); standing by again, still relaying");
             }
-            Ok(Elected::Terminated) => feedback.terminate(),
-            Err(e) => feedback.stop(e),
-        })
+            Ok(Elected::Terminated) => return feedback.terminate(),
+            Err(e) => return feedback.stop(e),
+        }
+    };
+    std::thread::Builder::new()
+        .name("election".into())
+        .spawn(elections)
         .map(drop)
         .map_err(|e| format!("cannot start the leader election: {e}"))
 }
@@ -446,7 +467,7 @@ pub fn run(config: ClientConfig, source: Source) -> Result<(), String> {
     if let Some(api) = api.as_ref().filter(|_| elects(&source) && !me.own_key) {
         // One key for all replicas: only the leader may hold tunnels (a second session of the key would take
         // the agents' answers away from the first).
-        if lead(api, Arc::clone(&shared.term), Arc::clone(&shared.feedback))? == Elected::Terminated {
+        if lead(api, Arc::clone(&shared.term), on_end_exit(Arc::clone(&shared.feedback)))? == Elected::Terminated {
             return Ok(());
         }
         shared.leading.store(true, SeqCst);

@@ -15,6 +15,16 @@ use support::*;
 
 /// Replica `n` (pod `polaredge-client-n`) of `edge`, with its own key from the edge's `replica.keys`.
 fn replica(edge: &Edge, n: usize, lease_seconds: u32) -> (Proc, std::net::SocketAddr) {
+    replica_via(edge, n, lease_seconds, &edge.dir.join("kubeconfig"))
+}
+
+/// [`replica`] reaching the API server through `kubeconfig`.
+fn replica_via(
+    edge: &Edge,
+    n: usize,
+    lease_seconds: u32,
+    kubeconfig: &std::path::Path,
+) -> (Proc, std::net::SocketAddr) {
     let ops = std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp()));
     let config = std::fs::read_to_string(edge.dir.join("client.yaml"))
         .unwrap()
@@ -25,7 +35,7 @@ fn replica(edge: &Edge, n: usize, lease_seconds: u32) -> (Proc, std::net::Socket
     let keys = std::fs::read_to_string(edge.dir.join("replica.keys")).unwrap();
     let proc = Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_polaredge-client"))
-            .env("KUBECONFIG", edge.dir.join("kubeconfig"))
+            .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", format!("polaredge-client-{n}"))
             .env("POD_NAMESPACE", "polaredge")
             .env("POLAREDGE_REPLICA_KEYS", keys)
@@ -197,4 +207,61 @@ fn with_a_key_per_replica_no_probe_fails_across_sigkill_sigterm_and_a_rolling_re
         edge.agent.log()
     );
     assert!(get(web, "after.test", "/") == "pod /");
+}
+
+#[test]
+fn a_fenced_leader_with_its_own_key_stands_by_again_and_keeps_relaying() {
+    let edge = Edge::start_replicated("hot-fence", 2);
+    let web = edge.web;
+    let api = ApiServer::start();
+    api.kubeconfig(&edge.dir.join("kubeconfig"));
+    let proxy = testkit::CutProxy::start(api.addr);
+    let cut_off = edge.dir.join("kubeconfig-proxied");
+    api.kubeconfig_via(&cut_off, proxy.addr);
+    let pod = backend("pod");
+    api.apply(&manifests("app.test", pod));
+    let holder = || api.lease_holder("polaredge", "polaredge-client");
+    let (mut a, a_ops) = replica_via(&edge, 0, 3, &cut_off);
+    assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "{}", a.log());
+    let (b, b_ops) = replica(&edge, 1, 3);
+    assert!(eventually(Duration::from_secs(10), || get(b_ops, "x", "/readyz") == "ready\n"), "{}", b.log());
+    assert_eq!(holder().as_deref(), Some("polaredge-client-0"));
+    let prober = Prober::start(web, "app.test", "pod /");
+
+    // Only A loses the API: B takes the Lease once it expires and uploads with a newer term; the agent fences
+    // A, which goes back to standing by without exiting, and keeps relaying.
+    proxy.cut();
+    assert!(eventually(Duration::from_secs(15), || holder().as_deref() == Some("polaredge-client-1")), "{}", b.log());
+    assert!(
+        eventually(Duration::from_secs(45), || a.log().contains("standing by again, still relaying")),
+        "A stood by again\n{}",
+        a.log()
+    );
+    assert!(a.child.try_wait().unwrap().is_none(), "A still runs");
+    // B serves changes; A, still cut off, keeps relaying its share of the connections.
+    let after = manifests("app.test", pod)
+        .split("---")
+        .nth(1)
+        .unwrap()
+        .replace("host: app.test", "host: after.test")
+        .replace("name: app,", "name: after,");
+    api.apply(&after);
+    assert!(eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"), "{}", b.log());
+    let relayed = |ops| {
+        get(ops, "x", "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("polaredge_client_relay_bytes_total{direction=\"to_pods\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = relayed(a_ops);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(relayed(a_ops) > before, "A, standing by, still carries requests");
+    let (requests, failures, slowest) = prober.stop();
+    println!("fenced hot leader: {requests} probes, {failures} failed, slowest {slowest} ms");
+    assert_eq!(failures, 0, "{failures} of {requests} failed\nA:\n{}\nB:\n{}", a.log(), b.log());
+    proxy.restore();
+    assert!(a.child.try_wait().unwrap().is_none(), "A still runs after the API is back\n{}", a.log());
+    kill(&a, "-TERM");
+    assert!(eventually(Duration::from_secs(25), || a.child.try_wait().unwrap().is_some()), "A exits on SIGTERM");
 }

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tunnel::testbed::{self, Netns, WireguardGo, WireguardGoConfig};
 use tunnel::{CoreConfig, IpCidr, PrivateKey, PublicKey, Tunnel, TunnelConfig};
@@ -37,10 +38,13 @@ fn main() -> ExitCode {
         "forward" => forward(&options),
         "expose" => expose(&options),
         "connmem" => connection_memory(),
+        "churn" => churn(&options),
         "wan" => wan::run(),
         "relay" => start_relay(&options),
         "--help" | "-h" => {
-            println!("usage: polaredge-tunnel-bench [all|connmem|wan]   (run as root; see scripts/bench.sh)");
+            println!(
+                "usage: polaredge-tunnel-bench [all|connmem|churn [n=N]|wan]   (run as root; see scripts/bench.sh)"
+            );
             Ok(())
         }
         other => Err(io::Error::other(format!("unknown mode {other:?}"))),
@@ -420,6 +424,72 @@ fn orchestrate() -> io::Result<()> {
 
 /// Memory per tunnel connection: RSS growth for N idle connections, after each carried 256 KiB each way, and
 /// once they have been quiet long enough for the driver to give their buffer pages back.
+/// How long a tunnel pair stays slow after a churn of `n` forwarded connections (opened at once, one byte each
+/// way, closed): the round trip of a fresh connection through the forwarder, every 100 ms for 10 s after.
+fn churn(options: &HashMap<String, String>) -> io::Result<()> {
+    let n: usize = options.get("n").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    tunnel::driver::raise_open_files_limit(None);
+    let (agent, client) =
+        testbed::loopback_pair(vec!["10.88.0.1/30".parse().unwrap()], vec!["10.88.0.2/30".parse().unwrap()])?;
+    let relay = client.listen(7000)?;
+    std::thread::spawn(move || {
+        // The far side: each stream echoes one byte and is closed (the near side's close then finds it gone).
+        while let Ok(stream) = relay.accept() {
+            let Ok(mut io) = stream.into_io() else { continue };
+            let mut byte = [0u8; 1];
+            if io.read_exact(&mut byte).is_ok() {
+                let _ = io.write_all(&byte);
+            }
+        }
+    });
+    let counters = Arc::new(tunnel::StreamCounters::default());
+    let forwarding = agent.forward_from(
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+        "10.88.0.2:7000".parse::<std::net::SocketAddr>().unwrap(),
+        Vec::new(),
+        Arc::clone(&counters),
+    )?;
+    let round_trip = || -> io::Result<Duration> {
+        let started = Instant::now();
+        let mut s = std::net::TcpStream::connect(forwarding.local_addr())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"x")?;
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte)?;
+        Ok(started.elapsed())
+    };
+    println!("before: one connection's round trip {:?}", round_trip()?);
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = std::net::TcpStream::connect(forwarding.local_addr())?;
+        s.write_all(b"x")?;
+        conns.push(s);
+    }
+    let mut answered = 0;
+    for s in &mut conns {
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut byte = [0u8; 1];
+        answered += usize::from(s.read_exact(&mut byte).is_ok());
+    }
+    println!("{n} connections opened and answered ({answered}) in {:?}", started.elapsed());
+    drop(conns);
+    let closed = Instant::now();
+    for _ in 0..100 {
+        let rtt = round_trip();
+        let status = agent.status()?;
+        println!(
+            "  {:>6.1} s after closing: round trip {:?}; agent connections {}, sockets {}",
+            closed.elapsed().as_secs_f64(),
+            rtt.map_err(|e| e.kind()),
+            status.connections,
+            status.sockets
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 fn connection_memory() -> io::Result<()> {
     const N: usize = 1000;
     tunnel::driver::raise_open_files_limit(None); // 4 descriptors per connection here
