@@ -13,7 +13,7 @@ const CHANGES: usize = 30;
 
 fn main() {
     let edge = Edge::start("bench-watch");
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let pod = backend("pod");
     api.apply(&manifests("warmup.test", pod));

@@ -137,6 +137,9 @@ fn watch_kubernetes(
                 Err(RecvTimeoutError::Disconnected) => return Err("the Kubernetes watch stopped".into()),
             }
         }
+        if !stores.synced() {
+            continue; // woken by the agents or the election before every store listed: nothing whole to render
+        }
         let cluster = stores.cluster();
         let rendered = changed(cluster.clone());
         if !leading.load(SeqCst) {

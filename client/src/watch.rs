@@ -38,6 +38,8 @@ pub struct Stores {
     secrets: Store<Secret>,
     /// Set once the cluster is found to serve the Gateway API.
     gateway: Arc<OnceLock<GatewayStores>>,
+    /// Every store has listed once: before that a cluster read is partial (and a render would drop routes).
+    synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Readers of the Gateway API stores.
@@ -123,10 +125,23 @@ impl Stores {
         }
     }
 
+    /// Whether every store has listed once (see [`start`]).
+    pub fn synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Whether the Gateway API is watched.
     pub fn gateway_api(&self) -> bool {
         self.gateway.get().is_some()
     }
+}
+
+/// Whether every stream has listed once (streams added later, the Gateway API's, must list too); records it
+/// in `synced` for the readers.
+fn all_listed(listed: &[bool], synced: &std::sync::atomic::AtomicBool) -> bool {
+    let all = listed.iter().all(|l| *l);
+    synced.store(all, std::sync::atomic::Ordering::SeqCst);
+    all
 }
 
 /// Whether a watch error is RBAC's refusal.
@@ -249,7 +264,16 @@ pub fn start(api: &crate::kube_api::KubeApi, changed: Sender<()>) -> (Stores, Wr
     let (slices, slice_writer) = reflector::store();
     let (secrets, secret_writer) = reflector::store();
     let gateway_stores = Arc::new(OnceLock::new());
-    let stores = Stores { ingresses, classes, services, slices, secrets, gateway: Arc::clone(&gateway_stores) };
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stores = Stores {
+        ingresses,
+        classes,
+        services,
+        slices,
+        secrets,
+        gateway: Arc::clone(&gateway_stores),
+        synced: Arc::clone(&synced),
+    };
     let (client, handle) = (api.client(), api.handle());
     let watching = client.clone();
     handle.spawn(async move {
@@ -373,6 +397,7 @@ pub fn start(api: &crate::kube_api::KubeApi, changed: Sender<()>) -> (Stores, Wr
                     if let Some(served) = gateway_served(&client).await {
                         log::info!("the cluster serves the Gateway API now: watching its resources");
                         start_gateway(&mut events, &mut listed, &served);
+                        all_listed(&listed, &synced); // renders wait until the new streams listed
                         gateway_on = true;
                     }
                     continue;
@@ -395,7 +420,7 @@ pub fn start(api: &crate::kube_api::KubeApi, changed: Sender<()>) -> (Stores, Wr
                             stream::NAMES[index]
                         );
                         listed[index] = true;
-                        if listed.iter().all(|l| *l) && changed.send(()).is_err() {
+                        if all_listed(&listed, &synced) && changed.send(()).is_err() {
                             return;
                         }
                     }
@@ -410,7 +435,7 @@ pub fn start(api: &crate::kube_api::KubeApi, changed: Sender<()>) -> (Stores, Wr
             }
             if trigger {
                 listed[index] = true;
-                if listed.iter().all(|l| *l) && changed.send(()).is_err() {
+                if all_listed(&listed, &synced) && changed.send(()).is_err() {
                     return;
                 }
             }

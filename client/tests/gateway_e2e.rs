@@ -136,7 +136,7 @@ fn is_true(list: &serde_json::Value, kind: &str) -> bool {
 fn gateway_api_resources_are_served_once_their_crds_are_installed_and_get_their_status() {
     let edge = Edge::start("gateway");
     let web = edge.web;
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     api.apply(&manifests("app.test", backend("ingress-pod")));
     let client = Proc::spawn(

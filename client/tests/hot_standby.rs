@@ -2,7 +2,8 @@
 //! StatefulSet runs them), both holding their tunnels and relays while only the leader uploads. A prober at
 //! 20 requests per second through the real agent and Traefik sees no failure while the leader is killed
 //! (SIGKILL), while the new leader is stopped (SIGTERM: it drains), and through a rolling restart of both
-//! replicas. The API is the in-repo server (tests/support/apiserver.rs).
+//! replicas. The API is the in-repo server (tests/support/apiserver.rs), refusing loopback pod addresses as a
+//! real one does; the pods run in network namespaces of their own (root).
 
 mod support;
 
@@ -125,8 +126,9 @@ fn with_a_key_per_replica_no_probe_fails_across_sigkill_sigterm_and_a_rolling_re
     let web = edge.web;
     let api = ApiServer::start();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
-    let pod = backend("pod");
-    api.apply(&manifests("app.test", pod));
+    // The pod lives in a network namespace of its own: this API server refuses loopback pod addresses.
+    let pod = NetnsPod::start("pod");
+    api.apply(&manifests_at("app.test", pod.addr));
     let holder = || api.lease_holder("polaredge", "polaredge-client");
     // A 15 s Lease: a failover that waited for its expiry would fail probes for 15 s.
     let (mut a, _) = replica(&edge, 0, 15);
@@ -156,7 +158,7 @@ fn with_a_key_per_replica_no_probe_fails_across_sigkill_sigterm_and_a_rolling_re
     );
     println!("SIGKILL of the leader: B leads after {:?}; probes so far {:?}", killed.elapsed(), prober.counts());
     // B serves changes as the leader.
-    let after = manifests("app.test", pod)
+    let after = manifests_at("app.test", pod.addr)
         .split("---")
         .nth(1)
         .unwrap()
@@ -218,8 +220,9 @@ fn a_fenced_leader_with_its_own_key_stands_by_again_and_keeps_relaying() {
     let proxy = testkit::CutProxy::start(api.addr);
     let cut_off = edge.dir.join("kubeconfig-proxied");
     api.kubeconfig_via(&cut_off, proxy.addr);
-    let pod = backend("pod");
-    api.apply(&manifests("app.test", pod));
+    // The pod lives in a network namespace of its own: this API server refuses loopback pod addresses.
+    let pod = NetnsPod::start("pod");
+    api.apply(&manifests_at("app.test", pod.addr));
     let holder = || api.lease_holder("polaredge", "polaredge-client");
     let (mut a, a_ops) = replica_via(&edge, 0, 3, &cut_off);
     assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/") == "pod /"), "{}", a.log());
@@ -239,7 +242,7 @@ fn a_fenced_leader_with_its_own_key_stands_by_again_and_keeps_relaying() {
     );
     assert!(a.child.try_wait().unwrap().is_none(), "A still runs");
     // B serves changes; A, still cut off, keeps relaying its share of the connections.
-    let after = manifests("app.test", pod)
+    let after = manifests_at("app.test", pod.addr)
         .split("---")
         .nth(1)
         .unwrap()
@@ -264,4 +267,15 @@ fn a_fenced_leader_with_its_own_key_stands_by_again_and_keeps_relaying() {
     assert!(a.child.try_wait().unwrap().is_none(), "A still runs after the API is back\n{}", a.log());
     kill(&a, "-TERM");
     assert!(eventually(Duration::from_secs(25), || a.child.try_wait().unwrap().is_some()), "A exits on SIGTERM");
+}
+
+#[test]
+fn the_api_server_refuses_loopback_pod_addresses_as_a_real_one_does() {
+    let api = ApiServer::start();
+    let error = api.try_apply(&manifests("app.test", 8080)).unwrap_err();
+    assert!(error.starts_with("422 Invalid") && error.contains("may not be in the loopback range"), "{error}");
+    assert!(error.contains("endpoints[0].addresses[0]") && error.contains("127.0.0.1"), "{error}");
+    let v6 = manifests("app.test", 8080).replace("addressType: IPv4", "addressType: IPv6").replace("127.0.0.1", "::1");
+    assert!(api.try_apply(&v6).unwrap_err().contains("\"::1\""));
+    api.try_apply(&manifests_at("app.test", "10.233.0.2:8080".parse().unwrap())).unwrap();
 }

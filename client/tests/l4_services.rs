@@ -23,7 +23,7 @@ fn service(name: &str, created: &str, port: u16, pod_port: u16, class: &str) -> 
 #[test]
 fn a_load_balancer_service_of_our_class_is_served_at_the_edge_with_status_and_conflict_events() {
     let edge = Edge::start("l4-services");
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let (_redis, redis_port) = testkit::redis_server();
     // A routed host too, so the snapshot has both kinds.
@@ -82,7 +82,7 @@ fn dns_service(name: &str, port: u16, pod_port: u16) -> String {
 #[test]
 fn a_udp_service_of_our_class_answers_through_the_edge() {
     let edge = Edge::start("l4-udp-services");
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let (_dnsmasq, dns_port) = testkit::dnsmasq("db.cluster.test", "198.51.100.20");
     let public = testkit::free_udp();

@@ -37,7 +37,7 @@ fn verify(websecure: std::net::SocketAddr, host: &str, ca: &std::path::Path) -> 
 #[test]
 fn an_ingress_tls_secret_is_served_for_its_host_and_a_rotation_follows_within_seconds() {
     let edge = Edge::start("tls-secrets");
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let pod = backend("backend-A");
     let with_tls = manifests("app.test", pod).replace(
@@ -97,7 +97,7 @@ fn an_ingress_tls_secret_is_served_for_its_host_and_a_rotation_follows_within_se
 #[test]
 fn tls_passthrough_hands_the_pods_own_certificate_through_while_another_host_is_terminated_at_the_edge() {
     let edge = Edge::start("tls-passthrough");
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     // The pod terminates TLS itself, with its own certificate (for ec.test).
     let pod_port = free_tcp();

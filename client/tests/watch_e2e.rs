@@ -16,7 +16,7 @@ use support::*;
 fn cluster_changes_reach_the_edge_and_relists_do_not_flap_routes() {
     let edge = Edge::start("watch");
     let web = edge.web;
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let (a, b) = (backend("backend-A"), backend("backend-B"));
     api.apply(&manifests("app.test", a));
@@ -163,7 +163,7 @@ fn local(port: u16) -> std::net::SocketAddr {
 fn two_replicas_elect_one_leader_and_the_follower_takes_over_when_it_dies() {
     let edge = Edge::start("leader");
     let web = edge.web;
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let pod = backend("pod");
     api.apply(&manifests("app.test", pod));
@@ -199,7 +199,7 @@ fn two_replicas_elect_one_leader_and_the_follower_takes_over_when_it_dies() {
 fn a_stopped_leader_hands_the_lease_over_at_once_instead_of_letting_it_expire() {
     let edge = Edge::start("handover");
     let web = edge.web;
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     api.apply(&manifests("app.test", backend("pod")));
     // A 15 s Lease: waiting for it to expire would take 15 s or more.
@@ -252,7 +252,7 @@ fn prober(
 fn the_leader_keeps_serving_through_an_api_server_outage_many_leases_long() {
     let edge = Edge::start("outage");
     let web = edge.web;
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     let proxy = testkit::CutProxy::start(api.addr);
     let kubeconfig = edge.dir.join("kubeconfig-proxied");
     api.kubeconfig_via(&kubeconfig, proxy.addr);
@@ -290,7 +290,7 @@ fn the_leader_keeps_serving_through_an_api_server_outage_many_leases_long() {
 fn a_leader_cut_off_from_the_api_is_fenced_by_the_agent_once_another_replica_leads() {
     let edge = Edge::start("fence");
     let web = edge.web;
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let proxy = testkit::CutProxy::start(api.addr);
     let kubeconfig = edge.dir.join("kubeconfig-proxied");
@@ -330,7 +330,7 @@ fn a_leader_cut_off_from_the_api_is_fenced_by_the_agent_once_another_replica_lea
 fn two_edges_serve_the_same_snapshot_and_status_lists_only_those_that_answer() {
     let edge = Edge::start("edges-a");
     let mut second = edge.add_edge("edges-b", "127.0.0.2");
-    let api = ApiServer::start();
+    let api = ApiServer::start_allowing_loopback_pods();
     api.kubeconfig(&edge.dir.join("kubeconfig"));
     let pod = backend("pod");
     api.apply(&manifests("app.test", pod));

@@ -66,7 +66,20 @@ pub fn echo_backend(name: &'static str) -> u16 {
 /// A loopback HTTP/1.1 server (a thread per connection, one request each) answering 200 with
 /// `body(method and target, headers)`; its port.
 fn serve_http(body: impl Fn(&str, &[(String, String)]) -> String + Clone + Send + 'static) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_http_on(TcpListener::bind("127.0.0.1:0").unwrap(), body)
+}
+
+/// [`backend`] on a listener of the caller's (one bound inside a network namespace, say); returns its port.
+pub fn backend_on(listener: TcpListener, name: &'static str) -> u16 {
+    serve_http_on(listener, move |method_target, _| {
+        format!("{name} {}", method_target.split_whitespace().nth(1).unwrap_or("?"))
+    })
+}
+
+fn serve_http_on(
+    listener: TcpListener,
+    body: impl Fn(&str, &[(String, String)]) -> String + Clone + Send + 'static,
+) -> u16 {
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().map_while(Result::ok) {
@@ -187,6 +200,12 @@ impl Drop for Proc {
 
 /// Ingress + Service + EndpointSlice (+ our IngressClass) routing `host` to one loopback pod on `pod_port`.
 pub fn manifests(host: &str, pod_port: u16) -> String {
+    manifests_at(host, SocketAddr::from(([127, 0, 0, 1], pod_port)))
+}
+
+/// [`manifests`] with the pod at `pod` (IPv4).
+pub fn manifests_at(host: &str, pod: SocketAddr) -> String {
+    let (pod_ip, pod_port) = (pod.ip(), pod.port());
     format!(
         r#"apiVersion: networking.k8s.io/v1
 kind: IngressClass
@@ -219,7 +238,7 @@ metadata:
 addressType: IPv4
 ports: [{{port: {pod_port}}}]
 endpoints:
-- addresses: ["127.0.0.1"]
+- addresses: ["{pod_ip}"]
   conditions: {{ready: true}}
 "#
     )

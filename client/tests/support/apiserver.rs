@@ -22,6 +22,25 @@ use std::time::{Duration, Instant};
 /// The Gateway API group version.
 const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 
+/// What a real API server answers for an EndpointSlice with a loopback address (its validation refuses
+/// 127.0.0.0/8 and ::1, which would let a Service reach into the node itself).
+fn invalid_endpoint_addresses(slice: &Value, name: &str) -> Result<(), String> {
+    let endpoints = slice["endpoints"].as_array().cloned().unwrap_or_default();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        for (j, address) in endpoint["addresses"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+            let text = address.as_str().unwrap_or_default();
+            if text.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+                return Err(format!(
+                    "422 Invalid: EndpointSlice.discovery.k8s.io \"{name}\" is invalid: \
+                     endpoints[{i}].addresses[{j}]: Invalid value: \"{text}\": may not be in the loopback range \
+                     (127.0.0.0/8, ::1/128)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The resource types served: (URL prefix of the collection, apiVersion, kind).
 const TYPES: [(&str, &str, &str); 14] = [
     ("/apis/gateway.networking.k8s.io/v1/gatewayclasses", GATEWAY_API, "GatewayClass"),
@@ -114,6 +133,8 @@ fn selected(object: &Value, selector: &Option<(String, String)>) -> bool {
 #[derive(Default)]
 struct State {
     rv: u64,
+    /// Accept EndpointSlice addresses in the loopback range (see [`ApiServer::start_allowing_loopback_pods`]).
+    loopback_pods: bool,
     /// kind -> (namespace, name) -> object
     objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
     /// (resourceVersion, kind, event type, object)
@@ -140,11 +161,24 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
+    /// A server that refuses what a real one refuses, loopback pod addresses included.
     pub fn start() -> ApiServer {
+        ApiServer::listen(false)
+    }
+
+    /// A server that accepts EndpointSlice addresses in 127.0.0.0/8 and ::1, which a real one refuses, for the
+    /// tests whose pods are plain sockets of the test process on loopback: they cover the client's watching,
+    /// status and failover, which do not depend on where pods live, and a network namespace per pod would
+    /// make every one of them need root. `hot_standby.rs` runs its pods in namespaces with [`Self::start`].
+    pub fn start_allowing_loopback_pods() -> ApiServer {
+        ApiServer::listen(true)
+    }
+
+    fn listen(loopback_pods: bool) -> ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let server =
-            ApiServer { state: Arc::new((Mutex::new(State { rv: 1, ..Default::default() }), Condvar::new())), addr };
+        let state = State { rv: 1, loopback_pods, ..Default::default() };
+        let server = ApiServer { state: Arc::new((Mutex::new(state), Condvar::new())), addr };
         let s = server.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().map_while(Result::ok) {
@@ -173,6 +207,14 @@ impl ApiServer {
 
     /// Creates or replaces objects from YAML (one or several documents).
     pub fn apply(&self, yaml: &str) {
+        if let Err(e) = self.try_apply(yaml) {
+            panic!("{e}");
+        }
+    }
+
+    /// Creates or replaces the objects in `yaml`, or refuses the first one a real API server would refuse
+    /// (422 Invalid: an EndpointSlice address in the loopback range), storing nothing from it on.
+    pub fn try_apply(&self, yaml: &str) -> Result<(), String> {
         for doc in serde_yaml::Deserializer::from_str(yaml) {
             let mut object: Value = serde::Deserialize::deserialize(doc).unwrap();
             if object.is_null() {
@@ -183,6 +225,9 @@ impl ApiServer {
             let name = object["metadata"]["name"].as_str().unwrap().to_string();
             let (lock, cvar) = &*self.state;
             let mut st = lock.lock().unwrap();
+            if kind == "EndpointSlice" && !st.loopback_pods {
+                invalid_endpoint_addresses(&object, &name)?;
+            }
             st.rv += 1;
             let rv = st.rv;
             object["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -202,6 +247,7 @@ impl ApiServer {
             st.log.push((rv, kind, if existed { "MODIFIED" } else { "ADDED" }, object));
             cvar.notify_all();
         }
+        Ok(())
     }
 
     pub fn delete(&self, kind: &str, ns: &str, name: &str) {

@@ -6,12 +6,47 @@
 pub mod apiserver;
 
 #[allow(unused_imports)] // each test binary uses its own share of them
-pub use testkit::{backend, eventually, free_tcp, get, manifests, Proc};
+pub use testkit::{backend, eventually, free_tcp, get, manifests, manifests_at, Proc};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tunnel::PrivateKey;
+
+/// A pod in a network namespace of its own, reached from the host over a veth pair as a cluster's pod network
+/// reaches it: at 10.233.x.y, not loopback (a real API server refuses loopback pod addresses). Serves HTTP like
+/// [`backend`]. The namespace and its veth go away on drop.
+pub struct NetnsPod {
+    _ns: tunnel::testbed::Netns,
+    /// The pod's address and port.
+    pub addr: SocketAddr,
+}
+
+impl NetnsPod {
+    pub fn start(name: &'static str) -> NetnsPod {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(n < 60, "at most 60 namespaced pods per test binary");
+        let id = std::process::id();
+        let ns = tunnel::testbed::Netns::new(&format!("pod{n}")).unwrap();
+        let (host_if, pod_if) = (format!("pe{}h{n}", id % 100_000), format!("pe{}p{n}", id % 100_000));
+        let subnet = format!("10.233.{}", id % 250);
+        let (host_ip, pod_ip) = (format!("{subnet}.{}", 4 * n + 1), format!("{subnet}.{}", 4 * n + 2));
+        let run = tunnel::testbed::run;
+        let _ = run("ip", &["link", "del", &host_if]); // a leftover of a killed run
+        run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", ns.name()]).unwrap();
+        run("ip", &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]).unwrap();
+        run("ip", &["link", "set", &host_if, "up"]).unwrap();
+        ns.exec("ip", &["addr", "add", &format!("{pod_ip}/30"), "dev", &pod_if]).unwrap();
+        ns.exec("ip", &["link", "set", &pod_if, "up"]).unwrap();
+        let bind = format!("{pod_ip}:8080");
+        let listener = ns.thread(move || std::net::TcpListener::bind(bind)).unwrap().join().unwrap().unwrap().unwrap();
+        let addr = listener.local_addr().unwrap();
+        testkit::backend_on(listener, name);
+        NetnsPod { _ns: ns, addr }
+    }
+}
 
 pub fn agent_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("POLAREDGE_AGENT_BIN") {
