@@ -90,6 +90,13 @@ pub fn tunnel_config(config: &AgentConfig) -> Result<TunnelConfig, String> {
             }
             (net, a) => net.contains_addr(&a.into()),
         };
+        let taken = wg.replicas[..n].iter().any(|r| r.address == replica.address || r.public_key == replica.public_key)
+            || replica.public_key == wg.client_public_key;
+        if taken {
+            return Err(format!(
+                "wireguard.replicas[{n}] repeats an address or key given before; each replica needs its own"
+            ));
+        }
         if !inside || replica.address == wg.client_address {
             return Err(format!(
                 "wireguard.replicas[{n}].address {} must be inside wireguard.address {address} and differ from \

@@ -90,6 +90,12 @@ fn init_writes_private_files_and_prints_what_the_cluster_needs_then_check_explai
     assert!(!ok);
     assert!(stdout.contains("wireguard.replicas[0].address 10.88.0.3 must be inside"), "{stdout}");
     assert!(stdout.contains("10.88.0.1/24"), "{stdout}");
+    let repeated = good.lines().find_map(|l| l.split("public_key: \"").nth(1)).unwrap().split('"').next().unwrap();
+    let twice = good
+        .replace("  replicas:\n", &format!("  replicas:\n    - {{public_key: \"{repeated}\", address: 10.88.0.9}}\n"));
+    std::fs::write(&config, twice).unwrap();
+    let (ok, stdout, _) = agent(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!ok && stdout.contains("repeats an address or key"), "{stdout}");
     std::fs::write(&config, good).unwrap();
     // A private key other users can read is refused, with the fix.
     std::fs::set_permissions(dir.join("agent.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
