@@ -47,6 +47,18 @@ fn replica_via(
     (proc, ops)
 }
 
+/// Adds a second Ingress (after.test, to the same pod) and waits until `leader` has it served at the edge.
+fn serves_a_change(api: &ApiServer, web: std::net::SocketAddr, pod: std::net::SocketAddr, leader: &Proc) {
+    let after = manifests_at("app.test", pod)
+        .split("---")
+        .nth(1)
+        .unwrap()
+        .replace("host: app.test", "host: after.test")
+        .replace("name: app,", "name: after,");
+    api.apply(&after);
+    assert!(eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"), "{}", leader.log());
+}
+
 /// The agent's `/status` as JSON.
 fn agent_status(edge: &Edge) -> serde_json::Value {
     let out =
@@ -158,14 +170,7 @@ fn with_a_key_per_replica_no_probe_fails_across_sigkill_sigterm_and_a_rolling_re
     );
     println!("SIGKILL of the leader: B leads after {:?}; probes so far {:?}", killed.elapsed(), prober.counts());
     // B serves changes as the leader.
-    let after = manifests_at("app.test", pod.addr)
-        .split("---")
-        .nth(1)
-        .unwrap()
-        .replace("host: app.test", "host: after.test")
-        .replace("name: app,", "name: after,");
-    api.apply(&after);
-    assert!(eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"), "{}", b.log());
+    serves_a_change(&api, web, pod.addr, &b);
 
     // 2. A comes back (the StatefulSet restarts it) as a hot standby; then the leader B gets SIGTERM: it
     // releases the Lease, drains, and exits; A takes over.
@@ -242,14 +247,7 @@ fn a_fenced_leader_with_its_own_key_stands_by_again_and_keeps_relaying() {
     );
     assert!(a.child.try_wait().unwrap().is_none(), "A still runs");
     // B serves changes; A, still cut off, keeps relaying its share of the connections.
-    let after = manifests_at("app.test", pod.addr)
-        .split("---")
-        .nth(1)
-        .unwrap()
-        .replace("host: app.test", "host: after.test")
-        .replace("name: app,", "name: after,");
-    api.apply(&after);
-    assert!(eventually(Duration::from_secs(20), || get(web, "after.test", "/") == "pod /"), "{}", b.log());
+    serves_a_change(&api, web, pod.addr, &b);
     let relayed = |ops| {
         get(ops, "x", "/metrics")
             .lines()
