@@ -98,14 +98,15 @@ impl BbrLite {
         self.bw.iter().copied().max().unwrap_or(0)
     }
 
-    /// Two bandwidth-delay products, at least a few packets; nothing before the first RTT measurement.
+    /// 1.25 bandwidth-delay products plus the room for ACK aggregation, at least a few packets; nothing before
+    /// the first RTT measurement.
     fn model_window(&self) -> usize {
         if self.min_rtt_ms == u32::MAX {
             return MIN_WINDOW_PACKETS * self.mss;
         }
-        let bdp = self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000;
+        let bdp = (self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000) as usize;
         let extra = self.extra_acked[0].max(self.extra_acked[1]);
-        (bdp as usize * 5 / 4 + extra).max(MIN_WINDOW_PACKETS * self.mss)
+        (bdp * 5 / 4 + extra).max(MIN_WINDOW_PACKETS * self.mss)
     }
 
     /// Measures the minimum RTT again once it is old: returns whether the window is held small for that.
@@ -244,5 +245,87 @@ impl Controller for BbrLite {
         if self.startup && self.max_bw() == 0 {
             self.cwnd = INITIAL_WINDOW_PACKETS * mss;
         }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const MSS: usize = 1400;
+
+    /// A path that acknowledges `rate` bytes per second after `rtt_ms`, in acknowledgements of `batch` bytes
+    /// (a receiver that answers a wake-up's batch at once). Drives the controller for `seconds` with the
+    /// sender always window-limited, and returns it.
+    fn drive(rate: u64, rtt_ms: u32, batch: usize, seconds: u64) -> BbrLite {
+        let mut bbr = BbrLite::new();
+        bbr.set_mss(MSS);
+        bbr.set_remote_window(64 * 1024 * 1024);
+        let mut rtt = RttEstimator::default();
+        let gap_micros = batch as u64 * 1_000_000 / rate;
+        let mut now = Instant::from_millis(1000);
+        let end = now + Duration::from_secs(seconds);
+        while now < end {
+            rtt.sample(rtt_ms);
+            bbr.on_delivered(now, batch, bbr.window(), &rtt);
+            now += Duration::from_micros(gap_micros);
+        }
+        bbr
+    }
+
+    #[test]
+    fn window_settles_above_the_bandwidth_delay_product_on_a_smooth_path() {
+        // 12.5 MB/s x 80 ms = 1 MB; deliveries of one segment each, so almost no aggregation.
+        let bbr = drive(12_500_000, 80, MSS, 5);
+        assert!(!bbr.startup, "startup ends once the rate stops growing");
+        let bdp = 1_000_000;
+        assert!(bbr.window() >= bdp * 5 / 4, "window {} < 1.25 BDP", bbr.window());
+        assert!(bbr.window() <= bdp * 3 / 2, "window {} > 1.5 BDP", bbr.window());
+    }
+
+    #[test]
+    fn room_for_aggregation_on_a_short_path_holds_a_receiver_batch() {
+        // 100 MB/s x 2 ms = 200 kB; the receiver answers 128 datagrams (180 kB) at once.
+        let batch = 128 * MSS;
+        let bbr = drive(100_000_000, 2, batch, 3);
+        let bdp = 200_000;
+        assert!(bbr.window() >= bdp * 5 / 4 + batch * 9 / 10, "window {}", bbr.window());
+        assert!(bbr.window() <= bdp * 5 / 4 + batch * 2, "window {}", bbr.window());
+    }
+
+    #[test]
+    fn losses_do_not_shrink_the_window_and_a_timeout_grows_back_to_the_model() {
+        let mut bbr = drive(12_500_000, 80, MSS, 5);
+        let settled = bbr.window();
+        bbr.on_loss(Instant::from_millis(6000), settled);
+        assert_eq!(bbr.window(), settled, "a loss is not read as congestion");
+        bbr.on_rto(Instant::from_millis(6000), settled);
+        assert_eq!(bbr.window(), INITIAL_WINDOW_PACKETS * MSS);
+        let mut rtt = RttEstimator::default();
+        rtt.sample(80);
+        let mut now = Instant::from_millis(6100);
+        for _ in 0..2000 {
+            bbr.on_delivered(now, MSS, bbr.window(), &rtt);
+            now += Duration::from_micros(112);
+        }
+        assert_eq!(bbr.window(), settled, "grown back to the kept model");
+    }
+
+    #[test]
+    fn an_old_minimum_rtt_is_measured_again_with_a_small_window() {
+        let mut bbr = drive(12_500_000, 80, MSS, 5);
+        let mut rtt = RttEstimator::default();
+        rtt.sample(80);
+        // 10 s after the last minimum sample (the run above sampled 80 ms to its end), with queueing delay.
+        rtt.sample(120);
+        let later = Instant::from_millis(1000 + 5000 + 10_001);
+        bbr.on_delivered(later, MSS, 0, &rtt);
+        assert_eq!(bbr.window(), MIN_WINDOW_PACKETS * MSS, "drained for ProbeRTT");
+        rtt.sample(81);
+        bbr.on_delivered(later + Duration::from_millis(100), MSS, 0, &rtt);
+        assert_eq!(bbr.window(), MIN_WINDOW_PACKETS * MSS, "held for 200 ms");
+        bbr.on_delivered(later + Duration::from_millis(201), MSS, 0, &rtt);
+        assert_eq!(bbr.min_rtt_ms, 81, "the minimum is what the drained path showed");
+        assert!(bbr.window() > 1_000_000, "back to the model: {}", bbr.window());
     }
 }
