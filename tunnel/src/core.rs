@@ -7,13 +7,14 @@
 
 use crate::buffers::Buffers;
 use crate::device::{DatagramSink, RxQueue, TxPath, WgDevice};
+use crate::egress::Egress;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::listen::{self, ListenPort, SPARE_LISTENERS};
 use crate::peer::{self, Peer, PeerConfig, MAX_PEERS};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::TunnResult;
 use boringtun::x25519;
-use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
@@ -292,6 +293,12 @@ pub struct Core {
     accepted: VecDeque<(u16, SocketHandle)>,
     /// Sockets nobody uses any more, removed once their FIN or RST has gone out.
     closing: Vec<SocketHandle>,
+    /// Which sockets a poll visits (smoltcp's own poll visits all of them).
+    egress: Egress,
+    /// Scratch lists of a poll's visits, kept to reuse their memory.
+    visit: Vec<SocketHandle>,
+    visited: Vec<SocketHandle>,
+    sent: Vec<SocketHandle>,
     stats: Stats,
 }
 
@@ -335,6 +342,7 @@ impl Core {
             },
         };
         let mut iface = Interface::new(iface_config, &mut device, now);
+        iface.track_touched(true);
         let mut has_v4 = false;
         let mut has_v6 = false;
         iface.update_ip_addrs(|addrs| {
@@ -368,6 +376,10 @@ impl Core {
             listening: HashMap::new(),
             accepted: VecDeque::new(),
             closing: Vec::new(),
+            egress: Egress::default(),
+            visit: Vec::new(),
+            visited: Vec::new(),
+            sent: Vec::new(),
             stats,
         })
     }
@@ -507,7 +519,39 @@ impl Core {
                 stats: &mut self.stats,
             },
         };
-        let changed = self.iface.poll(now, &mut device, &mut self.sockets) == PollResult::SocketStateChanged;
+        let mut changed = false;
+        loop {
+            match self.iface.poll_ingress_single(now, &mut device, &mut self.sockets) {
+                PollIngressSingleResult::None => break,
+                PollIngressSingleResult::PacketProcessed => {}
+                PollIngressSingleResult::SocketStateChanged => changed = true,
+            }
+        }
+        // Egress visits only the sockets that took a segment, were used by their owner, or have a timer due;
+        // a socket sends one packet per visit, so those that sent are visited again until all are done.
+        let mut touched = std::mem::take(&mut self.visit);
+        self.iface.take_touched(&mut touched);
+        for &handle in &touched {
+            self.egress.touch(handle);
+        }
+        touched.clear();
+        self.egress.take_due(now, &mut touched);
+        let mut visit = touched;
+        let mut visited = std::mem::take(&mut self.visited);
+        let mut sent = std::mem::take(&mut self.sent);
+        visited.extend_from_slice(&visit);
+        while !visit.is_empty() {
+            sent.clear();
+            let result = self.iface.poll_egress_sockets(now, &mut device, &mut self.sockets, &visit, &mut sent);
+            changed |= result == PollResult::SocketStateChanged;
+            std::mem::swap(&mut visit, &mut sent);
+        }
+        for &handle in &visited {
+            let at = self.iface.socket_poll_at(now, &self.sockets, handle);
+            self.egress.set_timer(handle, at);
+        }
+        visited.clear();
+        (self.visit, self.visited, self.sent) = (visit, visited, sent);
         if changed {
             self.collect_accepted();
         }
@@ -624,7 +668,7 @@ impl Core {
 
     /// When [`Core::poll`] must run next, at the latest: smoltcp's next timer or WireGuard's next tick.
     pub fn poll_at(&mut self, now: Instant) -> Instant {
-        match self.iface.poll_at(now, &self.sockets) {
+        match self.egress.next_at(now) {
             Some(at) => at.min(self.next_timer),
             None => self.next_timer,
         }
@@ -675,7 +719,10 @@ impl Core {
         let port = self.free_port().ok_or(ConnectError::NoFreePort)?;
         let (mut socket, buffers) = self.new_tcp_socket().ok_or(ConnectError::TooManyConnections)?;
         socket.connect(self.iface.context(), remote, port).map_err(|_| ConnectError::Unaddressable)?;
-        Ok(self.add_socket((socket, buffers)))
+        let handle = self.add_socket((socket, buffers));
+        // Its SYN goes out on the next poll.
+        self.egress.touch(handle);
+        Ok(handle)
     }
 
     /// Opens a UDP socket on tunnel `port` (0: a free ephemeral port), with room for `bytes` of datagrams
@@ -688,18 +735,23 @@ impl Core {
         Ok((self.sockets.add(socket), port))
     }
 
-    /// The UDP socket behind `handle`.
+    /// The UDP socket behind `handle`. The next poll visits it (what the caller does with it may give it
+    /// something to send).
     pub fn udp(&mut self, handle: SocketHandle) -> &mut udp::Socket<'static> {
+        self.egress.touch(handle);
         self.sockets.get_mut::<udp::Socket>(handle)
     }
 
     /// Closes a UDP socket from [`Core::udp_bind`].
     pub fn udp_close(&mut self, handle: SocketHandle) {
+        self.egress.forget(handle);
         self.sockets.remove(handle);
     }
 
-    /// The TCP socket behind `handle`.
+    /// The TCP socket behind `handle`. The next poll visits it (writing, reading or closing may give it
+    /// something to send: data, a window update, a FIN).
     pub fn tcp(&mut self, handle: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.egress.touch(handle);
         self.sockets.get_mut::<tcp::Socket>(handle)
     }
 
@@ -716,6 +768,7 @@ impl Core {
     /// Frees a socket and its buffers at once, whatever its state (nothing more is sent for it).
     pub fn remove(&mut self, handle: SocketHandle) {
         // The socket (holding slices of the mapping) goes first, then the mapping.
+        self.egress.forget(handle);
         self.sockets.remove(handle);
         self.buffers.remove(&handle);
     }

@@ -5,8 +5,10 @@
 //!
 //! Module map:
 //! - [`keys`]: WireGuard keys in `wg`'s base64 text form.
-//! - [`core`]: the sans-IO core (one peer + one smoltcp interface): datagrams and time in, datagrams and socket
-//!   readiness out. Everything protocol-shaped lives here and is tested without sockets or clocks.
+//! - [`core`]: the sans-IO core (its WireGuard peers + one smoltcp interface): datagrams and time in, datagrams
+//!   and socket readiness out. Everything protocol-shaped lives here and is tested without sockets or clocks.
+//! - [`peer`]: the core's WireGuard peers: which peer a datagram or an address belongs to.
+//! - `egress` (private): which sockets a poll visits (the busy ones and those with a timer due), not all.
 //! - `device` (private): the smoltcp device between the interface and boringtun, allocation-free per packet.
 //! - `listen` (private): listening without a backlog: a listening socket per connection request, on demand.
 //! - `buffers` (private): each connection's buffers in a mapping of their own, paid for as they fill.
@@ -26,6 +28,7 @@ mod buffers;
 pub mod core;
 mod device;
 pub mod driver;
+mod egress;
 pub mod flow;
 pub mod keys;
 mod listen;

@@ -30,9 +30,16 @@ pub(crate) struct Item<'a> {
 pub struct SocketHandle(usize);
 
 impl SocketHandle {
-    /// POLAREDGE patch: the slot this handle names (for the interface's segment-to-socket cache).
-    pub(crate) fn index(self) -> usize {
+    /// POLAREDGE patch: the slot this handle names (for the interface's segment-to-socket cache, and for
+    /// callers that keep per-socket state in a table indexed by slot). Slots are reused once a socket is
+    /// removed.
+    pub fn index(self) -> usize {
         self.0
+    }
+
+    /// POLAREDGE patch: the handle of slot `index`.
+    pub(crate) fn from_index(index: usize) -> SocketHandle {
+        SocketHandle(index)
     }
 }
 
@@ -154,6 +161,11 @@ impl<'a> SocketSet<'a> {
     /// Iterate every socket in this set.
     pub(crate) fn items_mut(&mut self) -> impl Iterator<Item = &mut Item<'a>> + '_ {
         self.sockets.iter_mut().filter_map(|x| x.inner.as_mut())
+    }
+
+    /// POLAREDGE patch: the item in slot `index`, if the slot holds one (no panic for an empty slot).
+    pub(crate) fn item_at(&self, index: usize) -> Option<&Item<'a>> {
+        self.sockets.get(index)?.inner.as_ref()
     }
 
     /// POLAREDGE patch: the item in slot `index`, if the slot holds one (no panic for an empty slot).

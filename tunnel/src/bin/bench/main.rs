@@ -11,7 +11,8 @@
 //!
 //! Internal modes (spawned inside namespaces): `forward` (kernel TCP listener -> tunnel), `expose` (tunnel
 //! port -> kernel TCP) and `relay` (the impairment relay); `connmem` measures memory per tunnel connection
-//! in-process on loopback.
+//! in-process on loopback; `churn` the round trip while many connections close; `crowd` the round trip and its
+//! CPU cost while many connections stay open and idle.
 
 mod relay;
 mod wan;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         "expose" => expose(&options),
         "connmem" => connection_memory(),
         "churn" => churn(&options),
+        "crowd" => crowd(&options),
         "wan" => wan::run(),
         "relay" => start_relay(&options),
         "--help" | "-h" => {
@@ -426,6 +428,88 @@ fn orchestrate() -> io::Result<()> {
 /// once they have been quiet long enough for the driver to give their buffer pages back.
 /// How long a tunnel pair stays slow after a churn of `n` forwarded connections (opened at once, one byte each
 /// way, closed): the round trip of a fresh connection through the forwarder, every 100 ms for 10 s after.
+/// `crowd n=0,1000,4000`: for each N, a fresh tunnel pair on loopback with N idle connections open through
+/// the agent's forwarder, and one busy keep-alive connection beside them: its round trip (median, 99th
+/// percentile) and the process's CPU per round trip. What grows with N is the cost of the idle crowd.
+fn crowd(options: &HashMap<String, String>) -> io::Result<()> {
+    let counts: Vec<usize> =
+        options.get("n").map_or("0,1000,4000", String::as_str).split(',').filter_map(|n| n.parse().ok()).collect();
+    let rounds: usize = options.get("rounds").and_then(|v| v.parse().ok()).unwrap_or(5000);
+    tunnel::driver::raise_open_files_limit(None);
+    println!("idle connections | open + answer all | round trip p50 / p99 | process CPU per round trip");
+    for n in counts {
+        let (agent, client) =
+            testbed::loopback_pair(vec!["10.88.0.1/30".parse().unwrap()], vec!["10.88.0.2/30".parse().unwrap()])?;
+        let relay = client.listen(7000)?;
+        std::thread::spawn(move || {
+            // The far side: the first stream echoes until it ends; every other one echoes one byte and stays open.
+            let mut held = Vec::new();
+            let mut first = true;
+            while let Ok(stream) = relay.accept() {
+                let Ok(mut io) = stream.into_io() else { continue };
+                if std::mem::take(&mut first) {
+                    std::thread::spawn(move || {
+                        let mut byte = [0u8; 1];
+                        while io.read_exact(&mut byte).is_ok() && io.write_all(&byte).is_ok() {}
+                    });
+                    continue;
+                }
+                let mut byte = [0u8; 1];
+                if io.read_exact(&mut byte).is_ok() && io.write_all(&byte).is_ok() {
+                    held.push(io);
+                }
+            }
+        });
+        // The agent's own listener (a backlog of 4,096): std's 128 would lose SYNs of the crowd.
+        let forwarding = agent.forward_from(
+            tunnel::driver::listen("127.0.0.1:0".parse().unwrap())?,
+            "10.88.0.2:7000".parse::<SocketAddr>().unwrap(),
+            Vec::new(),
+            Arc::new(tunnel::StreamCounters::default()),
+        )?;
+        let mut probe = TcpStream::connect(forwarding.local_addr())?;
+        probe.set_nodelay(true)?;
+        probe.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut byte = [0u8; 1];
+        probe.write_all(b"x")?;
+        probe.read_exact(&mut byte)?;
+        let opened = Instant::now();
+        let mut crowd = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut s = TcpStream::connect(forwarding.local_addr())?;
+            s.write_all(b"x")?;
+            crowd.push(s);
+        }
+        for s in &mut crowd {
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            s.read_exact(&mut byte)?;
+        }
+        let opened = opened.elapsed();
+        std::thread::sleep(Duration::from_secs(1));
+        let cpu0 = cpu_seconds(std::process::id());
+        let mut times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let started = Instant::now();
+            probe.write_all(b"x")?;
+            probe.read_exact(&mut byte)?;
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        let cpu = cpu_seconds(std::process::id()) - cpu0;
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{n:>16} | {:>15.0} ms | {:>7.0} / {:>6.0} us | {:>6.0} us",
+            opened.as_secs_f64() * 1e3,
+            times[times.len() / 2],
+            times[times.len() * 99 / 100],
+            cpu * 1e6 / rounds as f64
+        );
+        drop(crowd);
+        drop(probe);
+        drop(forwarding);
+    }
+    Ok(())
+}
+
 fn churn(options: &HashMap<String, String>) -> io::Result<()> {
     let n: usize = options.get("n").and_then(|v| v.parse().ok()).unwrap_or(10_000);
     tunnel::driver::raise_open_files_limit(None);

@@ -37,7 +37,7 @@ use super::fragmentation::{Fragmenter, FragmentsBuffer};
 
 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
 use super::neighbor::{Answer as NeighborAnswer, Cache as NeighborCache};
-use super::socket_set::SocketSet;
+use super::socket_set::{Item, SocketHandle, SocketSet};
 use crate::config::{
     IFACE_MAX_ADDR_COUNT, IFACE_MAX_PREFIX_COUNT, IFACE_MAX_SIXLOWPAN_ADDRESS_CONTEXT_COUNT,
 };
@@ -158,6 +158,9 @@ pub struct InterfaceInner {
     /// POLAREDGE patch: which socket slot took the last segment of a 4-tuple (by hash), see `process_tcp`.
     #[cfg(feature = "socket-tcp")]
     tcp_slots: alloc::boxed::Box<[usize; tcp::TCP_SLOT_CACHE]>,
+    /// POLAREDGE patch: the sockets that took a segment since the last `take_touched`, when the caller asked
+    /// for them (`track_touched`); `None` otherwise.
+    touched: Option<alloc::vec::Vec<SocketHandle>>,
 }
 
 /// Configuration structure used for creating a network interface.
@@ -281,6 +284,7 @@ impl Interface {
                 routes: Routes::new(),
                 #[cfg(feature = "socket-tcp")]
                 tcp_slots: alloc::boxed::Box::new([0; tcp::TCP_SLOT_CACHE]),
+                touched: None,
                 #[cfg(any(feature = "medium-ethernet", feature = "medium-ieee802154"))]
                 neighbor_cache: NeighborCache::new(),
                 #[cfg(feature = "multicast")]
@@ -552,6 +556,77 @@ impl Interface {
         self.socket_egress(device, sockets)
     }
 
+    /// POLAREDGE patch: asks the interface to remember which sockets take incoming segments (or stop, with
+    /// `false`), for [`Interface::take_touched`]. A caller that knows which sockets can have something to send
+    /// (those that took a segment, those it wrote to or read from, those with a timer due) polls only those with
+    /// [`Interface::poll_egress_sockets`] instead of visiting every socket on each poll.
+    pub fn track_touched(&mut self, on: bool) {
+        self.inner.touched = on.then(alloc::vec::Vec::new);
+    }
+
+    /// POLAREDGE patch: appends to `into` the sockets that took an incoming segment since the last call (a
+    /// socket may appear more than once), and forgets them.
+    pub fn take_touched(&mut self, into: &mut alloc::vec::Vec<SocketHandle>) {
+        if let Some(touched) = &mut self.inner.touched {
+            into.append(touched);
+        }
+    }
+
+    /// POLAREDGE patch: like [`Interface::poll_egress`], but visits only the sockets in `handles` (handles of
+    /// removed sockets are skipped), each once: a socket sends at most one packet per visit. Appends to `sent`
+    /// the sockets that sent one (they may have more to send), and returns whether any did.
+    pub fn poll_egress_sockets(
+        &mut self,
+        timestamp: Instant,
+        device: &mut (impl Device + ?Sized),
+        sockets: &mut SocketSet<'_>,
+        handles: &[SocketHandle],
+        sent: &mut alloc::vec::Vec<SocketHandle>,
+    ) -> PollResult {
+        self.inner.now = timestamp;
+        let mut result = PollResult::None;
+        for (n, &handle) in handles.iter().enumerate() {
+            let Some(item) = sockets.item_at_mut(handle.index()) else {
+                continue;
+            };
+            match self.egress_item(device, item) {
+                Ok(true) => {
+                    sent.push(handle);
+                    result = PollResult::SocketStateChanged;
+                }
+                Ok(false) | Err(EgressError::Dispatch) => {}
+                Err(EgressError::Exhausted) => {
+                    // The device is full: the rest is still to do.
+                    sent.extend_from_slice(&handles[n..]);
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    /// POLAREDGE patch: when one socket needs polling next ([`Interface::poll_at`] for a single socket): `None`
+    /// when only an incoming packet (or the caller) can give it something to do, or when the slot is empty.
+    pub fn socket_poll_at(
+        &mut self,
+        timestamp: Instant,
+        sockets: &SocketSet<'_>,
+        handle: SocketHandle,
+    ) -> Option<Instant> {
+        self.inner.now = timestamp;
+        let item = sockets.item_at(handle.index())?;
+        let socket_poll_at = item.socket.poll_at(&mut self.inner);
+        match item.meta.poll_at(
+            socket_poll_at,
+            |ip_addr| self.inner.has_neighbor(&ip_addr),
+            timestamp,
+        ) {
+            PollAt::Ingress => None,
+            PollAt::Time(instant) => Some(instant),
+            PollAt::Now => Some(timestamp),
+        }
+    }
+
     /// Process one incoming packet queued in the device.
     ///
     /// Returns a value indicating:
@@ -719,116 +794,131 @@ impl Interface {
         device: &mut (impl Device + ?Sized),
         sockets: &mut SocketSet<'_>,
     ) -> PollResult {
-        let _caps = device.capabilities();
-
-        enum EgressError {
-            Exhausted,
-            Dispatch,
-        }
-
         let mut result = PollResult::None;
         for item in sockets.items_mut() {
-            if !item
-                .meta
-                .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
-            {
-                continue;
-            }
-
-            let mut neighbor_addr = None;
-            let mut respond = |inner: &mut InterfaceInner, meta: PacketMeta, response: Packet| {
-                neighbor_addr = Some(response.ip_repr().dst_addr());
-                let t = device.transmit(inner.now).ok_or_else(|| {
-                    net_debug!("failed to transmit IP: device exhausted");
-                    EgressError::Exhausted
-                })?;
-
-                inner
-                    .dispatch_ip(t, meta, response, &mut self.fragmenter)
-                    .map_err(|_| EgressError::Dispatch)?;
-
-                result = PollResult::SocketStateChanged;
-
-                Ok(())
-            };
-
-            let result = match &mut item.socket {
-                #[cfg(feature = "socket-raw")]
-                Socket::Raw(socket) => socket.dispatch(&mut self.inner, |inner, (ip, raw)| {
-                    respond(
-                        inner,
-                        PacketMeta::default(),
-                        Packet::new(ip, IpPayload::Raw(raw)),
-                    )
-                }),
-                #[cfg(feature = "socket-icmp")]
-                Socket::Icmp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, response| match response {
-                        #[cfg(feature = "proto-ipv4")]
-                        (IpRepr::Ipv4(ipv4_repr), IcmpRepr::Ipv4(icmpv4_repr)) => respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv4(ipv4_repr, IpPayload::Icmpv4(icmpv4_repr)),
-                        ),
-                        #[cfg(feature = "proto-ipv6")]
-                        (IpRepr::Ipv6(ipv6_repr), IcmpRepr::Ipv6(icmpv6_repr)) => respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv6(ipv6_repr, IpPayload::Icmpv6(icmpv6_repr)),
-                        ),
-                        #[allow(unreachable_patterns)]
-                        _ => unreachable!(),
-                    })
-                }
-                #[cfg(feature = "socket-udp")]
-                Socket::Udp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, meta, (ip, udp, payload)| {
-                        respond(inner, meta, Packet::new(ip, IpPayload::Udp(udp, payload)))
-                    })
-                }
-                #[cfg(feature = "socket-tcp")]
-                Socket::Tcp(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, meta, (ip, tcp)| {
-                        respond(inner, meta, Packet::new(ip, IpPayload::Tcp(tcp)))
-                    })
-                }
-                #[cfg(feature = "socket-dhcpv4")]
-                Socket::Dhcpv4(socket) => {
-                    socket.dispatch(&mut self.inner, |inner, (ip, udp, dhcp)| {
-                        respond(
-                            inner,
-                            PacketMeta::default(),
-                            Packet::new_ipv4(ip, IpPayload::Dhcpv4(udp, dhcp)),
-                        )
-                    })
-                }
-                #[cfg(feature = "socket-dns")]
-                Socket::Dns(socket) => socket.dispatch(&mut self.inner, |inner, (ip, udp, dns)| {
-                    respond(
-                        inner,
-                        PacketMeta::default(),
-                        Packet::new(ip, IpPayload::Udp(udp, dns)),
-                    )
-                }),
-            };
-
-            match result {
+            match self.egress_item(device, item) {
                 Err(EgressError::Exhausted) => break, // Device buffer full.
-                Err(EgressError::Dispatch) => {
-                    // `NeighborCache` already takes care of rate limiting the neighbor discovery
-                    // requests from the socket. However, without an additional rate limiting
-                    // mechanism, we would spin on every socket that has yet to discover its
-                    // neighbor.
-                    item.meta.neighbor_missing(
-                        self.inner.now,
-                        neighbor_addr.expect("non-IP response packet"),
-                    );
-                }
-                Ok(()) => {}
+                Ok(true) => result = PollResult::SocketStateChanged,
+                Ok(false) | Err(EgressError::Dispatch) => {}
             }
         }
         result
     }
+
+    /// Lets one socket send what it has: returns whether it sent a packet.
+    fn egress_item(
+        &mut self,
+        device: &mut (impl Device + ?Sized),
+        item: &mut Item<'_>,
+    ) -> Result<bool, EgressError> {
+        if !item
+            .meta
+            .egress_permitted(self.inner.now, |ip_addr| self.inner.has_neighbor(&ip_addr))
+        {
+            return Ok(false);
+        }
+
+        let mut sent = false;
+        let mut neighbor_addr = None;
+        let mut respond = |inner: &mut InterfaceInner, meta: PacketMeta, response: Packet| {
+            neighbor_addr = Some(response.ip_repr().dst_addr());
+            let t = device.transmit(inner.now).ok_or_else(|| {
+                net_debug!("failed to transmit IP: device exhausted");
+                EgressError::Exhausted
+            })?;
+
+            inner
+                .dispatch_ip(t, meta, response, &mut self.fragmenter)
+                .map_err(|_| EgressError::Dispatch)?;
+
+            sent = true;
+
+            Ok(())
+        };
+
+        let result = match &mut item.socket {
+            #[cfg(feature = "socket-raw")]
+            Socket::Raw(socket) => socket.dispatch(&mut self.inner, |inner, (ip, raw)| {
+                respond(
+                    inner,
+                    PacketMeta::default(),
+                    Packet::new(ip, IpPayload::Raw(raw)),
+                )
+            }),
+            #[cfg(feature = "socket-icmp")]
+            Socket::Icmp(socket) => {
+                socket.dispatch(&mut self.inner, |inner, response| match response {
+                    #[cfg(feature = "proto-ipv4")]
+                    (IpRepr::Ipv4(ipv4_repr), IcmpRepr::Ipv4(icmpv4_repr)) => respond(
+                        inner,
+                        PacketMeta::default(),
+                        Packet::new_ipv4(ipv4_repr, IpPayload::Icmpv4(icmpv4_repr)),
+                    ),
+                    #[cfg(feature = "proto-ipv6")]
+                    (IpRepr::Ipv6(ipv6_repr), IcmpRepr::Ipv6(icmpv6_repr)) => respond(
+                        inner,
+                        PacketMeta::default(),
+                        Packet::new_ipv6(ipv6_repr, IpPayload::Icmpv6(icmpv6_repr)),
+                    ),
+                    #[allow(unreachable_patterns)]
+                    _ => unreachable!(),
+                })
+            }
+            #[cfg(feature = "socket-udp")]
+            Socket::Udp(socket) => {
+                socket.dispatch(&mut self.inner, |inner, meta, (ip, udp, payload)| {
+                    respond(inner, meta, Packet::new(ip, IpPayload::Udp(udp, payload)))
+                })
+            }
+            #[cfg(feature = "socket-tcp")]
+            Socket::Tcp(socket) => {
+                socket.dispatch(&mut self.inner, |inner, meta, (ip, tcp)| {
+                    respond(inner, meta, Packet::new(ip, IpPayload::Tcp(tcp)))
+                })
+            }
+            #[cfg(feature = "socket-dhcpv4")]
+            Socket::Dhcpv4(socket) => {
+                socket.dispatch(&mut self.inner, |inner, (ip, udp, dhcp)| {
+                    respond(
+                        inner,
+                        PacketMeta::default(),
+                        Packet::new_ipv4(ip, IpPayload::Dhcpv4(udp, dhcp)),
+                    )
+                })
+            }
+            #[cfg(feature = "socket-dns")]
+            Socket::Dns(socket) => socket.dispatch(&mut self.inner, |inner, (ip, udp, dns)| {
+                respond(
+                    inner,
+                    PacketMeta::default(),
+                    Packet::new(ip, IpPayload::Udp(udp, dns)),
+                )
+            }),
+        };
+
+
+        match result {
+            Err(EgressError::Exhausted) => Err(EgressError::Exhausted),
+            Err(EgressError::Dispatch) => {
+                // `NeighborCache` already takes care of rate limiting the neighbor discovery
+                // requests from the socket. However, without an additional rate limiting
+                // mechanism, we would spin on every socket that has yet to discover its
+                // neighbor.
+                item.meta.neighbor_missing(
+                    self.inner.now,
+                    neighbor_addr.expect("non-IP response packet"),
+                );
+                Err(EgressError::Dispatch)
+            }
+            Ok(()) => Ok(sent),
+        }
+    }
+}
+
+/// Why a socket could not send.
+enum EgressError {
+    Exhausted,
+    Dispatch,
 }
 
 impl InterfaceInner {

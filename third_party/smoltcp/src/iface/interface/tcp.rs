@@ -1,5 +1,6 @@
 use super::*;
 
+use crate::iface::SocketHandle;
 use crate::socket::tcp::Socket;
 
 /// POLAREDGE patch: entries of the direct-mapped cache from a segment's 4-tuple to the socket slot that took
@@ -60,6 +61,9 @@ impl InterfaceInner {
                 .and_then(|i| Socket::downcast_mut(&mut i.socket))
             {
                 if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
+                    if let Some(touched) = &mut self.touched {
+                        touched.push(SocketHandle::from_index(slot));
+                    }
                     return tcp_socket
                         .process(self, &ip_repr, &tcp_repr)
                         .map(|(ip, tcp)| Packet::new(ip, IpPayload::Tcp(tcp)));
@@ -75,6 +79,9 @@ impl InterfaceInner {
             if tcp_socket.accepts(self, &ip_repr, &tcp_repr) {
                 if let Some(key) = cache_key {
                     self.tcp_slots[key] = slot;
+                }
+                if let Some(touched) = &mut self.touched {
+                    touched.push(SocketHandle::from_index(slot));
                 }
                 return tcp_socket
                     .process(self, &ip_repr, &tcp_repr)
