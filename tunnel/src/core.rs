@@ -592,7 +592,8 @@ impl Core {
         if !any {
             return;
         }
-        let ports: Vec<u16> = self.listening.iter().filter(|(_, l)| l.requests > 0).map(|(&p, _)| p).collect();
+        let ports: Vec<u16> =
+            self.listening.iter().filter(|(_, l)| l.requests > 0 && !l.draining).map(|(&p, _)| p).collect();
         for port in ports {
             let listening = &self.listening[&port];
             let idle = listening.pending.iter().filter(|&&h| self.tcp_ref(h).state() == tcp::State::Listen).count();
@@ -608,14 +609,16 @@ impl Core {
     }
 
     /// Moves sockets that left the handshake to the accept queue, forgets failed handshakes, and closes idle
-    /// listening sockets beyond the spares.
+    /// listening sockets beyond the spares (all of them on a draining port, which is forgotten once its last
+    /// handshake is over).
     fn collect_accepted(&mut self) {
         let mut freed = Vec::new();
         for (&port, listening) in self.listening.iter_mut() {
             let mut idle = 0;
+            let spares = if listening.draining { 0 } else { SPARE_LISTENERS };
             let sockets = &self.sockets;
             listening.pending.retain(|&handle| match sockets.get::<tcp::Socket>(handle).state() {
-                tcp::State::Listen if idle < SPARE_LISTENERS => {
+                tcp::State::Listen if idle < spares => {
                     idle += 1;
                     true
                 }
@@ -630,6 +633,7 @@ impl Core {
                 }
             });
         }
+        self.listening.retain(|_, l| !(l.draining && l.pending.is_empty()));
         for handle in freed {
             self.remove(handle);
         }
@@ -679,7 +683,13 @@ impl Core {
     /// [`Core::accept`]. Listening again on an open port changes nothing.
     pub fn listen(&mut self, port: u16) {
         assert_ne!(port, 0, "cannot listen on tunnel port 0");
-        if self.listening.contains_key(&port) {
+        if let Some(listening) = self.listening.get_mut(&port) {
+            if std::mem::take(&mut listening.draining) {
+                // Draining closed its listening sockets: take connections again at once.
+                if let Some(handle) = self.open_listener(port) {
+                    self.listening.get_mut(&port).expect("looked up above").pending.push(handle);
+                }
+            }
             return;
         }
         let mut listening = ListenPort::default();
@@ -699,6 +709,37 @@ impl Core {
             self.tcp(handle).abort();
             self.closing.push(handle);
         }
+    }
+
+    /// Stops taking new connections on `port` without cutting the ones half made: new connection requests are
+    /// reset (a client with somewhere else to go moves on at once), while handshakes under way finish and come
+    /// out of [`Core::accept`] as usual. A peer that completed its side of the handshake has already sent its
+    /// first bytes; resetting it then would fail a request that no other replica can take over. The port is
+    /// forgotten once no handshake is left ([`Core::accepts_on`]); [`Core::listen`] takes it back.
+    pub fn stop_accepting(&mut self, port: u16) {
+        let Some(listening) = self.listening.get_mut(&port) else { return };
+        listening.draining = true;
+        let sockets = &self.sockets;
+        let mut idle = Vec::new();
+        listening.pending.retain(|&handle| {
+            let listen = sockets.get::<tcp::Socket>(handle).state() == tcp::State::Listen;
+            if listen {
+                idle.push(handle);
+            }
+            !listen
+        });
+        if listening.pending.is_empty() {
+            self.listening.remove(&port);
+        }
+        for handle in idle {
+            // A listening socket has nothing to send.
+            self.remove(handle);
+        }
+    }
+
+    /// Whether `port` takes connections, or still finishes handshakes after [`Core::stop_accepting`].
+    pub fn accepts_on(&self, port: u16) -> bool {
+        self.listening.contains_key(&port)
     }
 
     /// The next connection established on a listening port: its port and socket. The socket is the caller's

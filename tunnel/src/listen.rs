@@ -45,6 +45,8 @@ pub(crate) struct ListenPort {
     pub pending: Vec<SocketHandle>,
     /// Connection requests seen in the packets queued for the next poll.
     pub requests: usize,
+    /// No new connections: the handshakes under way finish and are accepted, new requests are reset.
+    pub draining: bool,
 }
 
 #[cfg(test)]

@@ -535,6 +535,34 @@ fn unlisten_resets_handshakes_and_connections_not_yet_accepted() {
 }
 
 #[test]
+fn stop_accepting_finishes_handshakes_under_way_and_refuses_new_requests() {
+    let mut p = pair(Conditions::default());
+    p.b.listen(9000);
+    let client = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    // A is established once it has B's SYN-ACK; its ACK is still on the way: B is mid-handshake.
+    assert!(p.run_until(Duration::from_secs(5), |p| p.a.tcp(client).state() == State::Established));
+    assert!(p.b.accept().is_none(), "B has not accepted yet");
+    p.b.stop_accepting(9000);
+    assert!(p.b.accepts_on(9000), "a handshake is still under way");
+    p.a.tcp(client).send_slice(b"first request").unwrap();
+    let mut server = None;
+    assert!(p.run_until(Duration::from_secs(5), |p| established(&mut p.b, &mut server)), "B finishes it");
+    let mut got = [0u8; 64];
+    assert!(p.run_until(Duration::from_secs(5), |p| p.b.tcp(server.unwrap()).recv_queue() == 13));
+    let n = p.b.tcp(server.unwrap()).recv_slice(&mut got).unwrap();
+    assert_eq!(&got[..n], b"first request", "the request sent during the handshake arrives");
+    assert_eq!(p.a.tcp(client).state(), State::Established, "not reset");
+    assert!(!p.b.accepts_on(9000), "the port is forgotten once its last handshake is over");
+    let late = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    assert!(p.run_until(Duration::from_secs(5), |p| p.a.tcp(late).state() == State::Closed), "new requests reset");
+    assert_eq!(p.b.socket_count(), 1, "only the finished connection is left");
+    // Listening again takes connections again.
+    p.b.listen(9000);
+    let again = p.a.connect(IpEndpoint::new(AGENT_V4, 9000)).unwrap();
+    assert!(p.run_until(Duration::from_secs(5), |p| p.a.tcp(again).state() == State::Established));
+}
+
+#[test]
 fn an_idle_connections_buffers_are_released_only_when_empty() {
     let (mut p, client, server) = established_pair();
     p.a.tcp(client).send_slice(&[1u8; 3000]).unwrap();

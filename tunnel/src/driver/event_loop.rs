@@ -173,6 +173,8 @@ pub(crate) struct Driver {
     start: std::time::Instant,
     limits: Limits,
     listeners: HashMap<u16, Accepting>,
+    /// Relay ports closed by their owner whose handshakes under way still finish (see `Core::stop_accepting`).
+    draining: Vec<u16>,
     forwarders: HashMap<u64, Forwarder>,
     /// Remotes whose connection went unanswered, and when; forgiven once their peer is heard from again.
     suspected: HashMap<SocketAddr, Instant>,
@@ -218,6 +220,7 @@ impl Driver {
             start,
             limits,
             listeners: HashMap::new(),
+            draining: Vec::new(),
             forwarders: HashMap::new(),
             suspected: HashMap::new(),
             connections: HashMap::new(),
@@ -350,11 +353,20 @@ impl Driver {
             Command::Relay { port, policy, counters, reply } => {
                 let _ = reply.send(self.listen(port, Accepting::Relay(Arc::new(RelayPort { policy, counters }))));
             }
-            Command::Unlisten { port } => {
-                if self.listeners.remove(&port).is_some() {
+            Command::Unlisten { port } => match self.listeners.get(&port) {
+                // A relay serves what it already half accepted: with several replicas, a reset after the
+                // other side's handshake would fail a request; new ones are refused and move to another one.
+                Some(Accepting::Relay(_)) if !self.draining.contains(&port) => {
+                    // Forgotten by `take_accepted` once the core has handed over its last connection.
+                    self.core.stop_accepting(port);
+                    self.draining.push(port);
+                }
+                Some(_) if !self.draining.contains(&port) => {
+                    self.listeners.remove(&port);
                     self.core.unlisten(port);
                 }
-            }
+                _ => {}
+            },
             Command::Connect { reply, .. } if self.core.peer().endpoint.is_none() => {
                 let _ = reply.send(Err(io::Error::new(
                     io::ErrorKind::NotConnected,
@@ -447,6 +459,11 @@ impl Driver {
     fn listen(&mut self, port: u16, accepting: Accepting) -> io::Result<()> {
         if port == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot listen on tunnel port 0"));
+        }
+        if let Some(n) = self.draining.iter().position(|&p| p == port) {
+            // A relay that was closing on this port: the new owner takes over its last handshakes too.
+            self.draining.swap_remove(n);
+            self.listeners.remove(&port);
         }
         if self.listeners.contains_key(&port) {
             return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("tunnel port {port} already has a listener")));
@@ -891,6 +908,18 @@ impl Driver {
         moved
     }
 
+    /// Forgets the relay ports whose last handshake is over.
+    fn forget_drained_relays(&mut self) {
+        let (core, listeners) = (&self.core, &mut self.listeners);
+        self.draining.retain(|&port| {
+            let draining = core.accepts_on(port);
+            if !draining {
+                listeners.remove(&port);
+            }
+            draining
+        });
+    }
+
     /// Hands connections established on listening ports to whoever accepts them.
     fn take_accepted(&mut self, now: Instant) -> bool {
         let mut any = false;
@@ -918,6 +947,9 @@ impl Driver {
                     self.core.release(handle);
                 }
             }
+        }
+        if !self.draining.is_empty() {
+            self.forget_drained_relays();
         }
         any
     }
