@@ -18,13 +18,18 @@ use crate::render::gateway::{
     self, Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant, TcpRoute, TlsRoute, UdpRoute,
 };
 use crate::render::Cluster;
+use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::api::ApiResource;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 
@@ -264,7 +269,7 @@ pub fn start(api: &crate::kube_api::KubeApi, changed: Sender<()>) -> (Stores, Wr
     let (slices, slice_writer) = reflector::store();
     let (secrets, secret_writer) = reflector::store();
     let gateway_stores = Arc::new(OnceLock::new());
-    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let synced = Arc::new(AtomicBool::new(false));
     let stores = Stores {
         ingresses,
         classes,
@@ -274,179 +279,235 @@ pub fn start(api: &crate::kube_api::KubeApi, changed: Sender<()>) -> (Stores, Wr
         gateway: Arc::clone(&gateway_stores),
         synced: Arc::clone(&synced),
     };
-    let (client, handle) = (api.client(), api.handle());
-    let watching = client.clone();
-    handle.spawn(async move {
-        let client = watching;
-        let config = watcher::Config::default();
-        // Each stream yields (store index, whether to render).
-        macro_rules! watch {
-            ($kind:ty, $writer:expr, $index:expr, $config:expr) => {
-                reflector::reflector($writer, watcher(Api::<$kind>::all(client.clone()), $config).default_backoff())
-                    .map(|event| match event {
-                        Ok(event) => ($index, triggers(&event), None),
-                        Err(e) => ($index, false, Some(e.to_string())),
-                    })
-                    .boxed()
-            };
-        }
-        let mut events = futures::stream::select_all([
-            watch!(Ingress, ingress_writer, stream::INGRESS, config.clone()),
-            watch!(IngressClass, class_writer, stream::INGRESS_CLASS, config.clone()),
-            watch!(Service, service_writer, stream::SERVICE, config.clone()),
-            watch!(EndpointSlice, slice_writer, stream::ENDPOINT_SLICE, config.clone()),
-            watch!(Secret, secret_writer, stream::SECRET, config.clone().fields(TLS_SECRETS)),
-        ]);
-        let mut listed = vec![false; stream::SECRET + 1];
-        // Gateway API streams, when the cluster serves the group; the first lookup before the first
-        // render, so that a cluster with HTTPRoutes never gets a snapshot without them.
-        macro_rules! watch_dynamic {
-            ($kind:ty, $name:expr, $index:expr) => {
-                watch_dynamic!($kind, $name, $index, gateway::VERSION)
-            };
-            ($kind:ty, $name:expr, $index:expr, $version:expr) => {{
-                let resource = gateway::api_resource_at($name, $version);
-                let writer = reflector::store::Writer::<$kind>::new(resource.clone());
-                let reader = writer.as_reader();
-                let stream = reflector::reflector(
-                    writer,
-                    watcher(Api::<$kind>::all_with(client.clone(), &resource), config.clone()).default_backoff(),
-                )
-                .map(|event| match event {
-                    Ok(event) => ($index, triggers(&event), None),
-                    Err(e) => ($index, false, Some(e.to_string())),
-                })
-                .boxed();
-                (stream, reader)
-            }};
-        }
-        let mut gateway_on = false;
-        let mut lookup = tokio::time::interval(gateway_lookup());
-        lookup.tick().await;
-        let start_gateway = |events: &mut futures::stream::SelectAll<_>, listed: &mut Vec<bool>, served: &Served| {
-            use k8s_openapi::api::core::v1::Namespace;
-            let (classes, classes_reader) = watch_dynamic!(GatewayClass, "GatewayClass", stream::GATEWAY_CLASS);
-            let (gateways, gateways_reader) = watch_dynamic!(Gateway, "Gateway", stream::GATEWAY);
-            let (routes, routes_reader) = watch_dynamic!(HttpRoute, "HTTPRoute", stream::HTTP_ROUTE);
-            let (grants, grants_reader) = watch_dynamic!(ReferenceGrant, "ReferenceGrant", stream::REFERENCE_GRANT);
-            let (namespaces_reader, namespaces_writer) = reflector::store();
-            let namespaces = watch!(Namespace, namespaces_writer, stream::NAMESPACE, config.clone());
-            events.extend([classes, gateways, routes, grants, namespaces]);
-            // The optional kinds count as listed unless they are watched.
-            listed.resize(stream::NAMES.len(), true);
-            for index in
-                [stream::GATEWAY_CLASS, stream::GATEWAY, stream::HTTP_ROUTE, stream::REFERENCE_GRANT, stream::NAMESPACE]
-            {
-                listed[index] = false;
-            }
-            let mut optional = |index: usize, version: Option<&String>| {
-                version.map(|v| {
-                    listed[index] = false;
-                    v.clone()
-                })
-            };
-            let tls = optional(stream::TLS_ROUTE, served.get("TLSRoute"))
-                .map(|v| watch_dynamic!(TlsRoute, "TLSRoute", stream::TLS_ROUTE, &v));
-            let tcp = optional(stream::TCP_ROUTE, served.get("TCPRoute"))
-                .map(|v| watch_dynamic!(TcpRoute, "TCPRoute", stream::TCP_ROUTE, &v));
-            let udp = optional(stream::UDP_ROUTE, served.get("UDPRoute"))
-                .map(|v| watch_dynamic!(UdpRoute, "UDPRoute", stream::UDP_ROUTE, &v));
-            let grpc = optional(stream::GRPC_ROUTE, served.get("GRPCRoute"))
-                .map(|v| watch_dynamic!(GrpcRoute, "GRPCRoute", stream::GRPC_ROUTE, &v));
-            macro_rules! reader {
-                ($watched:expr) => {
-                    $watched.map(|(stream, reader)| {
-                        events.push(stream);
-                        reader
-                    })
-                };
-            }
-            let stores = GatewayStores {
-                classes: classes_reader,
-                gateways: gateways_reader,
-                routes: routes_reader,
-                grants: grants_reader,
-                namespaces: namespaces_reader,
-                grpc_routes: reader!(grpc),
-                tls_routes: reader!(tls),
-                tcp_routes: reader!(tcp),
-                udp_routes: reader!(udp),
-            };
-            let _ = gateway_stores.set(stores);
-        };
-        if let Some(served) = gateway_served(&client).await {
-            log::info!(
-                "the cluster serves the Gateway API: watching GatewayClasses, Gateways, HTTPRoutes, \
-                         ReferenceGrants and {served:?}"
-            );
-            start_gateway(&mut events, &mut listed, &served);
-            gateway_on = true;
-        } else {
-            log::info!(
-                "the cluster has no Gateway API CRDs ({}/{}): serving Ingresses; looking again every {:?}",
-                gateway::GROUP,
-                gateway::VERSION,
-                gateway_lookup()
-            );
-        }
-        let mut forbidden_kinds = [false; stream::NAMES.len()];
-        loop {
-            let next = tokio::select! {
-                next = events.next() => next,
-                _ = lookup.tick(), if !gateway_on => {
-                    if let Some(served) = gateway_served(&client).await {
-                        log::info!("the cluster serves the Gateway API now: watching its resources");
-                        start_gateway(&mut events, &mut listed, &served);
-                        all_listed(&listed, &synced); // renders wait until the new streams listed
-                        gateway_on = true;
-                    }
-                    continue;
-                }
-            };
-            let Some((index, trigger, error)) = next else { return };
-            if let Some(e) = error {
-                if index >= stream::SECRET && forbidden(&e) {
-                    // Not allowed to read Secrets or the Gateway API: render without them (TLS hosts use
-                    // ACME; Gateway API resources are not served).
-                    if !forbidden_kinds[index] {
-                        forbidden_kinds[index] = true;
-                        let without = if index == stream::SECRET {
-                            "TLS hosts use ACME"
-                        } else {
-                            "the Gateway API is not served"
-                        };
-                        log::warn!(
-                            "cannot watch {} ({e}); {without}. Apply deploy/ again to grant get/list/watch",
-                            stream::NAMES[index]
-                        );
-                        listed[index] = true;
-                        if all_listed(&listed, &synced) && changed.send(()).is_err() {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                log::warn!("watch {}: {e} (retrying with backoff)", stream::NAMES[index]);
-                continue;
-            }
-            if forbidden_kinds[index] && trigger {
-                forbidden_kinds[index] = false;
-                log::info!("watching {} now", stream::NAMES[index]);
-            }
-            if trigger {
-                listed[index] = true;
-                if all_listed(&listed, &synced) && changed.send(()).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let client = api.client();
+    let config = watcher::Config::default();
+    let events = futures::stream::select_all([
+        reflect(ingress_writer, Api::all(client.clone()), config.clone(), stream::INGRESS),
+        reflect(class_writer, Api::all(client.clone()), config.clone(), stream::INGRESS_CLASS),
+        reflect(service_writer, Api::all(client.clone()), config.clone(), stream::SERVICE),
+        reflect(slice_writer, Api::all(client.clone()), config.clone(), stream::ENDPOINT_SLICE),
+        reflect(secret_writer, Api::all(client.clone()), config.clone().fields(TLS_SECRETS), stream::SECRET),
+    ]);
+    let watch = Watch {
+        client: client.clone(),
+        config,
+        events,
+        listed: vec![false; stream::SECRET + 1],
+        gateway: gateway_stores,
+        synced,
+        changed,
+        forbidden: [false; stream::NAMES.len()],
+    };
+    api.handle().spawn(watch.run());
     let reporter = kube::runtime::events::Reporter {
         controller: "polaredge-client".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
-    (stores, Writer { client, runtime: handle, recorder })
+    (stores, Writer { client, runtime: api.handle(), recorder })
+}
+
+/// What a watch stream yields: the stream's index (see [`stream`]), whether the event asks for a render, and
+/// the watch error, if any.
+type Event = (usize, bool, Option<String>);
+
+/// A reflector that feeds `writer` from a watch of `api` (restarted with backoff), its events tagged `index`.
+fn reflect<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    config: watcher::Config,
+    index: usize,
+) -> BoxStream<'static, Event>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    reflector::reflector(writer, watcher(api, config).default_backoff())
+        .map(move |event| match event {
+            Ok(event) => (index, triggers(&event), None),
+            Err(e) => (index, false, Some(e.to_string())),
+        })
+        .boxed()
+}
+
+/// A Gateway API kind: an object whose API resource (group, version, plural) is known at run time only.
+trait GatewayKind:
+    kube::Resource<DynamicType = ApiResource> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+impl<K> GatewayKind for K where
+    K: kube::Resource<DynamicType = ApiResource> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+/// A reflector for the Gateway API kind `name` at `version`: its events and its store.
+fn reflect_gateway_kind<K>(
+    client: &kube::Client,
+    config: &watcher::Config,
+    name: &str,
+    version: &str,
+    index: usize,
+) -> (BoxStream<'static, Event>, Store<K>)
+where
+    K: GatewayKind,
+{
+    let resource = gateway::api_resource_at(name, version);
+    let writer = reflector::store::Writer::<K>::new(resource.clone());
+    let reader = writer.as_reader();
+    (reflect(writer, Api::all_with(client.clone(), &resource), config.clone(), index), reader)
+}
+
+/// The watch task: every stream's events in, render requests out.
+struct Watch {
+    client: kube::Client,
+    config: watcher::Config,
+    events: SelectAll<BoxStream<'static, Event>>,
+    /// By stream index: whether it has listed once (or will never list: forbidden by RBAC).
+    listed: Vec<bool>,
+    gateway: Arc<OnceLock<GatewayStores>>,
+    synced: Arc<AtomicBool>,
+    changed: Sender<()>,
+    /// By stream index: RBAC refuses the watch (said once, until it works).
+    forbidden: [bool; stream::NAMES.len()],
+}
+
+impl Watch {
+    /// Runs until nobody waits for renders. The Gateway API is looked up before the first render, so that a
+    /// cluster with HTTPRoutes never gets a snapshot without them, and again every [`gateway_lookup`] until
+    /// the cluster serves it.
+    async fn run(mut self) {
+        let mut lookup = tokio::time::interval(gateway_lookup());
+        lookup.tick().await;
+        let mut gateway_on = self.look_for_gateway_api(true).await;
+        loop {
+            let next = tokio::select! {
+                next = self.events.next() => next,
+                _ = lookup.tick(), if !gateway_on => {
+                    gateway_on = self.look_for_gateway_api(false).await;
+                    continue;
+                }
+            };
+            let Some(event) = next else { return };
+            if !self.on_event(event) {
+                return;
+            }
+        }
+    }
+
+    /// Watches the Gateway API if the cluster serves it; returns whether it does.
+    async fn look_for_gateway_api(&mut self, first: bool) -> bool {
+        let Some(served) = gateway_served(&self.client).await else {
+            if first {
+                log::info!(
+                    "the cluster has no Gateway API CRDs ({}/{}): serving Ingresses; looking again every {:?}",
+                    gateway::GROUP,
+                    gateway::VERSION,
+                    gateway_lookup()
+                );
+            }
+            return false;
+        };
+        if first {
+            log::info!(
+                "the cluster serves the Gateway API: watching GatewayClasses, Gateways, HTTPRoutes, \
+                 ReferenceGrants and {served:?}"
+            );
+        } else {
+            log::info!("the cluster serves the Gateway API now: watching its resources");
+        }
+        self.watch_gateway_api(&served);
+        all_listed(&self.listed, &self.synced); // renders wait until the new streams listed
+        true
+    }
+
+    /// Starts the Gateway API's watches: the kinds of the standard channel, Namespaces (for listeners that
+    /// admit routes by namespace labels), and the optional route kinds the cluster serves.
+    fn watch_gateway_api(&mut self, served: &Served) {
+        use k8s_openapi::api::core::v1::Namespace;
+        let (client, config) = (&self.client, &self.config);
+        let (classes, classes_reader) =
+            reflect_gateway_kind(client, config, "GatewayClass", gateway::VERSION, stream::GATEWAY_CLASS);
+        let (gateways, gateways_reader) =
+            reflect_gateway_kind(client, config, "Gateway", gateway::VERSION, stream::GATEWAY);
+        let (routes, routes_reader) =
+            reflect_gateway_kind(client, config, "HTTPRoute", gateway::VERSION, stream::HTTP_ROUTE);
+        let (grants, grants_reader) =
+            reflect_gateway_kind(client, config, "ReferenceGrant", gateway::VERSION, stream::REFERENCE_GRANT);
+        let (namespaces_reader, namespaces_writer) = reflector::store();
+        let namespaces =
+            reflect(namespaces_writer, Api::<Namespace>::all(client.clone()), config.clone(), stream::NAMESPACE);
+        self.events.extend([classes, gateways, routes, grants, namespaces]);
+        // The optional kinds count as listed unless they are watched.
+        self.listed.resize(stream::NAMES.len(), true);
+        for index in
+            [stream::GATEWAY_CLASS, stream::GATEWAY, stream::HTTP_ROUTE, stream::REFERENCE_GRANT, stream::NAMESPACE]
+        {
+            self.listed[index] = false;
+        }
+        let stores = GatewayStores {
+            classes: classes_reader,
+            gateways: gateways_reader,
+            routes: routes_reader,
+            grants: grants_reader,
+            namespaces: namespaces_reader,
+            grpc_routes: self.watch_optional(served, "GRPCRoute", stream::GRPC_ROUTE),
+            tls_routes: self.watch_optional(served, "TLSRoute", stream::TLS_ROUTE),
+            tcp_routes: self.watch_optional(served, "TCPRoute", stream::TCP_ROUTE),
+            udp_routes: self.watch_optional(served, "UDPRoute", stream::UDP_ROUTE),
+        };
+        let _ = self.gateway.set(stores);
+    }
+
+    /// Watches the optional route kind `name` at the version the cluster serves it at; `None` if it does not.
+    fn watch_optional<K>(&mut self, served: &Served, name: &str, index: usize) -> Option<Store<K>>
+    where
+        K: GatewayKind,
+    {
+        let version = served.get(name)?;
+        let (events, store) = reflect_gateway_kind(&self.client, &self.config, name, version, index);
+        self.listed[index] = false;
+        self.events.push(events);
+        Some(store)
+    }
+
+    /// Takes one stream event; false when nobody waits for renders any more.
+    fn on_event(&mut self, (index, trigger, error): Event) -> bool {
+        if let Some(e) = error {
+            if index >= stream::SECRET && forbidden(&e) {
+                // Not allowed to read Secrets or the Gateway API: render without them (TLS hosts use ACME;
+                // Gateway API resources are not served).
+                if !self.forbidden[index] {
+                    self.forbidden[index] = true;
+                    let without =
+                        if index == stream::SECRET { "TLS hosts use ACME" } else { "the Gateway API is not served" };
+                    log::warn!(
+                        "cannot watch {} ({e}); {without}. Apply deploy/ again to grant get/list/watch",
+                        stream::NAMES[index]
+                    );
+                    self.listed[index] = true;
+                    return self.render_once_all_listed();
+                }
+                return true;
+            }
+            log::warn!("watch {}: {e} (retrying with backoff)", stream::NAMES[index]);
+            return true;
+        }
+        if self.forbidden[index] && trigger {
+            self.forbidden[index] = false;
+            log::info!("watching {} now", stream::NAMES[index]);
+        }
+        if trigger {
+            self.listed[index] = true;
+            return self.render_once_all_listed();
+        }
+        true
+    }
+
+    /// Asks for a render if every store has listed; false when nobody waits for renders any more.
+    fn render_once_all_listed(&self) -> bool {
+        !(all_listed(&self.listed, &self.synced) && self.changed.send(()).is_err())
+    }
 }
 
 /// The optional route kinds the cluster serves, with the version each is served at.

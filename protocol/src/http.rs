@@ -127,18 +127,48 @@ impl Response {
     }
 }
 
+/// Why a response could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseError {
+    /// The connection closed before the blank line that ends the head.
+    NoHead,
+    /// The head is not UTF-8.
+    NotUtf8,
+    /// The first line is not `HTTP/1.x <code> ...`.
+    BadStatusLine(String),
+    /// The connection closed before `Content-Length` bytes of body arrived.
+    ShortBody {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        expected: usize,
+    },
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseError::NoHead => write!(f, "the response has no complete head (the server closed early)"),
+            ResponseError::NotUtf8 => write!(f, "the response head is not UTF-8"),
+            ResponseError::BadStatusLine(line) => write!(f, "malformed status line {line:?}"),
+            ResponseError::ShortBody { got, expected } => write!(f, "the body ended after {got} of {expected} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
 /// Parses a complete response (read until the server closed the connection). Chunked bodies are not
 /// supported: the servers this talks to (the agent, Traefik's API) send `Content-Length`.
-pub fn parse_response(bytes: &[u8]) -> Result<Response, String> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").ok_or("the response has no complete head")?;
-    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| "the response head is not UTF-8")?;
+pub fn parse_response(bytes: &[u8]) -> Result<Response, ResponseError> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").ok_or(ResponseError::NoHead)?;
+    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| ResponseError::NotUtf8)?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
+    let bad_status = || ResponseError::BadStatusLine(status_line.to_string());
     let status = match status_line.split(' ').collect::<Vec<_>>().as_slice() {
-        [version, code, ..] if version.starts_with("HTTP/1.") => {
-            code.parse().map_err(|_| format!("malformed status line {status_line:?}"))?
-        }
-        _ => return Err(format!("malformed status line {status_line:?}")),
+        [version, code, ..] if version.starts_with("HTTP/1.") => code.parse().map_err(|_| bad_status())?,
+        _ => return Err(bad_status()),
     };
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
@@ -147,7 +177,7 @@ pub fn parse_response(bytes: &[u8]) -> Result<Response, String> {
     let mut body = bytes[end + 4..].to_vec();
     if let Some(length) = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()) {
         if body.len() < length {
-            return Err(format!("the body ended after {} of {length} bytes", body.len()));
+            return Err(ResponseError::ShortBody { got: body.len(), expected: length });
         }
         body.truncate(length);
     }
@@ -210,8 +240,11 @@ mod tests {
         );
         let r = parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nno length").unwrap();
         assert_eq!((r.status, r.text().as_str()), (404, "no length"));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort").unwrap_err().contains("ended"));
-        assert!(parse_response(b"garbage\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"),
+            Err(ResponseError::ShortBody { got: 5, expected: 9 })
+        );
+        assert_eq!(parse_response(b"garbage\r\n\r\n"), Err(ResponseError::BadStatusLine("garbage".into())));
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\n"), Err(ResponseError::NoHead));
     }
 }

@@ -16,10 +16,66 @@ pub const CANARY_PATH: &str = "/.polaredge/canary";
 /// Response header that names the generation Traefik serves (set by the marker middleware).
 pub const GENERATION_HEADER: &str = "X-Polaredge-Generation";
 
+/// Why a backend address was refused. `text` is the address or URL as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// Port 0.
+    PortZero(SocketAddr),
+    /// An address that is no pod's: `what` names it ("the unspecified address", ...).
+    NotAPod {
+        /// The address.
+        ip: IpAddr,
+        /// What kind of address it is.
+        what: &'static str,
+    },
+    /// The port is not a number in 1-65535.
+    BadPort {
+        /// The address or URL.
+        text: String,
+        /// The port as written.
+        port: String,
+    },
+    /// A host name where a pod IP address belongs.
+    HostName(String),
+    /// `IP` without `:port`.
+    NoPort(String),
+    /// A URL without `scheme://`.
+    NoScheme(String),
+    /// A scheme other than http, https or h2c.
+    BadScheme(String),
+    /// A URL part a backend never carries: user info, query, fragment or path (named).
+    Extra {
+        /// The URL.
+        url: String,
+        /// The part, e.g. "no query string".
+        part: &'static str,
+    },
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::PortZero(addr) => write!(f, "{addr}: port 0 is not a port (1-65535)"),
+            BackendError::NotAPod { ip, what } => write!(f, "{ip} is {what}, not a pod"),
+            BackendError::BadPort { text, port } => write!(f, "{text:?}: port {port:?} is not a number in 1-65535"),
+            BackendError::HostName(text) => write!(
+                f,
+                "{text:?}: backends must be pod IP addresses, not host names (the agent cannot resolve cluster DNS)"
+            ),
+            BackendError::NoPort(text) => write!(f, "{text:?} has no port; write IP:port (IPv6 as [addr]:port)"),
+            BackendError::NoScheme(url) => write!(f, "{url:?} has no scheme (http:// or https://)"),
+            BackendError::BadScheme(url) => write!(f, "{url:?}: scheme must be http, https or h2c"),
+            BackendError::Extra { url, part } => write!(f, "{url:?}: backend URLs carry {part}"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
 /// Checks that `addr` can be a pod: no port 0, no unspecified, broadcast or multicast address.
-pub fn check_pod_address(addr: SocketAddr) -> Result<SocketAddr, String> {
+pub fn check_pod_address(addr: SocketAddr) -> Result<SocketAddr, BackendError> {
     if addr.port() == 0 {
-        return Err(format!("{addr}: port 0 is not a port (1-65535)"));
+        return Err(BackendError::PortZero(addr));
     }
     let ip = addr.ip();
     let reason = match ip {
@@ -29,46 +85,43 @@ pub fn check_pod_address(addr: SocketAddr) -> Result<SocketAddr, String> {
         _ => None,
     };
     match reason {
-        Some(what) => Err(format!("{ip} is {what}, not a pod")),
+        Some(what) => Err(BackendError::NotAPod { ip, what }),
         None => Ok(addr),
     }
 }
 
 /// Parses a TCP backend, `IP:port` (IPv6 as `[addr]:port`).
-pub fn parse_ip_port(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_ip_port(text: &str) -> Result<SocketAddr, BackendError> {
     let addr = text.parse::<SocketAddr>().map_err(|_| match text.rsplit_once(':') {
         Some((host, port)) if host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() => {
-            format!("{text:?}: port {port:?} is not a number in 1-65535")
+            BackendError::BadPort { text: text.to_string(), port: port.to_string() }
         }
-        Some(_) => {
-            format!(
-                "{text:?}: backends must be pod IP addresses, not host names (the agent cannot resolve cluster DNS)"
-            )
-        }
-        None => format!("{text:?} has no port; write IP:port (IPv6 as [addr]:port)"),
+        Some(_) => BackendError::HostName(text.to_string()),
+        None => BackendError::NoPort(text.to_string()),
     })?;
     check_pod_address(addr)
 }
 
 /// Splits `http://IP:port` / `https://IP:port` / `h2c://IP:port` (HTTP/2 without TLS, for gRPC pods) into
 /// scheme and address.
-pub fn parse_http_backend(url: &str) -> Result<(&str, SocketAddr), String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} has no scheme (http:// or https://)"))?;
+pub fn parse_http_backend(url: &str) -> Result<(&str, SocketAddr), BackendError> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| BackendError::NoScheme(url.to_string()))?;
     if !matches!(scheme, "http" | "https" | "h2c") {
-        return Err(format!("{url:?}: scheme must be http, https or h2c"));
+        return Err(BackendError::BadScheme(url.to_string()));
     }
+    let extra = |part| Err(BackendError::Extra { url: url.to_string(), part });
     if rest.contains('@') {
-        return Err(format!("{url:?}: backend URLs carry no user info (`user@`)"));
+        return extra("no user info (`user@`)");
     }
     if rest.contains('?') {
-        return Err(format!("{url:?}: backend URLs carry no query string"));
+        return extra("no query string");
     }
     if rest.contains('#') {
-        return Err(format!("{url:?}: backend URLs carry no fragment"));
+        return extra("no fragment");
     }
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') {
-        return Err(format!("{url:?}: backend URLs carry no path"));
+        return extra("no path");
     }
     let addr = match rest.parse::<SocketAddr>() {
         Ok(addr) => addr,
@@ -78,20 +131,17 @@ pub fn parse_http_backend(url: &str) -> Result<(&str, SocketAddr), String> {
                 Some((host, port)) if !port.contains(']') => (host, Some(port)),
                 _ => (rest, None),
             };
-            let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
-                format!(
-                    "{url:?}: backends must be pod IP addresses, not host names (the agent cannot resolve cluster DNS)"
-                )
-            })?;
+            let ip: IpAddr = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| BackendError::HostName(url.to_string()))?;
             let port = match port {
-                None => {
-                    if scheme == "https" {
-                        443
-                    } else {
-                        80
-                    }
-                }
-                Some(p) => p.parse::<u16>().map_err(|_| format!("{url:?}: port {p:?} is not a number in 1-65535"))?,
+                None if scheme == "https" => 443,
+                None => 80,
+                Some(p) => p
+                    .parse::<u16>()
+                    .map_err(|_| BackendError::BadPort { text: url.to_string(), port: p.to_string() })?,
             };
             SocketAddr::new(ip, port)
         }

@@ -23,24 +23,65 @@ pub struct Checked {
     pub not_after: i64,
 }
 
+/// Why a certificate and key were refused. The messages never quote key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateError {
+    /// The certificate or the key is larger than [`MAX_PEM_BYTES`].
+    TooLarge,
+    /// The certificate field is not PEM; the PEM parser's reason.
+    NotPem(String),
+    /// The certificate field holds no `CERTIFICATE` block.
+    NoCertificate,
+    /// The first certificate's DER cannot be read; the reader's reason.
+    Unreadable(String),
+    /// The key field holds no PKCS#1, SEC1 or PKCS#8 private key.
+    NoKey,
+    /// The key's algorithm or curve is not supported.
+    UnsupportedKey,
+    /// The key is not the first certificate's.
+    KeyMismatch,
+    /// The certificate's validity ended (seconds since the Unix epoch).
+    Expired(i64),
+}
+
+impl std::fmt::Display for CertificateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertificateError::TooLarge => write!(f, "a certificate or key larger than {MAX_PEM_BYTES} bytes"),
+            CertificateError::NotPem(why) => write!(f, "the certificate is not valid PEM ({why})"),
+            CertificateError::NoCertificate => {
+                write!(f, "no certificate (a PEM CERTIFICATE block) in the certificate field")
+            }
+            CertificateError::Unreadable(why) => write!(f, "the certificate cannot be read: {why}"),
+            CertificateError::NoKey => write!(f, "no private key (PKCS#1, SEC1 or PKCS#8 PEM) in the key"),
+            CertificateError::UnsupportedKey => {
+                write!(f, "the private key cannot be used (RSA, ECDSA P-256/P-384 and Ed25519 are supported)")
+            }
+            CertificateError::KeyMismatch => write!(f, "the private key does not belong to the certificate"),
+            CertificateError::Expired(at) => write!(f, "the certificate expired on {}", iso_date(*at)),
+        }
+    }
+}
+
+impl std::error::Error for CertificateError {}
+
 /// Checks a certificate chain and its key at `now` (seconds since the Unix epoch).
-pub fn check(cert_pem: &str, key_pem: &str, now: i64) -> Result<Checked, String> {
+pub fn check(cert_pem: &str, key_pem: &str, now: i64) -> Result<Checked, CertificateError> {
     if cert_pem.len() > MAX_PEM_BYTES || key_pem.len() > MAX_PEM_BYTES {
-        return Err(format!("a certificate or key larger than {MAX_PEM_BYTES} bytes"));
+        return Err(CertificateError::TooLarge);
     }
     let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("the certificate is not valid PEM ({e})"))?;
-    let leaf = certs.first().ok_or("no certificate (a PEM CERTIFICATE block) in the certificate field")?;
-    let cert = parse_certificate(leaf).map_err(|e| format!("the certificate cannot be read: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|_| "no private key (PKCS#1, SEC1 or PKCS#8 PEM) in the key".to_string())?;
-    let public = public_key(&key)?;
+        .map_err(|e| CertificateError::NotPem(e.to_string()))?;
+    let leaf = certs.first().ok_or(CertificateError::NoCertificate)?;
+    let cert = parse_certificate(leaf).map_err(CertificateError::Unreadable)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| CertificateError::NoKey)?;
+    let public = public_key(&key).ok_or(CertificateError::UnsupportedKey)?;
     if public != cert.public_key {
-        return Err("the private key does not belong to the certificate".into());
+        return Err(CertificateError::KeyMismatch);
     }
     if cert.not_after < now {
-        return Err(format!("the certificate expired on {}", iso_date(cert.not_after)));
+        return Err(CertificateError::Expired(cert.not_after));
     }
     Ok(Checked { dns_names: cert.dns_names, not_after: cert.not_after })
 }
@@ -186,7 +227,8 @@ fn iso_date(unix: i64) -> String {
 }
 
 /// The public half of a private key, encoded as in a certificate's subjectPublicKey.
-fn public_key(key: &PrivateKeyDer) -> Result<Vec<u8>, String> {
+/// The public half of a supported private key.
+fn public_key(key: &PrivateKeyDer) -> Option<Vec<u8>> {
     use ring::signature::{self, KeyPair};
     let rng = ring::rand::SystemRandom::new();
     let ecdsa = |pkcs8: &[u8]| {
@@ -195,11 +237,10 @@ fn public_key(key: &PrivateKeyDer) -> Result<Vec<u8>, String> {
             .find_map(|alg| signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8, &rng).ok())
             .map(|pair| pair.public_key().as_ref().to_vec())
     };
-    let unusable = || "the private key cannot be used (RSA, ECDSA P-256/P-384 and Ed25519 are supported)".to_string();
     match key {
-        PrivateKeyDer::Pkcs1(der) => signature::RsaKeyPair::from_der(der.secret_pkcs1_der())
-            .map(|pair| pair.public().as_ref().to_vec())
-            .map_err(|_| unusable()),
+        PrivateKeyDer::Pkcs1(der) => {
+            signature::RsaKeyPair::from_der(der.secret_pkcs1_der()).ok().map(|pair| pair.public().as_ref().to_vec())
+        }
         PrivateKeyDer::Pkcs8(der) => {
             let der = der.secret_pkcs8_der();
             ecdsa(der)
@@ -209,18 +250,14 @@ fn public_key(key: &PrivateKeyDer) -> Result<Vec<u8>, String> {
                         .map(|pair| pair.public_key().as_ref().to_vec())
                 })
                 .or_else(|| signature::RsaKeyPair::from_pkcs8(der).ok().map(|pair| pair.public().as_ref().to_vec()))
-                .ok_or_else(unusable)
         }
         PrivateKeyDer::Sec1(der) => {
             // ring reads EC keys as PKCS#8 only: wrap the SEC1 key for each supported curve.
             const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
             const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-            [P256, P384]
-                .into_iter()
-                .find_map(|curve| ecdsa(&sec1_as_pkcs8(der.secret_sec1_der(), curve)))
-                .ok_or_else(unusable)
+            [P256, P384].into_iter().find_map(|curve| ecdsa(&sec1_as_pkcs8(der.secret_sec1_der(), curve)))
         }
-        _ => Err(unusable()),
+        _ => None,
     }
 }
 
@@ -276,9 +313,10 @@ mod tests {
     #[test]
     fn a_key_of_another_certificate_is_refused() {
         let e = check(&fixture("rsa.crt"), &fixture("ec-sec1.key"), NOW).unwrap_err();
-        assert_eq!(e, "the private key does not belong to the certificate");
+        assert_eq!(e, CertificateError::KeyMismatch);
+        assert_eq!(e.to_string(), "the private key does not belong to the certificate");
         let e = check(&fixture("ec.crt"), &fixture("ed25519.key"), NOW).unwrap_err();
-        assert!(e.contains("does not belong"), "{e}");
+        assert_eq!(e, CertificateError::KeyMismatch);
     }
 
     #[test]
@@ -286,7 +324,8 @@ mod tests {
         let cert = fixture("rsa.crt");
         let not_after = check(&cert, &fixture("rsa-pkcs1.key"), NOW).unwrap().not_after;
         let e = check(&cert, &fixture("rsa-pkcs1.key"), not_after + 1).unwrap_err();
-        assert!(e.starts_with("the certificate expired on 2126-"), "{e}");
+        assert_eq!(e, CertificateError::Expired(not_after));
+        assert!(e.to_string().starts_with("the certificate expired on 2126-"), "{e}");
     }
 
     #[test]
@@ -297,10 +336,10 @@ mod tests {
             ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", key.as_str()),
             (fixture("rsa.crt").leak() as &str, "not a key"),
         ] {
-            let e = check(cert, key, NOW).unwrap_err();
+            let e = check(cert, key, NOW).unwrap_err().to_string();
             assert!(!e.contains("BEGIN") && !e.contains("MII"), "{e}");
         }
-        assert!(check(&"x".repeat(MAX_PEM_BYTES + 1), &key, NOW).unwrap_err().contains("larger"));
+        assert_eq!(check(&"x".repeat(MAX_PEM_BYTES + 1), &key, NOW), Err(CertificateError::TooLarge));
     }
 
     #[test]

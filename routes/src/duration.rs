@@ -4,12 +4,39 @@
 
 use std::time::Duration;
 
+/// Why a duration was refused; each holds the text as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not Go's syntax.
+    Malformed(String),
+    /// Negative (no field takes one).
+    Negative(String),
+    /// Beyond Go's int64 of nanoseconds.
+    TooLong(String),
+}
+
+impl std::fmt::Display for DurationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DurationError::Malformed(text) => {
+                write!(f, "{text:?} is not a duration (write it as Go does, e.g. \"10s\", \"500ms\", \"1m30s\")")
+            }
+            DurationError::Negative(text) => write!(f, "{text:?}: a negative duration is not allowed here"),
+            DurationError::TooLong(text) => {
+                write!(f, "{text:?} is longer than a Go duration can hold (about 292 years)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DurationError {}
+
 /// Parses a Go duration; negative durations are refused (no field takes one).
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration (write it as Go does, e.g. \"10s\", \"500ms\", \"1m30s\")");
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    let bad = || DurationError::Malformed(text.to_string());
     let mut rest = text.strip_prefix('+').unwrap_or(text);
     if rest.starts_with('-') {
-        return Err(format!("{text:?}: a negative duration is not allowed here"));
+        return Err(DurationError::Negative(text.to_string()));
     }
     if rest == "0" {
         return Ok(Duration::ZERO);
@@ -49,7 +76,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     }
     // Go's Duration is an int64 of nanoseconds.
     if total > i64::MAX as u128 {
-        return Err(format!("{text:?} is longer than a Go duration can hold (about 292 years)"));
+        return Err(DurationError::TooLong(text.to_string()));
     }
     Ok(Duration::from_nanos(total as u64))
 }
@@ -67,8 +94,12 @@ mod tests {
         assert_eq!(parse(".5ms"), Ok(Duration::from_micros(500)));
         assert_eq!(parse("+1us"), Ok(Duration::from_micros(1)));
         assert_eq!(parse("3µs"), Ok(Duration::from_micros(3)));
-        for bad in ["abc", "", "10", "1x", "s", "1.2.3s", "1 s", ".s", "-1s", "99999999999999999999h"] {
-            assert!(parse(bad).is_err(), "{bad} must be refused");
+        for bad in ["abc", "", "10", "1x", "s", "1.2.3s", "1 s", ".s"] {
+            assert_eq!(parse(bad), Err(DurationError::Malformed(bad.into())), "{bad} must be refused");
+        }
+        assert_eq!(parse("-1s"), Err(DurationError::Negative("-1s".into())));
+        for long in ["2562048h", "99999999999999999999h"] {
+            assert_eq!(parse(long), Err(DurationError::TooLong(long.into())));
         }
     }
 }

@@ -51,8 +51,9 @@ impl fmt::Display for Problem {
     }
 }
 
-pub(crate) fn problem(path: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { path: path.into(), message: message.into() }
+/// A problem at `path`; the message is any text or typed error (its `Display`).
+pub(crate) fn problem(path: impl Into<String>, message: impl std::fmt::Display) -> Problem {
+    Problem { path: path.into(), message: message.to_string() }
 }
 
 /// What the agent allows an upload to use.

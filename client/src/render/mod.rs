@@ -361,7 +361,7 @@ fn certificate_of(
         String::from_utf8(bytes.0.clone()).map_err(|_| format!("{key} is not PEM text"))
     };
     let (cert_file, key_file) = (field("tls.crt")?, field("tls.key")?);
-    let checked = routes::certificate::check(&cert_file, &key_file, now)?;
+    let checked = routes::certificate::check(&cert_file, &key_file, now).map_err(|e| e.to_string())?;
     Ok((model::TlsCertificate { cert_file, key_file }, checked))
 }
 
