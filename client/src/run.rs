@@ -544,7 +544,7 @@ fn send_loop(
     snapshots: Receiver<Arc<String>>,
     shared: &Shared,
 ) {
-    let Shared { metrics, feedback, term, leading, .. } = shared;
+    let Shared { metrics, leading, .. } = shared;
     let mut policy = Sender::new(Instant::now());
     let mut handshake_age: Option<Duration> = None;
     loop {
@@ -575,87 +575,12 @@ fn send_loop(
         let now = Instant::now();
         match policy.poll(now) {
             Action::Upload(yaml) => {
-                let generation = sender::generation_of(&yaml);
-                match sender::upload(tunnel, api, &yaml, term.current()) {
-                    Ok(answer) => {
-                        let outcome = answer.outcome(&generation);
-                        match &outcome {
-                            sender::Outcome::Live => log::info!(
-                                "agent {name}: generation {generation} live in {} ms{}",
-                                answer.body.apply_ms.unwrap_or(0),
-                                if answer.body.errors.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!("; Traefik reports {:?}", answer.body.errors)
-                                }
-                            ),
-                            sender::Outcome::Fenced(by) => log::warn!(
-                                "agent {name}: generation {generation} refused: the agent obeys client leader term \
-                                 {by}, newer than ours ({:?}); asking the Lease who leads",
-                                term.current()
-                            ),
-                            sender::Outcome::OtherGeneration(other) => log::warn!(
-                                "agent {name}: the answer names generation {other} live, not ours ({generation}); \
-                                 sending again"
-                            ),
-                            sender::Outcome::NotLive => log::warn!(
-                                "agent {name}: generation {generation} not live: {} {}{}",
-                                answer.status,
-                                answer.body.error.as_deref().unwrap_or("no reason given"),
-                                if answer.body.problems.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(": {}", answer.body.problems.join("; "))
-                                }
-                            ),
-                        }
-                        for reason in &answer.body.withheld {
-                            log::warn!("agent {name}: generation {generation} is served without {reason}");
-                        }
-                        feedback.report(name, &answer.body.withheld);
-                        feedback.answered(name, true);
-                        if let sender::Outcome::Fenced(by) = &outcome {
-                            term.fenced(*by);
-                        }
-                        let live = (outcome == sender::Outcome::Live).then(|| generation.clone());
-                        {
-                            let mut agents = metrics.agents.lock().unwrap();
-                            let state = agents.entry(name.to_string()).or_default();
-                            if live.is_some() {
-                                state.applied += 1;
-                                state.last_apply_ms = answer.body.apply_ms.unwrap_or(0);
-                            } else {
-                                state.failed += 1;
-                            }
-                        }
-                        policy.uploaded(Instant::now(), live);
-                    }
-                    Err(e) => {
-                        log::warn!("agent {name}: upload failed: {e}");
-                        feedback.answered(name, false);
-                        metrics.agents.lock().unwrap().entry(name.to_string()).or_default().failed += 1;
-                        policy.uploaded(Instant::now(), None);
-                    }
-                }
+                let live = upload(name, tunnel, api, &yaml, shared);
+                policy.uploaded(Instant::now(), live);
             }
             Action::Check => {
-                let live = sender::live_generation(tunnel, api);
-                feedback.answered(name, live.is_ok());
-                match &live {
-                    Err(e) => {
-                        log::warn!("agent {name}: status check failed: {e}");
-                        // The agent may answer only a newer session of our key (another replica's): a new
-                        // handshake now, rather than WireGuard's own after 15 s of silence.
-                        let _ = tunnel.rehandshake();
-                    }
-                    Ok((_, agent_term)) => {
-                        if let Some(by) = sender::fenced(term.current(), *agent_term) {
-                            log::warn!("agent {name} obeys client leader term {by}, newer than ours");
-                            term.fenced(by);
-                        }
-                    }
-                }
-                policy.checked(Instant::now(), live.map(|(generation, _)| generation).map_err(|_| ()));
+                let live = check(name, tunnel, api, shared);
+                policy.checked(Instant::now(), live);
             }
             Action::Wait(until) => {
                 match snapshots.recv_timeout(until.saturating_duration_since(now).min(SESSION_CHECK)) {
@@ -668,6 +593,98 @@ fn send_loop(
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
+        }
+    }
+}
+
+/// Sends one snapshot to agent `name` and records the answer (log, metrics, feedback to the cluster, fencing).
+/// Returns the snapshot's generation if it is live.
+fn upload(name: &str, tunnel: &Tunnel, api: std::net::SocketAddr, yaml: &str, shared: &Shared) -> Option<String> {
+    let Shared { metrics, feedback, term, .. } = shared;
+    let generation = sender::generation_of(yaml);
+    let answer = match sender::upload(tunnel, api, yaml, term.current()) {
+        Ok(answer) => answer,
+        Err(e) => {
+            log::warn!("agent {name}: upload failed: {e}");
+            feedback.answered(name, false);
+            metrics.agents.lock().unwrap().entry(name.to_string()).or_default().failed += 1;
+            return None;
+        }
+    };
+    let outcome = answer.outcome(&generation);
+    log_outcome(name, &generation, &answer, &outcome, term.current());
+    for reason in &answer.body.withheld {
+        log::warn!("agent {name}: generation {generation} is served without {reason}");
+    }
+    feedback.report(name, &answer.body.withheld);
+    feedback.answered(name, true);
+    if let sender::Outcome::Fenced(by) = &outcome {
+        term.fenced(*by);
+    }
+    let live = (outcome == sender::Outcome::Live).then_some(generation);
+    let mut agents = metrics.agents.lock().unwrap();
+    let state = agents.entry(name.to_string()).or_default();
+    if live.is_some() {
+        state.applied += 1;
+        state.last_apply_ms = answer.body.apply_ms.unwrap_or(0);
+    } else {
+        state.failed += 1;
+    }
+    live
+}
+
+/// Says what the agent made of an upload.
+fn log_outcome(name: &str, generation: &str, answer: &sender::Answer, outcome: &sender::Outcome, term: Option<u64>) {
+    match outcome {
+        sender::Outcome::Live => log::info!(
+            "agent {name}: generation {generation} live in {} ms{}",
+            answer.body.apply_ms.unwrap_or(0),
+            if answer.body.errors.is_empty() {
+                String::new()
+            } else {
+                format!("; Traefik reports {:?}", answer.body.errors)
+            }
+        ),
+        sender::Outcome::Fenced(by) => log::warn!(
+            "agent {name}: generation {generation} refused: the agent obeys client leader term {by}, newer than \
+             ours ({term:?}); asking the Lease who leads"
+        ),
+        sender::Outcome::OtherGeneration(other) => {
+            log::warn!("agent {name}: the answer names generation {other} live, not ours ({generation}); sending again")
+        }
+        sender::Outcome::NotLive => log::warn!(
+            "agent {name}: generation {generation} not live: {} {}{}",
+            answer.status,
+            answer.body.error.as_deref().unwrap_or("no reason given"),
+            if answer.body.problems.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", answer.body.problems.join("; "))
+            }
+        ),
+    }
+}
+
+/// Asks agent `name` which generation is live (and which leader term it obeys: a newer one fences us).
+/// `Err` when the agent did not answer.
+fn check(name: &str, tunnel: &Tunnel, api: std::net::SocketAddr, shared: &Shared) -> Result<Option<String>, ()> {
+    let Shared { feedback, term, .. } = shared;
+    let live = sender::live_generation(tunnel, api);
+    feedback.answered(name, live.is_ok());
+    match live {
+        Err(e) => {
+            log::warn!("agent {name}: status check failed: {e}");
+            // The agent may answer only a newer session of our key (another replica's): a new handshake now,
+            // rather than WireGuard's own after 15 s of silence.
+            let _ = tunnel.rehandshake();
+            Err(())
+        }
+        Ok((generation, agent_term)) => {
+            if let Some(by) = sender::fenced(term.current(), agent_term) {
+                log::warn!("agent {name} obeys client leader term {by}, newer than ours");
+                term.fenced(by);
+            }
+            Ok(generation)
         }
     }
 }

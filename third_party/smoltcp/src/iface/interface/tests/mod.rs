@@ -299,3 +299,72 @@ pub fn tcp_listen_drops_unspecified_src() {
     assert_eq!(reply, None);
     assert!(sockets.get_mut::<tcp::Socket>(handle).is_listening());
 }
+
+/// POLAREDGE patch: the sockets that take a segment are reported, and egress visits only the sockets asked for.
+#[test]
+#[cfg(all(feature = "medium-ip", feature = "socket-tcp", feature = "proto-ipv4"))]
+pub fn tcp_touched_sockets_and_egress_of_chosen_sockets() {
+    use crate::socket::tcp;
+
+    let (mut iface, mut sockets, mut device) = setup(Medium::Ip);
+    iface.track_touched(true);
+    let listener = |port| {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 64]),
+            tcp::SocketBuffer::new(vec![0; 64]),
+        );
+        socket.listen(port).unwrap();
+        socket
+    };
+    let asked = sockets.add(listener(1234));
+    let idle = sockets.add(listener(1235));
+
+    let syn = TcpRepr {
+        src_port: 65000,
+        dst_port: 1234,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(0),
+        ack_number: None,
+        window_len: 1024,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let (src, dst) = (Ipv4Address::new(127, 0, 0, 2), Ipv4Address::new(127, 0, 0, 1));
+    let mut bytes = vec![0u8; syn.buffer_len()];
+    syn.emit(
+        &mut TcpPacket::new_unchecked(&mut bytes),
+        &src.into(),
+        &dst.into(),
+        &ChecksumCapabilities::default(),
+    );
+    let ip = IpRepr::Ipv4(Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: syn.buffer_len(),
+        hop_limit: 64,
+    });
+    assert_eq!(iface.inner.process_tcp(&mut sockets, false, ip, &bytes), None);
+
+    let mut touched = Vec::new();
+    iface.take_touched(&mut touched);
+    assert_eq!(touched, vec![asked], "only the socket that took the SYN");
+    iface.take_touched(&mut touched);
+    assert_eq!(touched, vec![asked], "reported once");
+
+    let now = Instant::from_millis(0);
+    let mut sent = Vec::new();
+    let result = iface.poll_egress_sockets(now, &mut device, &mut sockets, &[idle], &mut sent);
+    assert_eq!((result, sent.len(), device.tx_queue.len()), (PollResult::None, 0, 0), "nothing to send");
+    let result = iface.poll_egress_sockets(now, &mut device, &mut sockets, &[asked], &mut sent);
+    assert_eq!(result, PollResult::SocketStateChanged);
+    assert_eq!(sent, vec![asked]);
+    assert_eq!(device.tx_queue.len(), 1, "its SYN-ACK");
+
+    assert!(iface.socket_poll_at(now, &sockets, asked).is_some(), "a retransmission timer");
+    assert_eq!(iface.socket_poll_at(now, &sockets, idle), None, "a listener waits for segments");
+}
