@@ -82,84 +82,13 @@ pub fn render(
     let mut services: Vec<&Service> = cluster.services.iter().map(|s| &**s).filter(|s| ours(s)).collect();
     // Oldest first, so the oldest Service wins a port.
     services.sort_by_key(|s| (s.metadata.creation_timestamp.as_ref().map(|t| t.0), ns_name(&s.metadata)));
-    let mut sections: BTreeMap<&'static str, BTreeMap<String, model::L4Service>> = BTreeMap::new();
-    let mut owners: BTreeMap<(&'static str, u16), String> = BTreeMap::new();
+    let mut ports = Ports::default();
     for service in services {
-        let (ns, name) = ns_name(&service.metadata);
-        let notice = |reason: &'static str, message: String| Notice {
-            kind: "Service",
-            namespace: ns.clone(),
-            name: name.clone(),
-            reason,
-            message,
-        };
-        let annotations = service.metadata.annotations.as_ref();
-        let proxy_protocol = match annotations.and_then(|a| a.get(PROXY_ANNOTATION)).map(String::as_str) {
-            None => None,
-            Some("1") => Some(1),
-            Some("2") => Some(2),
-            Some(other) => {
-                out.notices.push(notice(
-                    "BadAnnotation",
-                    format!("{PROXY_ANNOTATION}: {other:?} is not 1 or 2; no PROXY header is sent"),
-                ));
-                None
-            }
-        };
-        let own_slices = slices.get(&(ns.clone(), name.clone())).map(Vec::as_slice).unwrap_or_default();
-        let mut served = false;
-        for port in service.spec.as_ref().and_then(|s| s.ports.as_ref()).into_iter().flatten() {
-            let Ok(number) = u16::try_from(port.port) else { continue };
-            let transport = match port.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => "tcp",
-                "UDP" => "udp",
-                other => {
-                    out.notices.push(notice(
-                        "UnsupportedProtocol",
-                        format!("port {number}/{other}: only TCP and UDP are carried through the edge"),
-                    ));
-                    continue;
-                }
-            };
-            if reserved.contains(&number) {
-                out.notices.push(notice(
-                    "PortReserved",
-                    format!("port {number} is the edge's own (an entrypoint or WireGuard); use another port"),
-                ));
-                continue;
-            }
-            if let Some(owner) = owners.get(&(transport, number)) {
-                out.notices.push(notice(
-                    "PortConflict",
-                    format!(
-                        "port {number}/{} is already served for the older Service {owner}; this port is not exposed",
-                        transport.to_uppercase()
-                    ),
-                ));
-                continue;
-            }
-            let servers = servers_of(port.name.as_deref().unwrap_or(""), own_slices);
-            let allow = if transport == "tcp" { &mut out.endpoints } else { &mut out.udp_endpoints };
-            allow.extend(servers.iter().copied());
-            owners.insert((transport, number), format!("{ns}/{name}"));
-            sections.entry(transport).or_default().insert(
-                number.to_string(),
-                model::L4Service {
-                    service: format!("{ns}/{name}"),
-                    servers: servers.iter().map(ToString::to_string).collect(),
-                    // The PROXY header is a TCP stream's first bytes; a UDP port has no place for it.
-                    proxy_protocol: proxy_protocol.filter(|_| transport == "tcp"),
-                },
-            );
-            served = true;
-        }
-        if served {
-            out.served.insert((ns, name));
-        }
+        render_service(service, slices, reserved, &mut ports, &mut out);
     }
     for claim in claims {
         let service = format!("{}/{}", claim.namespace, claim.name);
-        if let Some(owner) = owners.get(&(claim.transport, claim.port)) {
+        if let Some(owner) = ports.owners.get(&(claim.transport, claim.port)) {
             out.notices.push(Notice {
                 kind: claim.kind,
                 namespace: claim.namespace.clone(),
@@ -174,25 +103,119 @@ pub fn render(
             continue;
         }
         let servers = super::servers_of_sources(&claim.sources, slices);
-        let allow = if claim.transport == "tcp" { &mut out.endpoints } else { &mut out.udp_endpoints };
-        allow.extend(servers.iter().copied());
-        owners.insert((claim.transport, claim.port), format!("{} {service}", claim.kind));
-        sections.entry(claim.transport).or_default().insert(
-            claim.port.to_string(),
-            model::L4Service {
-                service,
-                servers: servers.iter().map(ToString::to_string).collect(),
-                proxy_protocol: None,
-            },
-        );
+        let owner = format!("{} {service}", claim.kind);
+        ports.take(&mut out, (claim.transport, claim.port), owner, service, &servers, None);
     }
-    if !sections.is_empty() {
+    if !ports.sections.is_empty() {
         out.section = Some(model::L4 {
-            tcp: sections.remove("tcp").unwrap_or_default(),
-            udp: sections.remove("udp").unwrap_or_default(),
+            tcp: ports.sections.remove("tcp").unwrap_or_default(),
+            udp: ports.sections.remove("udp").unwrap_or_default(),
         });
     }
     out
+}
+
+/// The public ports handed out so far: the `l4` section's entries by transport, and who owns each port.
+#[derive(Default)]
+struct Ports {
+    sections: BTreeMap<&'static str, BTreeMap<String, model::L4Service>>,
+    owners: BTreeMap<(&'static str, u16), String>,
+}
+
+impl Ports {
+    /// Serves `port` (transport, number) for `service` on `servers` (`owner` names it in later conflicts), and
+    /// adds the servers to the relay's allow-list.
+    fn take(
+        &mut self,
+        out: &mut L4Rendered,
+        (transport, number): (&'static str, u16),
+        owner: String,
+        service: String,
+        servers: &[SocketAddr],
+        proxy_protocol: Option<u8>,
+    ) {
+        let allow = if transport == "tcp" { &mut out.endpoints } else { &mut out.udp_endpoints };
+        allow.extend(servers.iter().copied());
+        self.owners.insert((transport, number), owner);
+        self.sections.entry(transport).or_default().insert(
+            number.to_string(),
+            model::L4Service { service, servers: servers.iter().map(ToString::to_string).collect(), proxy_protocol },
+        );
+    }
+}
+
+/// Serves the ports of one Service of our class that are free, supported and not the edge's own; says why
+/// each other port is not served.
+fn render_service(
+    service: &Service,
+    slices: &HashMap<ServiceKey, Vec<Arc<EndpointSlice>>>,
+    reserved: &BTreeSet<u16>,
+    ports: &mut Ports,
+    out: &mut L4Rendered,
+) {
+    let (ns, name) = ns_name(&service.metadata);
+    let notice = |reason: &'static str, message: String| Notice {
+        kind: "Service",
+        namespace: ns.clone(),
+        name: name.clone(),
+        reason,
+        message,
+    };
+    let annotations = service.metadata.annotations.as_ref();
+    let proxy_protocol = match annotations.and_then(|a| a.get(PROXY_ANNOTATION)).map(String::as_str) {
+        None => None,
+        Some("1") => Some(1),
+        Some("2") => Some(2),
+        Some(other) => {
+            out.notices.push(notice(
+                "BadAnnotation",
+                format!("{PROXY_ANNOTATION}: {other:?} is not 1 or 2; no PROXY header is sent"),
+            ));
+            None
+        }
+    };
+    let own_slices = slices.get(&(ns.clone(), name.clone())).map(Vec::as_slice).unwrap_or_default();
+    let mut served = false;
+    for port in service.spec.as_ref().and_then(|s| s.ports.as_ref()).into_iter().flatten() {
+        let Ok(number) = u16::try_from(port.port) else { continue };
+        let transport = match port.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => "tcp",
+            "UDP" => "udp",
+            other => {
+                out.notices.push(notice(
+                    "UnsupportedProtocol",
+                    format!("port {number}/{other}: only TCP and UDP are carried through the edge"),
+                ));
+                continue;
+            }
+        };
+        if reserved.contains(&number) {
+            out.notices.push(notice(
+                "PortReserved",
+                format!("port {number} is the edge's own (an entrypoint or WireGuard); use another port"),
+            ));
+            continue;
+        }
+        if let Some(owner) = ports.owners.get(&(transport, number)) {
+            out.notices.push(notice(
+                "PortConflict",
+                format!(
+                    "port {number}/{} is already served for the older Service {owner}; this port is not exposed",
+                    transport.to_uppercase()
+                ),
+            ));
+            continue;
+        }
+        let servers = servers_of(port.name.as_deref().unwrap_or(""), own_slices);
+        // The PROXY header is a TCP stream's first bytes; a UDP port has no place for it.
+        let proxy = proxy_protocol.filter(|_| transport == "tcp");
+        let label = format!("{ns}/{name}");
+        ports.take(out, (transport, number), label.clone(), label, &servers, proxy);
+        served = true;
+    }
+    if served {
+        out.served.insert((ns, name));
+    }
 }
 
 #[cfg(test)]

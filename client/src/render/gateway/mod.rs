@@ -294,71 +294,21 @@ fn plan_http_routes(
             let default_match = [HttpRouteRulesMatches::default()];
             let matches = rule.matches.as_deref().filter(|m| !m.is_empty()).unwrap_or(&default_match);
             for (listener, hosts) in &attachments {
-                let (entry_point, scheme) = listener.serve.clone().expect("attached listeners are served");
-                let filter_listener = filters::Listener { scheme, port: listener.port };
                 for host in hosts {
                     for (mi, m) in matches.iter().enumerate() {
-                        let path = PathKind::of(m);
-                        let planned = matching::rule(host, m).and_then(|(text, precedence)| {
-                            let mws = filters::middlewares(
-                                rule.filters.as_deref().unwrap_or_default(),
-                                filter_listener,
-                                &path,
-                            )?;
-                            Ok((text, precedence, mws))
-                        });
-                        let (text, precedence, mws) = match planned {
-                            Ok(p) => p,
-                            Err(reason) => {
-                                skipped.push(format!("rule {ri} match {mi}: {reason}"));
-                                continue;
+                        let source = RouterSource { kind, ns: &ns, name: &name, rule, ri, listener, host, m, mi };
+                        match plan_router(&source, &service, invalid, settings, out) {
+                            Ok((router, precedence)) => {
+                                let order = Order {
+                                    precedence: std::cmp::Reverse(precedence),
+                                    created: created(route),
+                                    route: format!("{ns}/{name}"),
+                                    position: (ri, mi),
+                                };
+                                ordered.push((order, router));
                             }
-                        };
-                        let redirects = mws.iter().any(|m| m.redirect_regex.is_some());
-                        let mut names: Vec<String> = mws
-                            .into_iter()
-                            .map(|m| {
-                                let name = format!("gw-{}", fnv(&[&serde_json::to_string(&m).unwrap_or_default()]));
-                                out.http.middlewares.insert(name.clone(), m);
-                                name
-                            })
-                            .collect();
-                        if invalid && !redirects {
-                            names.push(INVALID_BACKEND_500.into());
+                            Err(reason) => skipped.push(format!("rule {ri} match {mi}: {reason}")),
                         }
-                        let router = format!(
-                            "gw-{}{}-{}-{}",
-                            if kind == "GRPCRoute" { "grpc-" } else { "" },
-                            slug(&ns),
-                            slug(&name),
-                            fnv(&[&entry_point, host, &ri.to_string(), &mi.to_string()])
-                        );
-                        let tls = (scheme == "https").then(|| model::RouterTls {
-                            cert_resolver: if listener.own_certificates {
-                                None
-                            } else {
-                                settings.cert_resolver.clone()
-                            },
-                            ..Default::default()
-                        });
-                        out.http.routers.insert(
-                            router.clone(),
-                            model::HttpRouter {
-                                rule: text,
-                                service: service.clone(),
-                                entry_points: vec![entry_point.clone()],
-                                middlewares: names,
-                                priority: None,
-                                tls,
-                            },
-                        );
-                        let order = Order {
-                            precedence: std::cmp::Reverse(precedence),
-                            created: created(route),
-                            route: format!("{ns}/{name}"),
-                            position: (ri, mi),
-                        };
-                        ordered.push((order, router));
                     }
                 }
             }
@@ -400,6 +350,69 @@ fn plan_http_routes(
             r.priority.get_or_insert(PRIORITY_BASE + count - i as i64);
         }
     }
+}
+
+/// Where one router comes from: match `mi` of rule `ri` of a route, on one host of one attached listener.
+struct RouterSource<'a> {
+    kind: &'static str,
+    ns: &'a str,
+    name: &'a str,
+    rule: &'a HttpRouteRules,
+    ri: usize,
+    listener: &'a Listener,
+    host: &'a str,
+    m: &'a HttpRouteRulesMatches,
+    mi: usize,
+}
+
+/// Adds the router of one match (to `service`) and its middlewares to `out`; returns its name and
+/// precedence, or why Traefik cannot serve the match as written. A rule whose backends are all invalid
+/// answers 500, unless it redirects.
+fn plan_router(
+    source: &RouterSource,
+    service: &str,
+    invalid: bool,
+    settings: &Settings,
+    out: &mut Plan,
+) -> Result<(String, matching::Precedence), String> {
+    let RouterSource { kind, ns, name, rule, ri, listener, host, m, mi } = *source;
+    let (entry_point, scheme) = listener.serve.clone().expect("attached listeners are served");
+    let filter_listener = filters::Listener { scheme, port: listener.port };
+    let (text, precedence) = matching::rule(host, m)?;
+    let mws = filters::middlewares(rule.filters.as_deref().unwrap_or_default(), filter_listener, &PathKind::of(m))?;
+    let redirects = mws.iter().any(|m| m.redirect_regex.is_some());
+    let mut names: Vec<String> = mws
+        .into_iter()
+        .map(|m| {
+            let name = format!("gw-{}", fnv(&[&serde_json::to_string(&m).unwrap_or_default()]));
+            out.http.middlewares.insert(name.clone(), m);
+            name
+        })
+        .collect();
+    if invalid && !redirects {
+        names.push(INVALID_BACKEND_500.into());
+    }
+    let router = format!(
+        "gw-{}{}-{}-{}",
+        if kind == "GRPCRoute" { "grpc-" } else { "" },
+        slug(ns),
+        slug(name),
+        fnv(&[&entry_point, host, &ri.to_string(), &mi.to_string()])
+    );
+    let tls = (scheme == "https").then(|| model::RouterTls {
+        cert_resolver: if listener.own_certificates { None } else { settings.cert_resolver.clone() },
+        ..Default::default()
+    });
+    let router_config = model::HttpRouter {
+        rule: text,
+        service: service.to_string(),
+        entry_points: vec![entry_point],
+        middlewares: names,
+        priority: None,
+        tls,
+    };
+    out.http.routers.insert(router.clone(), router_config);
+    Ok((router, precedence))
 }
 
 /// The Traefik service of a rule (one backend, a weighted split, or the invalid-backend service), and whether
