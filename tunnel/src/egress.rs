@@ -28,7 +28,9 @@ pub(crate) struct Egress {
     live_timers: usize,
 }
 
-/// Stale timer entries tolerated beyond twice the live ones before the heap is rebuilt.
+/// Stale timer entries tolerated beyond twice the live ones before the heap is rebuilt; at least one per socket
+/// slot too, since a rebuild reads every slot: with thousands of idle sockets and a few busy ones it would
+/// otherwise run every few dozen packets.
 const STALE_SLACK: usize = 64;
 
 impl Egress {
@@ -62,7 +64,7 @@ impl Egress {
         self.deadline[slot] = entry;
         if let Some(at) = at {
             self.timers.push(Reverse((at, handle)));
-            if self.timers.len() > 2 * self.live_timers + STALE_SLACK {
+            if self.timers.len() > 2 * self.live_timers + STALE_SLACK.max(self.deadline.len()) {
                 self.sweep();
             }
         }
@@ -208,5 +210,15 @@ mod tests {
         assert!(egress.timers.len() <= 2 * 10 + STALE_SLACK + 1, "{} entries", egress.timers.len());
         let fired = due(&mut egress, 1_000_000);
         assert_eq!(fired.len(), 10, "each socket's latest timer fires, once");
+
+        // Beside 1,000 socket slots, a rebuild (which reads every slot) waits for about as many stale entries.
+        let h = handles(1000);
+        let mut egress = Egress::default();
+        egress.set_timer(h[999], None);
+        for n in 0..100_000u64 {
+            egress.set_timer(h[(n % 10) as usize], Some(Instant::from_millis(1000 + n as i64)));
+        }
+        assert!(egress.timers.len() <= 2 * 10 + 1000 + 1, "{} entries", egress.timers.len());
+        assert_eq!(due(&mut egress, 1_000_000).len(), 10);
     }
 }
