@@ -29,7 +29,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 
@@ -44,7 +44,7 @@ pub struct Stores {
     /// Set once the cluster is found to serve the Gateway API.
     gateway: Arc<OnceLock<GatewayStores>>,
     /// Every store has listed once: before that a cluster read is partial (and a render would drop routes).
-    synced: Arc<std::sync::atomic::AtomicBool>,
+    synced: Arc<AtomicBool>,
 }
 
 /// Readers of the Gateway API stores.
@@ -132,7 +132,7 @@ impl Stores {
 
     /// Whether every store has listed once (see [`start`]).
     pub fn synced(&self) -> bool {
-        self.synced.load(std::sync::atomic::Ordering::SeqCst)
+        self.synced.load(SeqCst)
     }
 
     /// Whether the Gateway API is watched.
@@ -143,9 +143,9 @@ impl Stores {
 
 /// Whether every stream has listed once (streams added later, the Gateway API's, must list too); records it
 /// in `synced` for the readers.
-fn all_listed(listed: &[bool], synced: &std::sync::atomic::AtomicBool) -> bool {
+fn all_listed(listed: &[bool], synced: &AtomicBool) -> bool {
     let all = listed.iter().all(|l| *l);
-    synced.store(all, std::sync::atomic::Ordering::SeqCst);
+    synced.store(all, SeqCst);
     all
 }
 

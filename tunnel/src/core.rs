@@ -680,7 +680,8 @@ impl Core {
 
     /// Accepts connections on a tunnel port (not 0), as many at once as the connection cap allows: listening
     /// sockets are opened as connection requests arrive. Established connections come out of
-    /// [`Core::accept`]. Listening again on an open port changes nothing.
+    /// [`Core::accept`]. Listening again on an open port changes nothing; on a port draining after
+    /// [`Core::stop_accepting`] it takes new connections again.
     pub fn listen(&mut self, port: u16) {
         assert_ne!(port, 0, "cannot listen on tunnel port 0");
         if let Some(listening) = self.listening.get_mut(&port) {
