@@ -285,6 +285,17 @@ impl RttEstimator {
         }
     }
 
+    /// POLAREDGE patch: takes the sample once the timed segment is SACKed. Above a hole the cumulative ACK
+    /// reaches it only after the hole is repaired, a round trip or more later: with a loss in most windows,
+    /// nearly every sample read two round trips, and the controller's model of the path doubled.
+    fn on_sacked(&mut self, timestamp: Instant, sacked: impl Fn(TcpSeqNumber) -> bool) {
+        if let Some((_, end)) = self.timestamp
+            && sacked(end - 1)
+        {
+            self.on_ack(timestamp, end);
+        }
+    }
+
     fn on_retransmit(&mut self) {
         if self.timestamp.is_some() {
             tcp_trace!("rtte: abort sampling due to retransmit");
@@ -2240,6 +2251,9 @@ impl<'a> Socket<'a> {
                 let limit = ack_number + self.tx_buffer.len() + 1;
                 self.sack_board
                     .update(ack_number, &repr.sack_ranges, limit);
+                let board = &self.sack_board;
+                self.rtte
+                    .on_sacked(cx.now(), |seq| board.sacked_end(seq).is_some());
                 (ack_len + self.sack_board.sacked_bytes()).saturating_sub(before)
             } else {
                 ack_len
@@ -7273,6 +7287,44 @@ mod test {
 
     fn sack_block(from: usize, to: usize) -> Option<(u32, u32)> {
         Some(((LOCAL_SEQ + 1 + from).0 as u32, (LOCAL_SEQ + 1 + to).0 as u32))
+    }
+
+    #[test]
+    fn test_sack_rtt_sample_from_a_sacked_segment_above_a_hole() {
+        let mut s = socket_established();
+        s.remote_has_sack = true;
+        s.remote_mss = 3;
+        s.send_slice(b"aaaBBB").unwrap();
+        for (i, chunk) in [&b"aaa"[..], &b"BBB"[..]].into_iter().enumerate() {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload:    chunk,
+                ..RECV_TEMPL
+            }));
+        }
+        // "aaa" was timed: acknowledged 10 ms later.
+        send!(s, time 1010, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.rtte.latest, 10);
+        // "ccc" is timed next; "BBB" below it is lost, so the cumulative ACK stays at 3 while "ccc" is SACKed.
+        s.send_slice(b"ccc").unwrap();
+        recv!(s, time 1020, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload:    &b"ccc"[..],
+            ..RECV_TEMPL
+        }));
+        send!(s, time 1100, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            sack_ranges: [sack_block(6, 9), None, None],
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.rtte.latest, 80, "timed when SACKed, not when the hole below it is repaired");
     }
 
     #[test]

@@ -3,21 +3,23 @@
 //! Reno and CUBIC read every loss as congestion and halve their window; on a path with random loss (a WAN
 //! link, Wi-Fi) that collapses throughput to a fraction of what the path carries. This controller instead
 //! models the path: it measures the delivery rate once per round trip (acknowledged bytes over the round),
-//! keeps the highest rate of the last rounds and the lowest smoothed RTT of the last seconds, and allows two
-//! bandwidth-delay products in flight. Losses do not shrink the window: the bottleneck's queue (at most one
-//! BDP more in flight than the path holds) is what bounds the damage, and retransmission repairs the holes.
+//! keeps the highest rate of the last rounds and the lowest raw RTT sample of the last seconds, and sizes the
+//! window from their product, the bandwidth-delay product (BDP). Losses do not shrink the window: the
+//! bottleneck's queue is what bounds the damage, and retransmission repairs the holes.
 //!
-//! Startup grows the window by every acknowledged byte (like slow start) until the measured rate stops
-//! growing by a quarter for three rounds. Rounds in which the sender had little in flight (application
-//! limited) may raise the rate estimate but never lower it.
+//! Startup grows the window by every acknowledged byte (like slow start), up to two BDPs of the model, until
+//! the measured rate stops growing by a quarter for three rounds. Rounds in which the sender had little in
+//! flight (application limited) may raise the rate estimate but never lower it.
 //!
 //! Without pacing the window is what limits the queue, so it is 1.25 BDP after startup (2 BDP kept the
 //! bottleneck's queue full: see BENCHMARKS.md), plus room for ACK aggregation as BBR measures it (bytes
 //! acknowledged beyond what the rate model expects, the largest of the last two rounds): a receiver that
-//! answers a batch of segments at once would otherwise leave a short path idle between bursts. The minimum RTT comes from raw samples; when it is 10 s old
-//! the window drops to a few packets for 200 ms (at least two minimum RTTs) so the queue drains and the path's
-//! RTT can be measured again, as BBR's ProbeRTT does: taking the smoothed RTT instead let queueing delay
-//! inflate the model, which then filled the queue further.
+//! answers a batch of segments at once would otherwise leave a short path idle between bursts. When the
+//! minimum RTT is 10 s old the window drops to a few packets for 200 ms (at least two minimum RTTs) so the
+//! queue drains and the path's RTT can be measured again, as BBR's ProbeRTT does: taking the smoothed RTT
+//! instead let queueing delay inflate the model, which then filled the queue further. The samples come from
+//! SACKed segments too (`RttEstimator::on_sacked`): timed only by the cumulative ACK, a segment above a hole
+//! read two round trips, and a ProbeRTT on a lossy path doubled the model.
 
 use crate::time::{Duration, Instant};
 
@@ -31,6 +33,11 @@ const BW_ROUNDS: usize = 10;
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// Shortest time spent with a drained queue to measure the minimum RTT again.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
+/// Startup keeps at most this many bandwidth-delay products in flight. Growing by every acknowledged byte
+/// alone, the window reached four BDPs in the three rounds it takes to see the rate stop growing, overflowed a
+/// one-BDP bottleneck queue by two, and the burst of losses ended in a retransmission timeout (a second without
+/// progress on the 40 ms / 0.5% / 100 Mbit/s profile). BBR's 2.89 still overflowed it; two fills path and queue.
+const STARTUP_GAIN: usize = 2;
 /// Startup ends after this many rounds without a quarter more rate.
 const STARTUP_FLAT_ROUNDS: u8 = 3;
 /// Longest burst of ACK aggregation the window makes room for, in time at the path's rate (as BBR caps it).
@@ -107,6 +114,16 @@ impl BbrLite {
         let bdp = (self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000) as usize;
         let extra = self.extra_acked[0].max(self.extra_acked[1]);
         (bdp * 5 / 4 + extra).max(MIN_WINDOW_PACKETS * self.mss)
+    }
+
+    /// The most startup may have in flight: [`STARTUP_GAIN`] times the model's bandwidth-delay product (a round
+    /// behind the window, which doubles per round while the rate grows), plus the room for ACK aggregation.
+    fn startup_cap(&self) -> usize {
+        if self.min_rtt_ms == u32::MAX || self.max_bw() == 0 {
+            return usize::MAX;
+        }
+        let bdp = (self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000) as usize;
+        bdp.saturating_mul(STARTUP_GAIN) + self.extra_acked[0].max(self.extra_acked[1])
     }
 
     /// Measures the minimum RTT again once it is old: returns whether the window is held small for that.
@@ -223,7 +240,7 @@ impl Controller for BbrLite {
         }
         let model = self.model_window();
         self.cwnd = if self.startup {
-            self.cwnd.saturating_add(len).max(model)
+            self.cwnd.saturating_add(len).min(self.startup_cap()).max(model)
         } else if self.recovering {
             let grown = self.cwnd.saturating_add(len);
             self.recovering = grown < model;
@@ -256,8 +273,8 @@ mod test {
 
     /// A path that acknowledges `rate` bytes per second after `rtt_ms`, in acknowledgements of `batch` bytes
     /// (a receiver that answers a wake-up's batch at once). Drives the controller for `seconds` with the
-    /// sender always window-limited, and returns it.
-    fn drive(rate: u64, rtt_ms: u32, batch: usize, seconds: u64) -> BbrLite {
+    /// sender always window-limited, shows it to `each` after every acknowledgement, and returns it.
+    fn drive_with(rate: u64, rtt_ms: u32, batch: usize, seconds: u64, mut each: impl FnMut(&BbrLite)) -> BbrLite {
         let mut bbr = BbrLite::new();
         bbr.set_mss(MSS);
         bbr.set_remote_window(64 * 1024 * 1024);
@@ -268,9 +285,30 @@ mod test {
         while now < end {
             rtt.sample(rtt_ms);
             bbr.on_delivered(now, batch, bbr.window(), &rtt);
+            each(&bbr);
             now += Duration::from_micros(gap_micros);
         }
         bbr
+    }
+
+    fn drive(rate: u64, rtt_ms: u32, batch: usize, seconds: u64) -> BbrLite {
+        drive_with(rate, rtt_ms, batch, seconds, |_| {})
+    }
+
+    #[test]
+    fn startup_keeps_at_most_two_bandwidth_delay_products_in_flight() {
+        // 12.5 MB/s x 80 ms = 1 MB. Growing by every acknowledged byte through the three rounds that show the
+        // rate has stopped growing, the window reached 4 MB: two more than path and a one-BDP queue hold.
+        let mut peak = 0;
+        let bbr = drive_with(12_500_000, 80, MSS, 5, |b| {
+            if b.startup {
+                peak = peak.max(b.window());
+            }
+        });
+        assert!(!bbr.startup, "startup ends once the rate stops growing");
+        let bdp = 1_000_000;
+        assert!(peak <= 2 * bdp + bdp / 10, "startup peaked at {peak}");
+        assert!(peak >= 3 * bdp / 2, "startup still fills the path and more: {peak}");
     }
 
     #[test]
