@@ -16,16 +16,16 @@ use nix::sys::signal::{SigSet, Signal};
 use protocol::api::{self, Transport, UploadAnswer};
 use protocol::fencing::Fence;
 use protocol::http::Limits;
+use protocol::metrics::{Exposition, Kind::Counter, Kind::Gauge};
 use routes::Policy;
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, UNIX_EPOCH};
 use tunnel::{
-    CoreConfig, FlowCounters, IpCidr, PeerConfig, PresharedKey, PrivateKey, PublicKey, StreamCounters, Tunnel,
+    Cidr, CoreConfig, FlowCounters, PeerConfig, PresharedKey, PrivateKey, PublicKey, StreamCounters, Tunnel,
     TunnelConfig,
 };
 
@@ -78,18 +78,13 @@ pub fn tunnel_config(config: &AgentConfig) -> Result<TunnelConfig, String> {
     let peer: PublicKey = wg.client_public_key.parse().map_err(|e| format!("wireguard.client_public_key: {e}"))?;
     let preshared_key: Option<PresharedKey> =
         wg.preshared_key_file.as_deref().map(|p| read_key(p, "preshared key")).transpose()?;
-    let address: IpCidr =
+    let address: Cidr =
         wg.address.parse().map_err(|_| format!("wireguard.address {:?} is not an address with prefix", wg.address))?;
-    let host = |a: IpAddr| IpCidr::new(a.into(), if a.is_ipv4() { 32 } else { 128 });
+    let host = Cidr::host;
     let mut other_peers = Vec::new();
     for (n, replica) in wg.replicas.iter().enumerate() {
-        let inside = match (address, replica.address) {
-            // Inside the subnet, and neither its network nor its broadcast address (10.88.0.3 in a /30).
-            (IpCidr::Ipv4(net), IpAddr::V4(a)) => {
-                net.contains_addr(&a) && Some(a) != net.broadcast() && a != net.network().address()
-            }
-            (net, a) => net.contains_addr(&a.into()),
-        };
+        // Inside the subnet, and neither its network nor its broadcast address (10.88.0.3 in a /30).
+        let inside = address.has_host(replica.address);
         let taken = wg.replicas[..n].iter().any(|r| r.address == replica.address || r.public_key == replica.public_key)
             || replica.public_key == wg.client_public_key;
         if taken {
@@ -422,121 +417,142 @@ impl Agent {
     /// Prometheus text (`GET /metrics`).
     pub fn metrics(&self) -> String {
         let view = self.view.lock().unwrap().clone();
+        let mut text = Exposition::new();
+        upload_metrics(&mut text, &view);
+        self.traefik_metrics(&mut text);
+        if let Ok(status) = self.tunnel.status() {
+            tunnel_metrics(&mut text, &status);
+        }
+        self.l4_metrics(&mut text, &view);
+        let m = &self.forwarder_metrics;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        text.family("polaredge_forwarders", Gauge, "Loopback forwarders (one per pod endpoint).")
+            .value(view.forwarders.len());
+        text.family("polaredge_forwarder_connections_total", Counter, "Connections from Traefik to forwarders.")
+            .value(n(&m.opened));
+        text.family(
+            "polaredge_forwarder_failed_total",
+            Counter,
+            "Forwarded connections that ended in a reset, a timeout or a refusal.",
+        )
+        .value(n(&m.failed) + n(&m.refused));
+        text.family("polaredge_forwarder_bytes_total", Counter, "Bytes carried by forwarders.")
+            .sample(&[("direction", "to_cluster")], n(&m.bytes_to_tunnel))
+            .sample(&[("direction", "from_cluster")], n(&m.bytes_from_tunnel));
+        text.into_text()
+    }
+
+    fn traefik_metrics(&self, text: &mut Exposition) {
         let health = self.health.lock().unwrap().clone();
         let traefik = self.supervisor.lock().unwrap().state();
-        let mut out = String::new();
-        let c = view.counters;
-        let _ = writeln!(
-            out,
-            "# HELP polaredge_agent_uploads_total Uploads by outcome.\n# TYPE polaredge_agent_uploads_total counter"
-        );
-        for (result, n) in [
-            ("applied", c.applied),
-            ("unchanged", c.unchanged),
-            ("rejected", c.rejected),
-            ("rolled_back", c.rolled_back),
-        ] {
-            let _ = writeln!(out, "polaredge_agent_uploads_total{{result=\"{result}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP polaredge_agent_routes_file_repairs_total Routes files found deleted or changed on disk (or not read by Traefik) and written again.\n# TYPE polaredge_agent_routes_file_repairs_total counter");
-        let _ = writeln!(out, "polaredge_agent_routes_file_repairs_total {}", c.repairs);
-        if let Some(live) = &view.live {
-            let _ = writeln!(out, "# HELP polaredge_agent_live_generation The generation last given to Traefik (1 = confirmed live).\n# TYPE polaredge_agent_live_generation gauge");
-            let _ = writeln!(
-                out,
-                "polaredge_agent_live_generation{{generation=\"{}\"}} {}",
-                live.generation,
-                u8::from(live.confirmed)
-            );
-            let _ = writeln!(out, "# HELP polaredge_agent_apply_seconds Upload received to live, last upload.\n# TYPE polaredge_agent_apply_seconds gauge");
-            let _ = writeln!(out, "polaredge_agent_apply_seconds {:.3}", live.apply_ms as f64 / 1000.0);
-            let _ = writeln!(out, "# HELP polaredge_agent_traefik_router_errors Errors Traefik reports for the live routes.\n# TYPE polaredge_agent_traefik_router_errors gauge");
-            let _ = writeln!(out, "polaredge_agent_traefik_router_errors {}", live.errors.len());
-        }
-        let _ = writeln!(
-            out,
-            "# HELP polaredge_agent_traefik_up Whether Traefik is running.\n# TYPE polaredge_agent_traefik_up gauge"
-        );
-        let _ = writeln!(out, "polaredge_agent_traefik_up {}", u8::from(traefik.pid.is_some()));
-        let _ = writeln!(out, "# HELP polaredge_agent_traefik_restarts_total Traefik restarts after crashes.\n# TYPE polaredge_agent_traefik_restarts_total counter");
-        let _ = writeln!(out, "polaredge_agent_traefik_restarts_total {}", traefik.restarts);
-        let _ = writeln!(out, "# HELP polaredge_agent_traefik_healthy Whether Traefik answered the last ping and canary with the generation of the routes file.\n# TYPE polaredge_agent_traefik_healthy gauge");
-        let _ = writeln!(out, "polaredge_agent_traefik_healthy {}", u8::from(health.healthy));
-        let _ = writeln!(out, "# HELP polaredge_agent_traefik_health_restarts_total Traefik processes killed by the watchdog (not answering, or serving the wrong generation).\n# TYPE polaredge_agent_traefik_health_restarts_total counter");
-        let _ = writeln!(out, "polaredge_agent_traefik_health_restarts_total {}", health.restarts);
-        if let Ok(t) = self.tunnel.status() {
-            let _ = writeln!(out, "# HELP polaredge_tunnel_bytes_total Payload bytes through the tunnel.\n# TYPE polaredge_tunnel_bytes_total counter");
-            let _ = writeln!(out, "polaredge_tunnel_bytes_total{{direction=\"rx\"}} {}", t.peer.rx_bytes);
-            let _ = writeln!(out, "polaredge_tunnel_bytes_total{{direction=\"tx\"}} {}", t.peer.tx_bytes);
-            if let Some(age) = t.peer.last_handshake {
-                let _ = writeln!(out, "# HELP polaredge_tunnel_handshake_age_seconds Time since the last WireGuard handshake.\n# TYPE polaredge_tunnel_handshake_age_seconds gauge");
-                let _ = writeln!(out, "polaredge_tunnel_handshake_age_seconds {}", age.as_secs());
-            }
-            let _ = writeln!(out, "# HELP polaredge_tunnel_dropped_datagrams_total Datagrams dropped, by reason.\n# TYPE polaredge_tunnel_dropped_datagrams_total counter");
-            for (reason, n) in [
-                ("invalid", t.stats.dropped_invalid),
-                ("replay", t.stats.dropped_replay),
-                ("source", t.stats.dropped_source),
-            ] {
-                let _ = writeln!(out, "polaredge_tunnel_dropped_datagrams_total{{reason=\"{reason}\"}} {n}");
-            }
-            let _ = writeln!(out, "# HELP polaredge_tunnel_connections Open TCP connections inside the tunnel.\n# TYPE polaredge_tunnel_connections gauge");
-            let _ = writeln!(out, "polaredge_tunnel_connections {}", t.connections);
-            let _ = writeln!(out, "# HELP polaredge_tunnel_refused_over_cap_total Connection requests refused at the connection cap (streams.max_connections).\n# TYPE polaredge_tunnel_refused_over_cap_total counter");
-            let _ = writeln!(out, "polaredge_tunnel_refused_over_cap_total {}", t.stats.refused_over_cap);
-        }
-        let _ = writeln!(out, "# HELP polaredge_l4_ports Public TCP and UDP ports served for Services of type LoadBalancer.\n# TYPE polaredge_l4_ports gauge");
-        for transport in [Transport::Tcp, Transport::Udp] {
-            let n = view.l4.iter().filter(|((t, _), _)| *t == transport).count();
-            let _ = writeln!(out, "polaredge_l4_ports{{transport=\"{transport}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP polaredge_l4_connections_total Connections to those ports, by outcome (refused: no pod, or no tunnel).\n# TYPE polaredge_l4_connections_total counter");
-        let l4 = &self.l4_metrics;
-        for (outcome, n) in [
-            ("opened", l4.opened.load(Ordering::Relaxed)),
-            ("refused", l4.refused.load(Ordering::Relaxed)),
-            ("failed", l4.failed.load(Ordering::Relaxed)),
-            ("completed", l4.completed.load(Ordering::Relaxed)),
-        ] {
-            let _ = writeln!(out, "polaredge_l4_connections_total{{outcome=\"{outcome}\"}} {n}");
-        }
-        let u = &self.udp_metrics;
-        let _ = writeln!(out, "# HELP polaredge_l4_udp_flows_total UDP flows (public client addresses) on those ports, by outcome (refused: no pod; over_cap: udp.max_flows reached).\n# TYPE polaredge_l4_udp_flows_total counter");
-        for (outcome, n) in [
-            ("opened", u.flows_opened.load(Ordering::Relaxed)),
-            ("refused", u.flows_refused.load(Ordering::Relaxed)),
-            ("over_cap", u.flows_over_cap.load(Ordering::Relaxed)),
-            ("expired", u.flows_expired.load(Ordering::Relaxed)),
-        ] {
-            let _ = writeln!(out, "polaredge_l4_udp_flows_total{{outcome=\"{outcome}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP polaredge_l4_udp_datagrams_total UDP datagrams on those ports: in from public clients, out to them, dropped (too large for the tunnel, queue full, flow ended).\n# TYPE polaredge_l4_udp_datagrams_total counter");
-        for (direction, n) in [
-            ("in", u.datagrams_to_tunnel.load(Ordering::Relaxed)),
-            ("out", u.datagrams_from_tunnel.load(Ordering::Relaxed)),
-            ("dropped", u.dropped.load(Ordering::Relaxed) + u.too_large.load(Ordering::Relaxed)),
-        ] {
-            let _ = writeln!(out, "polaredge_l4_udp_datagrams_total{{direction=\"{direction}\"}} {n}");
-        }
-        let m = &self.forwarder_metrics;
-        let _ = writeln!(out, "# HELP polaredge_forwarders Loopback forwarders (one per pod endpoint).\n# TYPE polaredge_forwarders gauge");
-        let _ = writeln!(out, "polaredge_forwarders {}", view.forwarders.len());
-        let _ = writeln!(out, "# HELP polaredge_forwarder_connections_total Connections from Traefik to forwarders.\n# TYPE polaredge_forwarder_connections_total counter");
-        let _ = writeln!(out, "polaredge_forwarder_connections_total {}", m.opened.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP polaredge_forwarder_failed_total Forwarded connections that ended in a reset, a timeout or a refusal.\n# TYPE polaredge_forwarder_failed_total counter");
-        let failed = m.failed.load(Ordering::Relaxed) + m.refused.load(Ordering::Relaxed);
-        let _ = writeln!(out, "polaredge_forwarder_failed_total {failed}");
-        let _ = writeln!(out, "# HELP polaredge_forwarder_bytes_total Bytes carried by forwarders.\n# TYPE polaredge_forwarder_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "polaredge_forwarder_bytes_total{{direction=\"to_cluster\"}} {}",
-            m.bytes_to_tunnel.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "polaredge_forwarder_bytes_total{{direction=\"from_cluster\"}} {}",
-            m.bytes_from_tunnel.load(Ordering::Relaxed)
-        );
-        out
+        text.family("polaredge_agent_traefik_up", Gauge, "Whether Traefik is running.")
+            .value(u8::from(traefik.pid.is_some()));
+        text.family("polaredge_agent_traefik_restarts_total", Counter, "Traefik restarts after crashes.")
+            .value(traefik.restarts);
+        text.family(
+            "polaredge_agent_traefik_healthy",
+            Gauge,
+            "Whether Traefik answered the last ping and canary with the generation of the routes file.",
+        )
+        .value(u8::from(health.healthy));
+        text.family(
+            "polaredge_agent_traefik_health_restarts_total",
+            Counter,
+            "Traefik processes killed by the watchdog (not answering, or serving the wrong generation).",
+        )
+        .value(health.restarts);
     }
+
+    fn l4_metrics(&self, text: &mut Exposition, view: &View) {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut ports = text.family(
+            "polaredge_l4_ports",
+            Gauge,
+            "Public TCP and UDP ports served for Services of type LoadBalancer.",
+        );
+        for transport in [Transport::Tcp, Transport::Udp] {
+            let count = view.l4.iter().filter(|((t, _), _)| *t == transport).count();
+            ports.sample(&[("transport", &transport.to_string())], count);
+        }
+        let l4 = &self.l4_metrics;
+        text.family(
+            "polaredge_l4_connections_total",
+            Counter,
+            "Connections to those ports, by outcome (refused: no pod, or no tunnel).",
+        )
+        .sample(&[("outcome", "opened")], n(&l4.opened))
+        .sample(&[("outcome", "refused")], n(&l4.refused))
+        .sample(&[("outcome", "failed")], n(&l4.failed))
+        .sample(&[("outcome", "completed")], n(&l4.completed));
+        let u = &self.udp_metrics;
+        text.family(
+            "polaredge_l4_udp_flows_total",
+            Counter,
+            "UDP flows (public client addresses) on those ports, by outcome (refused: no pod; over_cap: \
+             udp.max_flows reached).",
+        )
+        .sample(&[("outcome", "opened")], n(&u.flows_opened))
+        .sample(&[("outcome", "refused")], n(&u.flows_refused))
+        .sample(&[("outcome", "over_cap")], n(&u.flows_over_cap))
+        .sample(&[("outcome", "expired")], n(&u.flows_expired));
+        text.family(
+            "polaredge_l4_udp_datagrams_total",
+            Counter,
+            "UDP datagrams on those ports: in from public clients, out to them, dropped (too large for the tunnel, \
+             queue full, flow ended).",
+        )
+        .sample(&[("direction", "in")], n(&u.datagrams_to_tunnel))
+        .sample(&[("direction", "out")], n(&u.datagrams_from_tunnel))
+        .sample(&[("direction", "dropped")], n(&u.dropped) + n(&u.too_large));
+    }
+}
+
+/// Uploads by outcome, file repairs, and the live generation.
+fn upload_metrics(text: &mut Exposition, view: &View) {
+    let c = &view.counters;
+    text.family("polaredge_agent_uploads_total", Counter, "Uploads by outcome.")
+        .sample(&[("result", "applied")], c.applied)
+        .sample(&[("result", "unchanged")], c.unchanged)
+        .sample(&[("result", "rejected")], c.rejected)
+        .sample(&[("result", "rolled_back")], c.rolled_back);
+    text.family(
+        "polaredge_agent_routes_file_repairs_total",
+        Counter,
+        "Routes files found deleted or changed on disk (or not read by Traefik) and written again.",
+    )
+    .value(c.repairs);
+    if let Some(live) = &view.live {
+        text.family(
+            "polaredge_agent_live_generation",
+            Gauge,
+            "The generation last given to Traefik (1 = confirmed live).",
+        )
+        .sample(&[("generation", &live.generation)], u8::from(live.confirmed));
+        text.family("polaredge_agent_apply_seconds", Gauge, "Upload received to live, last upload.")
+            .value(format_args!("{:.3}", live.apply_ms as f64 / 1000.0));
+        text.family("polaredge_agent_traefik_router_errors", Gauge, "Errors Traefik reports for the live routes.")
+            .value(live.errors.len());
+    }
+}
+
+/// Bytes, handshake age, dropped datagrams and connections of the tunnel.
+fn tunnel_metrics(text: &mut Exposition, t: &tunnel::driver::TunnelStatus) {
+    text.family("polaredge_tunnel_bytes_total", Counter, "Payload bytes through the tunnel.")
+        .sample(&[("direction", "rx")], t.peer.rx_bytes)
+        .sample(&[("direction", "tx")], t.peer.tx_bytes);
+    if let Some(age) = t.peer.last_handshake {
+        text.family("polaredge_tunnel_handshake_age_seconds", Gauge, "Time since the last WireGuard handshake.")
+            .value(age.as_secs());
+    }
+    text.family("polaredge_tunnel_dropped_datagrams_total", Counter, "Datagrams dropped, by reason.")
+        .sample(&[("reason", "invalid")], t.stats.dropped_invalid)
+        .sample(&[("reason", "replay")], t.stats.dropped_replay)
+        .sample(&[("reason", "source")], t.stats.dropped_source);
+    text.family("polaredge_tunnel_connections", Gauge, "Open TCP connections inside the tunnel.").value(t.connections);
+    text.family(
+        "polaredge_tunnel_refused_over_cap_total",
+        Counter,
+        "Connection requests refused at the connection cap (streams.max_connections).",
+    )
+    .value(t.stats.refused_over_cap);
 }

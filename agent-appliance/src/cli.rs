@@ -167,7 +167,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     let config_path = || PathBuf::from(options.get("--config").map_or(DEFAULT_CONFIG, String::as_str));
     let result = match command.name {
         "init" => init(&options),
-        "run" => config::load(&config_path()).and_then(agent::run),
+        "run" => config::load(&config_path()).map_err(String::from).and_then(agent::run),
         "check" => check(&config_path()),
         "status" => status(&options, &config_path()),
         "genkey" => {
@@ -298,7 +298,7 @@ fn check(path: &Path) -> Result<(), String> {
             c
         }
         Err(e) => {
-            report("config", Err(e));
+            report("config", Err(e.to_string()));
             return Err("1 problem".into());
         }
     };

@@ -318,10 +318,82 @@ fn default_log_level() -> String {
     "ERROR".into()
 }
 
+/// Why a config file was refused: the file, and what is wrong with it.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The config file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub problem: ConfigProblem,
+}
+
+/// What is wrong with a config file.
+#[derive(Debug)]
+pub enum ConfigProblem {
+    /// It cannot be read.
+    Read(std::io::Error),
+    /// It is not YAML of the config's shape (an unknown field, a wrong type); the parser's message names the
+    /// field and line.
+    Yaml(serde_yaml::Error),
+    /// An entrypoint is named `traefik`, the agent's loopback admin entrypoint.
+    ReservedEntrypoint,
+    /// `l4.udp_max_flows` or `l4.udp_idle_timeout_s` is 0.
+    UdpLimits,
+    /// `streams.max_connections` or `streams.connect_timeout_ms` is 0.
+    StreamLimits,
+    /// An `l4.ports` entry is not a port or a range.
+    L4Ports(String),
+    /// `max_upload_bytes` is outside what the agent accepts.
+    UploadSize(usize),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.path.display();
+        match &self.problem {
+            ConfigProblem::Read(e) => write!(f, "cannot read config {path}: {e}"),
+            ConfigProblem::Yaml(e) => write!(f, "config {path}: {e}"),
+            ConfigProblem::ReservedEntrypoint => write!(
+                f,
+                "config {path}: entrypoint name \"traefik\" is reserved for the agent's loopback admin entrypoint"
+            ),
+            ConfigProblem::UdpLimits => {
+                write!(f, "config {path}: l4.udp_max_flows and l4.udp_idle_timeout_s must be above 0")
+            }
+            ConfigProblem::StreamLimits => {
+                write!(f, "config {path}: streams.max_connections and streams.connect_timeout_ms must be above 0")
+            }
+            ConfigProblem::L4Ports(e) => write!(f, "config {path}: {e}"),
+            ConfigProblem::UploadSize(n) => write!(
+                f,
+                "config {path}: max_upload_bytes {n} is outside {MIN_UPLOAD_BYTES}..={MAX_UPLOAD_BYTES} (the default \
+                 8 MiB holds tens of thousands of routes)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.problem {
+            ConfigProblem::Read(e) => Some(e),
+            ConfigProblem::Yaml(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConfigError> for String {
+    fn from(error: ConfigError) -> String {
+        error.to_string()
+    }
+}
+
 /// Reads and checks a config file; relative paths in it are taken relative to the file's folder.
-pub fn load(path: &Path) -> Result<AgentConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-    let mut config: AgentConfig = serde_yaml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let refused = |problem| ConfigError { path: path.to_path_buf(), problem };
+    let text = std::fs::read_to_string(path).map_err(|e| refused(ConfigProblem::Read(e)))?;
+    let mut config: AgentConfig = serde_yaml::from_str(&text).map_err(|e| refused(ConfigProblem::Yaml(e)))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &Path| if p.is_relative() { base.join(p) } else { p.to_path_buf() };
     config.state_dir = resolve(&config.state_dir);
@@ -336,28 +408,17 @@ pub fn load(path: &Path) -> Result<AgentConfig, String> {
         config.traefik.binary = resolve(&config.traefik.binary);
     }
     if config.entrypoints.contains_key("traefik") {
-        return Err(format!(
-            "config {}: entrypoint name \"traefik\" is reserved for the agent's loopback admin entrypoint",
-            path.display()
-        ));
+        return Err(refused(ConfigProblem::ReservedEntrypoint));
     }
     if config.l4.udp_max_flows == 0 || config.l4.udp_idle_timeout_s == 0 {
-        return Err(format!("config {}: l4.udp_max_flows and l4.udp_idle_timeout_s must be above 0", path.display()));
+        return Err(refused(ConfigProblem::UdpLimits));
     }
     if config.streams.max_connections == 0 || config.streams.connect_timeout_ms == 0 {
-        return Err(format!(
-            "config {}: streams.max_connections and streams.connect_timeout_ms must be above 0",
-            path.display()
-        ));
+        return Err(refused(ConfigProblem::StreamLimits));
     }
-    config.l4.ranges().map_err(|e| format!("config {}: {e}", path.display()))?;
+    config.l4.ranges().map_err(|e| refused(ConfigProblem::L4Ports(e)))?;
     if !(MIN_UPLOAD_BYTES..=MAX_UPLOAD_BYTES).contains(&config.max_upload_bytes) {
-        return Err(format!(
-            "config {}: max_upload_bytes {} is outside {MIN_UPLOAD_BYTES}..={MAX_UPLOAD_BYTES} (the default 8 MiB \
-             holds tens of thousands of routes)",
-            path.display(),
-            config.max_upload_bytes
-        ));
+        return Err(refused(ConfigProblem::UploadSize(config.max_upload_bytes)));
     }
     Ok(config)
 }
@@ -486,22 +547,30 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.yaml");
         std::fs::write(&path, "wireguard: {private_key_file: k, client_public_key: x}\napi_prot: 1\n").unwrap();
-        assert!(load(&path).unwrap_err().contains("unknown field `api_prot`"));
+        let unknown = load(&path).unwrap_err();
+        assert!(matches!(unknown.problem, ConfigProblem::Yaml(_)), "{unknown:?}");
+        assert!(unknown.to_string().contains("unknown field `api_prot`"), "{unknown}");
         std::fs::write(
             &path,
             "wireguard: {private_key_file: k, client_public_key: x}\nentrypoints: {traefik: \":1\"}\n",
         )
         .unwrap();
-        assert!(load(&path).unwrap_err().contains("reserved"));
+        let reserved = load(&path).unwrap_err();
+        assert!(matches!(reserved.problem, ConfigProblem::ReservedEntrypoint), "{reserved:?}");
+        assert!(reserved.to_string().contains("reserved"));
         std::fs::write(
             &path,
             "wireguard: {private_key_file: k, client_public_key: x}\nstreams: {max_connections: 0}\n",
         )
         .unwrap();
-        assert!(load(&path).unwrap_err().contains("streams.max_connections"));
+        let streams = load(&path).unwrap_err();
+        assert!(matches!(streams.problem, ConfigProblem::StreamLimits), "{streams:?}");
+        assert!(streams.to_string().contains("streams.max_connections"));
         std::fs::write(&path, "wireguard: {private_key_file: k, client_public_key: x}\nl4: {udp_idle_timeout_s: 0}\n")
             .unwrap();
-        assert!(load(&path).unwrap_err().contains("l4.udp_max_flows and l4.udp_idle_timeout_s"));
+        let udp = load(&path).unwrap_err();
+        assert!(matches!(udp.problem, ConfigProblem::UdpLimits), "{udp:?}");
+        assert!(udp.to_string().contains("l4.udp_max_flows and l4.udp_idle_timeout_s"));
         std::fs::write(&path, "wireguard: {private_key_file: k, client_public_key: x}\nl4: {udp_max_flows: 64}\n")
             .unwrap();
         let config = load(&path).unwrap();
@@ -510,7 +579,9 @@ mod tests {
         let huge =
             format!("wireguard: {{private_key_file: k, client_public_key: x}}\nmax_upload_bytes: {}\n", usize::MAX);
         std::fs::write(&path, huge).unwrap();
-        assert!(load(&path).unwrap_err().contains("max_upload_bytes"));
+        let upload = load(&path).unwrap_err();
+        assert!(matches!(upload.problem, ConfigProblem::UploadSize(n) if n == usize::MAX), "{upload:?}");
+        assert!(upload.to_string().contains("max_upload_bytes"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,8 +14,8 @@ impl init::Payload for Agent {
         format!("polaredge-agent {}", env!("CARGO_PKG_VERSION"))
     }
 
-    fn state_dir(&self, config: &Path) -> Result<PathBuf, String> {
-        config::load(config).map(|c| c.state_dir)
+    fn state_dir(&self, config: &Path) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(config::load(config)?.state_dir)
     }
 
     fn run(&self, config: &Path) -> Command {

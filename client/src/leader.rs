@@ -161,100 +161,145 @@ pub async fn elect(
     term: Arc<Term>,
     ended: impl FnOnce(Ended) + Send + 'static,
 ) -> Result<Elected, String> {
-    let (api, name): (Api<Lease>, _) = (Api::namespaced(client, lease.namespace), lease.name);
-    let retry = duration / 3;
-    // A standby looks often (as client-go's 2 s retry period), so a Lease its leader released is taken at once.
-    let look = retry.min(STANDBY_LOOK);
-    let mut following = None;
-    let mut seen = Seen::default();
+    let api: Api<Lease> = Api::namespaced(client, lease.namespace);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
-    let first = loop {
-        match within(step(&api, name, &me, duration, &mut seen)).await {
-            Ok((Decision::Follow(holder), _)) => {
-                if following.as_ref() != Some(&holder) {
-                    log::info!("leader election: {holder} leads; standing by");
-                    following = Some(holder);
+    let mut holder =
+        Holder { api, name: lease.name.to_string(), me, duration, retry: duration / 3, term, seen: Seen::default() };
+    let Some(first) = holder.stand_by(&mut terminate).await else {
+        return Ok(Elected::Terminated);
+    };
+    holder.term.set(first as u64);
+    log::info!("leader election: this replica ({}) leads, term {first}", holder.me);
+    tokio::spawn(async move {
+        match holder.lead(&mut terminate).await {
+            // Stopped (a rollout, a drain, an upgrade): the Lease was handed over at once instead of letting the
+            // standby wait for it to expire.
+            None => ended(Ended::Terminated),
+            Some(reason) => {
+                log::error!("leader election: lost the lease: {reason}");
+                ended(Ended::Lost(reason));
+            }
+        }
+    });
+    Ok(Elected::Leading)
+}
+
+/// One replica's side of the Lease.
+struct Holder {
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    duration: Duration,
+    /// How often a leader renews (a third of the Lease's duration).
+    retry: Duration,
+    term: Arc<Term>,
+    seen: Seen,
+}
+
+impl Holder {
+    /// Looks at the Lease until it is ours: the term we lead with, or none after SIGTERM.
+    async fn stand_by(&mut self, terminate: &mut tokio::signal::unix::Signal) -> Option<i32> {
+        // A standby looks often (as client-go's 2 s retry period), so a Lease its leader released is taken at once.
+        let look = self.retry.min(STANDBY_LOOK);
+        let mut following = None;
+        loop {
+            match within(step(&self.api, &self.name, &self.me, self.duration, &mut self.seen)).await {
+                Ok((Decision::Follow(holder), _)) => {
+                    if following.as_ref() != Some(&holder) {
+                        log::info!("leader election: {holder} leads; standing by");
+                        following = Some(holder);
+                    }
+                }
+                Ok((_, term)) => return Some(term),
+                Err(e) => log::warn!("leader election: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(look) => {}
+                _ = terminate.recv() => {
+                    log::info!("SIGTERM while standing by");
+                    return None;
                 }
             }
-            Ok((_, term)) => break term,
-            Err(e) => log::warn!("leader election: {e}"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(look) => {}
-            _ = terminate.recv() => {
-                log::info!("SIGTERM while standing by");
-                return Ok(Elected::Terminated);
-            }
-        }
-    };
-    term.set(first as u64);
-    log::info!("leader election: this replica ({me}) leads, term {first}");
-    let name = name.to_string();
-    // Stopped (a rollout, a drain, an upgrade): hand the Lease over at once instead of letting the standby wait
-    // for it to expire.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
-    tokio::spawn(async move {
-        let mut unreachable_since: Option<Instant> = None;
-        let mut last_outage_log = Instant::now();
-        let reason = loop {
+    }
+
+    /// Renews the Lease until SIGTERM (it is released: none) or until leadership is lost (why).
+    async fn lead(&mut self, terminate: &mut tokio::signal::unix::Signal) -> Option<String> {
+        let mut outage = Outage { since: None, last_log: Instant::now() };
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(retry) => {}
-                _ = term.reported.notified() => {}
+                _ = tokio::time::sleep(self.retry) => {}
+                _ = self.term.reported.notified() => {}
                 _ = terminate.recv() => {
-                    match within(release(&api, &name, &me)).await {
+                    let name = &self.name;
+                    match within(release(&self.api, name, &self.me)).await {
                         Ok(()) => log::info!("SIGTERM: released the Lease {name}; the standby takes over now"),
                         Err(e) => log::warn!("SIGTERM: cannot release the Lease {name} ({e}); the standby takes over when it expires"),
                     }
-                    ended(Ended::Terminated);
-                    return;
+                    return None;
                 }
             }
-            if let Some(by) = term.take_fenced().filter(|&by| Some(by) >= term.current()) {
-                let lease = within(async { api.get_opt(&name).await.map_err(|e| e.to_string()) }).await;
-                match on_fenced(
-                    by,
-                    lease.as_ref().map(|l| l.as_ref().and_then(|l| l.spec.as_ref())).map_err(String::as_str),
-                    &me,
-                ) {
-                    OnFenced::Advance(next) => match within(advance(&api, &name, &me, next)).await {
-                        Ok(()) => {
-                            log::warn!(
-                                "leader election: an agent followed term {by} although we lead (the Lease was made \
-                                 again?); our term is now {next}"
-                            );
-                            term.set(next);
-                        }
-                        Err(e) => break format!("an agent follows term {by}, and raising ours failed: {e}"),
-                    },
-                    OnFenced::Stop(reason) => break reason,
-                }
+            if let Err(reason) = self.answer_fencing().await {
+                return Some(reason);
             }
-            match within(step(&api, &name, &me, duration, &mut seen)).await {
-                Ok((Decision::Follow(holder), _)) => break format!("the API says {holder} holds the Lease {name}"),
+            match within(step(&self.api, &self.name, &self.me, self.duration, &mut self.seen)).await {
+                Ok((Decision::Follow(holder), _)) => {
+                    return Some(format!("the API says {holder} holds the Lease {}", self.name))
+                }
                 Ok(_) => {
-                    if let Some(since) = unreachable_since.take() {
+                    if let Some(since) = outage.since.take() {
                         log::info!("leader election: the API is back after {:?}; still leading", since.elapsed());
                     }
                 }
-                Err(e) => {
-                    let since = *unreachable_since.get_or_insert_with(Instant::now);
-                    if last_outage_log.elapsed() >= OUTAGE_LOG_INTERVAL || since.elapsed() < retry {
-                        last_outage_log = Instant::now();
-                        log::warn!(
-                            "leader election: cannot renew the Lease for {:?} ({e}); still serving (the agents \
-                             fence us if another replica takes over)",
-                            since.elapsed()
-                        );
-                    }
-                }
+                Err(e) => outage.log(&e, self.retry),
             }
+        }
+    }
+
+    /// An agent reported a term at least ours: raise ours past it if the Lease is still ours, else give up
+    /// (why).
+    async fn answer_fencing(&self) -> Result<(), String> {
+        let Some(by) = self.term.take_fenced().filter(|&by| Some(by) >= self.term.current()) else {
+            return Ok(());
         };
-        log::error!("leader election: lost the lease: {reason}");
-        ended(Ended::Lost(reason));
-    });
-    Ok(Elected::Leading)
+        let lease = within(async { self.api.get_opt(&self.name).await.map_err(|e| e.to_string()) }).await;
+        let spec = lease.as_ref().map(|l| l.as_ref().and_then(|l| l.spec.as_ref())).map_err(String::as_str);
+        match on_fenced(by, spec, &self.me) {
+            OnFenced::Advance(next) => match within(advance(&self.api, &self.name, &self.me, next)).await {
+                Ok(()) => {
+                    log::warn!(
+                        "leader election: an agent followed term {by} although we lead (the Lease was made again?); \
+                         our term is now {next}"
+                    );
+                    self.term.set(next);
+                    Ok(())
+                }
+                Err(e) => Err(format!("an agent follows term {by}, and raising ours failed: {e}")),
+            },
+            OnFenced::Stop(reason) => Err(reason),
+        }
+    }
+}
+
+/// A leader that cannot reach the API keeps leading; it says so at once, then every [`OUTAGE_LOG_INTERVAL`].
+struct Outage {
+    since: Option<Instant>,
+    last_log: Instant,
+}
+
+impl Outage {
+    fn log(&mut self, error: &str, retry: Duration) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.last_log.elapsed() >= OUTAGE_LOG_INTERVAL || since.elapsed() < retry {
+            self.last_log = Instant::now();
+            log::warn!(
+                "leader election: cannot renew the Lease for {:?} ({error}); still serving (the agents fence us if \
+                 another replica takes over)",
+                since.elapsed()
+            );
+        }
+    }
 }
 
 /// `call`, failed if the API does not answer within [`crate::kube_api::CALL_LIMIT`] (a dead connection must

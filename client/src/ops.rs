@@ -2,7 +2,7 @@
 
 use crate::relay::{RelayMetrics, UdpRelayMetrics};
 use protocol::http::{parse_head, Limits};
-use std::fmt::Write as _;
+use protocol::metrics::{Exposition, Kind::Counter, Kind::Gauge};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,64 +50,61 @@ impl Metrics {
 
     /// Prometheus text.
     pub fn text(&self) -> String {
-        let mut out = String::new();
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP polaredge_client_snapshots_total Changed snapshots rendered.\n# TYPE polaredge_client_snapshots_total counter\npolaredge_client_snapshots_total {}", r(&self.snapshots));
-        let _ = writeln!(out, "# HELP polaredge_client_render_seconds Duration of the last render.\n# TYPE polaredge_client_render_seconds gauge\npolaredge_client_render_seconds {:.6}", r(&self.render_micros) as f64 / 1e6);
-        let _ = writeln!(out, "# HELP polaredge_client_routers Routers in the last snapshot.\n# TYPE polaredge_client_routers gauge\npolaredge_client_routers {}", r(&self.routers));
-        let _ = writeln!(out, "# HELP polaredge_client_uploads_total Uploads to agents by outcome.\n# TYPE polaredge_client_uploads_total counter");
+        let mut text = Exposition::new();
+        text.family("polaredge_client_snapshots_total", Counter, "Changed snapshots rendered.")
+            .value(r(&self.snapshots));
+        text.family("polaredge_client_render_seconds", Gauge, "Duration of the last render.")
+            .value(format_args!("{:.6}", r(&self.render_micros) as f64 / 1e6));
+        text.family("polaredge_client_routers", Gauge, "Routers in the last snapshot.").value(r(&self.routers));
         let agents = self.agents.lock().unwrap().clone();
+        let mut uploads = text.family("polaredge_client_uploads_total", Counter, "Uploads to agents by outcome.");
         for (name, a) in &agents {
-            let _ = writeln!(out, "polaredge_client_uploads_total{{agent=\"{name}\",result=\"live\"}} {}", a.applied);
-            let _ = writeln!(out, "polaredge_client_uploads_total{{agent=\"{name}\",result=\"failed\"}} {}", a.failed);
+            uploads.sample(&[("agent", name), ("result", "live")], a.applied);
+            uploads.sample(&[("agent", name), ("result", "failed")], a.failed);
         }
-        let _ = writeln!(out, "# HELP polaredge_client_agent_in_sync Whether the agent serves the latest snapshot.\n# TYPE polaredge_client_agent_in_sync gauge");
+        let mut in_sync =
+            text.family("polaredge_client_agent_in_sync", Gauge, "Whether the agent serves the latest snapshot.");
         for (name, a) in &agents {
-            let _ = writeln!(out, "polaredge_client_agent_in_sync{{agent=\"{name}\"}} {}", u8::from(a.in_sync));
+            in_sync.sample(&[("agent", name)], u8::from(a.in_sync));
         }
-        let _ = writeln!(out, "# HELP polaredge_client_agent_apply_seconds Apply time the agent reported for the last upload.\n# TYPE polaredge_client_agent_apply_seconds gauge");
+        let mut apply = text.family(
+            "polaredge_client_agent_apply_seconds",
+            Gauge,
+            "Apply time the agent reported for the last upload.",
+        );
         for (name, a) in &agents {
-            let _ = writeln!(
-                out,
-                "polaredge_client_agent_apply_seconds{{agent=\"{name}\"}} {:.3}",
-                a.last_apply_ms as f64 / 1000.0
-            );
+            apply.sample(&[("agent", name)], format_args!("{:.3}", a.last_apply_ms as f64 / 1000.0));
         }
         let m = &self.relay;
-        let _ = writeln!(out, "# HELP polaredge_client_relay_streams_total Streams from agents by outcome.\n# TYPE polaredge_client_relay_streams_total counter");
-        for (outcome, n) in [
-            ("accepted", r(&m.opened)),
-            ("refused", r(&m.refused)),
-            ("dial_failed", r(&m.dial_failed)),
-            ("failed", r(&m.failed)),
-            ("completed", r(&m.completed)),
-        ] {
-            let _ = writeln!(out, "polaredge_client_relay_streams_total{{outcome=\"{outcome}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP polaredge_client_relay_bytes_total Bytes relayed.\n# TYPE polaredge_client_relay_bytes_total counter");
-        let _ =
-            writeln!(out, "polaredge_client_relay_bytes_total{{direction=\"to_pods\"}} {}", r(&m.bytes_from_tunnel));
-        let _ =
-            writeln!(out, "polaredge_client_relay_bytes_total{{direction=\"from_pods\"}} {}", r(&m.bytes_to_tunnel));
+        text.family("polaredge_client_relay_streams_total", Counter, "Streams from agents by outcome.")
+            .sample(&[("outcome", "accepted")], r(&m.opened))
+            .sample(&[("outcome", "refused")], r(&m.refused))
+            .sample(&[("outcome", "dial_failed")], r(&m.dial_failed))
+            .sample(&[("outcome", "failed")], r(&m.failed))
+            .sample(&[("outcome", "completed")], r(&m.completed));
+        text.family("polaredge_client_relay_bytes_total", Counter, "Bytes relayed.")
+            .sample(&[("direction", "to_pods")], r(&m.bytes_from_tunnel))
+            .sample(&[("direction", "from_pods")], r(&m.bytes_to_tunnel));
         let u = &self.udp_relay;
-        let _ = writeln!(out, "# HELP polaredge_client_relay_udp_flows_total UDP flows from agents by outcome (refused: not an endpoint of the snapshot).\n# TYPE polaredge_client_relay_udp_flows_total counter");
-        for (outcome, n) in [
-            ("opened", r(&u.flows_opened)),
-            ("refused", r(&u.flows_refused)),
-            ("over_cap", r(&u.flows_over_cap)),
-            ("expired", r(&u.flows_expired)),
-        ] {
-            let _ = writeln!(out, "polaredge_client_relay_udp_flows_total{{outcome=\"{outcome}\"}} {n}");
-        }
-        let _ = writeln!(out, "# HELP polaredge_client_relay_udp_datagrams_total UDP datagrams relayed (dropped: unframed, queue full, too large).\n# TYPE polaredge_client_relay_udp_datagrams_total counter");
-        for (direction, n) in [
-            ("to_pods", r(&u.datagrams_to_tunnel)),
-            ("from_pods", r(&u.datagrams_from_tunnel)),
-            ("dropped", r(&u.dropped) + r(&u.too_large)),
-        ] {
-            let _ = writeln!(out, "polaredge_client_relay_udp_datagrams_total{{direction=\"{direction}\"}} {n}");
-        }
-        out
+        text.family(
+            "polaredge_client_relay_udp_flows_total",
+            Counter,
+            "UDP flows from agents by outcome (refused: not an endpoint of the snapshot).",
+        )
+        .sample(&[("outcome", "opened")], r(&u.flows_opened))
+        .sample(&[("outcome", "refused")], r(&u.flows_refused))
+        .sample(&[("outcome", "over_cap")], r(&u.flows_over_cap))
+        .sample(&[("outcome", "expired")], r(&u.flows_expired));
+        text.family(
+            "polaredge_client_relay_udp_datagrams_total",
+            Counter,
+            "UDP datagrams relayed (dropped: unframed, queue full, too large).",
+        )
+        .sample(&[("direction", "to_pods")], r(&u.datagrams_to_tunnel))
+        .sample(&[("direction", "from_pods")], r(&u.datagrams_from_tunnel))
+        .sample(&[("direction", "dropped")], r(&u.dropped) + r(&u.too_large));
+        text.into_text()
     }
 }
 

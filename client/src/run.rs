@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tunnel::{CoreConfig, IpCidr, Tunnel, TunnelConfig};
+use tunnel::{Cidr, CoreConfig, Tunnel, TunnelConfig};
 
 /// Quiet time after a change before rendering.
 pub const DEBOUNCE: Duration = Duration::from_millis(30);
@@ -353,14 +353,14 @@ fn connect_agent(
     me: &config::Identity,
     shared: &Shared,
 ) -> Result<AgentLink, String> {
-    let address: IpCidr =
+    let address: Cidr =
         me.address.parse().map_err(|_| format!("address {:?} is not an address with prefix", me.address))?;
     let peer: tunnel::PublicKey =
         agent.public_key.parse().map_err(|e| format!("agent {}: public_key: {e}", agent.name))?;
     let mut core = CoreConfig {
         endpoint: Some(agent.endpoint),
         persistent_keepalive: Some(config.keepalive),
-        peer_allowed_ips: vec![IpCidr::new(agent.api.ip().into(), if agent.api.is_ipv4() { 32 } else { 128 })],
+        peer_allowed_ips: vec![Cidr::host(agent.api.ip())],
         ..CoreConfig::new(me.key.clone(), peer, vec![address])
     };
     core.tcp.max_connections = config.max_connections;

@@ -11,7 +11,7 @@ use smoltcp::time::Instant;
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use tunnel::sim::{Conditions, Pair};
-use tunnel::{Core, CoreConfig, IpCidr, PrivateKey};
+use tunnel::{Cidr, Core, CoreConfig, PrivateKey};
 
 struct State {
     pair: Pair,
@@ -23,7 +23,7 @@ fn state() -> &'static Mutex<State> {
     STATE.get_or_init(|| {
         let (a_key, b_key) = (PrivateKey::generate(), PrivateKey::generate());
         let now = Instant::from_millis(0);
-        let cidr = |s: &str| s.parse::<IpCidr>().unwrap();
+        let cidr = |s: &str| s.parse::<Cidr>().unwrap();
         let a = Core::new(
             CoreConfig {
                 endpoint: Some(Pair::B_ADDR),

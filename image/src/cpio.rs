@@ -31,6 +31,33 @@ pub struct Archive {
     entries: BTreeMap<String, Entry>,
 }
 
+/// Why a member could not be added to an [`Archive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveError {
+    /// The path is empty or has an empty, `.` or `..` component.
+    BadPath(String),
+    /// A parent folder of `path` is already a member that is not a directory.
+    ParentNotDirectory {
+        /// The member in the way.
+        parent: String,
+        /// The member being added.
+        path: String,
+    },
+}
+
+impl std::fmt::Display for ArchiveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArchiveError::BadPath(path) => write!(f, "archive path {path:?} must be relative and normal"),
+            ArchiveError::ParentNotDirectory { parent, path } => {
+                write!(f, "{parent} is not a directory (needed for {path})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ArchiveError {}
+
 impl Archive {
     /// An empty archive.
     pub fn new() -> Archive {
@@ -39,17 +66,19 @@ impl Archive {
 
     /// Adds `path` (relative, `/`-separated, no `.` or `..`); missing parent directories are added with mode
     /// 0755. A later add of the same path replaces the earlier one.
-    pub fn add(&mut self, path: &str, node: Node, mode: u32) -> Result<(), String> {
+    pub fn add(&mut self, path: &str, node: Node, mode: u32) -> Result<(), ArchiveError> {
         let path = path.trim_start_matches('/');
         if path.is_empty() || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            return Err(format!("archive path {path:?} must be relative and normal"));
+            return Err(ArchiveError::BadPath(path.to_string()));
         }
         // Every prefix ending before a '/' is a parent directory, outermost first.
         for (slash, _) in path.match_indices('/') {
             let parent = &path[..slash];
             match self.entries.get(parent) {
                 Some(Entry { node: Node::Dir, .. }) => {}
-                Some(_) => return Err(format!("{parent} is not a directory (needed for {path})")),
+                Some(_) => {
+                    return Err(ArchiveError::ParentNotDirectory { parent: parent.to_string(), path: path.to_string() })
+                }
                 None => {
                     self.entries.insert(parent.to_string(), Entry { node: Node::Dir, mode: 0o755 });
                 }
@@ -136,9 +165,11 @@ mod tests {
     #[test]
     fn bad_paths_are_refused() {
         let mut a = Archive::new();
-        assert!(a.add("../etc", Node::Dir, 0o755).is_err());
-        assert!(a.add("etc//x", Node::Dir, 0o755).is_err());
+        assert_eq!(a.add("../etc", Node::Dir, 0o755), Err(ArchiveError::BadPath("../etc".into())));
+        assert_eq!(a.add("etc//x", Node::Dir, 0o755), Err(ArchiveError::BadPath("etc//x".into())));
         a.add("etc", Node::File(vec![]), 0o644).unwrap();
-        assert!(a.add("etc/x", Node::Dir, 0o755).unwrap_err().contains("not a directory"));
+        let in_the_way = a.add("etc/x", Node::Dir, 0o755).unwrap_err();
+        assert_eq!(in_the_way, ArchiveError::ParentNotDirectory { parent: "etc".into(), path: "etc/x".into() });
+        assert_eq!(in_the_way.to_string(), "etc is not a directory (needed for etc/x)");
     }
 }

@@ -65,8 +65,92 @@ pub struct Initramfs {
     pub modules: Vec<String>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+/// Why an image could not be built.
+#[derive(Debug)]
+pub enum ImageError {
+    /// An input file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// The config folder could not be listed.
+    ConfigFolder {
+        /// The folder.
+        dir: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// The config folder has no `agent.yaml`.
+    NoAgentConfig(PathBuf),
+    /// No `NAME.ko` (nor with dashes) in the kernel's module folder.
+    NoModule {
+        /// The module's name.
+        name: String,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// A module file is not a kernel module this reader understands.
+    Module {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: modinfo::ModInfoError,
+    },
+    /// The modules asked for cannot be put in a load order.
+    ModuleOrder(Box<modinfo::OrderError<ImageError>>),
+    /// A member could not be added to the archive.
+    Archive(cpio::ArchiveError),
+}
+
+impl std::fmt::Display for ImageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageError::Read { path, error } => write!(f, "cannot read {}: {error}", path.display()),
+            ImageError::ConfigFolder { dir, error } => {
+                write!(f, "cannot read the config folder {}: {error}", dir.display())
+            }
+            ImageError::NoAgentConfig(dir) => write!(
+                f,
+                "{} has no agent.yaml; create one with `polaredge-agent init --dir {}`",
+                dir.display(),
+                dir.display()
+            ),
+            ImageError::NoModule { name, dir } => {
+                write!(
+                    f,
+                    "no module {name} in {} (is --kernel-dir the folder from image/fetch-kernel.sh?)",
+                    dir.display()
+                )
+            }
+            ImageError::Module { path, error } => write!(f, "{}: {error}", path.display()),
+            ImageError::ModuleOrder(error) => error.fmt(f),
+            ImageError::Archive(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ImageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ImageError::Read { error, .. } | ImageError::ConfigFolder { error, .. } => Some(error),
+            ImageError::Module { error, .. } => Some(error),
+            ImageError::ModuleOrder(error) => Some(error),
+            ImageError::Archive(error) => Some(error),
+            ImageError::NoAgentConfig(_) | ImageError::NoModule { .. } => None,
+        }
+    }
+}
+
+impl From<cpio::ArchiveError> for ImageError {
+    fn from(error: cpio::ArchiveError) -> Self {
+        ImageError::Archive(error)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
+    std::fs::read(path).map_err(|error| ImageError::Read { path: path.to_path_buf(), error })
 }
 
 /// Gzip at the best level, reproducibly.
@@ -78,20 +162,16 @@ pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Adds every file of `config_dir` under /etc/polaredge (keys mode 0600).
-fn add_config(base: &mut Archive, config_dir: &Path) -> Result<(), String> {
+fn add_config(base: &mut Archive, config_dir: &Path) -> Result<(), ImageError> {
     let mut names: Vec<_> = std::fs::read_dir(config_dir)
-        .map_err(|e| format!("cannot read the config folder {}: {e}", config_dir.display()))?
+        .map_err(|error| ImageError::ConfigFolder { dir: config_dir.to_path_buf(), error })?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     if !names.iter().any(|n| n == "agent.yaml") {
-        return Err(format!(
-            "{} has no agent.yaml; create one with `polaredge-agent init --dir {}`",
-            config_dir.display(),
-            config_dir.display()
-        ));
+        return Err(ImageError::NoAgentConfig(config_dir.to_path_buf()));
     }
     for name in &names {
         // Keys stay private to root inside the image too.
@@ -102,7 +182,7 @@ fn add_config(base: &mut Archive, config_dir: &Path) -> Result<(), String> {
 }
 
 /// Builds the initramfs from the inputs.
-pub fn build_initramfs(inputs: &Inputs) -> Result<Initramfs, String> {
+pub fn build_initramfs(inputs: &Inputs) -> Result<Initramfs, ImageError> {
     let mut base = Archive::new();
     base.add("init", Node::File(read(&inputs.agent)?), 0o755)?;
     base.add("usr/bin/polaredge-agent", Node::Symlink("/init".into()), 0o777)?;
@@ -121,22 +201,23 @@ pub fn build_initramfs(inputs: &Inputs) -> Result<Initramfs, String> {
     }
 
     let module_dir = inputs.kernel_dir.join("modules");
-    let path_of = |name: &str| -> Result<PathBuf, String> {
+    let path_of = |name: &str| -> Result<PathBuf, ImageError> {
         [name.to_string(), name.replace('_', "-")]
             .iter()
             .map(|n| module_dir.join(format!("{n}.ko")))
             .find(|p| p.exists())
-            .ok_or_else(|| format!("no module {name} in {}", module_dir.display()))
+            .ok_or_else(|| ImageError::NoModule { name: name.to_string(), dir: module_dir.clone() })
     };
     // Each module is read once: its .modinfo gives the dependencies, its bytes go into the archive.
     let mut files: std::collections::BTreeMap<String, Vec<u8>> = std::collections::BTreeMap::new();
     let order = modinfo::load_order(&inputs.modules, |name| {
         let path = path_of(name)?;
         let bytes = read(&path)?;
-        let info = modinfo::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let info = modinfo::parse(&bytes).map_err(|error| ImageError::Module { path, error })?;
         files.insert(name.to_string(), bytes);
         Ok(info.depends)
-    })?;
+    })
+    .map_err(|e| ImageError::ModuleOrder(Box::new(e)))?;
     for name in &order {
         let bytes = files.remove(name).expect("load_order looked up every module it returns");
         let dir = init::layout::MODULES_DIR.trim_start_matches('/');

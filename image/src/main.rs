@@ -70,7 +70,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
         mtime,
     };
     let out = out.ok_or_else(|| missing("--out"))?;
-    let initramfs = build_initramfs(&inputs)?;
+    let initramfs = build_initramfs(&inputs).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let kernel = std::fs::read(inputs.kernel_dir.join("vmlinuz"))
         .map_err(|e| format!("cannot read {}/vmlinuz: {e}", inputs.kernel_dir.display()))?;

@@ -28,28 +28,86 @@ fn read_u64(b: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?)).ok()
 }
 
-/// Parses the `.modinfo` section of a 64-bit little-endian ELF module (x86_64 and aarch64 kernels).
-pub fn parse(elf: &[u8]) -> Result<ModInfo, String> {
-    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
-        return Err("not a 64-bit little-endian ELF file".into());
+/// Why a file is not a kernel module this reader understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModInfoError {
+    /// Not a 64-bit little-endian ELF file.
+    NotElf64,
+    /// The section table or a section lies beyond the end of the file.
+    Truncated,
+    /// No `.modinfo` section: not a kernel module.
+    NoModinfo,
+    /// `.modinfo` has no `name=` field.
+    NoName,
+}
+
+impl std::fmt::Display for ModInfoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModInfoError::NotElf64 => "not a 64-bit little-endian ELF file",
+            ModInfoError::Truncated => "truncated ELF section table",
+            ModInfoError::NoModinfo => "no .modinfo section: not a kernel module",
+            ModInfoError::NoName => ".modinfo has no name= field",
+        })
     }
-    let truncated = || "truncated ELF section table".to_string();
-    let shoff = read_u64(elf, 0x28).ok_or_else(truncated)?;
-    let shentsize = read_u16(elf, 0x3a).ok_or_else(truncated)?;
-    let shnum = read_u16(elf, 0x3c).ok_or_else(truncated)?;
-    let shstrndx = read_u16(elf, 0x3e).ok_or_else(truncated)?;
+}
+
+impl std::error::Error for ModInfoError {}
+
+/// Why no load order exists for the modules asked for.
+#[derive(Debug)]
+pub enum OrderError<E> {
+    /// The modules depend on each other in a circle, as listed (the first name repeated at the end).
+    Cycle(Vec<String>),
+    /// Looking up a module failed; `chain` is the path of dependencies that led to it, the module last.
+    Lookup {
+        /// From a module asked for to the one that failed.
+        chain: Vec<String>,
+        /// What the lookup said.
+        error: E,
+    },
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for OrderError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderError::Cycle(chain) => write!(f, "module dependency cycle: {}", chain.join(" -> ")),
+            OrderError::Lookup { chain, error } => write!(f, "{error} (needed by {})", chain.join(" -> ")),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for OrderError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OrderError::Cycle(_) => None,
+            OrderError::Lookup { error, .. } => Some(error),
+        }
+    }
+}
+
+/// Parses the `.modinfo` section of a 64-bit little-endian ELF module (x86_64 and aarch64 kernels).
+pub fn parse(elf: &[u8]) -> Result<ModInfo, ModInfoError> {
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err(ModInfoError::NotElf64);
+    }
+    let truncated = ModInfoError::Truncated;
+    let shoff = read_u64(elf, 0x28).ok_or(truncated)?;
+    let shentsize = read_u16(elf, 0x3a).ok_or(truncated)?;
+    let shnum = read_u16(elf, 0x3c).ok_or(truncated)?;
+    let shstrndx = read_u16(elf, 0x3e).ok_or(truncated)?;
     let section = |i: usize| -> Option<(usize, &[u8])> {
         let h = shoff.checked_add(i.checked_mul(shentsize)?)?;
         let name = read_u32(elf, h)?;
         let (offset, size) = (read_u64(elf, h + 0x18)?, read_u64(elf, h + 0x20)?);
         Some((name, elf.get(offset..offset.checked_add(size)?)?))
     };
-    let (_, names) = section(shstrndx).ok_or_else(truncated)?;
+    let (_, names) = section(shstrndx).ok_or(truncated)?;
     let modinfo = (0..shnum)
         .filter_map(section)
         .find(|(name, _)| names.get(*name..).and_then(|n| n.split(|b| *b == 0).next()) == Some(b".modinfo"))
         .map(|(_, data)| data)
-        .ok_or("no .modinfo section: not a kernel module")?;
+        .ok_or(ModInfoError::NoModinfo)?;
     let mut info = ModInfo { name: String::new(), depends: vec![] };
     for field in modinfo.split(|b| *b == 0).filter_map(|f| std::str::from_utf8(f).ok()) {
         if let Some(name) = field.strip_prefix("name=") {
@@ -59,44 +117,54 @@ pub fn parse(elf: &[u8]) -> Result<ModInfo, String> {
         }
     }
     if info.name.is_empty() {
-        return Err(".modinfo has no name= field".into());
+        return Err(ModInfoError::NoName);
     }
     Ok(info)
 }
 
 /// The closure of `wanted` under `depends`, dependencies before dependents, otherwise in the order asked.
 /// `lookup` gives a module's dependencies, or an error if the module does not exist.
-pub fn load_order(
+pub fn load_order<E>(
     wanted: &[String],
-    mut lookup: impl FnMut(&str) -> Result<Vec<String>, String>,
-) -> Result<Vec<String>, String> {
-    fn visit(
-        name: &str,
-        lookup: &mut dyn FnMut(&str) -> Result<Vec<String>, String>,
-        state: &mut BTreeMap<String, bool>,
-        order: &mut Vec<String>,
-        path: &mut Vec<String>,
-    ) -> Result<(), String> {
-        match state.get(name) {
-            Some(true) => return Ok(()),
-            Some(false) => return Err(format!("module dependency cycle: {} -> {name}", path.join(" -> "))),
-            None => {}
-        }
-        state.insert(name.to_string(), false);
-        path.push(name.to_string());
-        for dep in lookup(name).map_err(|e| format!("{e} (needed by {})", path.join(" -> ")))? {
-            visit(&dep, lookup, state, order, path)?;
-        }
-        path.pop();
-        state.insert(name.to_string(), true);
-        order.push(name.to_string());
-        Ok(())
+    mut lookup: impl FnMut(&str) -> Result<Vec<String>, E>,
+) -> Result<Vec<String>, OrderError<E>> {
+    /// Where a module is in the depth-first walk.
+    struct Walk<'a, E> {
+        lookup: &'a mut dyn FnMut(&str) -> Result<Vec<String>, E>,
+        /// `false` while its dependencies are visited, `true` once it is in `order`.
+        state: BTreeMap<String, bool>,
+        order: Vec<String>,
+        path: Vec<String>,
     }
-    let (mut state, mut order) = (BTreeMap::new(), vec![]);
+    impl<E> Walk<'_, E> {
+        fn visit(&mut self, name: &str) -> Result<(), OrderError<E>> {
+            match self.state.get(name) {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    let mut chain = self.path.clone();
+                    chain.push(name.to_string());
+                    return Err(OrderError::Cycle(chain));
+                }
+                None => {}
+            }
+            self.state.insert(name.to_string(), false);
+            self.path.push(name.to_string());
+            let depends =
+                (self.lookup)(name).map_err(|error| OrderError::Lookup { chain: self.path.clone(), error })?;
+            for dep in depends {
+                self.visit(&dep)?;
+            }
+            self.path.pop();
+            self.state.insert(name.to_string(), true);
+            self.order.push(name.to_string());
+            Ok(())
+        }
+    }
+    let mut walk = Walk { lookup: &mut lookup, state: BTreeMap::new(), order: vec![], path: vec![] };
     for name in wanted {
-        visit(&normalize(name), &mut lookup, &mut state, &mut order, &mut vec![])?;
+        walk.visit(&normalize(name))?;
     }
-    Ok(order)
+    Ok(walk.order)
 }
 
 #[cfg(test)]
@@ -118,12 +186,18 @@ mod tests {
         };
         let order = load_order(&["virtio-pci".into(), "virtio_net".into()], deps).unwrap();
         assert_eq!(order, ["virtio", "virtio_pci", "failover", "net_failover", "virtio_net"]);
-        assert!(load_order(&["a".into()], deps).unwrap_err().contains("cycle: a -> b -> a"));
-        assert!(load_order(&["virtio_nett".into()], deps).unwrap_err().contains("no module virtio_nett"));
+        let cycle = load_order(&["a".into()], deps).unwrap_err();
+        assert!(matches!(&cycle, OrderError::Cycle(chain) if chain == &["a", "b", "a"]), "{cycle:?}");
+        assert_eq!(cycle.to_string(), "module dependency cycle: a -> b -> a");
+        let missing = load_order(&["virtio_nett".into()], deps).unwrap_err();
+        assert_eq!(missing.to_string(), "no module virtio_nett (needed by virtio_nett)");
     }
 
     #[test]
     fn a_non_elf_file_is_refused() {
-        assert!(parse(b"hello").unwrap_err().contains("not a 64-bit"));
+        assert_eq!(parse(b"hello"), Err(ModInfoError::NotElf64));
+        let mut header = b"\x7fELF\x02\x01".to_vec();
+        header.resize(0x30, 0);
+        assert_eq!(parse(&header), Err(ModInfoError::Truncated));
     }
 }

@@ -67,16 +67,86 @@ pub struct BootParams {
     pub log: Option<String>,
 }
 
+/// Why the kernel command line was refused: the parameter, and what is wrong with its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamError {
+    /// `ip=` is malformed.
+    Ip {
+        /// The value after `ip=`.
+        value: String,
+        /// What is wrong with it.
+        reason: IpError,
+    },
+    /// A `polaredge.*` parameter that needs a value has none.
+    Empty(String),
+    /// `polaredge.log=` names no log level.
+    LogLevel(String),
+    /// A `polaredge.*` parameter this init does not know (most likely a typo).
+    Unknown(String),
+}
+
+/// What is wrong with an `ip=` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpError {
+    /// `bootp`, `rarp` or `both`: only static settings and DHCP are built in.
+    NotBuiltIn,
+    /// An autoconf method other than `off`, `none` or `dhcp`.
+    Autoconf(String),
+    /// A field that must be an IPv4 address is not one.
+    Address {
+        /// Which field: client address, gateway, netmask or name server.
+        field: &'static str,
+        /// Its text.
+        text: String,
+    },
+    /// A `/prefix` above 32 or not a number.
+    Prefix(String),
+    /// A netmask whose ones are not contiguous.
+    Netmask(String),
+}
+
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamError::Ip { value, reason } => write!(f, "kernel parameter ip={value}: {reason}"),
+            ParamError::Empty(key) => write!(f, "kernel parameter {key} needs a value"),
+            ParamError::LogLevel(value) => {
+                write!(f, "kernel parameter polaredge.log={value}: use debug, info, warn or error")
+            }
+            ParamError::Unknown(key) => write!(
+                f,
+                "unknown kernel parameter {key}; known: polaredge.config, polaredge.state, polaredge.modules, \
+                 polaredge.log"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for IpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IpError::NotBuiltIn => write!(f, "only static settings and dhcp are built in"),
+            IpError::Autoconf(other) => write!(f, "autoconf {other:?} is not built in; use off or dhcp"),
+            IpError::Address { field, text } => write!(f, "{field} {text:?} is not an IPv4 address"),
+            IpError::Prefix(prefix) => write!(f, "prefix /{prefix} is not 0..=32"),
+            IpError::Netmask(mask) => write!(f, "netmask {mask} is not contiguous"),
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+impl std::error::Error for IpError {}
+
 impl BootParams {
     /// Parses `/proc/cmdline`. Unknown parameters belong to the kernel and are ignored; a malformed `ip=` or
     /// `polaredge.*` value is an error naming the parameter.
-    pub fn parse(cmdline: &str) -> Result<BootParams, String> {
+    pub fn parse(cmdline: &str) -> Result<BootParams, ParamError> {
         let mut params =
             BootParams { ip: None, config: AGENT_CONFIG.into(), state_device: None, modules: vec![], log: None };
         for word in cmdline.split_whitespace() {
             let (key, value) = word.split_once('=').unwrap_or((word, ""));
             match key {
-                "ip" => params.ip = parse_ip(value).map_err(|e| format!("kernel parameter ip={value}: {e}"))?,
+                "ip" => params.ip = parse_ip(value).map_err(|reason| ParamError::Ip { value: value.into(), reason })?,
                 "polaredge.config" => params.config = non_empty(key, value)?.into(),
                 "polaredge.state" => params.state_device = Some(non_empty(key, value)?.into()),
                 "polaredge.modules" => {
@@ -84,14 +154,9 @@ impl BootParams {
                 }
                 "polaredge.log" => match value {
                     "debug" | "info" | "warn" | "error" => params.log = Some(value.into()),
-                    _ => return Err(format!("kernel parameter polaredge.log={value}: use debug, info, warn or error")),
+                    _ => return Err(ParamError::LogLevel(value.into())),
                 },
-                k if k.starts_with("polaredge.") => {
-                    return Err(format!(
-                        "unknown kernel parameter {k}; known: polaredge.config, polaredge.state, polaredge.modules, \
-                         polaredge.log"
-                    ))
-                }
+                k if k.starts_with("polaredge.") => return Err(ParamError::Unknown(k.into())),
                 _ => {}
             }
         }
@@ -99,15 +164,15 @@ impl BootParams {
     }
 }
 
-fn non_empty<'a>(key: &str, value: &'a str) -> Result<&'a str, String> {
+fn non_empty<'a>(key: &str, value: &'a str) -> Result<&'a str, ParamError> {
     if value.is_empty() {
-        Err(format!("kernel parameter {key} needs a value"))
+        Err(ParamError::Empty(key.into()))
     } else {
         Ok(value)
     }
 }
 
-fn parse_ip(value: &str) -> Result<Option<Network>, String> {
+fn parse_ip(value: &str) -> Result<Option<Network>, IpError> {
     let fields: Vec<&str> = value.split(':').collect();
     let field = |i: usize| fields.get(i).copied().unwrap_or("");
     let hostname = Some(field(4)).filter(|h| !h.is_empty()).map(str::to_string);
@@ -117,16 +182,16 @@ fn parse_ip(value: &str) -> Result<Option<Network>, String> {
         (1, "dhcp" | "on" | "any", _) | (_, _, "dhcp" | "on" | "any") => {
             return Ok(Some(Network::Dhcp { device, hostname }))
         }
-        (1, "bootp" | "rarp" | "both", _) => return Err("only static settings and dhcp are built in".into()),
+        (1, "bootp" | "rarp" | "both", _) => return Err(IpError::NotBuiltIn),
         (_, _, "" | "off" | "none") => {}
-        (_, _, other) => return Err(format!("autoconf {other:?} is not built in; use off or dhcp")),
+        (_, _, other) => return Err(IpError::Autoconf(other.into())),
     }
-    let parse_addr = |what: &str, text: &str| -> Result<Ipv4Addr, String> {
-        text.parse().map_err(|_| format!("{what} {text:?} is not an IPv4 address"))
+    let parse_addr = |field: &'static str, text: &str| -> Result<Ipv4Addr, IpError> {
+        text.parse().map_err(|_| IpError::Address { field, text: text.into() })
     };
     let (address, mut prefix) = match field(0).split_once('/') {
         Some((a, p)) => {
-            let p: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("prefix /{p} is not 0..=32"))?;
+            let p: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| IpError::Prefix(p.into()))?;
             (parse_addr("client address", a)?, Some(p))
         }
         None => (parse_addr("client address", field(0))?, None),
@@ -138,7 +203,7 @@ fn parse_ip(value: &str) -> Result<Option<Network>, String> {
     if !field(3).is_empty() {
         let mask = u32::from(parse_addr("netmask", field(3))?);
         if mask.leading_ones() + mask.trailing_zeros() != 32 {
-            return Err(format!("netmask {} is not contiguous", field(3)));
+            return Err(IpError::Netmask(field(3).into()));
         }
         prefix = Some(mask.leading_ones() as u8);
     }
@@ -196,18 +261,29 @@ mod tests {
 
     #[test]
     fn malformed_values_name_the_parameter() {
-        for (line, expect) in [
-            ("ip=10.0.2", "not an IPv4 address"),
-            ("ip=10.0.2.15/33", "prefix /33"),
-            ("ip=10.0.2.15:::255.0.255.0", "not contiguous"),
-            ("ip=bootp", "only static settings and dhcp"),
-            ("ip=10.0.2.15::::::rarp", "autoconf"),
-            ("polaredge.state=", "needs a value"),
-            ("polaredge.log=loud", "polaredge.log=loud"),
-            ("polaredge.confg=/x", "unknown kernel parameter polaredge.confg"),
+        let ip = |value: &str, reason| ParamError::Ip { value: value.into(), reason };
+        let address = |field, text: &str| IpError::Address { field, text: text.into() };
+        for (line, expect, text) in [
+            ("ip=10.0.2", ip("10.0.2", address("client address", "10.0.2")), "ip=10.0.2: client address"),
+            ("ip=10.0.2.15/33", ip("10.0.2.15/33", IpError::Prefix("33".into())), "prefix /33 is not 0..=32"),
+            (
+                "ip=10.0.2.15:::255.0.255.0",
+                ip("10.0.2.15:::255.0.255.0", IpError::Netmask("255.0.255.0".into())),
+                "not contiguous",
+            ),
+            ("ip=bootp", ip("bootp", IpError::NotBuiltIn), "only static settings and dhcp"),
+            ("ip=10.0.2.15::::::rarp", ip("10.0.2.15::::::rarp", IpError::Autoconf("rarp".into())), "autoconf"),
+            ("polaredge.state=", ParamError::Empty("polaredge.state".into()), "polaredge.state needs a value"),
+            ("polaredge.log=loud", ParamError::LogLevel("loud".into()), "polaredge.log=loud: use debug"),
+            (
+                "polaredge.confg=/x",
+                ParamError::Unknown("polaredge.confg".into()),
+                "unknown kernel parameter polaredge.confg",
+            ),
         ] {
             let err = BootParams::parse(line).unwrap_err();
-            assert!(err.contains(expect), "{line}: {err}");
+            assert_eq!(err, expect, "{line}");
+            assert!(err.to_string().contains(text), "{line}: {err}");
         }
     }
 }

@@ -21,8 +21,20 @@ pub enum Command {
     Help,
 }
 
+/// A console line that is no command; its text says which commands there are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCommand(pub String);
+
+impl std::fmt::Display for UnknownCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown command {:?}; {HELP}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownCommand {}
+
 /// Parses one console line; blank lines are `None`, unknown words are an error with the command list.
-pub fn parse(line: &str) -> Option<Result<Command, String>> {
+pub fn parse(line: &str) -> Option<Result<Command, UnknownCommand>> {
     Some(Ok(match line.trim() {
         "" => return None,
         "status" => Command::Status,
@@ -30,7 +42,7 @@ pub fn parse(line: &str) -> Option<Result<Command, String>> {
         "reboot" => Command::Reboot,
         "retry" => Command::Retry,
         "help" | "?" => Command::Help,
-        other => return Some(Err(format!("unknown command {other:?}; {HELP}"))),
+        other => return Some(Err(UnknownCommand(other.to_string()))),
     }))
 }
 
@@ -41,7 +53,7 @@ pub fn spawn_reader(on_command: impl Fn(Command) + Send + 'static) {
             match parse(&line) {
                 None => {}
                 Some(Ok(command)) => on_command(command),
-                Some(Err(e)) => super::say(&e),
+                Some(Err(e)) => super::say(&e.to_string()),
             }
         }
     });
@@ -88,6 +100,8 @@ mod tests {
         assert_eq!(parse("reboot"), Some(Ok(Command::Reboot)));
         assert_eq!(parse("status"), Some(Ok(Command::Status)));
         assert_eq!(parse(""), None);
-        assert!(parse("sh").unwrap().unwrap_err().contains("poweroff"));
+        let unknown = parse("sh").unwrap().unwrap_err();
+        assert_eq!(unknown, UnknownCommand("sh".into()));
+        assert!(unknown.to_string().contains("poweroff"), "{unknown}");
     }
 }

@@ -5,7 +5,8 @@
 //! Module map: [`defaults`] (tunnel addresses and ports), [`generation`] (how an upload is named), [`api`] (the
 //! control API's JSON bodies), [`fencing`] (which client replica an agent obeys), [`relay`] (the preamble of every forwarded stream), [`proxy`] (the PROXY protocol header that carries a TCP
 //! client's real address to a pod), [`http`] (HTTP/1 request and
-//! response heads, sans-IO, for the control API, its client, Traefik's API and the test kits).
+//! response heads, sans-IO, for the control API, its client, Traefik's API and the test kits), [`metrics`]
+//! (the Prometheus text both sides' `/metrics` serve).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@ pub mod defaults;
 pub mod fencing;
 pub mod generation;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod relay;
 

@@ -12,10 +12,15 @@
 
 use smoltcp::socket::tcp::CongestionControl;
 use smoltcp::time::Duration;
-use smoltcp::wire::{IpAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{IpAddress, IpEndpoint};
 use tunnel::impair::{Profile, PROFILES};
 use tunnel::sim::{Conditions, Pair};
 use tunnel::{Core, CoreConfig, PrivateKey, TcpTuning};
+
+/// `address/prefix` as the tunnel's configuration takes it.
+fn cidr(address: IpAddress, prefix: u8) -> tunnel::Cidr {
+    tunnel::Cidr::new(address.into(), prefix).unwrap()
+}
 
 /// The sim's stand-in for "no bottleneck but the machine": about what one core moves through the tunnel.
 const MACHINE_RATE: u64 = 125_000_000;
@@ -132,10 +137,10 @@ fn pair(conditions: Conditions, tuning: TcpTuning) -> Pair {
     let mut a_config = CoreConfig {
         endpoint: Some(Pair::B_ADDR),
         persistent_keepalive: Some(25),
-        ..CoreConfig::new(a_key.clone(), b_key.public_key(), vec![IpCidr::new(IpAddress::v4(10, 88, 0, 2), 30)])
+        ..CoreConfig::new(a_key.clone(), b_key.public_key(), vec![cidr(IpAddress::v4(10, 88, 0, 2), 30)])
     };
     a_config.tcp = tuning.clone();
-    let mut b_config = CoreConfig::new(b_key, a_key.public_key(), vec![IpCidr::new(IpAddress::v4(10, 88, 0, 1), 30)]);
+    let mut b_config = CoreConfig::new(b_key, a_key.public_key(), vec![cidr(IpAddress::v4(10, 88, 0, 1), 30)]);
     b_config.tcp = tuning;
     let a = Core::new(a_config, 1, now).unwrap();
     let b = Core::new(b_config, 2, now).unwrap();

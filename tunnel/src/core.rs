@@ -6,6 +6,7 @@
 //! sockets the core holds. Outgoing datagrams leave through the [`DatagramSink`] the caller passes in.
 
 use crate::buffers::Buffers;
+use crate::cidr::Cidr;
 use crate::device::{DatagramSink, RxQueue, TxPath, WgDevice};
 use crate::egress::Egress;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
@@ -17,7 +18,7 @@ use boringtun::x25519;
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpEndpoint};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
@@ -118,9 +119,9 @@ pub struct CoreConfig {
     /// Seconds between keepalives when idle; set it on the side behind NAT.
     pub persistent_keepalive: Option<u16>,
     /// Our addresses inside the tunnel with their prefix, e.g. `10.88.0.1/30` and `fd88::1/64`.
-    pub addresses: Vec<IpCidr>,
+    pub addresses: Vec<Cidr>,
     /// Source addresses accepted from the peer (WireGuard's AllowedIPs); anything else is dropped.
-    pub peer_allowed_ips: Vec<IpCidr>,
+    pub peer_allowed_ips: Vec<Cidr>,
     /// The peer's outer UDP address, if known in advance. The core follows the peer when it roams.
     pub endpoint: Option<SocketAddr>,
     /// Further peers on the same interface (an agent serving several client replicas, each with a key and a
@@ -137,7 +138,7 @@ pub struct CoreConfig {
 impl CoreConfig {
     /// A configuration with defaults for everything but the keys and our tunnel addresses: no preshared key,
     /// no keepalive, the peer accepted from our own subnets, endpoint unknown, MTU 1420, default TCP tuning.
-    pub fn new(private_key: PrivateKey, peer_public_key: PublicKey, addresses: Vec<IpCidr>) -> CoreConfig {
+    pub fn new(private_key: PrivateKey, peer_public_key: PublicKey, addresses: Vec<Cidr>) -> CoreConfig {
         CoreConfig {
             private_key,
             peer_public_key,
@@ -348,10 +349,10 @@ impl Core {
         iface.update_ip_addrs(|addrs| {
             for cidr in &config.addresses {
                 match cidr.address() {
-                    IpAddress::Ipv4(_) => has_v4 = true,
-                    IpAddress::Ipv6(_) => has_v6 = true,
+                    std::net::IpAddr::V4(_) => has_v4 = true,
+                    std::net::IpAddr::V6(_) => has_v6 = true,
                 }
-                addrs.push(*cidr).expect("address count checked above");
+                addrs.push(cidr.to_stack()).expect("address count checked above");
             }
         });
         let port_seed = u16::from_le_bytes([random_seed()[0], random_seed()[1]]);
@@ -824,7 +825,10 @@ impl Core {
         }
         if let Some(buffers) = self.buffers.get(&handle) {
             // SAFETY: `buffers_empty` says no byte in either ring is needed.
-            unsafe { buffers.release() };
+            #[allow(unsafe_code)]
+            unsafe {
+                buffers.release()
+            };
         }
         true
     }
@@ -876,7 +880,9 @@ impl Core {
         }
         let t = &self.tcp;
         // SAFETY: the rings go into the socket, which `remove` drops before the mapping.
-        let (buffers, (rx, tx)) = match unsafe { Buffers::map(t.rx_buffer, t.tx_buffer) } {
+        #[allow(unsafe_code)]
+        let mapped = unsafe { Buffers::map(t.rx_buffer, t.tx_buffer) };
+        let (buffers, (rx, tx)) = match mapped {
             Ok(mapped) => mapped,
             Err(e) => {
                 log::warn!("cannot map buffers for a tunnel connection: {e}");

@@ -6,6 +6,7 @@
 //! static key (decrypted with ours), every other message by its receiver index, whose upper bits we chose per
 //! peer. Outgoing packets go to the peer whose allowed IPs hold their destination.
 
+use crate::cidr::Cidr;
 use crate::keys::{PresharedKey, PublicKey};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn};
@@ -28,7 +29,7 @@ pub struct PeerConfig {
     pub persistent_keepalive: Option<u16>,
     /// The peer's tunnel addresses (WireGuard's AllowedIPs): packets to them go to this peer, and packets from
     /// this peer must come from them. Required when a core has several peers.
-    pub allowed_ips: Vec<IpCidr>,
+    pub allowed_ips: Vec<Cidr>,
     /// The peer's outer UDP address, if known in advance. The core follows the peer when it roams.
     pub endpoint: Option<SocketAddr>,
 }
@@ -62,7 +63,7 @@ impl Peer {
             ),
             public_key: *public_key.as_bytes(),
             endpoint: config.endpoint,
-            allowed: config.allowed_ips,
+            allowed: config.allowed_ips.iter().map(|c| c.to_stack()).collect(),
             keepalive: config.persistent_keepalive.is_some_and(|k| k > 0),
             next_forced_handshake: now,
             next_offered_handshake: now,

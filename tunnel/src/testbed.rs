@@ -234,16 +234,16 @@ impl Drop for WireguardGo {
 /// `agent_addresses` inside; the "client" (`client_addresses`) knows its endpoint and keeps the session alive.
 /// Returns once the client's handshake reached the agent, so either side can open streams. Needs no root.
 pub fn loopback_pair(
-    agent_addresses: Vec<crate::IpCidr>,
-    client_addresses: Vec<crate::IpCidr>,
+    agent_addresses: Vec<crate::Cidr>,
+    client_addresses: Vec<crate::Cidr>,
 ) -> io::Result<(crate::Tunnel, crate::Tunnel)> {
     loopback_pair_with(agent_addresses, client_addresses, |_| {})
 }
 
 /// [`loopback_pair`] with both ends' configurations adjusted by `tune` (limits, tuning) before they start.
 pub fn loopback_pair_with(
-    agent_addresses: Vec<crate::IpCidr>,
-    client_addresses: Vec<crate::IpCidr>,
+    agent_addresses: Vec<crate::Cidr>,
+    client_addresses: Vec<crate::Cidr>,
     tune: impl Fn(&mut crate::CoreConfig),
 ) -> io::Result<(crate::Tunnel, crate::Tunnel)> {
     use crate::{CoreConfig, Tunnel, TunnelConfig};

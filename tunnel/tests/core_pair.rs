@@ -4,10 +4,15 @@
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 use smoltcp::time::Duration;
-use smoltcp::wire::{IpAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{IpAddress, IpEndpoint};
 use std::net::SocketAddr;
 use tunnel::sim::{Conditions, Pair};
 use tunnel::{Core, CoreConfig, PrivateKey, TcpTuning};
+
+/// `address/prefix` as the tunnel's configuration takes it.
+fn cidr(address: IpAddress, prefix: u8) -> tunnel::Cidr {
+    tunnel::Cidr::new(address.into(), prefix).unwrap()
+}
 
 const AGENT_V4: IpAddress = IpAddress::v4(10, 88, 0, 1);
 const CLIENT_V4: IpAddress = IpAddress::v4(10, 88, 0, 2);
@@ -29,7 +34,7 @@ fn pair_tuned(conditions: Conditions, tcp: TcpTuning) -> Pair {
             peer_public_key: peer.public_key(),
             preshared_key: None,
             persistent_keepalive: endpoint.map(|_| 25),
-            addresses: vec![IpCidr::new(v4, 30), IpCidr::new(v6, 64)],
+            addresses: vec![cidr(v4, 30), cidr(v6, 64)],
             peer_allowed_ips: vec![],
             endpoint,
             other_peers: Vec::new(),
@@ -307,7 +312,7 @@ fn preshared_keys_must_match() {
                 peer_public_key: peer.public_key(),
                 preshared_key: psk,
                 persistent_keepalive: None,
-                addresses: vec![IpCidr::new(v4, 30)],
+                addresses: vec![cidr(v4, 30)],
                 peer_allowed_ips: vec![],
                 endpoint,
                 other_peers: Vec::new(),
@@ -340,7 +345,7 @@ fn packets_from_outside_the_peers_allowed_ips_are_dropped() {
         peer_public_key: peer.public_key(),
         preshared_key: None,
         persistent_keepalive: None,
-        addresses: vec![IpCidr::new(v4, 30)],
+        addresses: vec![cidr(v4, 30)],
         peer_allowed_ips: vec![],
         endpoint: None,
         other_peers: Vec::new(),
@@ -350,10 +355,7 @@ fn packets_from_outside_the_peers_allowed_ips_are_dropped() {
     };
     let a = Core::new(CoreConfig { endpoint: Some(Pair::B_ADDR), ..base(&a_key, &b_key, CLIENT_V4) }, 1, now).unwrap();
     let b = Core::new(
-        CoreConfig {
-            peer_allowed_ips: vec![IpCidr::new(IpAddress::v4(10, 88, 0, 3), 32)],
-            ..base(&b_key, &a_key, AGENT_V4)
-        },
+        CoreConfig { peer_allowed_ips: vec![cidr(IpAddress::v4(10, 88, 0, 3), 32)], ..base(&b_key, &a_key, AGENT_V4) },
         2,
         now,
     )
@@ -432,12 +434,12 @@ fn a_restarted_side_offers_a_new_session_when_stale_data_arrives() {
     // which this virtual-time test never reaches.
     let (a_key, b_key) = (PrivateKey::generate(), PrivateKey::generate());
     let now = smoltcp::time::Instant::from_millis(0);
-    let b_config = CoreConfig::new(b_key.clone(), a_key.public_key(), vec![IpCidr::new(AGENT_V4, 30)]);
+    let b_config = CoreConfig::new(b_key.clone(), a_key.public_key(), vec![cidr(AGENT_V4, 30)]);
     let a = Core::new(
         CoreConfig {
             endpoint: Some(Pair::B_ADDR),
             persistent_keepalive: Some(25),
-            ..CoreConfig::new(a_key, b_key.public_key(), vec![IpCidr::new(CLIENT_V4, 30)])
+            ..CoreConfig::new(a_key, b_key.public_key(), vec![cidr(CLIENT_V4, 30)])
         },
         1,
         now,
@@ -500,13 +502,13 @@ fn requests_beyond_the_connection_cap_are_reset_and_counted() {
         CoreConfig {
             endpoint: Some(Pair::B_ADDR),
             persistent_keepalive: Some(25),
-            ..CoreConfig::new(a_key.clone(), b_key.public_key(), vec![IpCidr::new(CLIENT_V4, 30)])
+            ..CoreConfig::new(a_key.clone(), b_key.public_key(), vec![cidr(CLIENT_V4, 30)])
         },
         1,
         now,
     )
     .unwrap();
-    let mut b_config = CoreConfig::new(b_key, a_key.public_key(), vec![IpCidr::new(AGENT_V4, 30)]);
+    let mut b_config = CoreConfig::new(b_key, a_key.public_key(), vec![cidr(AGENT_V4, 30)]);
     b_config.tcp.max_connections = 50;
     let mut p = Pair::new(a, Core::new(b_config, 2, now).unwrap(), Conditions::default());
     assert!(p.run_until(Duration::from_secs(2), |p| p.b.peer().last_handshake.is_some()));

@@ -7,12 +7,12 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
-use tunnel::{CoreConfig, IpCidr, PrivateKey, RelayPolicy, StreamCounters, Tunnel, TunnelConfig};
+use tunnel::{Cidr, CoreConfig, PrivateKey, RelayPolicy, StreamCounters, Tunnel, TunnelConfig};
 
 const AGENT: &str = "10.88.0.1";
 
 fn tunnels() -> (Tunnel, Tunnel) {
-    let cidr = |s: &str| s.parse::<IpCidr>().unwrap();
+    let cidr = |s: &str| s.parse::<Cidr>().unwrap();
     tunnel::testbed::loopback_pair(
         vec![cidr("10.88.0.1/30"), cidr("fd88::1/64")],
         vec![cidr("10.88.0.2/30"), cidr("fd88::2/64")],
@@ -192,7 +192,7 @@ fn a_forwarded_connection_to_a_silent_peer_fails_within_the_connect_timeout() {
     let mut core = CoreConfig::new(
         PrivateKey::generate(),
         PrivateKey::generate().public_key(),
-        vec!["10.88.0.1/30".parse::<IpCidr>().unwrap()],
+        vec!["10.88.0.1/30".parse::<Cidr>().unwrap()],
     );
     core.endpoint = Some(silent.local_addr().unwrap());
     core.tcp.connect_timeout = Duration::from_millis(800);
@@ -283,7 +283,7 @@ fn connecting_before_the_peer_has_shown_up_fails_at_once() {
         core: CoreConfig::new(
             PrivateKey::generate(),
             PrivateKey::generate().public_key(),
-            vec!["10.88.0.1/30".parse::<IpCidr>().unwrap()],
+            vec!["10.88.0.1/30".parse::<Cidr>().unwrap()],
         ),
         listen: "127.0.0.1:0".parse().unwrap(),
     })
@@ -344,7 +344,7 @@ fn the_relay_reads_the_preamble_dials_a_permitted_target_and_refuses_the_rest() 
 fn after_the_agent_restarts_the_client_reaches_it_again_within_seconds() {
     let agent_key = PrivateKey::generate();
     let client_key = PrivateKey::generate();
-    let cidr = |s: &str| s.parse::<IpCidr>().unwrap();
+    let cidr = |s: &str| s.parse::<Cidr>().unwrap();
     let agent_config = TunnelConfig {
         core: CoreConfig::new(agent_key.clone(), client_key.public_key(), vec![cidr("10.88.0.1/30")]),
         listen: "127.0.0.1:0".parse().unwrap(),

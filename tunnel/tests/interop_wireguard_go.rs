@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use tunnel::testbed::{self, Netns, WireguardGo, WireguardGoConfig};
-use tunnel::{CoreConfig, IpCidr, PrivateKey, Tunnel, TunnelConfig};
+use tunnel::{Cidr, CoreConfig, PrivateKey, Tunnel, TunnelConfig};
 
 const MIB: usize = 1 << 20;
 
@@ -57,7 +57,7 @@ fn interop_with_wireguard_go_both_directions_and_across_a_peer_restart() {
                 core: CoreConfig {
                     endpoint: Some("172.30.0.2:51820".parse().unwrap()),
                     persistent_keepalive: Some(25),
-                    peer_allowed_ips: vec!["10.88.0.2/32".parse::<IpCidr>().unwrap()],
+                    peer_allowed_ips: vec!["10.88.0.2/32".parse::<Cidr>().unwrap()],
                     ..CoreConfig::new(our_key, wg_public, vec!["10.88.0.1/30".parse().unwrap()])
                 },
                 listen: "0.0.0.0:51820".parse().unwrap(),

@@ -3,12 +3,17 @@
 //! A counting global allocator counts only while the cores run, not while the test moves datagrams around.
 
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{IpAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{IpAddress, IpEndpoint};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tunnel::{Core, CoreConfig, PrivateKey};
+
+/// `address/prefix` as the tunnel's configuration takes it.
+fn cidr(address: IpAddress, prefix: u8) -> tunnel::Cidr {
+    tunnel::Cidr::new(address.into(), prefix).unwrap()
+}
 
 struct Counting;
 
@@ -73,18 +78,15 @@ fn bulk_transfer_makes_no_allocation_per_packet() {
     let mut a = Core::new(
         CoreConfig {
             endpoint: Some(b_addr),
-            ..CoreConfig::new(a_key.clone(), b_key.public_key(), vec![IpCidr::new(IpAddress::v4(10, 88, 0, 2), 30)])
+            ..CoreConfig::new(a_key.clone(), b_key.public_key(), vec![cidr(IpAddress::v4(10, 88, 0, 2), 30)])
         },
         1,
         now,
     )
     .unwrap();
-    let mut b = Core::new(
-        CoreConfig::new(b_key, a_key.public_key(), vec![IpCidr::new(IpAddress::v4(10, 88, 0, 1), 30)]),
-        2,
-        now,
-    )
-    .unwrap();
+    let mut b =
+        Core::new(CoreConfig::new(b_key, a_key.public_key(), vec![cidr(IpAddress::v4(10, 88, 0, 1), 30)]), 2, now)
+            .unwrap();
     b.listen(9000);
     let client = a.connect(IpEndpoint::new(IpAddress::v4(10, 88, 0, 1), 9000)).unwrap();
     let mut server = None;

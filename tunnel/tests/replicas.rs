@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tunnel::{CoreConfig, IpCidr, PeerConfig, PrivateKey, RelayPolicy, StreamCounters, Tunnel, TunnelConfig};
+use tunnel::{Cidr, CoreConfig, PeerConfig, PrivateKey, RelayPolicy, StreamCounters, Tunnel, TunnelConfig};
 
 const REPLICAS: [&str; 2] = ["10.88.0.2", "10.88.0.3"];
 
@@ -42,7 +42,7 @@ fn pod(name: &'static str) -> SocketAddr {
     addr
 }
 
-fn cidr(s: &str) -> IpCidr {
+fn cidr(s: &str) -> Cidr {
     s.parse().unwrap()
 }
 

@@ -6,9 +6,14 @@
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{IpAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{IpAddress, IpEndpoint};
 use std::net::SocketAddr;
 use tunnel::{Core, CoreConfig, PeerConfig, PrivateKey};
+
+/// `address/prefix` as the tunnel's configuration takes it.
+fn cidr(address: IpAddress, prefix: u8) -> tunnel::Cidr {
+    tunnel::Cidr::new(address.into(), prefix).unwrap()
+}
 
 const AGENT: IpAddress = IpAddress::v4(10, 88, 0, 1);
 const REPLICA: [IpAddress; 2] = [IpAddress::v4(10, 88, 0, 2), IpAddress::v4(10, 88, 0, 3)];
@@ -33,7 +38,7 @@ impl Net {
         let agent_key = PrivateKey::generate();
         let keys = [PrivateKey::generate(), PrivateKey::generate(), PrivateKey::generate()];
         let now = Instant::from_millis(0);
-        let host = |a: IpAddress| IpCidr::new(a, 32);
+        let host = |a: IpAddress| cidr(a, 32);
         let agent_config = CoreConfig {
             peer_allowed_ips: vec![host(REPLICA[0])],
             other_peers: vec![PeerConfig {
@@ -43,7 +48,7 @@ impl Net {
                 allowed_ips: vec![host(REPLICA[1])],
                 endpoint: None,
             }],
-            ..CoreConfig::new(agent_key.clone(), keys[0].public_key(), vec![IpCidr::new(AGENT, 24)])
+            ..CoreConfig::new(agent_key.clone(), keys[0].public_key(), vec![cidr(AGENT, 24)])
         };
         let agent = Core::new(agent_config, 1, now).unwrap();
         let client = |key: &PrivateKey, address: IpAddress, index: u32| {
@@ -51,7 +56,7 @@ impl Net {
                 endpoint: Some(outer(1)),
                 persistent_keepalive: Some(25),
                 peer_allowed_ips: vec![host(AGENT)],
-                ..CoreConfig::new(key.clone(), agent_key.public_key(), vec![IpCidr::new(address, 24)])
+                ..CoreConfig::new(key.clone(), agent_key.public_key(), vec![cidr(address, 24)])
             };
             Core::new(config, index, now).unwrap()
         };
@@ -221,17 +226,17 @@ fn several_peers_must_each_name_their_tunnel_addresses() {
         endpoint: None,
     };
     let config = CoreConfig {
-        peer_allowed_ips: vec![IpCidr::new(REPLICA[0], 32)],
+        peer_allowed_ips: vec![cidr(REPLICA[0], 32)],
         other_peers: vec![other.clone()],
-        ..CoreConfig::new(own.clone(), PrivateKey::generate().public_key(), vec![IpCidr::new(AGENT, 24)])
+        ..CoreConfig::new(own.clone(), PrivateKey::generate().public_key(), vec![cidr(AGENT, 24)])
     };
     let error = Core::new(config, 1, Instant::from_millis(0)).err().unwrap();
     assert_eq!(error, tunnel::core::ConfigError::PeerWithoutAllowedIps(1));
     assert!(error.to_string().contains("10.88.0.3/32"), "{error}");
     let config = CoreConfig {
-        peer_allowed_ips: vec![IpCidr::new(REPLICA[0], 32)],
-        other_peers: vec![PeerConfig { allowed_ips: vec![IpCidr::new(REPLICA[1], 32)], ..other }; 16],
-        ..CoreConfig::new(own, PrivateKey::generate().public_key(), vec![IpCidr::new(AGENT, 24)])
+        peer_allowed_ips: vec![cidr(REPLICA[0], 32)],
+        other_peers: vec![PeerConfig { allowed_ips: vec![cidr(REPLICA[1], 32)], ..other }; 16],
+        ..CoreConfig::new(own, PrivateKey::generate().public_key(), vec![cidr(AGENT, 24)])
     };
     assert_eq!(Core::new(config, 1, Instant::from_millis(0)).err(), Some(tunnel::core::ConfigError::TooManyPeers(17)));
 }

@@ -6,12 +6,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tunnel::{FlowCounters, IpCidr, Tunnel, UdpTuning};
+use tunnel::{Cidr, FlowCounters, Tunnel, UdpTuning};
 
 const RELAY: &str = "10.88.0.2:7000";
 
 fn tunnels(udp: UdpTuning) -> (Tunnel, Tunnel) {
-    let cidr = |s: &str| s.parse::<IpCidr>().unwrap();
+    let cidr = |s: &str| s.parse::<Cidr>().unwrap();
     tunnel::testbed::loopback_pair_with(vec![cidr("10.88.0.1/30")], vec![cidr("10.88.0.2/30")], |core| {
         core.udp = udp.clone()
     })

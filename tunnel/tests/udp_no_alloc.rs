@@ -7,7 +7,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tunnel::{FlowCounters, IpCidr};
+use tunnel::{Cidr, FlowCounters};
 
 struct Counting;
 
@@ -37,7 +37,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn a_steady_flow_allocates_nothing_per_datagram() {
-    let cidr = |s: &str| s.parse::<IpCidr>().unwrap();
+    let cidr = |s: &str| s.parse::<Cidr>().unwrap();
     let (agent, client) =
         tunnel::testbed::loopback_pair(vec![cidr("10.88.0.1/30")], vec![cidr("10.88.0.2/30")]).unwrap();
     // The target: echoes each datagram back, from a buffer it reuses.

@@ -71,13 +71,31 @@ pub(super) fn claims(
     secrets: &HashMap<(String, String), &Secret>,
     now: i64,
 ) -> Claims {
+    let mut claimer = Claimer {
+        backends,
+        secrets,
+        now,
+        claims: Claims {
+            routes: Vec::new(),
+            served: BTreeSet::new(),
+            notices: Vec::new(),
+            certificates: BTreeMap::new(),
+            expires: i64::MAX,
+            passthrough: Vec::new(),
+        },
+        claimed: BTreeMap::new(),
+        passthrough_claims: BTreeMap::new(),
+    };
+    for ingress in our_ingresses_oldest_first(cluster, settings) {
+        claimer.claim(ingress);
+    }
+    claimer.claims
+}
+
+/// The Ingresses of our classes (and class-less ones if one of ours is the default), oldest first, so the
+/// oldest wins a conflict (then by namespace/name for equal times).
+fn our_ingresses_oldest_first<'a>(cluster: &'a Cluster, settings: &Settings) -> Vec<&'a Ingress> {
     let (classes, we_are_default) = our_classes(cluster, settings);
-    let mut certificates = BTreeMap::new();
-    let mut expires = i64::MAX;
-    let mut notices = Vec::new();
-    let mut passthrough_routes = Vec::new();
-    let mut passthrough_claims = BTreeMap::new();
-    // Oldest first, so the oldest Ingress wins a conflict (then by namespace/name for equal times).
     let mut ingresses: Vec<&Ingress> = cluster
         .ingresses
         .iter()
@@ -98,132 +116,170 @@ pub(super) fn claims(
         }
         key(a).cmp(&key(b))
     });
+    ingresses
+}
 
-    let mut claimed: BTreeMap<(String, PathMatch, String), (String, String)> = BTreeMap::new();
-    let mut routes = Vec::new();
-    let mut served = BTreeSet::new();
-    for ingress in ingresses {
+/// A rule's path before it is claimed: host, match kind, path as written, backend.
+type Candidate = (String, PathMatch, String, IngressBackend);
+
+/// Settles the claims Ingress by Ingress, oldest first.
+struct Claimer<'a> {
+    backends: &'a Backends<'a>,
+    secrets: &'a HashMap<(String, String), &'a Secret>,
+    now: i64,
+    claims: Claims,
+    /// Who holds each host+path (and the default backend): namespace, Ingress.
+    claimed: BTreeMap<(String, PathMatch, String), (String, String)>,
+    /// Who holds each TLS passthrough host.
+    passthrough_claims: BTreeMap<String, (String, String)>,
+}
+
+impl Claimer<'_> {
+    fn claim(&mut self, ingress: &Ingress) {
         let (ns, name) = ns_name(&ingress.metadata);
         let annotations = Annotations::parse(ingress.metadata.annotations.as_ref());
         for problem in &annotations.problems {
-            notices.push(Notice {
-                kind: "Ingress",
-                namespace: ns.clone(),
-                name: name.clone(),
-                reason: "BadAnnotation",
-                message: problem.clone(),
-            });
+            self.notice(&ns, &name, "BadAnnotation", problem.clone());
         }
-        let Some(spec) = &ingress.spec else { continue };
+        let Some(spec) = &ingress.spec else { return };
         if annotations.tls_passthrough {
-            passthrough_routes.extend(passthrough::routes(
+            let routes = passthrough::routes(
                 ingress,
                 (&ns, &name),
-                backends,
-                &mut passthrough_claims,
-                &mut notices,
-            ));
-            served.insert((ns, name));
-            continue;
+                self.backends,
+                &mut self.passthrough_claims,
+                &mut self.claims.notices,
+            );
+            self.claims.passthrough.extend(routes);
+            self.claims.served.insert((ns, name));
+            return;
         }
         // TLS host -> served with a certificate from a Secret (else ACME).
-        let tls_hosts = tls_hosts(spec, (&ns, &name), secrets, now, (&mut certificates, &mut expires), &mut notices);
-        let mut candidates = Vec::new();
-        for rule in spec.rules.iter().flatten() {
-            let host = rule.host.clone().unwrap_or_default();
-            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let raw = path.path.clone().unwrap_or_else(|| "/".into());
-                let kind = match path.path_type.as_str() {
-                    "Exact" => PathMatch::Exact,
-                    "Prefix" => PathMatch::Prefix,
-                    _ => annotations.path_match.unwrap_or(PathMatch::Prefix),
-                };
-                candidates.push((host.clone(), kind, raw, path.backend.clone()));
-            }
+        let tls_hosts = tls_hosts(
+            spec,
+            (&ns, &name),
+            self.secrets,
+            self.now,
+            (&mut self.claims.certificates, &mut self.claims.expires),
+            &mut self.claims.notices,
+        );
+        for candidate in candidates(spec, &annotations) {
+            self.claim_path(&ns, &name, &annotations, &tls_hosts, candidate);
         }
-        let mut default_backend = None;
         if let Some(backend) = &spec.default_backend {
-            default_backend = Some(backend.clone());
+            self.claim_default_backend(&ns, &name, &annotations, backend);
         }
-        for (host, kind, path, backend) in candidates {
-            if !rules::literal_ok(&host) || !rules::literal_ok(&path) || !path.starts_with('/') {
-                notices.push(Notice {
-                    kind: "Ingress",
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    reason: "BadPath",
-                    message: format!("host {host:?} path {path:?} cannot be expressed as a Traefik rule; skipped"),
-                });
-                continue;
-            }
-            let key = (host.clone(), kind, path.trim_end_matches('/').to_string());
-            if let Some((owner_ns, owner)) = claimed.get(&key) {
-                if (owner_ns, owner) != (&ns, &name) {
-                    notices.push(Notice {
-                        kind: "Ingress",
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                        reason: "RouteConflict",
-                        message: format!(
-                            "host {host:?} path {path:?} is already served by the older Ingress {owner_ns}/{owner}; this rule is ignored"
-                        ),
-                    });
-                }
-                continue;
-            }
-            claimed.insert(key.clone(), (ns.clone(), name.clone()));
-            let router = format!("{}-{}-{}", slug(&ns), slug(&name), fnv(&[&host, &format!("{kind:?}"), &path]));
-            let priority = annotations.priority.unwrap_or_else(|| rules::priority(&host, kind, &path));
-            let strip_prefix =
-                (annotations.strip_prefix && path != "/").then(|| path.trim_end_matches('/').to_string());
-            routes.push(Route {
-                key,
-                router,
-                rule: rules::rule(&host, kind, &path),
-                priority,
-                ns: ns.clone(),
-                ingress: name.clone(),
-                backend,
-                tls: tls_hosts.contains_key(host.as_str()),
-                own_certificate: tls_hosts.get(host.as_str()).copied().unwrap_or(false),
-                annotations: annotations.clone(),
-                strip_prefix,
-            });
-        }
-        if let Some(backend) = default_backend {
-            let key = (String::new(), PathMatch::Prefix, "<default>".to_string());
-            match claimed.get(&key) {
-                Some((owner_ns, owner)) => notices.push(Notice {
-                    kind: "Ingress",
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                    reason: "RouteConflict",
-                    message: format!(
-                        "the default backend is already set by the older Ingress {owner_ns}/{owner}; ignored"
-                    ),
-                }),
-                None => {
-                    claimed.insert(key.clone(), (ns.clone(), name.clone()));
-                    routes.push(Route {
-                        key,
-                        router: format!("{}-{}-default", slug(&ns), slug(&name)),
-                        rule: "PathPrefix(`/`)".into(),
-                        priority: rules::DEFAULT_BACKEND_PRIORITY,
-                        ns: ns.clone(),
-                        ingress: name.clone(),
-                        backend,
-                        tls: false,
-                        own_certificate: false,
-                        annotations: annotations.clone(),
-                        strip_prefix: None,
-                    });
-                }
-            }
-        }
-        served.insert((ns, name));
+        self.claims.served.insert((ns, name));
     }
 
-    Claims { routes, served, notices, certificates, expires, passthrough: passthrough_routes }
+    /// One path of a rule, unless it cannot be a Traefik rule or an older Ingress holds it.
+    fn claim_path(
+        &mut self,
+        ns: &str,
+        name: &str,
+        annotations: &Annotations,
+        tls_hosts: &BTreeMap<&str, bool>,
+        (host, kind, path, backend): Candidate,
+    ) {
+        if !rules::literal_ok(&host) || !rules::literal_ok(&path) || !path.starts_with('/') {
+            let message = format!("host {host:?} path {path:?} cannot be expressed as a Traefik rule; skipped");
+            self.notice(ns, name, "BadPath", message);
+            return;
+        }
+        let key = (host.clone(), kind, path.trim_end_matches('/').to_string());
+        let conflict = |owner: &str| {
+            format!("host {host:?} path {path:?} is already served by the older Ingress {owner}; this rule is ignored")
+        };
+        if !self.take(&key, ns, name, conflict) {
+            return;
+        }
+        let router = format!("{}-{}-{}", slug(ns), slug(name), fnv(&[&host, &format!("{kind:?}"), &path]));
+        let priority = annotations.priority.unwrap_or_else(|| rules::priority(&host, kind, &path));
+        let strip_prefix = (annotations.strip_prefix && path != "/").then(|| path.trim_end_matches('/').to_string());
+        self.claims.routes.push(Route {
+            key,
+            router,
+            rule: rules::rule(&host, kind, &path),
+            priority,
+            ns: ns.to_string(),
+            ingress: name.to_string(),
+            backend,
+            tls: tls_hosts.contains_key(host.as_str()),
+            own_certificate: tls_hosts.get(host.as_str()).copied().unwrap_or(false),
+            annotations: annotations.clone(),
+            strip_prefix,
+        });
+    }
+
+    /// `spec.defaultBackend`: every host and path no rule serves, at the lowest priority; one per edge.
+    fn claim_default_backend(&mut self, ns: &str, name: &str, annotations: &Annotations, backend: &IngressBackend) {
+        let key = (String::new(), PathMatch::Prefix, "<default>".to_string());
+        let conflict =
+            |owner: &str| format!("the default backend is already set by the older Ingress {owner}; ignored");
+        if self.take(&key, ns, name, conflict) {
+            self.claims.routes.push(Route {
+                key,
+                router: format!("{}-{}-default", slug(ns), slug(name)),
+                rule: "PathPrefix(`/`)".into(),
+                priority: rules::DEFAULT_BACKEND_PRIORITY,
+                ns: ns.to_string(),
+                ingress: name.to_string(),
+                backend: backend.clone(),
+                tls: false,
+                own_certificate: false,
+                annotations: annotations.clone(),
+                strip_prefix: None,
+            });
+        }
+    }
+
+    /// Claims `key` for the Ingress `ns`/`name`: false if an older Ingress holds it (a RouteConflict notice,
+    /// `conflict` given the owner as `namespace/name`) or this one claimed it already (another rule with the
+    /// same path).
+    fn take(
+        &mut self,
+        key: &(String, PathMatch, String),
+        ns: &str,
+        name: &str,
+        conflict: impl FnOnce(&str) -> String,
+    ) -> bool {
+        match self.claimed.get(key) {
+            Some((owner_ns, owner)) if (owner_ns.as_str(), owner.as_str()) == (ns, name) => false,
+            Some((owner_ns, owner)) => {
+                let message = conflict(&format!("{owner_ns}/{owner}"));
+                self.notice(ns, name, "RouteConflict", message);
+                false
+            }
+            None => {
+                self.claimed.insert(key.clone(), (ns.to_string(), name.to_string()));
+                true
+            }
+        }
+    }
+
+    fn notice(&mut self, ns: &str, name: &str, reason: &'static str, message: String) {
+        let (namespace, name) = (ns.to_string(), name.to_string());
+        self.claims.notices.push(Notice { kind: "Ingress", namespace, name, reason, message });
+    }
+}
+
+/// Every path of every rule, with the match kind its `pathType` (or, for `ImplementationSpecific`, the
+/// path-match annotation) says.
+fn candidates(spec: &k8s_openapi::api::networking::v1::IngressSpec, annotations: &Annotations) -> Vec<Candidate> {
+    let mut candidates = Vec::new();
+    for rule in spec.rules.iter().flatten() {
+        let host = rule.host.clone().unwrap_or_default();
+        for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+            let raw = path.path.clone().unwrap_or_else(|| "/".into());
+            let kind = match path.path_type.as_str() {
+                "Exact" => PathMatch::Exact,
+                "Prefix" => PathMatch::Prefix,
+                _ => annotations.path_match.unwrap_or(PathMatch::Prefix),
+            };
+            candidates.push((host.clone(), kind, raw, path.backend.clone()));
+        }
+    }
+    candidates
 }
 
 /// The claims as Traefik routers, services (servers filled in at each render) and middlewares, with where each
@@ -272,65 +328,57 @@ pub(super) fn routers(
                 },
             });
         }
-        let mut middlewares = Vec::new();
-        if let Some(prefix) = &route.strip_prefix {
-            let mw = format!("{}-strip", route.router);
-            http.middlewares.insert(
-                mw.clone(),
-                model::Middleware {
-                    strip_prefix: Some(model::StripPrefix { prefixes: vec![prefix.clone()] }),
-                    ..Default::default()
-                },
-            );
-            middlewares.push(mw);
-        }
-        let entry_points = route.annotations.entry_points.clone();
-        if route.tls {
-            http.routers.insert(
-                format!("{}-tls", route.router),
-                model::HttpRouter {
-                    rule: route.rule.clone(),
-                    service: resolved.name.clone(),
-                    entry_points: vec![settings.websecure.clone()],
-                    middlewares: middlewares.clone(),
-                    priority: Some(route.priority),
-                    tls: Some(model::RouterTls {
-                        // Traefik picks a certificate from the Secrets by SNI; a resolver would ask ACME too.
-                        cert_resolver: if route.own_certificate { None } else { settings.cert_resolver.clone() },
-                        ..Default::default()
-                    }),
-                },
-            );
-        }
-        let mut plain_middlewares = middlewares;
-        if route.tls && route.annotations.redirect_to_https {
-            let mw = "polaredge-redirect-https".to_string();
-            http.middlewares.insert(
-                mw.clone(),
-                model::Middleware {
-                    redirect_scheme: Some(model::RedirectScheme {
-                        scheme: "https".into(),
-                        permanent: Some(true),
-                        port: None,
-                    }),
-                    ..Default::default()
-                },
-            );
-            plain_middlewares = vec![mw];
-        }
+        add_routers(&mut http, route, &resolved.name, settings);
+    }
+    (http, sources)
+}
+
+/// The route's routers: on the web entrypoint (or the annotation's), and for a TLS host on websecure too, where
+/// the plain router may only redirect; with their middlewares.
+fn add_routers(http: &mut model::Http, route: Route, service: &str, settings: &Settings) {
+    let mut middlewares = Vec::new();
+    if let Some(prefix) = &route.strip_prefix {
+        let mw = format!("{}-strip", route.router);
+        let strip = model::StripPrefix { prefixes: vec![prefix.clone()] };
+        http.middlewares.insert(mw.clone(), model::Middleware { strip_prefix: Some(strip), ..Default::default() });
+        middlewares.push(mw);
+    }
+    if route.tls {
         http.routers.insert(
-            route.router,
+            format!("{}-tls", route.router),
             model::HttpRouter {
-                rule: route.rule,
-                service: resolved.name.clone(),
-                entry_points: entry_points.unwrap_or_else(|| vec![settings.web.clone()]),
-                middlewares: plain_middlewares,
+                rule: route.rule.clone(),
+                service: service.to_string(),
+                entry_points: vec![settings.websecure.clone()],
+                middlewares: middlewares.clone(),
                 priority: Some(route.priority),
-                tls: None,
+                tls: Some(model::RouterTls {
+                    // Traefik picks a certificate from the Secrets by SNI; a resolver would ask ACME too.
+                    cert_resolver: if route.own_certificate { None } else { settings.cert_resolver.clone() },
+                    ..Default::default()
+                }),
             },
         );
     }
-    (http, sources)
+    let mut plain_middlewares = middlewares;
+    if route.tls && route.annotations.redirect_to_https {
+        let mw = "polaredge-redirect-https".to_string();
+        let redirect = model::RedirectScheme { scheme: "https".into(), permanent: Some(true), port: None };
+        http.middlewares
+            .insert(mw.clone(), model::Middleware { redirect_scheme: Some(redirect), ..Default::default() });
+        plain_middlewares = vec![mw];
+    }
+    http.routers.insert(
+        route.router,
+        model::HttpRouter {
+            rule: route.rule,
+            service: service.to_string(),
+            entry_points: route.annotations.entry_points.unwrap_or_else(|| vec![settings.web.clone()]),
+            middlewares: plain_middlewares,
+            priority: Some(route.priority),
+            tls: None,
+        },
+    );
 }
 
 /// The TLS hosts of an Ingress: each with whether it is served with a certificate from its Secret (checked,

@@ -618,37 +618,7 @@ impl Renderer {
 
     /// Renders the cluster into the routes the agents serve.
     pub fn render(&mut self, cluster: &Cluster) -> Rendered {
-        let inputs = plan_inputs(cluster);
-        let now = (self.settings.now)();
-        let (planned, new_plan) = match &self.cache {
-            Some((cached, _, planned)) if *cached == inputs && now < planned.plan.expires => {
-                (Arc::clone(planned), false)
-            }
-            _ => {
-                let planned = Arc::new(Planned::new(plan(cluster, &self.settings)));
-                let alive = (
-                    cluster.ingresses.clone(),
-                    cluster.classes.clone(),
-                    cluster.services.clone(),
-                    cluster.secrets.clone(),
-                    (
-                        cluster.gateway_classes.clone(),
-                        cluster.gateways.clone(),
-                        cluster.http_routes.clone(),
-                        cluster.reference_grants.clone(),
-                        (
-                            cluster.grpc_routes.clone(),
-                            cluster.tls_routes.clone(),
-                            cluster.tcp_routes.clone(),
-                            cluster.udp_routes.clone(),
-                        ),
-                        cluster.namespaces.clone(),
-                    ),
-                );
-                self.cache = Some((inputs, alive, Arc::clone(&planned)));
-                (planned, true)
-            }
-        };
+        let (planned, new_plan) = self.plan(cluster);
         let changed = self.track_slices(cluster);
         if new_plan {
             // A new plan may change any service (schemes, sticky cookies, transports): serialize all again.
@@ -664,9 +634,67 @@ impl Renderer {
                 }
             }
         }
+        let l4 = l4::render(cluster, &planned.plan.gateway_l4, &self.by_service, &self.settings.reserved_ports);
+        let (tcp, passthrough_endpoints) =
+            passthrough::section(&planned.plan.passthrough, &self.by_service, &self.settings.websecure);
+        let mut endpoints: BTreeSet<SocketAddr> = self.endpoints.keys().copied().collect();
+        endpoints.extend(l4.endpoints.iter().copied());
+        endpoints.extend(passthrough_endpoints);
+        let document = self.document(&planned, tcp.as_ref(), l4.section.as_ref());
+        Rendered {
+            document,
+            routers: planned.plan.http.routers.len(),
+            endpoints,
+            udp_endpoints: l4.udp_endpoints,
+            served: planned.plan.served.clone(),
+            served_services: l4.served,
+            notices: planned.plan.notices.iter().cloned().chain(l4.notices).collect(),
+            gateway: Arc::clone(&planned.plan.gateway),
+        }
+    }
+
+    /// The plan for `cluster`: the cached one while the objects it rests on are the same and no certificate
+    /// in it has expired, else a new one (`true`).
+    fn plan(&mut self, cluster: &Cluster) -> (Arc<Planned>, bool) {
+        let inputs = plan_inputs(cluster);
+        let now = (self.settings.now)();
+        if let Some((cached, _, planned)) = &self.cache {
+            if *cached == inputs && now < planned.plan.expires {
+                return (Arc::clone(planned), false);
+            }
+        }
+        let planned = Arc::new(Planned::new(plan(cluster, &self.settings)));
+        let alive = (
+            cluster.ingresses.clone(),
+            cluster.classes.clone(),
+            cluster.services.clone(),
+            cluster.secrets.clone(),
+            (
+                cluster.gateway_classes.clone(),
+                cluster.gateways.clone(),
+                cluster.http_routes.clone(),
+                cluster.reference_grants.clone(),
+                (
+                    cluster.grpc_routes.clone(),
+                    cluster.tls_routes.clone(),
+                    cluster.tcp_routes.clone(),
+                    cluster.udp_routes.clone(),
+                ),
+                cluster.namespaces.clone(),
+            ),
+        );
+        self.cache = Some((inputs, alive, Arc::clone(&planned)));
+        (planned, true)
+    }
+
+    /// Exactly serde_json's compact form of `DynamicConfig { http, tcp, tls, l4 }` (a test holds it to that),
+    /// assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an
+    /// empty one: with no Ingress left the agents must serve nothing, and an explicit empty section says so.
+    fn document(&self, planned: &Planned, tcp: Option<&model::Tcp>, l4: Option<&model::L4>) -> String {
+        let http = &planned.plan.http;
         let mut services = String::with_capacity(planned.routers.len());
         services.push('{');
-        for (i, name) in planned.plan.http.services.keys().enumerate() {
+        for (i, name) in http.services.keys().enumerate() {
             if i > 0 {
                 services.push(',');
             }
@@ -676,16 +704,6 @@ impl Renderer {
             }
         }
         services.push('}');
-        let l4 = l4::render(cluster, &planned.plan.gateway_l4, &self.by_service, &self.settings.reserved_ports);
-        let (tcp, passthrough_endpoints) =
-            passthrough::section(&planned.plan.passthrough, &self.by_service, &self.settings.websecure);
-        let mut endpoints: BTreeSet<SocketAddr> = self.endpoints.keys().copied().collect();
-        endpoints.extend(l4.endpoints.iter().copied());
-        endpoints.extend(passthrough_endpoints);
-        let http = &planned.plan.http;
-        // Exactly serde_json's compact form of `DynamicConfig { http, tcp, tls, l4 }` (a test holds it to that),
-        // assembled from parts so that unchanged parts need no serializing. Always an `http` section, even an
-        // empty one: with no Ingress left the agents must serve nothing, and an explicit empty section says so.
         let mut document = String::with_capacity(planned.routers.len() + services.len() + 256);
         document.push_str("{\"http\":{");
         let parts = [
@@ -709,7 +727,7 @@ impl Renderer {
             document.push_str(json);
         }
         document.push('}');
-        if let Some(tcp) = &tcp {
+        if let Some(tcp) = tcp {
             document.push_str(",\"tcp\":");
             document.push_str(&json(tcp));
         }
@@ -717,21 +735,12 @@ impl Renderer {
             document.push_str(",\"tls\":");
             document.push_str(&planned.tls);
         }
-        if let Some(section) = &l4.section {
+        if let Some(section) = l4 {
             document.push_str(",\"l4\":");
             document.push_str(&json(section));
         }
         document.push_str("}\n");
-        Rendered {
-            document,
-            routers: http.routers.len(),
-            endpoints,
-            udp_endpoints: l4.udp_endpoints,
-            served: planned.plan.served.clone(),
-            served_services: l4.served,
-            notices: planned.plan.notices.iter().cloned().chain(l4.notices).collect(),
-            gateway: Arc::clone(&planned.plan.gateway),
-        }
+        document
     }
 }
 

@@ -4,7 +4,7 @@
 //! object's status differs, and unchanged conditions keep their `lastTransitionTime`, so a status we wrote
 //! does not come back through the watch as a change.
 
-use crate::render::gateway::conditions::{merge_conditions, Statuses};
+use crate::render::gateway::conditions::{merge_conditions, ClassStatus, GatewayStatus, RouteStatus, Statuses};
 use crate::render::gateway::GROUP;
 use crate::render::Cluster;
 use serde_json::{json, Value};
@@ -33,111 +33,106 @@ pub fn patches(
     controller: &str,
     now: &str,
 ) -> Vec<StatusPatch> {
-    let mut out = Vec::new();
     let routes = RouteIndex::of(cluster);
-    for class in &statuses.classes {
-        let Some(object) = cluster.gateway_classes.iter().find(|c| c.metadata.name.as_deref() == Some(&class.name))
-        else {
-            continue;
-        };
-        let current = serde_json::to_value(&object.status).unwrap_or_default();
-        let conditions = merge_conditions(&class.conditions, class.generation, &current["conditions"], now);
-        if current["conditions"] != conditions {
-            out.push(StatusPatch {
-                kind: "GatewayClass",
-                version: crate::render::gateway::VERSION.into(),
-                namespace: None,
-                name: class.name.clone(),
-                body: json!({"status": {"conditions": conditions}}),
-            });
-        }
-    }
-    for gateway in &statuses.gateways {
-        let Some(object) = cluster.gateways.iter().find(|g| {
-            g.metadata.name.as_deref() == Some(&gateway.name)
-                && g.metadata.namespace.as_deref() == Some(&gateway.namespace)
-        }) else {
-            continue;
-        };
-        let current = serde_json::to_value(&object.status).unwrap_or_default();
-        let listeners: Vec<Value> = gateway
-            .listeners
-            .iter()
-            .map(|l| {
-                let previous = current["listeners"]
-                    .as_array()
-                    .and_then(|list| list.iter().find(|p| p["name"] == l.name.as_str()))
-                    .map(|p| p["conditions"].clone())
-                    .unwrap_or_default();
-                let kinds: Vec<Value> = l.supported_kinds.iter().map(|k| json!({"group": GROUP, "kind": k})).collect();
-                json!({
-                    "name": l.name,
-                    "attachedRoutes": l.attached_routes,
-                    "supportedKinds": kinds,
-                    "conditions": merge_conditions(&l.conditions, gateway.generation, &previous, now),
-                })
-            })
-            .collect();
-        let served = gateway.conditions.iter().any(|c| c.kind == "Programmed" && c.status);
-        let addresses: Vec<Value> = if served {
-            addresses
-                .iter()
-                .map(|a| {
-                    let kind = if a.parse::<std::net::IpAddr>().is_ok() { "IPAddress" } else { "Hostname" };
-                    json!({"type": kind, "value": a})
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let desired = json!({
-            "addresses": addresses,
-            "conditions": merge_conditions(&gateway.conditions, gateway.generation, &current["conditions"], now),
-            "listeners": listeners,
-        });
-        let fields = ["addresses", "conditions", "listeners"];
-        let empty = |v: &Value| v.is_null() || v.as_array().is_some_and(Vec::is_empty);
-        if fields.iter().any(|f| current[*f] != desired[*f] && !(empty(&current[*f]) && empty(&desired[*f]))) {
-            out.push(StatusPatch {
-                kind: "Gateway",
-                version: crate::render::gateway::VERSION.into(),
-                namespace: Some(gateway.namespace.clone()),
-                name: gateway.name.clone(),
-                body: json!({"status": desired}),
-            });
-        }
-    }
-    for route in &statuses.routes {
-        let Some((version, current)) = routes.status(route.kind, &route.namespace, &route.name) else {
-            continue;
-        };
-        let current_parents = current["parents"].as_array().cloned().unwrap_or_default();
-        // Other controllers' entries stay as they are, in front; ours follow in the route's parentRefs order.
-        let mut parents: Vec<Value> =
-            current_parents.iter().filter(|p| p["controllerName"] != controller).cloned().collect();
-        for parent in &route.parents {
-            let previous = current_parents
-                .iter()
-                .find(|p| p["controllerName"] == controller && p["parentRef"] == parent.parent_ref)
+    let classes = statuses.classes.iter().filter_map(|class| class_patch(cluster, class, now));
+    let gateways = statuses.gateways.iter().filter_map(|gateway| gateway_patch(cluster, gateway, addresses, now));
+    let routes = statuses.routes.iter().filter_map(|route| route_patch(&routes, route, controller, now));
+    classes.chain(gateways).chain(routes).collect()
+}
+
+/// A GatewayClass's conditions, if they changed.
+fn class_patch(cluster: &Cluster, class: &ClassStatus, now: &str) -> Option<StatusPatch> {
+    let object = cluster.gateway_classes.iter().find(|c| c.metadata.name.as_deref() == Some(&class.name))?;
+    let current = serde_json::to_value(&object.status).unwrap_or_default();
+    let conditions = merge_conditions(&class.conditions, class.generation, &current["conditions"], now);
+    (current["conditions"] != conditions).then(|| StatusPatch {
+        kind: "GatewayClass",
+        version: crate::render::gateway::VERSION.into(),
+        namespace: None,
+        name: class.name.clone(),
+        body: json!({"status": {"conditions": conditions}}),
+    })
+}
+
+/// A Gateway's addresses (the serving edges', once Programmed), conditions and listeners, if any changed.
+fn gateway_patch(cluster: &Cluster, gateway: &GatewayStatus, addresses: &[String], now: &str) -> Option<StatusPatch> {
+    let object = cluster.gateways.iter().find(|g| {
+        g.metadata.name.as_deref() == Some(&gateway.name) && g.metadata.namespace.as_deref() == Some(&gateway.namespace)
+    })?;
+    let current = serde_json::to_value(&object.status).unwrap_or_default();
+    let listeners: Vec<Value> = gateway
+        .listeners
+        .iter()
+        .map(|l| {
+            let previous = current["listeners"]
+                .as_array()
+                .and_then(|list| list.iter().find(|p| p["name"] == l.name.as_str()))
                 .map(|p| p["conditions"].clone())
                 .unwrap_or_default();
-            parents.push(json!({
-                "parentRef": parent.parent_ref,
-                "controllerName": controller,
-                "conditions": merge_conditions(&parent.conditions, route.generation, &previous, now),
-            }));
-        }
-        if parents != current_parents {
-            out.push(StatusPatch {
-                kind: route.kind,
-                version,
-                namespace: Some(route.namespace.clone()),
-                name: route.name.clone(),
-                body: json!({"status": {"parents": parents}}),
-            });
-        }
+            let kinds: Vec<Value> = l.supported_kinds.iter().map(|k| json!({"group": GROUP, "kind": k})).collect();
+            json!({
+                "name": l.name,
+                "attachedRoutes": l.attached_routes,
+                "supportedKinds": kinds,
+                "conditions": merge_conditions(&l.conditions, gateway.generation, &previous, now),
+            })
+        })
+        .collect();
+    let served = gateway.conditions.iter().any(|c| c.kind == "Programmed" && c.status);
+    let addresses: Vec<Value> = if served {
+        addresses
+            .iter()
+            .map(|a| {
+                let kind = if a.parse::<std::net::IpAddr>().is_ok() { "IPAddress" } else { "Hostname" };
+                json!({"type": kind, "value": a})
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let desired = json!({
+        "addresses": addresses,
+        "conditions": merge_conditions(&gateway.conditions, gateway.generation, &current["conditions"], now),
+        "listeners": listeners,
+    });
+    let fields = ["addresses", "conditions", "listeners"];
+    let empty = |v: &Value| v.is_null() || v.as_array().is_some_and(Vec::is_empty);
+    let changed = fields.iter().any(|f| current[*f] != desired[*f] && !(empty(&current[*f]) && empty(&desired[*f])));
+    changed.then(|| StatusPatch {
+        kind: "Gateway",
+        version: crate::render::gateway::VERSION.into(),
+        namespace: Some(gateway.namespace.clone()),
+        name: gateway.name.clone(),
+        body: json!({"status": desired}),
+    })
+}
+
+/// A route's `parents` entries of our controller (other controllers' entries stay as they are, in front;
+/// ours follow in the route's parentRefs order), if they changed.
+fn route_patch(routes: &RouteIndex, route: &RouteStatus, controller: &str, now: &str) -> Option<StatusPatch> {
+    let (version, current) = routes.status(route.kind, &route.namespace, &route.name)?;
+    let current_parents = current["parents"].as_array().cloned().unwrap_or_default();
+    let mut parents: Vec<Value> =
+        current_parents.iter().filter(|p| p["controllerName"] != controller).cloned().collect();
+    for parent in &route.parents {
+        let previous = current_parents
+            .iter()
+            .find(|p| p["controllerName"] == controller && p["parentRef"] == parent.parent_ref)
+            .map(|p| p["conditions"].clone())
+            .unwrap_or_default();
+        parents.push(json!({
+            "parentRef": parent.parent_ref,
+            "controllerName": controller,
+            "conditions": merge_conditions(&parent.conditions, route.generation, &previous, now),
+        }));
     }
-    out
+    (parents != current_parents).then(|| StatusPatch {
+        kind: route.kind,
+        version,
+        namespace: Some(route.namespace.clone()),
+        name: route.name.clone(),
+        body: json!({"status": {"parents": parents}}),
+    })
 }
 
 /// Every route the stores hold by (kind, namespace, name): its served version and current status. Built once

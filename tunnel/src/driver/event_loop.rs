@@ -353,47 +353,12 @@ impl Driver {
             Command::Relay { port, policy, counters, reply } => {
                 let _ = reply.send(self.listen(port, Accepting::Relay(Arc::new(RelayPort { policy, counters }))));
             }
-            Command::Unlisten { port } => match self.listeners.get(&port) {
-                // A relay serves what it already half accepted: with several replicas, a reset after the
-                // other side's handshake would fail a request; new ones are refused and move to another one.
-                Some(Accepting::Relay(_)) if !self.draining.contains(&port) => {
-                    // Forgotten by `take_accepted` once the core has handed over its last connection.
-                    self.core.stop_accepting(port);
-                    self.draining.push(port);
-                }
-                Some(_) if !self.draining.contains(&port) => {
-                    self.listeners.remove(&port);
-                    self.core.unlisten(port);
-                }
-                _ => {}
-            },
-            Command::Connect { reply, .. } if self.core.peer().endpoint.is_none() => {
-                let _ = reply.send(Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "the tunnel peer has not connected yet (no handshake from it, and no endpoint configured)",
-                )));
-            }
-            Command::Connect { remote, timeout, reply } => match self.core.connect(IpEndpoint::from(remote)) {
-                Ok(handle) => {
-                    let id = self.add_connection(handle, Stage::Connecting { reply }, None, now);
-                    self.handshaking.push(id);
-                    self.set_deadline(id, after(now, timeout));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(io::Error::new(io::ErrorKind::AddrNotAvailable, e.to_string())));
-                }
-            },
+            Command::Unlisten { port } => self.unlisten(port),
+            Command::Connect { remote, timeout, reply } => self.connect(remote, timeout, reply, now),
             Command::Attach { id, fd, done } => self.attach(id, fd, done, now),
             Command::ForwardFrom { listener, remote, preamble, counters, reply } => {
-                let id = self.new_id();
-                let result = epoll::add(&self.epoll, &listener, epoll::EventData::new_u64(id), epoll::EventFlags::IN)
-                    .map(|()| {
-                        let forwarder = Forwarder { listener, remotes: remote, next: 0, preamble, counters };
-                        self.forwarders.insert(id, forwarder);
-                        id
-                    })
-                    .map_err(io::Error::from);
-                let _ = reply.send(result);
+                let forwarder = Forwarder { listener, remotes: remote, next: 0, preamble, counters };
+                let _ = reply.send(self.forward_from(forwarder));
             }
             Command::StopForwarding { id } => {
                 // Closing the listener also takes it out of the epoll set.
@@ -416,32 +381,11 @@ impl Driver {
                 core.rehandshake(now, &mut sink);
             }
             Command::CloseQuiet { quiet, reply } => {
-                let quiet_ids: Vec<u64> = self
-                    .connections
-                    .iter()
-                    .filter(|(_, c)| matches!(c.stage, Stage::Spliced { .. }))
-                    .filter(|(_, c)| Duration::from_micros((now - c.last_active).total_micros()) >= quiet)
-                    .map(|(&id, _)| id)
-                    .collect();
-                for id in quiet_ids {
-                    if let Some(connection) = self.connections.get(&id) {
-                        self.core.tcp(connection.socket).close();
-                    }
-                    self.close(id, false, Some(End::Completed));
-                }
+                self.close_quiet(quiet, now);
                 let _ = reply.send(self.connections.len());
             }
             Command::Status { reply } => {
-                let _ = reply.send(TunnelStatus {
-                    peer: self.core.peer(),
-                    peers: self.core.peers(),
-                    stats: self.core.stats(),
-                    send_errors: self.send_errors,
-                    connections: self.connections.len(),
-                    sockets: self.core.socket_count(),
-                    wakeups: self.wakeups,
-                    udp_flows: self.flows.flows(),
-                });
+                let _ = reply.send(self.status());
             }
             Command::Shutdown => {
                 let ids: Vec<u64> = self.connections.keys().copied().collect();
@@ -454,6 +398,89 @@ impl Driver {
             }
         }
         true
+    }
+
+    fn unlisten(&mut self, port: u16) {
+        match self.listeners.get(&port) {
+            // A relay serves what it already half accepted: with several replicas, a reset after the other
+            // side's handshake would fail a request; new ones are refused and move to another one.
+            Some(Accepting::Relay(_)) if !self.draining.contains(&port) => {
+                // Forgotten by `take_accepted` once the core has handed over its last connection.
+                self.core.stop_accepting(port);
+                self.draining.push(port);
+            }
+            Some(_) if !self.draining.contains(&port) => {
+                self.listeners.remove(&port);
+                self.core.unlisten(port);
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens a stream to `remote`; `reply` hears of it once the handshake ends or `timeout` passes.
+    fn connect(
+        &mut self,
+        remote: SocketAddr,
+        timeout: Duration,
+        reply: Sender<io::Result<TunnelStream>>,
+        now: Instant,
+    ) {
+        if self.core.peer().endpoint.is_none() {
+            let _ = reply.send(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the tunnel peer has not connected yet (no handshake from it, and no endpoint configured)",
+            )));
+            return;
+        }
+        match self.core.connect(IpEndpoint::from(remote)) {
+            Ok(handle) => {
+                let id = self.add_connection(handle, Stage::Connecting { reply }, None, now);
+                self.handshaking.push(id);
+                self.set_deadline(id, after(now, timeout));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(io::Error::new(io::ErrorKind::AddrNotAvailable, e.to_string())));
+            }
+        }
+    }
+
+    /// Accepts on the forwarder's listener from now on; its id.
+    fn forward_from(&mut self, forwarder: Forwarder) -> io::Result<u64> {
+        let id = self.new_id();
+        epoll::add(&self.epoll, &forwarder.listener, epoll::EventData::new_u64(id), epoll::EventFlags::IN)?;
+        self.forwarders.insert(id, forwarder);
+        Ok(id)
+    }
+
+    /// Closes (with a FIN) every spliced stream quiet for `quiet` or longer: a draining replica's keep-alive
+    /// streams.
+    fn close_quiet(&mut self, quiet: Duration, now: Instant) {
+        let quiet_ids: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| matches!(c.stage, Stage::Spliced { .. }))
+            .filter(|(_, c)| Duration::from_micros((now - c.last_active).total_micros()) >= quiet)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in quiet_ids {
+            if let Some(connection) = self.connections.get(&id) {
+                self.core.tcp(connection.socket).close();
+            }
+            self.close(id, false, Some(End::Completed));
+        }
+    }
+
+    fn status(&self) -> TunnelStatus {
+        TunnelStatus {
+            peer: self.core.peer(),
+            peers: self.core.peers(),
+            stats: self.core.stats(),
+            send_errors: self.send_errors,
+            connections: self.connections.len(),
+            sockets: self.core.socket_count(),
+            wakeups: self.wakeups,
+            udp_flows: self.flows.flows(),
+        }
     }
 
     fn listen(&mut self, port: u16, accepting: Accepting) -> io::Result<()> {

@@ -753,6 +753,9 @@ fn plan_listeners(
     list
 }
 
+/// Why a listener is not accepted, or a reference not resolved: the condition's reason and message.
+type Rejection = (&'static str, String);
+
 /// Fills in where `l` is served and returns its Accepted and ResolvedRefs conditions.
 #[allow(clippy::too_many_arguments)]
 fn listener_checks(
@@ -765,7 +768,35 @@ fn listener_checks(
     l: &mut Listener,
     out: &mut Plan,
 ) -> (Condition, Condition) {
+    let accepted = || Condition::new("Accepted", true, "Accepted", "");
+    let refused = |(reason, message): Rejection| Condition::new("Accepted", false, reason, message);
     let ok_refs = Condition::new("ResolvedRefs", true, "ResolvedRefs", "");
+    let (entry_point, scheme) = match entry_point_of(spec, settings) {
+        Ok(served) => served,
+        Err(rejection) => return (refused(rejection), ok_refs),
+    };
+    if let Err(rejection) = allowed_namespaces(spec, cluster, l) {
+        return (refused(rejection), ok_refs);
+    }
+    let refs = match allowed_kinds(spec, l) {
+        Ok(()) => ok_refs,
+        Err((reason, message)) => Condition::new("ResolvedRefs", false, reason, message),
+    };
+    if scheme == "https" {
+        if passthrough(spec) {
+            let message = "HTTPS listeners terminate TLS; passthrough is a TLS listener's mode";
+            return (refused(("UnsupportedValue", message.into())), refs);
+        }
+        if let Err((reason, message)) = certificates(spec, ns, cluster, secrets, now, l, out) {
+            return (accepted(), Condition::new("ResolvedRefs", false, reason, message));
+        }
+    }
+    l.serve = Some((entry_point, scheme));
+    (accepted(), refs)
+}
+
+/// The entrypoint and scheme a listener's protocol is served on, if its port is one the edge serves it on.
+fn entry_point_of(spec: &GatewayListeners, settings: &Settings) -> Result<(String, &'static str), Rejection> {
     let (entry_point, scheme, port) = match spec.protocol.as_str() {
         "HTTP" => (settings.web.clone(), "http", Some(HTTP_PORT)),
         "HTTPS" => (settings.websecure.clone(), "https", Some(HTTPS_PORT)),
@@ -774,56 +805,64 @@ fn listener_checks(
         "UDP" => (String::new(), "udp", None),
         other => {
             let message = format!("protocol {other} is not served (HTTP, HTTPS, TLS, TCP and UDP are)");
-            return (Condition::new("Accepted", false, "UnsupportedProtocol", message), ok_refs);
+            return Err(("UnsupportedProtocol", message));
         }
     };
     match port {
         Some(port) if spec.port != port => {
-            let message = format!("{} is served on the edge's port {port} only", spec.protocol);
-            return (Condition::new("Accepted", false, "PortUnavailable", message), ok_refs);
+            return Err(("PortUnavailable", format!("{} is served on the edge's port {port} only", spec.protocol)));
         }
         None if u16::try_from(spec.port).map_or(true, |p| p == 0 || settings.reserved_ports.contains(&p)) => {
             let message = format!("port {} is the edge's own (an entrypoint or WireGuard) or no port", spec.port);
-            return (Condition::new("Accepted", false, "PortUnavailable", message), ok_refs);
+            return Err(("PortUnavailable", message));
         }
         _ => {}
     }
-    if scheme == "tls" {
-        let passthrough = spec
-            .tls
-            .as_ref()
-            .and_then(|t| t.mode.as_ref())
-            .is_some_and(|m| matches!(m, gateway_api::gateways::GatewayListenersTlsMode::Passthrough));
-        if !passthrough {
-            let message = "TLS listeners are served in Passthrough mode (terminate TLS with an HTTPS listener)";
-            return (Condition::new("Accepted", false, "UnsupportedValue", message), ok_refs);
-        }
+    if scheme == "tls" && !passthrough(spec) {
+        let message = "TLS listeners are served in Passthrough mode (terminate TLS with an HTTPS listener)";
+        return Err(("UnsupportedValue", message.into()));
     }
-    let allowed = spec.allowed_routes.as_ref();
-    let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+    Ok((entry_point, scheme))
+}
+
+/// Whether the listener's TLS mode is Passthrough.
+fn passthrough(spec: &GatewayListeners) -> bool {
+    let mode = spec.tls.as_ref().and_then(|t| t.mode.as_ref());
+    mode.is_some_and(|m| matches!(m, gateway_api::gateways::GatewayListenersTlsMode::Passthrough))
+}
+
+/// `allowedRoutes.namespaces`: all (`l.namespaces` none), the Gateway's own (the default), or those a selector
+/// picks.
+fn allowed_namespaces(spec: &GatewayListeners, cluster: &super::Cluster, l: &mut Listener) -> Result<(), Rejection> {
+    let namespaces = spec.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
     match namespaces.and_then(|n| n.from.as_ref()) {
         Some(From::All) => l.namespaces = None,
         Some(From::Selector) => {
             let Some(selector) = namespaces.and_then(|n| n.selector.as_ref()) else {
-                let message = "allowedRoutes.namespaces.from: Selector needs a selector";
-                return (Condition::new("Accepted", false, "UnsupportedValue", message), ok_refs);
+                return Err(("UnsupportedValue", "allowedRoutes.namespaces.from: Selector needs a selector".into()));
             };
             let labelled = cluster.namespaces.iter().filter(|n| selects(selector, n.metadata.labels.as_ref()));
             l.namespaces = Some(labelled.filter_map(|n| n.metadata.name.clone()).collect());
         }
         _ => {}
     }
-    let mut refs = ok_refs.clone();
+    Ok(())
+}
+
+/// `allowedRoutes.kinds`, of those the protocol carries (all of them when none are named); a kind the protocol
+/// cannot carry is an InvalidRouteKinds rejection, and the others still count.
+fn allowed_kinds(spec: &GatewayListeners, l: &mut Listener) -> Result<(), Rejection> {
     let carried = kinds_of(&spec.protocol);
-    match allowed.and_then(|a| a.kinds.as_ref()) {
+    let mut result = Ok(());
+    match spec.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
         Some(kinds) => {
             for k in kinds {
                 let ours = k.group.as_deref().is_none_or(|g| g == GROUP);
                 match carried.iter().find(|c| ours && **c == k.kind) {
                     Some(kind) => l.kinds.push(kind),
                     None => {
-                        let message = format!("{} listeners carry {carried:?} only", spec.protocol);
-                        refs = Condition::new("ResolvedRefs", false, "InvalidRouteKinds", message);
+                        result =
+                            Err(("InvalidRouteKinds", format!("{} listeners carry {carried:?} only", spec.protocol)))
                     }
                 }
             }
@@ -831,48 +870,42 @@ fn listener_checks(
         None => l.kinds.extend(carried),
     }
     l.supported_kinds = l.kinds.clone();
-    if scheme == "https" {
-        let tls = spec.tls.as_ref();
-        if tls
-            .and_then(|t| t.mode.as_ref())
-            .is_some_and(|m| matches!(m, gateway_api::gateways::GatewayListenersTlsMode::Passthrough))
-        {
-            let message = "HTTPS listeners terminate TLS; passthrough is a TLS listener's mode";
-            return (Condition::new("Accepted", false, "UnsupportedValue", message), refs);
+    result
+}
+
+/// An HTTPS listener's `certificateRefs`: each a Secret in the Gateway's namespace or one a ReferenceGrant
+/// allows, holding a valid certificate (then in `out`, and the listener serves its own certificates).
+fn certificates(
+    spec: &GatewayListeners,
+    ns: &str,
+    cluster: &super::Cluster,
+    secrets: &HashMap<(String, String), &Secret>,
+    now: i64,
+    l: &mut Listener,
+    out: &mut Plan,
+) -> Result<(), Rejection> {
+    for cert in spec.tls.as_ref().and_then(|t| t.certificate_refs.as_ref()).into_iter().flatten() {
+        let secret_ns = cert.namespace.clone().unwrap_or_else(|| ns.to_string());
+        let kind_ok =
+            cert.group.as_deref().unwrap_or("").is_empty() && cert.kind.as_deref().unwrap_or("Secret") == "Secret";
+        if !kind_ok {
+            return Err(("InvalidCertificateRef", format!("certificateRef {}: only Secrets are supported", cert.name)));
         }
-        for cert in tls.and_then(|t| t.certificate_refs.as_ref()).into_iter().flatten() {
-            let secret_ns = cert.namespace.clone().unwrap_or_else(|| ns.to_string());
-            let kind_ok =
-                cert.group.as_deref().unwrap_or("").is_empty() && cert.kind.as_deref().unwrap_or("Secret") == "Secret";
-            let problem = if !kind_ok {
-                Some(("InvalidCertificateRef", format!("certificateRef {}: only Secrets are supported", cert.name)))
-            } else if secret_ns != ns
-                && !granted(&cluster.reference_grants, ("Gateway", ns), ("Secret", &secret_ns, &cert.name))
-            {
-                Some(("RefNotPermitted", format!("Secret {secret_ns}/{}: no ReferenceGrant allows it", cert.name)))
-            } else {
-                match certificate_of(secrets.get(&(secret_ns.clone(), cert.name.clone())), now) {
-                    Ok((certificate, checked)) => {
-                        out.expires = out.expires.min(checked.not_after);
-                        out.certificates.insert((secret_ns, cert.name.clone()), certificate);
-                        l.own_certificates = true;
-                        None
-                    }
-                    Err(reason) => {
-                        Some(("InvalidCertificateRef", format!("Secret {secret_ns}/{}: {reason}", cert.name)))
-                    }
-                }
-            };
-            if let Some((reason, message)) = problem {
-                return (
-                    Condition::new("Accepted", true, "Accepted", ""),
-                    Condition::new("ResolvedRefs", false, reason, message),
-                );
+        if secret_ns != ns && !granted(&cluster.reference_grants, ("Gateway", ns), ("Secret", &secret_ns, &cert.name)) {
+            return Err(("RefNotPermitted", format!("Secret {secret_ns}/{}: no ReferenceGrant allows it", cert.name)));
+        }
+        match certificate_of(secrets.get(&(secret_ns.clone(), cert.name.clone())), now) {
+            Ok((certificate, checked)) => {
+                out.expires = out.expires.min(checked.not_after);
+                out.certificates.insert((secret_ns, cert.name.clone()), certificate);
+                l.own_certificates = true;
+            }
+            Err(reason) => {
+                return Err(("InvalidCertificateRef", format!("Secret {secret_ns}/{}: {reason}", cert.name)));
             }
         }
     }
-    l.serve = Some((entry_point, scheme));
-    (Condition::new("Accepted", true, "Accepted", ""), refs)
+    Ok(())
 }
 
 fn gateway_status(gateway: &Gateway, namespace: String, name: String, listeners: Vec<Listener>) -> GatewayStatus {

@@ -24,7 +24,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tunnel::testbed::{self, Netns, WireguardGo, WireguardGoConfig};
-use tunnel::{CoreConfig, IpCidr, PrivateKey, PublicKey, Tunnel, TunnelConfig};
+use tunnel::{Cidr, CoreConfig, PrivateKey, PublicKey, Tunnel, TunnelConfig};
 
 const RUNS: usize = 3;
 const SECONDS: &str = "4";
@@ -67,7 +67,7 @@ fn opt<'a>(options: &'a HashMap<String, String>, key: &str) -> io::Result<&'a st
 fn tunnel_from(options: &HashMap<String, String>) -> io::Result<Tunnel> {
     let key: PrivateKey = opt(options, "key")?.parse().map_err(io::Error::other)?;
     let peer: PublicKey = opt(options, "peer")?.parse().map_err(io::Error::other)?;
-    let address: IpCidr = opt(options, "address")?.parse().map_err(|_| io::Error::other("bad address"))?;
+    let address: Cidr = opt(options, "address")?.parse().map_err(|_| io::Error::other("bad address"))?;
     let endpoint = options.get("endpoint").map(|e| e.parse::<SocketAddr>()).transpose().map_err(io::Error::other)?;
     Tunnel::start(TunnelConfig {
         core: CoreConfig {
