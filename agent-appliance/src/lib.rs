@@ -3,8 +3,8 @@
 //!
 //! Module map: `config` (the YAML file), `apply` (upload -> live), `store` (atomic files), `forwarders`,
 //! `traefik` (static config, supervisor, API client), `http` (control API server), `ports` (port picker), `l4` (public TCP ports of LoadBalancer Services),
-//! `install` (install-traefik), `admin` (status socket), `watchdog` (Traefik health, routes file repair), `init` (PID 1 of the appliance image), `agent`
-//! (wiring), `cli` (commands). The Traefik dynamic config model, its validation and the backend rewrite live in
+//! `install` (install-traefik), `admin` (status socket), `watchdog` (Traefik health, routes file repair), `agent`
+//! (wiring), `cli` (commands). PID 1 of the appliance image is the `init` crate; the log lines are `protocol::logging`'s. The Traefik dynamic config model, its validation and the backend rewrite live in
 //! the `routes` crate.
 
 #![warn(missing_docs)]
@@ -18,7 +18,6 @@ pub mod forwarders;
 pub mod http;
 pub mod install;
 pub mod l4;
-pub mod logger;
 pub mod ports;
 pub mod store;
 pub mod traefik;

@@ -1,7 +1,7 @@
 //! polaredge-agent: the edge half of POLAREDGE, one static binary. The code lives in the library (module map
 //! in lib.rs) and, for PID 1 of the appliance image, in the init crate; this is the entry point.
 
-use polaredge_agent::{cli, config, logger};
+use polaredge_agent::{cli, config};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,7 +32,7 @@ impl init::Payload for Agent {
 }
 
 fn main() -> std::process::ExitCode {
-    logger::init();
+    protocol::logging::init("polaredge-agent");
     if init::is_pid1() {
         init::main(&Agent);
     }

@@ -17,7 +17,7 @@ const USAGE: &str = "usage: polaredge-client render -f DIR | run [--config FILE 
                   the same from DIR's manifests (re-read on change) instead of a cluster";
 
 fn main() -> ExitCode {
-    logger();
+    protocol::logging::init("polaredge-client");
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["render", "-f", dir] => match manifests::load_dir(std::path::Path::new(dir)) {
@@ -71,44 +71,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// One line per record on stderr; `POLAREDGE_LOG=debug|warn|error` (default info); `POLAREDGE_LOG_FORMAT=json`
-/// for structured logs (one JSON object per line: ts, level, target, msg).
-fn logger() {
-    JSON.store(std::env::var("POLAREDGE_LOG_FORMAT").as_deref() == Ok("json"), std::sync::atomic::Ordering::Relaxed);
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record) {
-            if !self.enabled(r.metadata()) {
-                return;
-            }
-            if JSON.load(std::sync::atomic::Ordering::Relaxed) {
-                let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                let line = serde_json::json!({
-                    "ts": time.as_secs_f64(),
-                    "level": r.level().as_str(),
-                    "target": r.target(),
-                    "msg": r.args().to_string(),
-                });
-                eprintln!("{line}");
-            } else {
-                eprintln!("polaredge-client {}: {}", r.level(), r.args());
-            }
-        }
-        fn flush(&self) {}
-    }
-    static LOGGER: Stderr = Stderr;
-    let level = match std::env::var("POLAREDGE_LOG").as_deref() {
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("warn") => log::LevelFilter::Warn,
-        Ok("error") => log::LevelFilter::Error,
-        _ => log::LevelFilter::Info,
-    };
-    let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(level));
 }
