@@ -1,5 +1,6 @@
-//! polaredge-client: the cluster half of POLAREDGE. This cut renders manifests; watching, sending and relaying
-//! follow (see the client issue).
+//! polaredge-client: the cluster half of POLAREDGE. `run` watches the cluster (or a folder of manifests),
+//! uploads the routes to every agent and relays the connections they send back to the pods; `render` prints
+//! the routes for a folder of manifests. The work is in the `client` library; this file parses the command.
 
 use client::{config, manifests, render, run};
 
