@@ -7,9 +7,10 @@
 //! window from their product, the bandwidth-delay product (BDP). Losses do not shrink the window: the
 //! bottleneck's queue is what bounds the damage, and retransmission repairs the holes.
 //!
-//! Startup grows the window by every acknowledged byte (like slow start), up to two BDPs of the model, until
-//! the measured rate stops growing by a quarter for three rounds. Rounds in which the sender had little in
-//! flight (application limited) may raise the rate estimate but never lower it.
+//! Startup grows the window by every acknowledged byte (like slow start) up to two BDPs of the model, where it
+//! stops growing without shrinking, until the measured rate stops growing by a quarter for three rounds.
+//! Rounds in which the sender had little in flight (application limited) may raise the rate estimate but never
+//! lower it.
 //!
 //! Without pacing the window is what limits the queue, so it is 1.25 BDP after startup (2 BDP kept the
 //! bottleneck's queue full: see BENCHMARKS.md), plus room for ACK aggregation as BBR measures it (bytes
@@ -240,7 +241,9 @@ impl Controller for BbrLite {
         }
         let model = self.model_window();
         self.cwnd = if self.startup {
-            self.cwnd.saturating_add(len).min(self.startup_cap()).max(model)
+            // Growth stops at the cap, but the window never shrinks to it (as Linux BBR): a connection that
+            // was application-limited has a small model, and its next burst should not start below its window.
+            self.cwnd.saturating_add(len).min(self.startup_cap()).max(self.cwnd).max(model)
         } else if self.recovering {
             let grown = self.cwnd.saturating_add(len);
             self.recovering = grown < model;
@@ -293,6 +296,25 @@ mod test {
 
     fn drive(rate: u64, rtt_ms: u32, batch: usize, seconds: u64) -> BbrLite {
         drive_with(rate, rtt_ms, batch, seconds, |_| {})
+    }
+
+    #[test]
+    fn an_application_limited_start_keeps_its_initial_window() {
+        // Requests of 200 bytes every 100 ms on an 80 ms path: the rounds measure a tiny rate, so the startup
+        // cap is a few hundred bytes; the window the next burst may use must not shrink to it.
+        let mut bbr = BbrLite::new();
+        bbr.set_mss(MSS);
+        bbr.set_remote_window(1 << 20);
+        let mut rtt = RttEstimator::default();
+        let mut now = Instant::from_millis(1000);
+        for _ in 0..3 {
+            rtt.sample(80);
+            bbr.on_delivered(now, 200, 0, &rtt);
+            now += Duration::from_millis(100);
+        }
+        assert!(bbr.startup);
+        assert!(bbr.startup_cap() < MSS, "the cap is tiny: {}", bbr.startup_cap());
+        assert!(bbr.window() >= INITIAL_WINDOW_PACKETS * MSS, "window {}", bbr.window());
     }
 
     #[test]
