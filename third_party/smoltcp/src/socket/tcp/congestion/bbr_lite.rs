@@ -106,25 +106,31 @@ impl BbrLite {
         self.bw.iter().copied().max().unwrap_or(0)
     }
 
+    /// The model's bandwidth-delay product and its room for ACK aggregation, in bytes; none before the first
+    /// RTT measurement.
+    fn bdp_and_room(&self) -> Option<(usize, usize)> {
+        if self.min_rtt_ms == u32::MAX {
+            return None;
+        }
+        let bdp = (self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000) as usize;
+        Some((bdp, self.extra_acked[0].max(self.extra_acked[1])))
+    }
+
     /// 1.25 bandwidth-delay products plus the room for ACK aggregation, at least a few packets; nothing before
     /// the first RTT measurement.
     fn model_window(&self) -> usize {
-        if self.min_rtt_ms == u32::MAX {
-            return MIN_WINDOW_PACKETS * self.mss;
-        }
-        let bdp = (self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000) as usize;
-        let extra = self.extra_acked[0].max(self.extra_acked[1]);
-        (bdp * 5 / 4 + extra).max(MIN_WINDOW_PACKETS * self.mss)
+        let window = self.bdp_and_room().map_or(0, |(bdp, room)| bdp * 5 / 4 + room);
+        window.max(MIN_WINDOW_PACKETS * self.mss)
     }
 
     /// The most startup may have in flight: [`STARTUP_GAIN`] times the model's bandwidth-delay product (a round
-    /// behind the window, which doubles per round while the rate grows), plus the room for ACK aggregation.
+    /// behind the window, which doubles per round while the rate grows), plus the room for ACK aggregation; no
+    /// limit before the first rate measurement.
     fn startup_cap(&self) -> usize {
-        if self.min_rtt_ms == u32::MAX || self.max_bw() == 0 {
-            return usize::MAX;
+        match self.bdp_and_room() {
+            Some((bdp, room)) if self.max_bw() > 0 => bdp.saturating_mul(STARTUP_GAIN) + room,
+            _ => usize::MAX,
         }
-        let bdp = (self.max_bw().saturating_mul(u64::from(self.min_rtt_ms)) / 1000) as usize;
-        bdp.saturating_mul(STARTUP_GAIN) + self.extra_acked[0].max(self.extra_acked[1])
     }
 
     /// Measures the minimum RTT again once it is old: returns whether the window is held small for that.
