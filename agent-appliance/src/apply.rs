@@ -15,7 +15,7 @@ use crate::l4::{PortKey, PortPlan, Ports};
 use crate::store::Store;
 use protocol::api::{Transport, UploadAnswer, Withheld};
 use routes::model::DynamicConfig;
-use routes::{Policy, Problem};
+use routes::{Marker, Policy, Problem};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -30,8 +30,8 @@ pub const NOTHING: &[u8] = b"{\"http\": {}}";
 
 /// What the agent asks of Traefik while applying; the real one talks to its API ([`crate::traefik::api`]).
 pub trait Confirm {
-    /// Waits until Traefik shows `generation` live, at most `timeout` (zero: look once).
-    fn shows(&self, generation: &str, timeout: Duration) -> bool;
+    /// Waits until Traefik shows the write `marker` names live, at most `timeout` (zero: look once).
+    fn shows(&self, marker: Marker<'_>, timeout: Duration) -> bool;
     /// Errors Traefik reports for routers and services of the routes file.
     fn errors(&self) -> Vec<String>;
 }
@@ -41,6 +41,8 @@ pub trait Confirm {
 pub struct Live {
     /// First 16 hex digits of the upload's SHA-256.
     pub generation: String,
+    /// The number of the write of the routes file that serves it (see [`Marker`]).
+    pub write: u64,
     /// Whether Traefik's API showed it (in this run of the agent).
     pub confirmed: bool,
     /// When it was written.
@@ -137,6 +139,8 @@ pub fn prepare(upload: &[u8], policy: &Policy) -> Result<Prepared, Vec<Problem>>
 #[derive(Debug, Clone)]
 struct Written {
     generation: String,
+    /// The number of this write, in the file's marker.
+    write: u64,
     text: String,
     pods: BTreeSet<SocketAddr>,
     routers: usize,
@@ -145,9 +149,14 @@ struct Written {
 }
 
 impl Written {
+    fn marker(&self) -> Marker<'_> {
+        Marker { generation: &self.generation, write: self.write }
+    }
+
     fn empty() -> Written {
         Written {
             generation: String::new(),
+            write: 0,
             text: String::new(),
             pods: BTreeSet::new(),
             routers: 0,
@@ -173,6 +182,9 @@ pub struct Applier {
     /// The last config Traefik confirmed (or the last good one restored at start): what the file returns to
     /// when an upload is not confirmed.
     good: Option<Written>,
+    /// The number of the last write of the file (see [`Marker`]). It starts at the clock's nanoseconds, so a
+    /// restarted agent does not reuse a number a still-running Traefik holds.
+    writes: u64,
     view: Arc<Mutex<View>>,
 }
 
@@ -192,6 +204,7 @@ impl Applier {
             written: None,
             stamp: None,
             good: None,
+            writes: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
             view: Arc::default(),
         }
     }
@@ -244,6 +257,7 @@ impl Applier {
                 let mut view = self.view.lock().unwrap();
                 view.live = Some(Live {
                     generation: written.generation.clone(),
+                    write: written.write,
                     confirmed: false, // not yet seen by Traefik
                     applied_at: SystemTime::now(),
                     apply_ms: 0,
@@ -274,11 +288,12 @@ impl Applier {
     ) -> Answer {
         let received = Instant::now();
         let generation = generation_of(upload);
-        if self.is_live(&generation) {
+        if let Some(write) = self.written.as_ref().map(|w| w.write).filter(|_| self.is_live(&generation)) {
             // Unchanged, but only if the file is intact and Traefik shows it; otherwise fall through and apply
-            // it again (a deleted file or a Traefik that lost it is repaired by the client's next upload).
+            // it again under a new write number (a deleted file or a Traefik that lost it is repaired by the
+            // client's next upload, and the answer waits until Traefik read the repair, not the deletion).
             let intact = !self.verify_file();
-            if intact && traefik.shows(&generation, Duration::ZERO) {
+            if intact && traefik.shows(Marker { generation: &generation, write }, Duration::ZERO) {
                 let mut view = self.view.lock().unwrap();
                 view.counters.unchanged += 1;
                 let errors = view.live.as_ref().map(|l| l.errors.clone()).unwrap_or_default();
@@ -301,7 +316,7 @@ impl Applier {
             Ok(written) => written,
             Err((status, message)) => return (status, UploadAnswer::refused(&generation, message)),
         };
-        let confirmed = traefik.shows(&generation, timeout);
+        let confirmed = traefik.shows(written.marker(), timeout);
         let apply_ms = received.elapsed().as_millis() as u64;
         if !confirmed {
             return self.roll_back(&generation, timeout);
@@ -324,6 +339,7 @@ impl Applier {
             view.counters.applied += 1;
             view.live = Some(Live {
                 generation: generation.clone(),
+                write: written.write,
                 confirmed: true,
                 applied_at: SystemTime::now(),
                 apply_ms,
@@ -438,10 +454,12 @@ impl Applier {
             self.close_unused();
             return Err((409, e.to_string()));
         }
-        let rewritten =
-            routes::rewrite(&prepared.config, &map, &prepared.generation, self.canary_entry_point.as_deref());
+        self.writes += 1;
+        let marker = Marker { generation: &prepared.generation, write: self.writes };
+        let rewritten = routes::rewrite(&prepared.config, &map, marker, self.canary_entry_point.as_deref());
         let written = Written {
             generation: prepared.generation.clone(),
+            write: self.writes,
             text: render(&rewritten),
             pods,
             routers: routers(&prepared.config),
@@ -459,8 +477,10 @@ impl Applier {
     fn write_nothing(&mut self) -> Result<(), String> {
         let generation = generation_of(NOTHING);
         let config: DynamicConfig = serde_json::from_slice(NOTHING).expect("NOTHING is a valid document");
-        let rewritten = routes::rewrite(&config, &Default::default(), &generation, self.canary_entry_point.as_deref());
-        let written = Written { generation, text: render(&rewritten), ..Written::empty() };
+        self.writes += 1;
+        let marker = Marker { generation: &generation, write: self.writes };
+        let rewritten = routes::rewrite(&config, &Default::default(), marker, self.canary_entry_point.as_deref());
+        let written = Written { text: render(&rewritten), write: self.writes, generation, ..Written::empty() };
         self.keep_only(&written);
         self.set_written(written.clone());
         self.write_file(&written.text)
@@ -535,7 +555,7 @@ mod tests {
     }
 
     impl Confirm for FakeTraefik {
-        fn shows(&self, _generation: &str, _timeout: Duration) -> bool {
+        fn shows(&self, _marker: Marker<'_>, _timeout: Duration) -> bool {
             self.accepts.get()
         }
         fn errors(&self) -> Vec<String> {
@@ -591,6 +611,11 @@ mod tests {
         std::fs::read_to_string(f.root.join("dynamic/routes.yaml")).unwrap()
     }
 
+    /// The file with the write number of its marker left out.
+    fn without_write(text: &str) -> String {
+        text.lines().filter(|l| !l.contains(routes::backend::WRITE_HEADER)).collect::<Vec<_>>().join("\n")
+    }
+
     #[test]
     fn an_unconfirmed_upload_is_rolled_back_to_the_last_good_file_and_its_forwarders_close() {
         let mut f = fixture("rollback");
@@ -638,7 +663,9 @@ mod tests {
         // The same upload again: the file is repaired first, and the answer waits for Traefik to confirm.
         let (status, body) = apply(&mut f, &doc("10.1.0.1:80"), &traefik);
         assert_eq!((status, body.live, body.unchanged), (200, true, false), "{body:?}");
-        assert_eq!(routes_file(&f), good, "the unchanged upload repaired the file");
+        let repaired = routes_file(&f);
+        assert_eq!(without_write(&repaired), without_write(&good), "the unchanged upload repaired the file");
+        assert_ne!(repaired, good, "under a new write number, so that Traefik's answer names this write");
         let (status, body) = apply(&mut f, &doc("10.1.0.1:80"), &traefik);
         assert_eq!((status, body.unchanged), (200, true), "intact now: {body:?}");
         assert_eq!(f.applier.view().lock().unwrap().counters.repairs, 2);

@@ -25,12 +25,14 @@ pub fn spawn(agent: Arc<Agent>) {
 /// Sleeps one interval, or, while the generation restored at start is not confirmed yet, spends it polling
 /// Traefik for it (so the log and /status say "live" as soon as Traefik serves it).
 fn wait_or_confirm(agent: &Agent) {
-    let unconfirmed = agent.view.lock().unwrap().live.clone().filter(|l| !l.confirmed).map(|l| l.generation);
-    let Some(generation) = unconfirmed else {
+    let unconfirmed = agent.view.lock().unwrap().live.clone().filter(|l| !l.confirmed).map(|l| (l.generation, l.write));
+    let Some((generation, write)) = unconfirmed else {
         std::thread::sleep(INTERVAL);
         return;
     };
-    if agent.api.shows(&generation, INTERVAL) && agent.view.lock().unwrap().mark_confirmed(&generation) {
+    if agent.api.shows(routes::Marker { generation: &generation, write }, INTERVAL)
+        && agent.view.lock().unwrap().mark_confirmed(&generation)
+    {
         log::info!("last good generation {generation} live: Traefik serves it{}", since_init());
     }
 }

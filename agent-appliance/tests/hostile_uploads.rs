@@ -264,8 +264,10 @@ fn a_deleted_routes_file_is_repaired_by_the_watchdog_and_by_an_unchanged_upload(
     assert!(s["routes_file"]["repairs"].as_u64().unwrap() >= 1, "{s}");
     assert!(agent.log().contains("was deleted"), "{}", agent.log());
 
-    // Deleted again, and the client re-sends the same snapshot at once: repaired before the answer.
+    // Deleted again, and the client re-sends the same snapshot while Traefik's reaction to the deletion (no
+    // routes) is still on its way: the answer waits until Traefik serves the repair, not the marker it held.
     std::fs::remove_file(&routes).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
     let (status, body) = peer.upload(&route("app.test", "10.1.0.1:80"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["live"], true, "{body}");

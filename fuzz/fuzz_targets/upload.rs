@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(pods.len() <= policy.max_backends);
     let forwarders: BTreeMap<SocketAddr, SocketAddr> =
         pods.iter().enumerate().map(|(i, pod)| (*pod, SocketAddr::from(([127, 0, 0, 1], 20000 + i as u16)))).collect();
-    let rewritten = routes::rewrite(&config, &forwarders, "0123456789abcdef", Some("web"));
+    let rewritten = routes::rewrite(&config, &forwarders, routes::Marker { generation: "0123456789abcdef", write: 1 }, Some("web"));
     assert!(routes::text::check(&rewritten).is_empty(), "the rewrite added an unsafe string");
     let file = serde_json::to_string_pretty(&rewritten).unwrap();
     assert!(!file.contains("{{"), "a template action in the rendered file");

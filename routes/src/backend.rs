@@ -15,6 +15,20 @@ pub const CANARY_HOST: &str = "canary.polaredge.invalid";
 pub const CANARY_PATH: &str = "/.polaredge/canary";
 /// Response header that names the generation Traefik serves (set by the marker middleware).
 pub const GENERATION_HEADER: &str = "X-Polaredge-Generation";
+/// Request header of the marker middleware that carries the number of the write (see [`Marker`]). A request
+/// header reaches only the canary's ping service, so the number never leaves the edge.
+pub const WRITE_HEADER: &str = "X-Polaredge-Write";
+
+/// What names one write of the routes file in Traefik: the generation it serves and the number of the write.
+/// The same generation written again (a deleted file repaired) gets a new number, so the agent can tell that
+/// Traefik read this write, not an earlier one it still holds while a deletion is on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker<'a> {
+    /// First 16 hex digits of the upload's SHA-256.
+    pub generation: &'a str,
+    /// A number the writer never used before for a file Traefik may have read.
+    pub write: u64,
+}
 
 /// Why a backend address was refused. `text` is the address or URL as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,15 +190,17 @@ pub fn l4_backends(config: &DynamicConfig) -> BTreeSet<SocketAddr> {
 }
 
 /// The document Traefik gets: every pod backend replaced by its local forwarder, plus the marker middleware
-/// `gen-<generation>` that tells the agent, through Traefik's API, that this exact file is live, and, when
+/// `gen-<generation>` (with the write's number in [`WRITE_HEADER`]) that tells the agent, through Traefik's
+/// API, that this exact write of the file is live, and, when
 /// `canary_entry_point` is given, a router on it that answers [`CANARY_HOST`]`/`[`CANARY_PATH`] with the
 /// marker's header: proof that Traefik serves this generation on a public entrypoint.
 pub fn rewrite(
     config: &DynamicConfig,
     forwarders: &BTreeMap<SocketAddr, SocketAddr>,
-    generation: &str,
+    marker: Marker<'_>,
     canary_entry_point: Option<&str>,
 ) -> DynamicConfig {
+    let Marker { generation, write } = marker;
     let mut out = config.clone();
     out.l4 = None; // the agent serves those ports itself; Traefik would refuse the section
     let local = |addr: SocketAddr| forwarders.get(&addr).copied();
@@ -198,19 +214,20 @@ pub fn rewrite(
             }
         }
     }
-    let marker = format!("{MARKER_PREFIX}{generation}");
+    let name = format!("{MARKER_PREFIX}{generation}");
     let mut headers = model::Headers::default();
     headers.custom_response_headers.insert(GENERATION_HEADER.into(), generation.into());
-    http.middlewares.insert(marker.clone(), model::Middleware { headers: Some(headers), ..Default::default() });
+    headers.custom_request_headers.insert(WRITE_HEADER.into(), write.to_string());
+    http.middlewares.insert(name.clone(), model::Middleware { headers: Some(headers), ..Default::default() });
     if let Some(entry_point) = canary_entry_point {
         http.routers.insert(
-            marker.clone(),
+            name.clone(),
             model::HttpRouter {
                 rule: format!("Host(`{CANARY_HOST}`) && Path(`{CANARY_PATH}`)"),
                 // Traefik's own ping handler: answers 200 "OK" without touching any backend.
                 service: "ping@internal".into(),
                 entry_points: vec![entry_point.into()],
-                middlewares: vec![marker],
+                middlewares: vec![name],
                 priority: Some(i64::from(i32::MAX)),
                 tls: None,
             },
@@ -278,18 +295,21 @@ tcp:
             .enumerate()
             .map(|(i, a)| (a, SocketAddr::from(([127, 0, 0, 1], 40000 + i as u16))))
             .collect();
-        let out = rewrite(&config, &forwarders, "abc123", Some("web"));
+        let marker = Marker { generation: "abc123", write: 7 };
+        let out = rewrite(&config, &forwarders, marker, Some("web"));
         let http = out.http.as_ref().unwrap();
         let urls: Vec<&str> = http.services["app"].servers().iter().map(|s| s.url.as_str()).collect();
         assert_eq!(urls, ["http://127.0.0.1:40000", "https://127.0.0.1:40002"]);
         assert_eq!(out.tcp.as_ref().unwrap().services["db"].load_balancer.servers[0].address, "127.0.0.1:40001");
-        assert!(http.middlewares.contains_key("gen-abc123"));
+        let headers = http.middlewares["gen-abc123"].headers.as_ref().unwrap();
+        assert_eq!(headers.custom_response_headers[GENERATION_HEADER], "abc123");
+        assert_eq!(headers.custom_request_headers[WRITE_HEADER], "7");
         let canary = &http.routers["gen-abc123"];
         assert_eq!(
             (canary.service.as_str(), canary.entry_points.as_slice()),
             ("ping@internal", &["web".to_string()][..])
         );
-        assert!(!rewrite(&config, &forwarders, "abc123", None).http.unwrap().routers.contains_key("gen-abc123"));
+        assert!(!rewrite(&config, &forwarders, marker, None).http.unwrap().routers.contains_key("gen-abc123"));
         // The output reads back to the same thing.
         let text = serde_json::to_string(&out).unwrap();
         assert_eq!(serde_json::from_str::<DynamicConfig>(&text).unwrap(), out);

@@ -22,7 +22,7 @@ pub mod model;
 pub mod text;
 pub mod validate;
 
-pub use backend::{backends, parse_http_backend, rewrite, CANARY_HOST};
+pub use backend::{backends, parse_http_backend, rewrite, Marker, CANARY_HOST};
 pub use validate::validate;
 
 use model::DynamicConfig;

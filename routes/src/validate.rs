@@ -677,7 +677,10 @@ mod tests {
         let pods: Vec<String> = crate::backend::l4_backends(&config).iter().map(|a| a.to_string()).collect();
         assert_eq!(pods, ["10.1.0.5:5432"]);
         assert!(crate::backends(&config).is_empty(), "no loopback forwarders for l4 pods");
-        assert_eq!(crate::rewrite(&config, &Default::default(), "g", None).l4, None);
+        assert_eq!(
+            crate::rewrite(&config, &Default::default(), crate::Marker { generation: "g", write: 0 }, None).l4,
+            None
+        );
         refused_for(&doc("443", "\"10.1.0.5:5432\"", ""), "the edge's own");
         refused_for(&doc("0", "", ""), "port 0");
         refused_for(&doc("70000", "", ""), "is not a port");
@@ -696,7 +699,11 @@ mod tests {
         let config = crate::parse(&json(&doc("53", "\"10.1.0.9:53\"", "")), &policy()).unwrap();
         let pods: Vec<String> = crate::backend::l4_backends(&config).iter().map(|a| a.to_string()).collect();
         assert_eq!(pods, ["10.1.0.9:53"]);
-        assert_eq!(crate::rewrite(&config, &Default::default(), "g", None).l4, None, "not Traefik's");
+        assert_eq!(
+            crate::rewrite(&config, &Default::default(), crate::Marker { generation: "g", write: 0 }, None).l4,
+            None,
+            "not Traefik's"
+        );
         refused_for(&doc("51820", "", ""), "l4.udp.51820");
         refused_for(&doc("53", "\"10.1.0.9\"", ""), "l4.udp.53.servers[0]");
         refused_for(&doc("53", "", ", proxyProtocol: 1"), "l4.udp.53.proxyProtocol: the PROXY protocol is for TCP");

@@ -60,13 +60,16 @@ impl Api {
 }
 
 impl Confirm for Api {
-    /// Polls until the marker middleware of `generation` exists in Traefik (the file is live) or `timeout`.
-    fn shows(&self, generation: &str, timeout: Duration) -> bool {
+    /// Polls until the marker middleware of `marker.generation` exists in Traefik with the write number of
+    /// `marker` (this write of the file is live) or `timeout`.
+    fn shows(&self, marker: routes::Marker<'_>, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let path = format!("/api/http/middlewares/{}{generation}@file", routes::MARKER_PREFIX);
+        let path = format!("/api/http/middlewares/{}{}@file", routes::MARKER_PREFIX, marker.generation);
         loop {
-            if matches!(get(self.port, &path), Ok((200, _))) {
-                return true;
+            if let Ok((200, body)) = get(self.port, &path) {
+                if write_of(&body) == Some(marker.write) {
+                    return true;
+                }
             }
             if Instant::now() >= deadline {
                 return false;
@@ -103,6 +106,12 @@ impl Confirm for Api {
     }
 }
 
+/// The write number in Traefik's answer for a marker middleware, if it holds one.
+fn write_of(middleware: &str) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_str(middleware).ok()?;
+    value["headers"]["customRequestHeaders"][routes::backend::WRITE_HEADER].as_str()?.parse().ok()
+}
+
 /// The canary request through a public entrypoint at `addr`: the generation Traefik serves there (the marker
 /// header of the canary router), or why there is none.
 pub fn canary(addr: SocketAddr, timeout: Duration) -> Result<Option<String>, String> {
@@ -112,5 +121,22 @@ pub fn canary(addr: SocketAddr, timeout: Duration) -> Result<Option<String>, Str
         200 => Ok(r.header(routes::backend::GENERATION_HEADER).map(str::to_string)),
         404 => Ok(None), // Traefik answers, without the canary router: it serves no file of ours
         status => Err(format!("canary through {addr} answered {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_number_is_read_from_traefiks_answer_for_the_marker_middleware() {
+        // As Traefik 3.7's API answers /api/http/middlewares/gen-<generation>@file.
+        let answer = r#"{"headers":{"customRequestHeaders":{"X-Polaredge-Write":"1764671234000000007"},
+            "customResponseHeaders":{"X-Polaredge-Generation":"8412973121161e98"}},"status":"enabled",
+            "usedBy":["gen-8412973121161e98@file"],"name":"gen-8412973121161e98@file","provider":"file",
+            "type":"headers"}"#;
+        assert_eq!(write_of(answer), Some(1_764_671_234_000_000_007));
+        assert_eq!(write_of(r#"{"headers":{"customResponseHeaders":{}}}"#), None, "a file of an older agent");
+        assert_eq!(write_of("404 page not found"), None);
     }
 }
