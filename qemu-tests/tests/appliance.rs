@@ -24,6 +24,11 @@ fn work_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The generation an agent log line names ("generation <hex>: ...").
+fn generation_in(line: &str) -> Option<&str> {
+    line.split("generation ").nth(1)?.split(':').next()
+}
+
 /// `ip` is the kernel's `ip=`: static settings, or `dhcp` from QEMU's DHCP server.
 fn appliance_end_to_end(arch: &str, ip: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -60,7 +65,10 @@ fn appliance_end_to_end(arch: &str, ip: &str) {
     let status = machine.wait_line("\"peer_endpoint\"", Duration::from_secs(30));
     assert!(status.text.contains("10.0.2.2:"), "{arch}: the client's endpoint as the guest sees it: {}", status.text);
 
-    // A changed Ingress (new host, other pod) changes the routing.
+    // A changed Ingress (new host, other pod) changes the routing. Traefik serves a file before the agent sees
+    // it in Traefik's API (it polls), so the first generation's confirmation can come after the status
+    // command: wait for it here, so that the confirmation awaited below is the new generation's.
+    let first_live = machine.wait_line("backends, live in", Duration::from_secs(60));
     let before_change = machine.mark();
     std::fs::write(dir.join("manifests/app.yaml"), manifests("renamed.test", b)).unwrap();
     assert!(
@@ -68,9 +76,14 @@ fn appliance_end_to_end(arch: &str, ip: &str) {
         "{arch}: the changed Ingress never served"
     );
     assert_eq!(get(machine.http, "app.test", "/x"), "404", "{arch}: the old host is gone");
-    // Traefik serves a file before the agent sees it in Traefik's API (it polls); only a confirmed generation
-    // becomes the last good one that the second boot restores, so wait for the confirmation first.
-    machine.wait_line_from(before_change, "backends, live in", Duration::from_secs(60));
+    // Only a confirmed generation becomes the last good one that the second boot restores, so wait for the
+    // confirmation first.
+    let changed_live = machine.wait_line_from(before_change, "backends, live in", Duration::from_secs(60));
+    assert_ne!(
+        generation_in(&changed_live.text),
+        generation_in(&first_live.text),
+        "{arch}: the changed Ingress is a new generation"
+    );
 
     // Power off: the ACPI power button on x86_64, the console command on aarch64 (its virt machine's power
     // key needs gpio-keys, which Debian's cloud kernel lacks).
@@ -114,7 +127,13 @@ fn appliance_end_to_end(arch: &str, ip: &str) {
         restored = get(machine.http, "renamed.test", "/");
         restored.starts_with('5')
     });
-    assert!(routed, "{arch}: the restored route exists (5xx without the client): {restored}");
+    let first_boot: Vec<&str> =
+        stop_log.iter().map(|l| l.text.as_str()).filter(|t| t.contains("polaredge-agent")).collect();
+    assert!(
+        routed,
+        "{arch}: the restored route exists (5xx without the client): {restored}\nfirst boot:\n{}",
+        first_boot.join("\n")
+    );
     assert_eq!(get(machine.http, "app.test", "/"), "404", "{arch}: a host never routed");
     // The new machine forwards other host ports.
     let client_config = write_client_config(&dir, &keys, machine.wireguard);
