@@ -12,7 +12,11 @@
 //! `cargo build --release -p polaredge-agent && cargo bench -p polaredge-client --bench load`.
 //! `POLAREDGE_LOAD_SECONDS` sets each wrk run's length (default 8), `POLAREDGE_LOAD_ROUNDS` how many times the
 //! targets take turns at 100 and 1,000 connections (default 3; medians are printed),
-//! `POLAREDGE_LOAD_SOAK_SECONDS` the length of the closing soak at 1,000 connections (default 120; 0 skips it).
+//! `POLAREDGE_LOAD_SOAK_SECONDS` the length of the closing soak at 1,000 connections (default 120; 0 skips it),
+//! `POLAREDGE_LOAD_CONNECTIONS` the wrk connection counts (default `100,1000,10000`), and
+//! `POLAREDGE_LOAD_EXTRAS=0` skips the bursts and the pinned comparison (for a quick A/B of two builds).
+//! "dgrams/req" counts the loopback UDP datagrams sent (/proc/net/snmp, so the whole machine's) per request: the
+//! tunnel's datagrams both ways, data and ACKs.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -56,12 +60,17 @@ fn main() {
     targets.push(("(e) ours, L4 route", l4));
 
     let rounds: usize = std::env::var("POLAREDGE_LOAD_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let connection_counts: Vec<usize> = std::env::var("POLAREDGE_LOAD_CONNECTIONS")
+        .ok()
+        .map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 1_000, 10_000]);
+    let extras = std::env::var("POLAREDGE_LOAD_EXTRAS").map_or(true, |v| v != "0");
     println!(
         "load: wrk -t2 -d{seconds}s --timeout 10s, keep-alive, one URL (nginx answers \"ok\"); targets take turns, \
          {rounds} rounds at 100 and 1,000 connections (medians), 1 at 10,000"
     );
     println!(
-        "{:<22} {:>6} {:>10} {:>9} {:>9} {:>8} {:>13} {:>13} {:>12} {:>12}",
+        "{:<22} {:>6} {:>10} {:>9} {:>9} {:>8} {:>13} {:>13} {:>12} {:>12} {:>11}",
         "target",
         "conns",
         "req/s",
@@ -71,21 +80,25 @@ fn main() {
         "agent RSS MB",
         "client RSS MB",
         "threads a/c",
-        "edge CPU/req"
+        "edge CPU/req",
+        "dgrams/req"
     );
     let mut ratios = Vec::new();
     let mut layer4 = Vec::new();
-    for connections in [100usize, 1_000, 10_000] {
+    for &connections in &connection_counts {
         let rounds = if connections == 10_000 { 1 } else { rounds };
-        let mut runs: Vec<Vec<(WrkRun, Peak, f64)>> = targets.iter().map(|_| Vec::new()).collect();
+        let mut runs: Vec<Vec<(WrkRun, Peak, f64, f64)>> = targets.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             for (i, (_, addr)) in targets.iter().enumerate() {
                 let sampler = Sampler::start(agent_pid, client_pid);
                 let cpu_before = cpu_seconds(agent_pid) + cpu_seconds(client_pid);
+                let datagrams_before = udp_datagrams_sent();
                 let run = wrk(*addr, connections, seconds);
                 let cpu = cpu_seconds(agent_pid) + cpu_seconds(client_pid) - cpu_before;
-                let per_request_us = cpu / (run.rps * seconds as f64).max(1.0) * 1e6;
-                runs[i].push((run, sampler.stop(), per_request_us));
+                let requests = (run.rps * seconds as f64).max(1.0);
+                let per_request_us = cpu / requests * 1e6;
+                let datagrams = (udp_datagrams_sent() - datagrams_before) as f64 / requests;
+                runs[i].push((run, sampler.stop(), per_request_us, datagrams));
                 std::thread::sleep(Duration::from_secs(2));
             }
         }
@@ -93,17 +106,18 @@ fn main() {
         for (i, (name, addr)) in targets.iter().enumerate() {
             let list = &mut runs[i];
             list.sort_by(|x, y| x.0.rps.total_cmp(&y.0.rps));
-            let (run, peak, cpu_us) = &list[list.len() / 2];
+            let (run, peak, cpu_us, datagrams) = &list[list.len() / 2];
             let edge_figures = if *addr == edge.web || *addr == l4 {
                 format!(
-                    "{:>13.1} {:>13.1} {:>12} {:>9.0} us",
+                    "{:>13.1} {:>13.1} {:>12} {:>9.0} us {:>11.2}",
                     peak.agent_rss_kib as f64 / 1024.0,
                     peak.client_rss_kib as f64 / 1024.0,
                     format!("{}/{}", peak.agent_threads, peak.client_threads),
-                    cpu_us
+                    cpu_us,
+                    datagrams
                 )
             } else {
-                format!("{:>13} {:>13} {:>12} {:>12}", "-", "-", "-", "-")
+                format!("{:>13} {:>13} {:>12} {:>12} {:>11}", "-", "-", "-", "-", "-")
             };
             let all: Vec<String> = list.iter().map(|r| format!("{:.0}", r.0.rps)).collect();
             println!(
@@ -134,6 +148,10 @@ fn main() {
         println!("our L4 route / rathole req/s at {connections} connections: {ratio:.2}");
     }
     println!("(edge CPU/req: user+system time of agent and client together per request answered through the edge)");
+    if !extras {
+        drop(client);
+        return;
+    }
 
     println!("\nbursts: N connections opened at once, then one request each (Connection: close); failed = not 200");
     println!("{:<22} {:>6} {:>8} {:>10}", "target", "N", "failed", "all in ms");
@@ -457,6 +475,15 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// CPU time (user + system) a process has used, in seconds.
+/// UDP datagrams the machine sent so far (`OutDatagrams` in /proc/net/snmp).
+fn udp_datagrams_sent() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    let column = names.split_whitespace().position(|n| n == "OutDatagrams");
+    column.and_then(|c| values.split_whitespace().nth(c)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();

@@ -49,6 +49,10 @@ pub struct TcpTuning {
     pub tx_buffer: usize,
     /// Delayed-ACK timer; `None` acknowledges every segment at once.
     pub ack_delay: Option<Duration>,
+    /// Delayed-ACK timer after a segment shorter than a full one: usually the end of a request, whose answer
+    /// then carries the ACK instead of a datagram of its own (through the edge the answer comes from a pod or
+    /// from Traefik's next request within milliseconds). `None`: `ack_delay`.
+    pub ack_delay_after_short_segment: Option<Duration>,
     /// Congestion control. `BbrLite` (the patched smoltcp's loss-tolerant controller) keeps its rate on a
     /// path with random loss, where CUBIC halves on every loss; see BENCHMARKS.md ("WAN").
     pub congestion: tcp::CongestionControl,
@@ -74,6 +78,7 @@ impl Default for TcpTuning {
             rx_buffer: 4 << 20,
             tx_buffer: 4 << 20,
             ack_delay: Some(Duration::from_millis(1)),
+            ack_delay_after_short_segment: Some(Duration::from_millis(40)),
             congestion: tcp::CongestionControl::BbrLite,
             keep_alive: Some(Duration::from_secs(20)),
             timeout: Some(Duration::from_secs(60)),
@@ -892,6 +897,7 @@ impl Core {
         let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         socket.set_nagle_enabled(false);
         socket.set_ack_delay(t.ack_delay);
+        socket.set_ack_delay_after_short_segment(t.ack_delay_after_short_segment);
         socket.set_congestion_control(t.congestion);
         socket.set_keep_alive(t.keep_alive);
         socket.set_timeout(t.timeout);

@@ -563,6 +563,9 @@ pub struct Socket<'a> {
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
+    /// POLAREDGE patch: the ACK delay after data that ends short of a full segment (see
+    /// [`Socket::set_ack_delay_after_short_segment`]); `None`: `ack_delay`.
+    ack_delay_short: Option<Duration>,
     /// Delayed ack timer. If set, packets containing exclusively
     /// ACK or window updates (ie, no data) won't be sent until expiry.
     ack_delay_timer: AckDelayTimer,
@@ -655,6 +658,7 @@ impl<'a> Socket<'a> {
             recovery: None,
             rto_strikes: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
+            ack_delay_short: None,
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
             nagle: true,
@@ -850,6 +854,19 @@ impl<'a> Socket<'a> {
     /// By default, the ACK delay is set to 10ms.
     pub fn set_ack_delay(&mut self, duration: Option<Duration>) {
         self.ack_delay = duration
+    }
+
+    /// POLAREDGE patch: sets the ACK delay after data that ends short of a full segment (`None`: the
+    /// [ACK delay](#method.set_ack_delay)).
+    ///
+    /// A short segment with PSH is usually the end of one write of the peer's application (a request), which
+    /// the local application often answers within milliseconds: a longer delay lets the ACK ride on that
+    /// answer instead of costing a segment of its own. Full segments of a bulk transfer, and short ones
+    /// without PSH (a flight cut by the sender's congestion window), keep the usual delay, and a second
+    /// segment still forces the ACK at once, so the sender's ACK clock is not slowed. Only the ACK of a write
+    /// that ends on a short segment and gets no answer waits for this delay.
+    pub fn set_ack_delay_after_short_segment(&mut self, duration: Option<Duration>) {
+        self.ack_delay_short = duration
     }
 
     /// Enable or disable Nagle's Algorithm.
@@ -2442,7 +2459,18 @@ impl<'a> Socket<'a> {
             self.ack_delay_timer = match self.ack_delay_timer {
                 AckDelayTimer::Idle => {
                     tcp_trace!("starting delayed ack timer");
-                    AckDelayTimer::Waiting(cx.now() + ack_delay)
+                    // POLAREDGE patch: a short segment with PSH (the end of the peer's write) waits longer
+                    // for an answer to carry its ACK. Without PSH a short segment is the tail of a flight
+                    // its sender's window cut; it keeps the usual delay so the window opens again soon.
+                    let delay = match self.ack_delay_short {
+                        Some(short)
+                            if payload_len < self.remote_mss && repr.control == TcpControl::Psh =>
+                        {
+                            short
+                        }
+                        _ => ack_delay,
+                    };
+                    AckDelayTimer::Waiting(cx.now() + delay)
                 }
                 AckDelayTimer::Waiting(_) if self.immediate_ack_to_transmit() => {
                     tcp_trace!("delayed ack timer already started, forcing expiry");
@@ -9637,6 +9665,83 @@ mod test {
             seq_number: LOCAL_SEQ + 1,
             ack_number: Some(REMOTE_SEQ + 1 + 3),
             window_len: 61,
+            ..RECV_TEMPL
+        }));
+    }
+
+    // POLAREDGE patch: a longer ACK delay after a short segment with PSH (the end of a write), the usual one
+    // after a full segment or a short one without PSH (a flight cut by the sender's window).
+    #[test]
+    fn test_delayed_ack_after_a_short_segment_waits_longer() {
+        let mut s = socket_established();
+        s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+        s.set_ack_delay_after_short_segment(Some(Duration::from_millis(40)));
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Psh,
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abc"[..],
+                ..SEND_TEMPL
+            }
+        );
+        // Not after the usual 10 ms: an answer may still carry it.
+        recv_nothing!(s, time 11);
+        recv_nothing!(s, time 39);
+        recv!(s, time 41, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 61,
+            ..RECV_TEMPL
+        }));
+    }
+
+    // POLAREDGE patch: a short segment without PSH is the tail of a window-limited flight, not the end of a
+    // write: the usual delay, so the sender's window opens again soon.
+    #[test]
+    fn test_delayed_ack_after_a_short_segment_without_push_keeps_the_usual_delay() {
+        let mut s = socket_established();
+        s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+        s.set_ack_delay_after_short_segment(Some(Duration::from_millis(40)));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abc"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv_nothing!(s);
+        recv!(s, time 11, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 61,
+            ..RECV_TEMPL
+        }));
+    }
+
+    // POLAREDGE patch: a full segment (a bulk transfer's) keeps the usual delay.
+    #[test]
+    fn test_delayed_ack_after_a_full_segment_keeps_the_usual_delay() {
+        let mut s = socket_established_with_buffer_sizes(DEFAULT_MSS * 2, DEFAULT_MSS * 2);
+        s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+        s.set_ack_delay_after_short_segment(Some(Duration::from_millis(40)));
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &[0; DEFAULT_MSS],
+                ..SEND_TEMPL
+            }
+        );
+        recv_nothing!(s);
+        recv!(s, time 11, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + DEFAULT_MSS),
+            window_len: DEFAULT_MSS as u16,
             ..RECV_TEMPL
         }));
     }
