@@ -602,7 +602,7 @@ impl Core {
             self.listening.iter().filter(|(_, l)| l.requests > 0 && !l.draining).map(|(&p, _)| p).collect();
         for port in ports {
             let listening = &self.listening[&port];
-            let idle = listening.pending.iter().filter(|&&h| self.tcp_ref(h).state() == tcp::State::Listen).count();
+            let idle = listening.pending.iter().filter(|&&h| self.tcp_view(h).state() == tcp::State::Listen).count();
             let missing = listening.requests.saturating_sub(idle);
             for _ in 0..missing {
                 match self.open_listener(port) {
@@ -783,11 +783,23 @@ impl Core {
         Ok((self.sockets.add(socket), port))
     }
 
-    /// The UDP socket behind `handle`. The next poll visits it (what the caller does with it may give it
-    /// something to send).
-    pub fn udp(&mut self, handle: SocketHandle) -> &mut udp::Socket<'static> {
+    /// Queues `payload` as one datagram from the UDP socket behind `handle` to `to`; the next poll sends it.
+    pub fn udp_send(&mut self, handle: SocketHandle, payload: &[u8], to: IpEndpoint) -> Result<(), udp::SendError> {
         self.egress.touch(handle);
-        self.sockets.get_mut::<udp::Socket>(handle)
+        self.sockets.get_mut::<udp::Socket>(handle).send_slice(payload, to)
+    }
+
+    /// Takes the next datagram the UDP socket behind `handle` received into `buf`: its length and sender.
+    /// Receiving gives a UDP socket nothing to send, so unlike [`Core::udp_send`] this schedules no visit (a
+    /// driver that looks for datagrams on every round would otherwise never let the poll go idle).
+    pub fn udp_recv(&mut self, handle: SocketHandle, buf: &mut [u8]) -> Option<(usize, IpEndpoint)> {
+        let (len, meta) = self.sockets.get_mut::<udp::Socket>(handle).recv_slice(buf).ok()?;
+        Some((len, meta.endpoint))
+    }
+
+    /// Whether the UDP socket behind `handle` holds a received datagram; schedules no visit.
+    pub fn udp_can_recv(&self, handle: SocketHandle) -> bool {
+        self.sockets.get::<udp::Socket>(handle).can_recv()
     }
 
     /// Closes a UDP socket from [`Core::udp_bind`].
@@ -803,8 +815,16 @@ impl Core {
         self.sockets.get_mut::<tcp::Socket>(handle)
     }
 
-    fn tcp_ref(&self, handle: SocketHandle) -> &tcp::Socket<'static> {
+    /// The TCP socket behind `handle`, to look at (its state, what it may do). Looking schedules no visit,
+    /// unlike [`Core::tcp`]: a driver checking a waiting connection on every round must not keep the poll busy.
+    pub fn tcp_view(&self, handle: SocketHandle) -> &tcp::Socket<'static> {
         self.sockets.get::<tcp::Socket>(handle)
+    }
+
+    /// Copies what the TCP socket behind `handle` received into `buf` without taking it (0 if nothing or
+    /// closed). The receive window does not move, so this schedules no visit.
+    pub fn tcp_peek(&mut self, handle: SocketHandle, buf: &mut [u8]) -> usize {
+        self.sockets.get_mut::<tcp::Socket>(handle).peek_slice(buf).unwrap_or(0)
     }
 
     /// Hands a socket back: it is removed (with its buffers) once it is closed, after its FIN — or its RST,
@@ -825,7 +845,7 @@ impl Core {
     /// out-of-order or unacknowledged bytes). Returns whether it did. Costs a system call: call it for
     /// connections that have gone quiet, not on every poll.
     pub fn release_idle_buffers(&mut self, handle: SocketHandle) -> bool {
-        if !self.tcp_ref(handle).buffers_empty() {
+        if !self.tcp_view(handle).buffers_empty() {
             return false;
         }
         if let Some(buffers) = self.buffers.get(&handle) {

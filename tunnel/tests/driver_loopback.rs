@@ -185,9 +185,9 @@ fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
     }
 }
 
-#[test]
-fn a_forwarded_connection_to_a_silent_peer_fails_within_the_connect_timeout() {
-    // The agent knows an endpoint for its peer, but nothing answers there: SYNs go out and vanish.
+/// An agent that knows an endpoint for its peer where nothing answers (the returned socket): SYNs go out and
+/// vanish.
+fn agent_with_silent_peer(tune: impl FnOnce(&mut CoreConfig)) -> (Tunnel, std::net::UdpSocket) {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut core = CoreConfig::new(
         PrivateKey::generate(),
@@ -195,8 +195,13 @@ fn a_forwarded_connection_to_a_silent_peer_fails_within_the_connect_timeout() {
         vec!["10.88.0.1/30".parse::<Cidr>().unwrap()],
     );
     core.endpoint = Some(silent.local_addr().unwrap());
-    core.tcp.connect_timeout = Duration::from_millis(800);
-    let agent = Tunnel::start(TunnelConfig { core, listen: "127.0.0.1:0".parse().unwrap() }).unwrap();
+    tune(&mut core);
+    (Tunnel::start(TunnelConfig { core, listen: "127.0.0.1:0".parse().unwrap() }).unwrap(), silent)
+}
+
+#[test]
+fn a_forwarded_connection_to_a_silent_peer_fails_within_the_connect_timeout() {
+    let (agent, _silent) = agent_with_silent_peer(|core| core.tcp.connect_timeout = Duration::from_millis(800));
     let counters = Arc::new(StreamCounters::default());
     let forwarding = agent
         .forward_from(
@@ -214,6 +219,39 @@ fn a_forwarded_connection_to_a_silent_peer_fails_within_the_connect_timeout() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(3), "closed after {took:?}");
     wait_for(|| counters.failed.load(Relaxed) == 1, "the timed-out stream counted as failed");
+}
+
+/// The driver's wake-ups per second over 2 s (less the one the second status call itself causes).
+fn wakeups_per_second(tunnel: &Tunnel) -> f64 {
+    let before = tunnel.status().unwrap().wakeups;
+    std::thread::sleep(Duration::from_secs(2));
+    (tunnel.status().unwrap().wakeups - before - 1) as f64 / 2.0
+}
+
+#[test]
+fn a_connect_waiting_for_its_answer_does_not_keep_the_driver_awake() {
+    // The connection stays in SYN-SENT, which the driver checks on every round.
+    let (agent, _silent) = agent_with_silent_peer(|_| {});
+    let agent = Arc::new(agent);
+    let waiting = Arc::clone(&agent);
+    let connect = std::thread::spawn(move || waiting.connect(tunnel_addr("10.88.0.2", 7000), Duration::from_secs(4)));
+    std::thread::sleep(Duration::from_millis(300));
+    let per_second = wakeups_per_second(&agent);
+    assert!(per_second <= 10.0, "a waiting connect woke the driver {per_second} times a second");
+    assert!(connect.join().unwrap().is_err(), "nobody answered, so the connect failed");
+}
+
+#[test]
+fn a_relay_stream_waiting_for_its_preamble_does_not_keep_the_driver_awake() {
+    let (agent, client) = tunnels();
+    let _relay = client
+        .relay(7000, Arc::new(Only("127.0.0.1:1".parse().unwrap())), Arc::new(StreamCounters::default()))
+        .unwrap();
+    // Connected, but the preamble never comes: the relay peeks for it on every round.
+    let _quiet = agent.connect(tunnel_addr("10.88.0.2", 7000), Duration::from_secs(5)).unwrap().into_io().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let per_second = wakeups_per_second(&client);
+    assert!(per_second <= 10.0, "a stream waiting for its preamble woke the driver {per_second} times a second");
 }
 
 #[test]

@@ -207,7 +207,7 @@ impl Datagrams {
             let header_len = flow::write_to_relay(&mut header, flow.id, flow.target);
             let start = MAX_HEADER - header_len;
             self.scratch[start..MAX_HEADER].copy_from_slice(&header[..header_len]);
-            match core.udp(out).send_slice(&self.scratch[start..MAX_HEADER + len], IpEndpoint::from(exposure.relay)) {
+            match core.udp_send(out, &self.scratch[start..MAX_HEADER + len], IpEndpoint::from(exposure.relay)) {
                 Ok(()) => {
                     counters.datagrams_to_tunnel.fetch_add(1, Relaxed);
                     counters.bytes_to_tunnel.fetch_add(len as u64, Relaxed);
@@ -238,7 +238,7 @@ impl Datagrams {
             let header_len = flow::write_from_relay(&mut header, flow_id);
             let start = MAX_HEADER - header_len;
             self.scratch[start..MAX_HEADER].copy_from_slice(&header[..header_len]);
-            match core.udp(relay.socket).send_slice(&self.scratch[start..MAX_HEADER + len], IpEndpoint::from(peer)) {
+            match core.udp_send(relay.socket, &self.scratch[start..MAX_HEADER + len], IpEndpoint::from(peer)) {
                 Ok(()) => {
                     relay.counters.datagrams_from_tunnel.fetch_add(1, Relaxed);
                     relay.counters.bytes_from_tunnel.fetch_add(len as u64, Relaxed);
@@ -255,17 +255,17 @@ impl Datagrams {
     pub(crate) fn drain_tunnel(&mut self, core: &mut Core, epoll_fd: &OwnedFd, new_id: &mut u64, now: Instant) -> bool {
         let mut any = false;
         if let Some(out) = self.out {
-            while let Ok((len, _)) = core.udp(out).recv_slice(&mut self.scratch) {
+            while let Some((len, _)) = core.udp_recv(out, &mut self.scratch) {
                 any = true;
                 self.deliver_answer(len, now);
             }
         }
         let mut ready = std::mem::take(&mut self.ready);
-        ready.extend(self.relays.iter().filter(|(_, r)| core.udp(r.socket).can_recv()).map(|(&p, r)| (p, r.socket)));
+        ready.extend(self.relays.iter().filter(|(_, r)| core.udp_can_recv(r.socket)).map(|(&p, r)| (p, r.socket)));
         for &(port, socket) in &ready {
-            while let Ok((len, meta)) = core.udp(socket).recv_slice(&mut self.scratch) {
+            while let Some((len, from)) = core.udp_recv(socket, &mut self.scratch) {
                 any = true;
-                let peer = SocketAddr::new(meta.endpoint.addr.into(), meta.endpoint.port);
+                let peer = SocketAddr::new(from.addr.into(), from.port);
                 self.relay_datagram(port, peer, len, epoll_fd, new_id, now);
             }
         }

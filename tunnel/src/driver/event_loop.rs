@@ -812,7 +812,7 @@ impl Driver {
                 Some(End::DialFailed)
             }
             // A forwarded stream whose tunnel connection nobody answered.
-            Stage::Spliced { .. } if self.core.tcp(connection.socket).state() == State::SynSent => {
+            Stage::Spliced { .. } if self.core.tcp_view(connection.socket).state() == State::SynSent => {
                 if self.move_stream(id, now) {
                     return;
                 }
@@ -993,7 +993,7 @@ impl Driver {
         for &id in &self.handshaking {
             let connection = &self.connections[&id];
             match connection.stage {
-                Stage::Connecting { .. } => match self.core.tcp(connection.socket).state() {
+                Stage::Connecting { .. } => match self.core.tcp_view(connection.socket).state() {
                     State::SynSent => {}
                     State::Closed => connected.push((id, false)),
                     _ => connected.push((id, true)),
@@ -1034,13 +1034,14 @@ impl Driver {
             self.close(id, true, Some(End::Refused));
             return true;
         };
-        let socket = self.core.tcp(connection.socket);
+        let handle = connection.socket;
         let mut head = [0u8; super::MAX_RELAY_HEADER];
         let max = policy.max_header().min(head.len());
-        let n = socket.peek_slice(&mut head[..max]).unwrap_or(0);
+        // Peeking schedules no visit: a header still on its way must not keep the driver busy.
+        let n = self.core.tcp_peek(handle, &mut head[..max]);
         let target = match policy.route(&head[..n]) {
             Ok(Some((target, len))) => {
-                let _ = socket.recv_slice(&mut head[..len.min(n)]);
+                let _ = self.core.tcp(handle).recv_slice(&mut head[..len.min(n)]);
                 target
             }
             Ok(None) if n >= max => {
@@ -1048,7 +1049,7 @@ impl Driver {
                 self.close(id, true, Some(End::Refused));
                 return true;
             }
-            Ok(None) if socket.may_recv() => return false,
+            Ok(None) if self.core.tcp_view(handle).may_recv() => return false,
             Ok(None) => {
                 log::warn!("relay: refused a stream that closed before its header");
                 self.close(id, true, Some(End::Refused));
