@@ -15,13 +15,23 @@ fn client_and_agent_serve_the_manifests_and_follow_their_edits() {
     let web = edge.web;
     let (a, b) = (backend("backend-A"), backend("backend-B"));
     std::fs::write(dir.join("manifests/app.yaml"), manifests("app.test", a)).unwrap();
-    let _client = edge.client_reading_manifests();
+    let client = edge.client_reading_manifests();
     assert!(eventually(Duration::from_secs(30), || get(web, "app.test", "/x") == "backend-A /x"), "first route live");
     assert_eq!(get(edge.ops, "client", "/healthz"), "ok\n");
     assert!(eventually(Duration::from_secs(5), || get(edge.ops, "client", "/readyz") == "ready\n"));
     let metrics = get(edge.ops, "client", "/metrics");
     assert!(metrics.contains("polaredge_client_agent_in_sync{agent=\"edge\"} 1"), "{metrics}");
     assert!(metrics.contains("polaredge_client_relay_streams_total{outcome=\"completed\"}"), "{metrics}");
+
+    // Idle, neither side burns CPU (the client's tunnel loop once spun a whole core because of its UDP relay
+    // port). The bound is loose: a busy loop takes a whole second of CPU each second.
+    let (agent_before, client_before) = (edge.agent.cpu_time(), client.cpu_time());
+    std::thread::sleep(Duration::from_secs(3));
+    let (agent_idle, client_idle) = (edge.agent.cpu_time() - agent_before, client.cpu_time() - client_before);
+    assert!(
+        agent_idle < Duration::from_millis(300) && client_idle < Duration::from_millis(300),
+        "CPU over 3 idle seconds: agent {agent_idle:?}, client {client_idle:?}"
+    );
 
     // An endpoint change moves traffic to the other pod.
     std::fs::write(dir.join("manifests/app.yaml"), manifests("app.test", b)).unwrap();

@@ -181,6 +181,18 @@ impl Proc {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// CPU time the process spent so far, user and system (all its threads), from `/proc/<pid>/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        // The command name (field 2) may hold spaces; fields 14 and 15 (utime, stime) count from after it.
+        let after_name = &stat[stat.rfind(')').expect("a stat line names the command") + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ, which these fields count in, is 100 on Linux whatever the kernel's own tick rate.
+        Duration::from_millis(ticks * 10)
+    }
 }
 
 impl Drop for Proc {
